@@ -1,0 +1,23 @@
+# The two commands of the README. Each sets up what it needs first, so both work on a fresh machine.
+.PHONY: run test lint bench
+
+# Server on embedded SQLite plus a local peer with its web UI.
+run:
+	scripts/bootstrap.sh
+	.venv/bin/peerpost up
+
+# Lint, then every test: unit, integration, crypto vectors, network namespaces, browser.
+test:
+	scripts/bootstrap.sh --test
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench:
+	.venv/bin/python -m bench.crypto
+	.venv/bin/python -m bench.relay
+	.venv/bin/python -m bench.p2p
+	.venv/bin/python -m bench.nat

@@ -1,0 +1,400 @@
+"""The one contract between the signalling server and its peers.
+
+Every REST body and every WebSocket frame is a pydantic model here; nothing else crosses between
+`signalling` and `peer`. This module imports nothing of ours and must never grow server logic: the
+peer imports it, so anything here ships to every client.
+
+Binary values (envelopes, public keys, signatures) travel as unpadded base64url strings (`B64`).
+The server never decodes an envelope: it checks that the string is base64url and within the size
+limit, stores the bytes, and hands them on unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_validator
+
+PROTOCOL_VERSION = 1
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
+PASSWORD_MIN_BYTES = 8
+PASSWORD_MAX_BYTES = 72  # bcrypt's hard limit; longer passwords are refused, never truncated
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64encode(data: bytes) -> str:
+    """Unpadded base64url: the one text form of bytes on the wire."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Inverse of `b64encode`; raises ValueError on anything that is not unpadded base64url."""
+    if not _B64URL.match(text):
+        raise ValueError("not unpadded base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _check_b64(value: str) -> str:
+    if not _B64URL.match(value):
+        raise ValueError("must be unpadded base64url (A-Z a-z 0-9 - _)")
+    return value
+
+
+B64 = Annotated[str, Field(description="unpadded base64url bytes")]
+Username = Annotated[str, Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, hex")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    """Server answers: tolerant of added fields so old peers keep working against newer servers."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, from_attributes=True)
+
+
+def _check_password(value: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size < PASSWORD_MIN_BYTES or size > PASSWORD_MAX_BYTES:
+        raise ValueError(
+            f"password must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes in UTF-8, got {size}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Accounts and tokens
+# --------------------------------------------------------------------------------------------------
+
+
+class UserCreate(_Model):
+    username: Username
+    email: EmailStr
+    password: str
+    public_key: str | None = Field(default=None, description="accepted for the seed's clients, unused")
+
+    _password = field_validator("password")(_check_password)
+
+
+class UserOut(_Response):
+    id: int
+    username: str
+    email: str
+    created_at: datetime
+
+
+class UserMe(UserOut):
+    updated_at: datetime | None = None
+    last_seen: datetime | None = None
+
+
+class UserUpdate(_Model):
+    email: EmailStr | None = None
+    password: str | None = Field(default=None, description="new password; needs current_password")
+    current_password: str | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _new_password(cls, value: str | None) -> str | None:
+        return None if value is None else _check_password(value)
+
+
+class UserPublic(_Response):
+    """What a stranger may see of another account: enough to add it, nothing more."""
+
+    id: int
+    username: str
+
+
+class TokenPair(_Response):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 scheme name, not a secret
+    refresh_token: str | None = None
+    expires_in: int = Field(description="access token lifetime in seconds")
+
+
+class RefreshRequest(_Model):
+    refresh_token: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Contacts and presence
+# --------------------------------------------------------------------------------------------------
+
+
+class ContactStatus(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    BLOCKED = "blocked"
+
+
+class ContactDirection(StrEnum):
+    OUTGOING = "outgoing"  # I asked them
+    INCOMING = "incoming"  # they asked me
+
+
+class ContactAdd(_Model):
+    """Add by id (the seed's `friend_id`) or by username; exactly one of the two."""
+
+    friend_id: int | None = None
+    username: str | None = None
+
+
+class ContactUpdate(_Model):
+    group: str | None = Field(default=None, max_length=64)
+    remark: str | None = Field(default=None, max_length=256)
+
+
+class ContactOut(_Response):
+    user_id: int
+    username: str
+    status: ContactStatus
+    direction: ContactDirection
+    group: str | None = None
+    remark: str | None = None
+    online: bool = False
+    last_seen: datetime | None = None
+    created_at: datetime
+
+
+# --------------------------------------------------------------------------------------------------
+# Device key bundles (the server stores them; peers verify the signature, see docs/protocol.md)
+# --------------------------------------------------------------------------------------------------
+
+
+class DeviceBundleIn(_Model):
+    device_id: DeviceId
+    identity_key: B64 = Field(description="Ed25519 public key, 32 raw bytes")
+    encryption_key: B64 = Field(description="RSA-4096 public key, DER SubjectPublicKeyInfo")
+    created_at: int = Field(description="unix seconds, as signed")
+    signature: B64 = Field(description="Ed25519 self-signature over the canonical bundle bytes")
+
+    _b64 = field_validator("identity_key", "encryption_key", "signature")(_check_b64)
+
+
+class DeviceOut(_Response):
+    user_id: int
+    device_id: str
+    identity_key: str
+    encryption_key: str
+    created_at: int
+    signature: str
+    revoked: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# ICE configuration handed to logged-in peers (TURN REST credentials are time-limited)
+# --------------------------------------------------------------------------------------------------
+
+
+class IceServer(_Response):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceConfig(_Response):
+    ice_servers: list[IceServer]
+    ttl: int = Field(description="seconds the credentials stay valid")
+
+
+# --------------------------------------------------------------------------------------------------
+# Mailbox and blobs over REST (the WebSocket is the live path; these serve scripts and fallbacks)
+# --------------------------------------------------------------------------------------------------
+
+
+class RecipientDevice(_Model):
+    user_id: int
+    device_id: DeviceId
+
+
+class MailboxItem(_Response):
+    message_id: str
+    sender_user: int
+    sender_device: str
+    envelope: str
+    queued_at: datetime
+
+
+class BlobOut(_Response):
+    blob_id: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class ErrorBody(_Response):
+    """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program."""
+
+    detail: str
+    code: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# WebSocket frames: a discriminated union on `type`
+# --------------------------------------------------------------------------------------------------
+
+
+class SignalKind(StrEnum):
+    OFFER = "offer"
+    ANSWER = "answer"
+    CANDIDATE = "candidate"
+    BYE = "bye"
+
+
+class AuthFrame(_Model):
+    """First frame for clients that cannot set an Authorization header (browsers)."""
+
+    type: Literal["auth"] = "auth"
+    token: str
+    device_id: DeviceId
+
+
+class SignalFrame(_Model):
+    """WebRTC signalling relayed to one device of an accepted contact.
+
+    The sender fills `to_*`; the server fills `from_*` from the authenticated socket, overwriting
+    whatever the client put there. `payload` is opaque to the server (the peer signs it).
+    """
+
+    type: Literal["signal"] = "signal"
+    kind: SignalKind
+    to_user: int
+    to_device: DeviceId
+    from_user: int | None = None
+    from_device: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class SendFrame(_Model):
+    """One envelope for one or more devices. `ref` pairs the `accepted` or `error` answer."""
+
+    type: Literal["send"] = "send"
+    ref: str = Field(max_length=64)
+    message_id: MessageId
+    envelope: B64
+    recipients: list[RecipientDevice] = Field(min_length=1, max_length=256)
+
+    _b64 = field_validator("envelope")(_check_b64)
+
+
+class AcceptedFrame(_Model):
+    """Sent only after every stored row is committed: from here on the server owns delivery."""
+
+    type: Literal["accepted"] = "accepted"
+    ref: str
+    message_id: str
+    live: list[str] = Field(default_factory=list, description="device ids it was pushed to now")
+    queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
+
+
+class DeliverFrame(_Model):
+    type: Literal["deliver"] = "deliver"
+    message_id: str
+    sender_user: int
+    sender_device: str
+    envelope: B64
+    queued: bool = Field(description="true when it comes out of the mailbox")
+    queued_at: datetime | None = None
+
+
+class AckFrame(_Model):
+    """The receiving device has stored the message: the server may delete its mailbox row."""
+
+    type: Literal["ack"] = "ack"
+    message_id: MessageId
+
+
+class PresenceFrame(_Model):
+    type: Literal["presence"] = "presence"
+    user_id: int
+    device_id: str | None = None
+    online: bool
+    last_seen: datetime | None = None
+
+
+class ReadyFrame(_Model):
+    """After auth: who the socket is, and how many mailbox rows will follow."""
+
+    type: Literal["ready"] = "ready"
+    user_id: int
+    device_id: str
+    pending: int
+
+
+class DrainedFrame(_Model):
+    """The mailbox backlog has been pushed; what follows is live traffic."""
+
+    type: Literal["drained"] = "drained"
+
+
+class ErrorFrame(_Model):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: str | None = None
+
+
+class PingFrame(_Model):
+    type: Literal["ping"] = "ping"
+    nonce: str | None = Field(default=None, max_length=64)
+
+
+class PongFrame(_Model):
+    type: Literal["pong"] = "pong"
+    nonce: str | None = None
+
+
+ClientFrame = Annotated[
+    AuthFrame | SignalFrame | SendFrame | AckFrame | PingFrame,
+    Field(discriminator="type"),
+]
+ServerFrame = Annotated[
+    SignalFrame
+    | AcceptedFrame
+    | DeliverFrame
+    | PresenceFrame
+    | ReadyFrame
+    | DrainedFrame
+    | ErrorFrame
+    | PongFrame,
+    Field(discriminator="type"),
+]
+
+CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+SERVER_FRAME: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
+
+
+class ErrorCode(StrEnum):
+    """Stable `code` values of ErrorFrame; the message beside each says the specifics."""
+
+    MALFORMED = "malformed"  # not JSON, or fails validation
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_A_CONTACT = "not_a_contact"
+    UNKNOWN_DEVICE = "unknown_device"
+    QUOTA = "quota"
+    DUPLICATE = "duplicate"
+    INTERNAL = "internal"
+
+
+class CloseCode:
+    """WebSocket close codes the hub uses (4000-4999 are ours)."""
+
+    UNAUTHORIZED = 4401
+    REPLACED = 4409  # another socket for the same device took over
+    ACCOUNT_GONE = 4410  # logged out or deleted
+    RATE_LIMITED = 4429
+    SERVER_SHUTDOWN = 1001
