@@ -1,0 +1,103 @@
+"""The one place that knows both the page's needs and the Peer's API.
+
+The UI server's routes call `PeerBridge`; the bridge drives one `Peer` (started at login, closed at
+logout) and translates its events into the small JSON events the page understands. Errors from the
+peer (`PeerError`) and from crypto (`CryptoError`) become `UiError` with a sentence for a person.
+
+The bridge holds no keys and writes no history itself: the peer owns both. It does own the UI's
+settings file (server URL, ICE servers) and the temporary copies of files the browser uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from peer.ui.events import EventHub
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["logged_out", "keygen", "ready"]
+MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
+LOGIN_DEADLINE_S = 120.0
+
+
+class UiError(Exception):
+    """A failure the page shows as it is: `message` is a sentence for the person at the screen."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class UiSettings:
+    """What the settings screen edits; saved beside the profile so the next start uses it."""
+
+    server_url: str
+    ice_servers: list[str] = field(default_factory=list)
+    host_addresses: list[str] | None = None
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path, server_url: str, ice_servers: list[str] | None = None) -> UiSettings:
+        settings = cls(server_url=server_url, ice_servers=list(ice_servers or []), path=path)
+        try:
+            saved = json.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
+            return settings
+        except (OSError, ValueError) as err:
+            log.warning("ignoring unreadable UI settings %s: %s", path, err)
+            return settings
+        settings.server_url = str(saved.get("server_url") or server_url)
+        settings.ice_servers = [str(u) for u in saved.get("ice_servers") or []]
+        return settings
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"server_url": self.server_url, "ice_servers": self.ice_servers}), "utf-8")
+        os.replace(tmp, self.path)
+
+
+def check_server_url(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UiError("Enter the server URL, for example http://127.0.0.1:8000.", code="bad_settings")
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UiError(f"“{value}” is not a server URL; it should look like https://chat.example.org.")
+    return url
+
+
+def check_ice_servers(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise UiError("ICE servers must be a list of URLs.", code="bad_settings")
+    urls = [u.strip() for u in value if u.strip()]
+    for url in urls:
+        if not url.startswith(("stun:", "turn:", "turns:")):
+            raise UiError(f"“{url}” is not a STUN or TURN URL (it should start with stun: or turn:).")
+    return urls
+
+
+def spool_dir() -> Path:
+    """Where uploads from the browser wait until the peer has sent them (private to this user)."""
+    path = Path(tempfile.gettempdir()) / f"peerpost-ui-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+__all__ = ["EventHub", "PeerBridge", "Phase", "UiError", "UiSettings", "asdict", "asyncio"]
