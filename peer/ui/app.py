@@ -63,7 +63,9 @@ class GuardMiddleware:
         websocket = scope["type"] == "websocket"
         path: str = scope["path"]
         try:
-            self.policy.check(headers.get("host"), headers.get("origin"), scope.get("method", "GET"), websocket)
+            self.policy.check(
+                headers.get("host"), headers.get("origin"), scope.get("method", "GET"), websocket
+            )
             if not path.startswith(self.OPEN_PATHS):
                 self.gate.check(_cookie(headers.get("cookie", ""), SESSION_COOKIE))
         except RequestRefused as refused:
@@ -110,7 +112,10 @@ def _api(handler: Handler) -> Handler:
         except Exception:
             log.exception("UI request %s %s failed", request.method, request.url.path)
             return JSONResponse(
-                {"error": "Something went wrong inside PeerPost; the details are in its log.", "code": "internal"},
+                {
+                    "error": "Something went wrong inside PeerPost; the details are in its log.",
+                    "code": "internal",
+                },
                 status_code=500,
             )
 
@@ -155,7 +160,9 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
     @_api
     async def register(request: Request) -> Response:
         body = await _json(request)
-        return JSONResponse(await bridge.register(str(body["username"]), str(body["email"]), str(body["password"])))
+        return JSONResponse(
+            await bridge.register(str(body["username"]), str(body["email"]), str(body["password"]))
+        )
 
     @_api
     async def login(request: Request) -> Response:

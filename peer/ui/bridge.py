@@ -100,4 +100,52 @@ def spool_dir() -> Path:
     return path
 
 
-__all__ = ["EventHub", "PeerBridge", "Phase", "UiError", "UiSettings", "asdict", "asyncio"]
+class PeerBridge:
+    """Drives one Peer for the page: started at login, closed at logout or shutdown."""
+
+    def __init__(self, settings: UiSettings, profile: Any, events: EventHub | None = None) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.events = events or EventHub()
+        self.phase: Phase = "logged_out"
+        self._peer: Any = None
+        self._me: dict[str, Any] | None = None
+        self._keygen: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ state and settings
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "me": self._me,
+            "keygen": self._keygen,
+            "settings": self.settings_view(),
+        }
+
+    def settings_view(self) -> dict[str, Any]:
+        return {
+            "server_url": self.settings.server_url,
+            "ice_servers": list(self.settings.ice_servers),
+            "profile": getattr(self.profile, "name", str(self.profile)),
+            "data_dir": str(getattr(self.profile, "path", "")),
+            "device_id": (self._me or {}).get("device_id"),
+        }
+
+    def update_settings(self, server_url: Any, ice_servers: Any) -> dict[str, Any]:
+        url = check_server_url(server_url)
+        ice = check_ice_servers(ice_servers)
+        if self.phase != "logged_out" and url != self.settings.server_url:
+            raise UiError("Log out before switching to another server.", status=409, code="logged_in")
+        self.settings.server_url = url
+        self.settings.ice_servers = ice
+        try:
+            self.settings.save()
+        except OSError as err:
+            raise UiError(f"The settings could not be saved: {err.strerror}.", status=500) from err
+        return self.settings_view()
+
+    def _require_peer(self) -> Any:
+        if self._peer is None or self.phase != "ready":
+            raise UiError("Log in first.", status=401, code="not_logged_in")
+        return self._peer
