@@ -16,6 +16,7 @@ This module never reads the peer, the keystore or any message: it only decides w
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -130,7 +131,5 @@ class SessionGate:
         return session_id
 
     def end(self, cookie: str | None) -> None:
-        try:
+        with contextlib.suppress(BadSignature):
             self._sessions.discard(self._serializer.loads(cookie or ""))
-        except BadSignature:
-            pass

@@ -63,6 +63,22 @@ async function api(method, path, body) {
   return response.blob();
 }
 
+// Small stroke icons drawn here (no icon font, no emoji font needed).
+const ICONS = {
+  clip: "M21 11.5l-8.6 8.6a5 5 0 0 1-7.1-7.1l8.6-8.6a3.3 3.3 0 0 1 4.7 4.7l-8.6 8.6a1.7 1.7 0 0 1-2.4-2.4l7.9-7.9",
+  file: "M14 3H7a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V8zM14 3v5h5",
+};
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("class", "icon");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
 function toast(message, kind = "error") {
   const box = el("div", { class: `toast ${kind}` }, el("span", { text: message }));
   const close = el("button", { type: "button", "aria-label": "Dismiss", text: "×", onclick: () => box.remove() });
@@ -250,13 +266,14 @@ function renderContacts() {
   $("#outgoing-section").hidden = outgoing.length === 0;
   $("#incoming-list").replaceChildren(
     ...incoming.map((c) =>
-      el("li", { class: "person", "data-user": c.username },
+      el("li", { class: "person request", "data-user": c.username },
         avatar(c.username),
         el("span", { class: "who" }, el("span", { class: "name", text: c.username }), el("span", { class: "sub", text: "wants to add you" })),
-        el("button", { type: "button", class: "primary", text: "Accept", "aria-label": `Accept ${c.username}`,
-          onclick: guarded(async () => { await api("POST", `/api/contacts/${c.user_id}/accept`); await refreshContacts(); }) }),
-        el("button", { type: "button", class: "ghost", text: "Decline", "aria-label": `Decline ${c.username}`,
-          onclick: guarded(async () => { await api("POST", `/api/contacts/${c.user_id}/decline`); await refreshContacts(); }) }),
+        el("div", { class: "actions" },
+          el("button", { type: "button", class: "primary", text: "Accept", "aria-label": `Accept ${c.username}`,
+            onclick: guarded(async () => { await api("POST", `/api/contacts/${c.user_id}/accept`); await refreshContacts(); }) }),
+          el("button", { type: "button", class: "ghost", text: "Decline", "aria-label": `Decline ${c.username}`,
+            onclick: guarded(async () => { await api("POST", `/api/contacts/${c.user_id}/decline`); await refreshContacts(); }) })),
       )),
   );
   $("#outgoing-list").replaceChildren(
@@ -361,8 +378,12 @@ async function loadHistory(userId) {
 function renderConvHeader() {
   const c = contactById(ui.current);
   if (!c) return;
-  $("#conv-name").textContent = c.remark ? `${c.username} · ${c.remark}` : c.username;
-  $("#conv-status").textContent = `${c.online ? "online" : "offline"}${c.verified ? " · verified" : ""}${c.group ? ` · ${c.group}` : ""}`;
+  $("#conv-name").textContent = c.username;
+  const bits = [c.online ? "online" : "offline"];
+  if (c.verified) bits.push("verified");
+  if (c.group) bits.push(c.group);
+  if (c.remark) bits.push(c.remark);
+  $("#conv-status").textContent = bits.join(" · ");
 }
 
 function setWarning(text) {
@@ -393,7 +414,7 @@ function messageNode(m) {
   }
   let body;
   if (m.file) {
-    const parts = [el("span", { "aria-hidden": "true", text: "📄" }),
+    const parts = [icon("file"),
       el("span", {}, el("span", { class: "fname", text: m.file.name }), " ", el("span", { class: "small", text: formatSize(m.file.size) }))];
     if (m.file.fraction !== undefined && m.file.fraction !== null && m.file.fraction < 1) {
       parts.push(el("progress", { max: "1", value: String(m.file.fraction), "aria-label": `Transfer of ${m.file.name}` }));
@@ -719,6 +740,7 @@ function wire() {
 
 async function start() {
   wire();
+  $("#attach-icon").replaceWith(icon("clip"));
   try {
     applyState(await api("GET", "/api/state"));
   } catch (err) {
