@@ -103,7 +103,7 @@ class HubLimits:
             mailbox_retention=timedelta(days=settings.mailbox_retention_days),
             mailbox_quota_bytes=settings.mailbox_quota_bytes,
             mailbox_quota_messages=settings.mailbox_quota_messages,
-            purge_interval=getattr(settings, "mailbox_purge_interval_seconds", 300.0),
+            purge_interval=settings.mailbox_purge_interval_seconds,
         )
 
 
@@ -270,8 +270,9 @@ class Hub:
         await self.backplane.disconnect_user(user_id, code, reason or "the account was logged out")
 
     async def disconnect_device(
-        self, device_id: str, code: int = CloseCode.ACCOUNT_GONE, reason: str = ""
+        self, user_id: int, device_id: str, code: int = CloseCode.ACCOUNT_GONE, reason: str = ""
     ) -> None:
+        """Close the device's socket wherever it is (revocation); its permissions are re-read."""
         self._reach.clear()
         await self.backplane.disconnect_device(device_id, code, reason or "the device was revoked")
 
