@@ -81,10 +81,16 @@ class DeviceKeys:
         return self.identity.private_bytes(pem, pkcs8, none) + self.encryption.private_bytes(pem, pkcs8, none)
 
     @classmethod
-    def from_private_bytes(cls, identity_raw: bytes, encryption_der: bytes) -> DeviceKeys:
+    def from_private_bytes(
+        cls, identity_raw: bytes, encryption_der: bytes, *, validate: bool = True
+    ) -> DeviceKeys:
+        """`validate=False` skips the RSA consistency check (~0.2 s); only for bytes that were
+        authenticated as our own (the keystore's AEAD), never for keys from elsewhere."""
         try:
             identity = ed25519.Ed25519PrivateKey.from_private_bytes(identity_raw)
-            encryption = serialization.load_der_private_key(encryption_der, password=None)
+            encryption = serialization.load_der_private_key(
+                encryption_der, password=None, unsafe_skip_rsa_key_validation=not validate
+            )
         except (ValueError, TypeError) as e:
             raise CryptoError("private key bytes are not a valid Ed25519 / RSA key pair") from e
         if not isinstance(encryption, rsa.RSAPrivateKey):
