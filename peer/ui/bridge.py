@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from crypto import stego
+from crypto.errors import StegoError
 from peer.ui.events import EventHub
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,15 @@ def check_ice_servers(value: Any) -> list[str]:
     return urls
 
 
+def _sentence(text: str) -> str:
+    """Library messages start lower-case and end bare; the page shows sentences."""
+    text = text.strip()
+    if not text:
+        return "Something went wrong."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def spool_dir() -> Path:
     """Where uploads from the browser wait until the peer has sent them (private to this user)."""
     path = Path(tempfile.gettempdir()) / f"peerpost-ui-{os.getuid()}"
@@ -149,3 +160,54 @@ class PeerBridge:
         if self._peer is None or self.phase != "ready":
             raise UiError("Log in first.", status=401, code="not_logged_in")
         return self._peer
+
+    # ------------------------------------------------------------------ steganography (no peer needed)
+
+    async def stego_capacity(self, image: bytes) -> int:
+        self._check_image(image)
+        return await asyncio.to_thread(self._stego_call, stego.capacity, image)
+
+    async def stego_hide(self, image: bytes, message: str, passphrase: str) -> bytes:
+        self._check_image(image)
+        if not message:
+            raise UiError("Write the message to hide.", code="no_message")
+        secret = message.encode("utf-8")
+        if passphrase:
+            return await asyncio.to_thread(
+                self._stego_call, stego.hide_with_passphrase, image, secret, passphrase
+            )
+        return await asyncio.to_thread(self._stego_call, stego.embed, image, secret)
+
+    async def stego_reveal(self, image: bytes, passphrase: str) -> str:
+        self._check_image(image)
+        hidden = await asyncio.to_thread(self._stego_call, stego.extract_hidden, image)
+        if hidden.kind == stego.KIND_PASSPHRASE:
+            if not passphrase:
+                raise UiError("This message is locked with a passphrase; enter it to read the message.")
+            data = await asyncio.to_thread(
+                self._stego_call, stego.open_with_passphrase, hidden.data, passphrase
+            )
+        elif hidden.kind == stego.KIND_RAW:
+            data = hidden.data
+        else:
+            raise UiError("This image hides an encrypted PeerPost envelope, not a plain message.")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UiError("The image hides data that is not text.", code="not_text") from None
+
+    @staticmethod
+    def _check_image(image: bytes) -> None:
+        if not image:
+            raise UiError("The chosen image is empty.", code="no_image")
+        if len(image) > MAX_STEGO_IMAGE_BYTES:
+            raise UiError(
+                f"Images up to {MAX_STEGO_IMAGE_BYTES // (1024 * 1024)} MB can be used.", status=413
+            )
+
+    @staticmethod
+    def _stego_call(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except StegoError as err:
+            raise UiError(_sentence(str(err)), code=type(err).__name__) from err
