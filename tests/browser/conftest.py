@@ -1,0 +1,145 @@
+"""Browser tests: Playwright drives Debian's chromium against real peers with their UIs.
+
+Never a downloaded browser: `executable_path=/usr/bin/chromium`, with the flags that keep it from
+talking to anything but loopback (field-notes.md, "Browser tests"). Each window collects console
+messages and page errors; `Window.assert_clean()` fails the test on any of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
+
+from peer.profile import Profile
+from peer.ui.bridge import PeerBridge, UiSettings
+from peer.ui.server import UiServer
+
+CHROMIUM = os.environ.get("PEERPOST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).parent / "screenshots-run"
+DESKTOP = {"width": 1180, "height": 760}
+PHONE = {"width": 390, "height": 780}
+
+pytestmark = pytest.mark.browser
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/browser" in str(item.fspath):
+            item.add_marker(pytest.mark.browser)
+
+
+@dataclass
+class Window:
+    """One person's browser context and page, with every console error it logged."""
+
+    name: str
+    context: BrowserContext
+    page: Page
+    problems: list[str] = field(default_factory=list)
+
+    def watch(self) -> None:
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type in ("error", "assert"):
+                self.problems.append(f"{self.name} console {message.type}: {message.text}")
+
+        self.page.on("console", on_console)
+        self.page.on("pageerror", lambda err: self.problems.append(f"{self.name} page error: {err}"))
+
+    async def shot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        await self.page.screenshot(path=str(path))
+        return path
+
+    def assert_clean(self) -> None:
+        assert self.problems == [], "the page logged errors:\n" + "\n".join(self.problems)
+
+
+@dataclass
+class PeerUi:
+    """A peer's UI server, as `peerpost ui` runs it, with its own profile directory."""
+
+    name: str
+    bridge: PeerBridge
+    server: UiServer
+    profile_dir: Path
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path) -> AsyncIterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}; scripts/bootstrap.sh --test installs it")
+    async with async_playwright() as pw:
+
+        async def open_window(name: str, url: str, viewport: dict[str, int] | None = None) -> Window:
+            user_data = tmp_path / f"chromium-{name}"
+            context = await pw.chromium.launch_persistent_context(
+                str(user_data),
+                executable_path=CHROMIUM,
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport=viewport or DESKTOP,
+                accept_downloads=True,
+                locale="en-GB",
+                timezone_id="UTC",
+            )
+            contexts.append(context)
+            page = context.pages[0] if context.pages else await context.new_page()
+            window = Window(name, context, page)
+            window.watch()
+            await page.goto(url)
+            return window
+
+        contexts: list[BrowserContext] = []
+        try:
+            yield open_window
+        finally:
+            for context in contexts:
+                with contextlib.suppress(Exception):
+                    await context.close()
+
+
+@pytest.fixture
+async def peer_uis(server, tmp_path: Path) -> AsyncIterator[object]:
+    """Start peers with UIs against the test's server: 127.0.0.1 host candidates, no ICE servers."""
+    running: list[PeerUi] = []
+    stack = contextlib.AsyncExitStack()
+
+    async def start(name: str, profile_dir: Path | None = None) -> PeerUi:
+        profile_dir = profile_dir or tmp_path / f"profile-{name}"
+        settings = UiSettings(
+            server_url=server.url,
+            ice_servers=[],
+            host_addresses=["127.0.0.1"],
+            path=profile_dir / "ui-settings.json",
+        )
+        bridge = PeerBridge(settings, Profile.at(profile_dir))
+        ui = await stack.enter_async_context(UiServer(bridge))
+        stack.push_async_callback(bridge.close)
+        peer_ui = PeerUi(name, bridge, ui, profile_dir)
+        running.append(peer_ui)
+        return peer_ui
+
+    async with stack:
+        yield start
+
+
+def wipe(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
