@@ -86,6 +86,14 @@ class LinkSet:
         attempt = self._links.get(device_id)
         return attempt.link if attempt else None
 
+    async def wait_for_link(self, device_id: str, within: float) -> Link:
+        """Wait (without starting anything) until an open link to the device exists."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: self.open_link(device_id) is not None)
+        link = self.open_link(device_id)
+        assert link is not None
+        return link
+
     def links(self) -> list[Link]:
         return [a.link for a in self._links.values()]
 

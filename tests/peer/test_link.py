@@ -98,14 +98,8 @@ async def test_link_opens_over_loopback_and_carries_frames_both_ways(pair):
     assert candidates and all(" 127.0.0.1 " in c for c in candidates)
     link.send(frames.Envelope(b"hello"))
     assert await next_frame(pair.frames["b"]) == frames.Envelope(b"hello")
-    await asyncio.wait_for(_until(lambda: pair.b.open_link("device-aaaa") is not None), 3)
-    pair.b.open_link("device-aaaa").send(frames.Ack("ab" * 16))
+    (await pair.b.wait_for_link("device-aaaa", 3)).send(frames.Ack("ab" * 16))
     assert await next_frame(pair.frames["a"]) == frames.Ack("ab" * 16)
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 async def test_tampered_offer_is_rejected_and_never_applied(pair):
@@ -153,8 +147,7 @@ async def test_glare_ends_with_one_link_each_side(pair):
 
 async def test_silent_peer_is_declared_failed_by_keepalive(pair):
     link = await pair.a.connect(2, "device-bbbb", within=5)
-    await asyncio.wait_for(_until(lambda: pair.b.open_link("device-aaaa") is not None), 3)
-    remote = pair.b.open_link("device-aaaa")
+    remote = await pair.b.wait_for_link("device-aaaa", 3)
     # Mute and deaf, yet patient: it neither answers nor closes, as a vanished peer would not.
     remote.settings = dataclasses.replace(LOOPBACK, dead_after=60)
     remote._channel.remove_all_listeners("message")
@@ -168,8 +161,7 @@ async def test_silent_peer_is_declared_failed_by_keepalive(pair):
 
 async def test_remote_close_ends_the_link_quickly(pair):
     link = await pair.a.connect(2, "device-bbbb", within=5)
-    await asyncio.wait_for(_until(lambda: pair.b.open_link("device-aaaa") is not None), 3)
-    await pair.b.open_link("device-aaaa").pc.close()  # abrupt, from underneath the link
+    await (await pair.b.wait_for_link("device-aaaa", 3)).pc.close()  # abrupt, from underneath the link
     await asyncio.wait_for(link.wait_ended(), 3)
     assert pair.a.open_link("device-bbbb") is None
     relink = await pair.a.connect(2, "device-bbbb", within=5)
