@@ -1,0 +1,5 @@
+"""contacts routes (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""devices routes (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""ice routes (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

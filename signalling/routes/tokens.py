@@ -1,0 +1,5 @@
+"""tokens routes (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

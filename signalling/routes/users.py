@@ -1,0 +1,5 @@
+"""users routes (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
