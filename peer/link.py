@@ -92,7 +92,7 @@ class Link:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = _Stats()
         self._ping_nonce = itertools.count(1)
-        self._closing = False
+        self._pc_closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Link #{self.id} to {self.remote_device} {self._state}>"
@@ -331,10 +331,13 @@ class Link:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._pc is not None and not self._closing:
-            self._closing = True
+        if self._pc is not None:
+            if self._pc_closing is None:
+                self._pc_closing = asyncio.ensure_future(self._pc.close())
+            # Shielded: aiortc's close() shares one future between callers, and cancelling any
+            # waiter cancels it for all (then aiortc's own close task dies with InvalidStateError).
             with contextlib.suppress(Exception):
-                await self._pc.close()
+                await asyncio.shield(self._pc_closing)
 
     async def wait_ended(self) -> None:
         await self._ended.wait()
