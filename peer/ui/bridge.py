@@ -11,20 +11,32 @@ settings file (server URL, ICE servers) and the temporary copies of files the br
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import tempfile
-from dataclasses import dataclass, field
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from starlette.datastructures import UploadFile
+
 from crypto import stego
-from crypto.errors import StegoError
+from crypto.errors import CryptoError, StegoError
+from peer import Peer, PeerSettings, Profile
+from peer.errors import AuthFailed, KeyChanged, PeerError, ServerError, ServerUnavailable, WrongPassword
 from peer.ui.events import EventHub
 
 log = logging.getLogger(__name__)
+
+# The peer's view types (`Me`, `MessageView`) are read by attribute, as docs/peer.md lists them.
+Me = Any
+MessageView = Any
+StartAction = Callable[[Peer, Callable[[float, str], None]], Awaitable[Me]]
 
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
@@ -46,13 +58,13 @@ class UiSettings:
     """What the settings screen edits; saved beside the profile so the next start uses it."""
 
     server_url: str
-    ice_servers: list[str] = field(default_factory=list)
+    ice_servers: list[str] | None = None  # None: use the servers the PeerPost server hands out
     host_addresses: list[str] | None = None
     path: Path | None = None
 
     @classmethod
     def load(cls, path: Path, server_url: str, ice_servers: list[str] | None = None) -> UiSettings:
-        settings = cls(server_url=server_url, ice_servers=list(ice_servers or []), path=path)
+        settings = cls(server_url=server_url, ice_servers=ice_servers, path=path)
         try:
             saved = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
@@ -61,7 +73,8 @@ class UiSettings:
             log.warning("ignoring unreadable UI settings %s: %s", path, err)
             return settings
         settings.server_url = str(saved.get("server_url") or server_url)
-        settings.ice_servers = [str(u) for u in saved.get("ice_servers") or []]
+        saved_ice = saved.get("ice_servers")
+        settings.ice_servers = [str(u) for u in saved_ice] if saved_ice else ice_servers
         return settings
 
     def save(self) -> None:
@@ -104,42 +117,72 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def spool_dir() -> Path:
-    """Where uploads from the browser wait until the peer has sent them (private to this user)."""
-    path = Path(tempfile.gettempdir()) / f"peerpost-ui-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+_UNSAFE_NAME = re.compile(r"[^\w .()+,-]")
+
+
+def _safe_name(name: str) -> str:
+    """A file name without directories or control characters, as the receiver will see it."""
+    name = _UNSAFE_NAME.sub("_", Path(name.replace("\\", "/")).name).strip(" .")
+    return name[:200] or "file"
+
+
+def _ui_error(err: BaseException) -> UiError:
+    if isinstance(err, UiError):
+        return err
+    if isinstance(err, (AuthFailed, WrongPassword)):
+        return UiError(_sentence(str(err)) if str(err) else "Wrong username or password.", 401, "auth")
+    if isinstance(err, ServerUnavailable):
+        return UiError(_sentence(str(err)), 503, "server_unavailable")
+    if isinstance(err, KeyChanged):
+        return UiError(_sentence(str(err)), 409, "key_changed")
+    if isinstance(err, ServerError):
+        status = err.status if err.status and 400 <= err.status < 500 else 502
+        return UiError(_sentence(str(err)), status, err.code or "server")
+    if isinstance(err, (PeerError, CryptoError)):
+        return UiError(_sentence(str(err)), 400, type(err).__name__)
+    if isinstance(err, asyncio.CancelledError):
+        return UiError("The request was cancelled.", 503, "cancelled")
+    log.error("unexpected error in the UI bridge", exc_info=err)
+    return UiError("Something went wrong inside PeerPost; its log has the details.", 500, "internal")
+
+
+@contextlib.asynccontextmanager
+async def _errors() -> AsyncIterator[None]:
+    """Peer and crypto errors become UiError, with the library's sentence."""
+    try:
+        yield
+    except (PeerError, CryptoError) as err:
+        raise _ui_error(err) from err
 
 
 class PeerBridge:
     """Drives one Peer for the page: started at login, closed at logout or shutdown."""
 
-    def __init__(self, settings: UiSettings, profile: Any, events: EventHub | None = None) -> None:
+    def __init__(self, settings: UiSettings, profile: Profile, events: EventHub | None = None) -> None:
         self.settings = settings
         self.profile = profile
         self.events = events or EventHub()
         self.phase: Phase = "logged_out"
-        self._peer: Any = None
+        self._peer: Peer | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._me: dict[str, Any] | None = None
-        self._keygen: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._key_warnings: dict[int, str] = {}
+        self._usernames: dict[int, str] = {}
+        self._file_owner: dict[str, int] = {}  # message id -> the other party, for progress events
 
     # ------------------------------------------------------------------ state and settings
 
     def state(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "me": self._me,
-            "keygen": self._keygen,
-            "settings": self.settings_view(),
-        }
+        return {"phase": self.phase, "me": self._me, "settings": self.settings_view()}
 
     def settings_view(self) -> dict[str, Any]:
         return {
             "server_url": self.settings.server_url,
-            "ice_servers": list(self.settings.ice_servers),
-            "profile": getattr(self.profile, "name", str(self.profile)),
-            "data_dir": str(getattr(self.profile, "path", "")),
+            "ice_servers": list(self.settings.ice_servers or []),
+            "profile": self.profile.name,
+            "data_dir": str(self.profile.path),
             "device_id": (self._me or {}).get("device_id"),
         }
 
@@ -149,17 +192,369 @@ class PeerBridge:
         if self.phase != "logged_out" and url != self.settings.server_url:
             raise UiError("Log out before switching to another server.", status=409, code="logged_in")
         self.settings.server_url = url
-        self.settings.ice_servers = ice
+        # An empty list on the settings screen means "use what the server hands out".
+        self.settings.ice_servers = ice or None
         try:
             self.settings.save()
         except OSError as err:
             raise UiError(f"The settings could not be saved: {err.strerror}.", status=500) from err
         return self.settings_view()
 
-    def _require_peer(self) -> Any:
+    def _publish_state(self) -> None:
+        self.events.publish({"type": "state", "state": self.state()})
+
+    # ------------------------------------------------------------------ session
+
+    async def register(self, username: str, email: str, password: str) -> dict[str, Any]:
+        """Create the account and log in (the first login makes this device's keys)."""
+        return await self._start_peer(
+            lambda peer, progress: peer.register(username, email, password, progress)
+        )
+
+    async def login(self, username: str, password: str) -> dict[str, Any]:
+        if not username or not password:
+            raise UiError("Enter your username and password.", code="missing")
+        return await self._start_peer(lambda peer, progress: peer.login(username, password, progress))
+
+    async def _start_peer(self, action: StartAction) -> dict[str, Any]:
+        async with self._lock:
+            if self.phase == "ready":
+                raise UiError("You are already logged in.", status=409, code="logged_in")
+            loop = asyncio.get_running_loop()
+
+            def progress(fraction: float, label: str) -> None:
+                # Key generation reports from its worker thread: hop onto the loop first.
+                loop.call_soon_threadsafe(self._on_keygen, fraction, label)
+
+            stack = contextlib.AsyncExitStack()
+            try:
+                peer = await stack.enter_async_context(self._make_peer())
+                me = await asyncio.wait_for(action(peer, progress), LOGIN_DEADLINE_S)
+            except BaseException as err:
+                await stack.aclose()
+                self.phase = "logged_out"
+                self._publish_state()
+                if isinstance(err, TimeoutError):
+                    raise UiError("Logging in took too long; try again.", status=504) from err
+                raise _ui_error(err) from err
+            self._peer, self._stack = peer, stack
+            self._me = {"user_id": me.user_id, "username": me.username, "device_id": me.device_id}
+            self._usernames[me.user_id] = me.username
+            self._pump = asyncio.create_task(self._pump_events(peer), name="peerpost-ui-events")
+            self.phase = "ready"
+            self._publish_state()
+            return self.state()
+
+    def _make_peer(self) -> Peer:
+        settings = PeerSettings(
+            ice_servers=self.settings.ice_servers,
+            host_addresses=tuple(self.settings.host_addresses) if self.settings.host_addresses else None,
+        )
+        return Peer(self.profile, self.settings.server_url, settings=settings)
+
+    def _on_keygen(self, fraction: float, label: str) -> None:
+        if self.phase == "logged_out":
+            self.phase = "keygen"
+            self._publish_state()
+        self.events.publish({"type": "keygen", "fraction": fraction, "label": label})
+
+    async def logout(self) -> None:
+        async with self._lock:
+            peer = self._peer
+            if peer is not None:
+                try:
+                    await peer.logout()
+                except PeerError as err:
+                    log.warning("logout: %s", err)
+            await self._stop_peer()
+            self._publish_state()
+
+    async def close(self) -> None:
+        """Shut the peer down (the UI server is stopping); keeps the session for the next start."""
+        async with self._lock:
+            await self._stop_peer()
+
+    async def _stop_peer(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._peer = self._stack = None
+        self._me = None
+        self._key_warnings.clear()
+        self.phase = "logged_out"
+
+    def _require_peer(self) -> Peer:
         if self._peer is None or self.phase != "ready":
             raise UiError("Log in first.", status=401, code="not_logged_in")
         return self._peer
+
+    # ------------------------------------------------------------------ contacts
+
+    async def contacts(self) -> dict[str, Any]:
+        peer = self._require_peer()
+        async with _errors():
+            accepted = await peer.contacts(status="accepted")
+            incoming, outgoing = await peer.contact_requests()
+            verified = {c.user_id: await peer.is_verified(c.user_id) for c in accepted}
+        for c in [*accepted, *incoming, *outgoing]:
+            self._usernames[c.user_id] = c.username
+        return {
+            "contacts": [
+                {
+                    "user_id": c.user_id,
+                    "username": c.username,
+                    "online": c.online,
+                    "group": c.group,
+                    "remark": c.remark,
+                    "verified": verified[c.user_id],
+                    "key_warning": c.user_id in self._key_warnings,
+                }
+                for c in accepted
+            ],
+            "incoming": [{"user_id": c.user_id, "username": c.username} for c in incoming],
+            "outgoing": [{"user_id": c.user_id, "username": c.username} for c in outgoing],
+        }
+
+    async def search(self, query: str) -> list[dict[str, Any]]:
+        peer = self._require_peer()
+        query = query.strip()
+        if not query:
+            return []
+        async with _errors():
+            users = await peer.search(query)
+        return [{"id": u.id, "username": u.username} for u in users]
+
+    async def add_contact(self, username: str) -> dict[str, Any]:
+        peer = self._require_peer()
+        async with _errors():
+            contact = await peer.add_contact(username.strip())
+        return {"user_id": contact.user_id, "username": contact.username}
+
+    async def contact_action(self, user_id: int, action: str) -> dict[str, Any]:
+        peer = self._require_peer()
+        calls = {
+            "accept": peer.accept_contact,
+            "decline": peer.decline_contact,
+            "remove": peer.remove_contact,
+        }
+        if action not in calls:
+            raise UiError(f"Unknown contact action “{action}”.", status=404, code="not_found")
+        async with _errors():
+            await calls[action](user_id)
+        self.events.publish({"type": "contacts_changed"})
+        return {"user_id": user_id, "done": action}
+
+    async def update_contact(self, user_id: int, group: Any, remark: Any) -> dict[str, Any]:
+        peer = self._require_peer()
+        for name, value in (("group", group), ("remark", remark)):
+            if value is not None and not isinstance(value, str):
+                raise UiError(f"The {name} must be text.", code="bad_request")
+        if group is not None and len(group) > 64:
+            raise UiError("A group name can be at most 64 characters.")
+        if remark is not None and len(remark) > 256:
+            raise UiError("A remark can be at most 256 characters.")
+        async with _errors():
+            contact = await peer.set_contact(user_id, group=group or None, remark=remark or None)
+        return {"user_id": contact.user_id, "group": contact.group, "remark": contact.remark}
+
+    # ------------------------------------------------------------------ messages and files
+
+    async def history(self, user_id: int) -> dict[str, Any]:
+        peer = self._require_peer()
+        async with _errors():
+            views = await peer.history(user_id, limit=200)
+        return {
+            "messages": [self._message_json(v) for v in views],
+            "key_warning": self._key_warnings.get(user_id),
+        }
+
+    async def send_text(self, user_id: int, text: str) -> dict[str, Any]:
+        peer = self._require_peer()
+        if not text.strip():
+            raise UiError("Write something first.", code="empty")
+        async with _errors():
+            view = await peer.send_text(user_id, text)
+        return self._message_json(view)
+
+    async def send_file(self, user_id: int, upload: UploadFile) -> dict[str, Any]:
+        peer = self._require_peer()
+        name = _safe_name(upload.filename or "file")
+        # Sent files stay in the profile: a transfer interrupted by a reconnect resumes from them.
+        folder = self.profile.path / "sent-files" / secrets.token_hex(8)
+        await asyncio.to_thread(folder.mkdir, parents=True, mode=0o700)
+        target = folder / name
+        with target.open("wb") as out:  # small writes; the loop stays responsive
+            while chunk := await upload.read(1 << 20):
+                out.write(chunk)
+        async with _errors():
+            view = await peer.send_file(user_id, target)
+        self._file_owner[view.message_id] = user_id
+        return self._message_json(view)
+
+    async def received_file(self, message_id: str) -> tuple[Path, str]:
+        peer = self._require_peer()
+        async with _errors():
+            view = await peer.message(message_id)
+        file = view.file if view is not None else None
+        path = getattr(file, "path", None) if file is not None else None
+        if not path or not await asyncio.to_thread(Path(path).is_file):
+            raise UiError("That file is not here (yet): it may still be arriving.", status=404)
+        return Path(path), file.name
+
+    async def typing(self, user_id: int, active: bool) -> None:
+        peer = self._require_peer()
+        with contextlib.suppress(PeerError):  # best effort by design
+            await peer.send_typing(user_id, active)
+
+    async def mark_read(self, user_id: int, message_ids: list[str]) -> None:
+        peer = self._require_peer()
+        if message_ids:
+            async with _errors():
+                await peer.mark_read(user_id, message_ids)
+
+    def _message_json(self, view: MessageView) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": view.message_id,
+            "direction": "out" if view.outgoing else "in",
+            "kind": view.kind,
+            "text": view.text,
+            "sent_at_ms": view.sent_at_ms,
+            "path": view.path,
+            "state": view.state,
+            "reason": view.reason,
+        }
+        if view.file is not None:
+            path = getattr(view.file, "path", None)
+            data["file"] = {
+                "name": view.file.name,
+                "size": view.file.size,
+                "downloadable": bool(path),
+            }
+        return data
+
+    def _other_party(self, view: MessageView) -> int | None:
+        if not view.outgoing:
+            return view.sender_user
+        conversation = view.conversation
+        if isinstance(conversation, str) and conversation.startswith("u:"):
+            return int(conversation[2:])
+        return None
+
+    # ------------------------------------------------------------------ safety numbers and key changes
+
+    async def safety(self, user_id: int) -> dict[str, Any]:
+        peer = self._require_peer()
+        async with _errors():
+            number = await peer.safety_number(user_id)
+            verified = await peer.is_verified(user_id)
+        groups = number.formatted.split()
+        return {
+            "user_id": user_id,
+            "username": self._usernames.get(user_id, f"user {user_id}"),
+            "digits": number.digits,
+            "formatted": "\n".join(" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4)),
+            "qr_svg": number.qr_svg,
+            "verified": verified and user_id not in self._key_warnings,
+        }
+
+    async def mark_verified(self, user_id: int) -> dict[str, Any]:
+        peer = self._require_peer()
+        async with _errors():
+            if user_id in self._key_warnings:
+                await peer.accept_key_change(user_id)
+            await peer.verify_contact(user_id)
+        self._key_warnings.pop(user_id, None)
+        self.events.publish({"type": "contacts_changed"})
+        return await self.safety(user_id)
+
+    # ------------------------------------------------------------------ live events
+
+    async def _pump_events(self, peer: Peer) -> None:
+        """Translate the peer's events into the page's; one bad event never stops the stream."""
+        async for event in peer.events():
+            try:
+                await self._translate(peer, event.to_dict())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("UI could not show a %s event", getattr(event, "type", "?"))
+
+    async def _translate(self, peer: Peer, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "presence":
+            self.events.publish({"type": "presence", "user_id": ev["user_id"], "online": ev["online"]})
+        elif kind == "connection":
+            self.events.publish({"type": "connection", "online": ev["online"], "reason": ev.get("reason")})
+        elif kind in ("message", "message_state", "file_received"):
+            message_id = ev["message"]["message_id"] if kind == "message" else ev["message_id"]
+            await self._publish_message(peer, message_id)
+        elif kind == "receipt":
+            for message_id in ev.get("message_ids", []):
+                await self._publish_message(peer, message_id)
+        elif kind == "typing":
+            self.events.publish({"type": "typing", "user_id": ev["user_id"], "active": ev["active"]})
+        elif kind == "file_progress":
+            await self._file_progress(peer, ev)
+        elif kind == "key_warning":
+            await self._key_warning(ev)
+        elif kind == "signal_rejected":
+            who = self._usernames.get(ev["user_id"], f"user {ev['user_id']}")
+            self.events.publish(
+                {
+                    "type": "error",
+                    "message": f"A connection offer from {who}'s device failed its signature check "
+                    "and was refused.",
+                }
+            )
+        elif kind == "link":
+            self.events.publish({"type": "link", "user_id": ev["user_id"], "state": ev["state"]})
+        elif kind == "keygen":
+            self._on_keygen(ev["fraction"], ev["label"])
+        elif kind == "error":
+            self.events.publish({"type": "error", "message": _sentence(str(ev.get("message", "")))})
+
+    async def _publish_message(self, peer: Peer, message_id: str) -> None:
+        view = await peer.message(message_id)
+        if view is None:
+            return
+        other = self._other_party(view)
+        if other is not None:
+            self.events.publish({"type": "message", "user_id": other, "message": self._message_json(view)})
+
+    async def _file_progress(self, peer: Peer, ev: dict[str, Any]) -> None:
+        message_id = ev["message_id"]
+        owner = self._file_owner.get(message_id)
+        if owner is None:
+            view = await peer.message(message_id)
+            if view is None:
+                return
+            owner = self._other_party(view)
+            if owner is None:
+                return
+            self._file_owner[message_id] = owner
+            self.events.publish({"type": "message", "user_id": owner, "message": self._message_json(view)})
+        total = ev.get("total") or 0
+        fraction = 1.0 if not total else min(1.0, ev.get("done", 0) / total)
+        self.events.publish(
+            {"type": "file_progress", "user_id": owner, "message_id": message_id, "fraction": fraction}
+        )
+
+    async def _key_warning(self, ev: dict[str, Any]) -> None:
+        user_id = ev["user_id"]
+        who = self._usernames.get(user_id, f"user {user_id}")
+        if ev.get("change") == "new_device":
+            text = f"{who} has a new device key."
+        else:
+            text = f"{who}'s device key changed."
+        text += " Compare the safety number again before you trust it"
+        text += "; sending waits until you confirm." if ev.get("blocked") else "."
+        self._key_warnings[user_id] = text
+        self.events.publish({"type": "key_change", "user_id": user_id, "text": text})
+        self.events.publish({"type": "contacts_changed"})
 
     # ------------------------------------------------------------------ steganography (no peer needed)
 

@@ -27,6 +27,7 @@ const ui = {
   messages: new Map(),    // user id -> Map(message id -> message)
   unread: new Map(),      // user id -> count
   typingTimers: new Map(),
+  links: new Map(),       // user id -> direct link state
   safetyUser: null,
   editUser: null,
   socket: null,
@@ -155,6 +156,14 @@ function handleEvent(ev) {
     case "error":
       toast(ev.message);
       break;
+    case "link":
+      ui.links.set(ev.user_id, ev.state);
+      if (ev.user_id === ui.current) renderConvHeader();
+      break;
+    case "connection":
+      ui.serverOnline = ev.online;
+      $("#link-dot").title = ev.online ? "Connected to the server" : `Not connected to the server${ev.reason ? `: ${ev.reason}` : ""}`;
+      break;
     case "resync":
       if (ui.state && ui.state.phase === "ready") {
         refreshContacts();
@@ -180,7 +189,7 @@ function applyState(state) {
     }
   } else {
     if (ui.view !== "settings") show("auth");
-    $("#keygen").hidden = state.phase !== "keygen";
+    if (state.phase === "logged_out") $("#keygen").hidden = true;
   }
 }
 
@@ -213,6 +222,7 @@ function showKeygen(fraction, label) {
 }
 
 async function doLogin() {
+  $("#keygen").hidden = true;
   const username = $("#login-username").value.trim();
   const password = $("#login-password").value;
   const state = await api("POST", "/api/login", { username, password });
@@ -224,13 +234,14 @@ async function doRegister() {
   const username = $("#reg-username").value.trim();
   const email = $("#reg-email").value.trim();
   const password = $("#reg-password").value;
-  await api("POST", "/api/register", { username, email, password });
-  toast(`Account ${username} created. Logging in…`, "info");
-  $("#login-username").value = username;
-  $("#login-password").value = password;
-  $("#reg-password").value = "";
+  $("#keygen").hidden = false;
+  $("#keygen-label").textContent = "Creating your account…";
+  $("#keygen-progress").value = 0;
   selectTab("login");
-  await doLogin();
+  $("#login-username").value = username;
+  $("#reg-password").value = "";
+  const state = await api("POST", "/api/register", { username, email, password });
+  applyState(state);
 }
 
 // ---------------------------------------------------------------- contacts
@@ -307,7 +318,8 @@ function renderContacts() {
         el("span", { class: "who" },
           el("span", { class: "name", text: c.username }),
           el("span", { class: "sub", text: c.remark || (c.online ? "online" : "offline") })),
-        c.verified ? el("span", { class: "badge verified", text: "verified" }) : null,
+        c.key_warning ? el("span", { class: "badge warn", text: "key changed" }) :
+          c.verified ? el("span", { class: "badge verified", text: "verified" }) : null,
         unread ? el("span", { class: "badge unread", text: String(unread) }) : null));
     })));
   }
@@ -383,6 +395,7 @@ function renderConvHeader() {
   if (c.verified) bits.push("verified");
   if (c.group) bits.push(c.group);
   if (c.remark) bits.push(c.remark);
+  if (ui.links.get(c.user_id) === "open") bits.push("direct link open");
   $("#conv-status").textContent = bits.join(" · ");
 }
 
@@ -701,7 +714,15 @@ function wire() {
   $("#tab-login").addEventListener("click", () => selectTab("login"));
   $("#tab-register").addEventListener("click", () => selectTab("register"));
   $("#login-form").addEventListener("submit", guarded(doLogin, $("#login-btn")));
-  $("#register-form").addEventListener("submit", guarded(doRegister, $("#register-btn")));
+  $("#register-form").addEventListener("submit", guarded(async () => {
+    try {
+      await doRegister();
+    } catch (err) {
+      $("#keygen").hidden = true;
+      selectTab("register");
+      throw err;
+    }
+  }, $("#register-btn")));
   $("#logout-btn").addEventListener("click", guarded(async () => {
     applyState(await api("POST", "/api/logout"));
     ui.current = null;
