@@ -20,23 +20,26 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from starlette.datastructures import UploadFile
 
 from crypto import stego
 from crypto.errors import CryptoError, StegoError
-from peer import Peer, PeerSettings, Profile
 from peer.errors import AuthFailed, KeyChanged, PeerError, ServerError, ServerUnavailable, WrongPassword
 from peer.ui.events import EventHub
+
+if TYPE_CHECKING:
+    from peer import Peer
+    from peer.profile import Profile
 
 log = logging.getLogger(__name__)
 
 # The peer's view types (`Me`, `MessageView`) are read by attribute, as docs/peer.md lists them.
 Me = Any
 MessageView = Any
-StartAction = Callable[[Peer, Callable[[float, str], None]], Awaitable[Me]]
+StartAction = Callable[["Peer", Callable[[float, str], None]], Awaitable[Me]]
 
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
@@ -246,6 +249,9 @@ class PeerBridge:
             return self.state()
 
     def _make_peer(self) -> Peer:
+        # Imported here: the UI server (and its tests) start without loading aiortc.
+        from peer import Peer, PeerSettings
+
         settings = PeerSettings(
             ice_servers=self.settings.ice_servers,
             host_addresses=tuple(self.settings.host_addresses) if self.settings.host_addresses else None,

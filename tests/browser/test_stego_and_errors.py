@@ -1,0 +1,93 @@
+"""The UI's other screens in a real browser: steganography round trip, settings, readable errors."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from playwright.async_api import expect
+
+from tests.browser.test_two_people_chat import register, wait_keygen_then_chats
+
+TIMEOUT_MS = 20_000
+
+
+def _png(path, size=(160, 120)) -> None:
+    image = Image.new("RGB", size)
+    width, height = size
+    image.putdata([((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)])
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
+
+
+async def test_hide_a_message_in_an_image_and_read_it_back(server, peer_uis, chromium, tmp_path):
+    carol_ui = await peer_uis("carol")
+    carol = await chromium("carol", carol_ui.server.launch_url())
+    page = carol.page
+
+    # A wrong password is a sentence, not JSON or a blank page.
+    await page.fill("#login-username", "carol")
+    await page.fill("#login-password", "not-the-password")
+    await page.click("#login-btn")
+    toast = page.locator(".toast.error").first
+    await expect(toast).to_be_visible(timeout=TIMEOUT_MS)
+    text = await toast.inner_text()
+    assert "{" not in text and "Traceback" not in text and len(text) > 10
+
+    await register(carol, "carol")
+    await wait_keygen_then_chats(carol)
+
+    cover = tmp_path / "cover.png"
+    _png(cover)
+    await page.click('.navbtn[data-view="stego"]')
+    await page.set_input_files("#hide-image", str(cover))
+    await expect(page.locator("#hide-capacity")).to_contain_text("can hold", timeout=TIMEOUT_MS)
+    await page.fill("#hide-message", "Meet at the old mill at nine.")
+    await page.fill("#hide-passphrase", "blue heron")
+    await page.click("#hide-btn")
+    await expect(page.locator("#hide-preview")).to_be_visible(timeout=TIMEOUT_MS)
+    async with page.expect_download() as info:
+        await page.click("#hide-download")
+    hidden = tmp_path / "hidden.png"
+    await (await info.value).save_as(hidden)
+    assert hidden.read_bytes() != cover.read_bytes()
+    await carol.shot("08-steganography")
+
+    # Wrong passphrase: a readable refusal; the right one: the message.
+    await page.set_input_files("#reveal-image", str(hidden))
+    await page.fill("#reveal-passphrase", "grey heron")
+    await page.click("#reveal-btn")
+    await expect(page.locator(".toast.error", has_text="passphrase")).to_be_visible(timeout=TIMEOUT_MS)
+    await page.fill("#reveal-passphrase", "blue heron")
+    await page.click("#reveal-btn")
+    revealed = page.locator("#reveal-result")
+    await expect(revealed).to_have_text("Meet at the old mill at nine.", timeout=TIMEOUT_MS)
+
+    # An image without a hidden message says so.
+    await page.set_input_files("#reveal-image", str(cover))
+    await page.fill("#reveal-passphrase", "")
+    await page.click("#reveal-btn")
+    nothing = page.locator(".toast.error", has_text="no PeerPost payload")
+    await expect(nothing).to_be_visible(timeout=TIMEOUT_MS)
+
+    # Settings: a bad ICE URL is explained; a good one is saved.
+    await page.click('.navbtn[data-view="settings"]')
+    await expect(page.locator("#set-server")).to_have_value(server.url)
+    await page.fill("#set-ice", "http://not-ice.example")
+    await page.click("#settings-save")
+    await expect(page.locator(".toast.error", has_text="STUN or TURN")).to_be_visible()
+    await page.fill("#set-ice", "stun:127.0.0.1:3478")
+    await page.click("#settings-save")
+    await expect(page.locator("#settings-saved")).to_have_text("Saved.")
+    await carol.shot("09-settings")
+    assert carol_ui.bridge.settings.ice_servers == ["stun:127.0.0.1:3478"]
+
+    # The launch link works once: opened again, it explains instead of logging in.
+    second = await carol.context.new_page()
+    await second.goto(f"{carol_ui.server.url}/launch?token=used-or-guessed")
+    await expect(second.locator("h1")).to_have_text("This link has been used")
+
+    # The refusals provoked above are 4xx answers, which chromium itself logs as "Failed to load
+    # resource ... 4xx"; those lines (and only those) are expected here. Any script error still fails.
+    carol.assert_clean(allow_http_4xx=True)
