@@ -88,16 +88,21 @@ class PeerUi:
 
 
 @pytest.fixture
-async def chromium(tmp_path: Path) -> AsyncIterator[object]:
+def chromium_path() -> str:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"chromium not found at {CHROMIUM}; scripts/bootstrap.sh --test installs it")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path, chromium_path: str) -> AsyncIterator[object]:
     async with async_playwright() as pw:
 
         async def open_window(name: str, url: str, viewport: dict[str, int] | None = None) -> Window:
             user_data = tmp_path / f"chromium-{name}"
             context = await pw.chromium.launch_persistent_context(
                 str(user_data),
-                executable_path=CHROMIUM,
+                executable_path=chromium_path,
                 args=CHROMIUM_ARGS,
                 headless=True,
                 viewport=viewport or DESKTOP,

@@ -15,7 +15,8 @@ TIMEOUT_MS = 20_000
 def _png(path, size=(160, 120)) -> None:
     image = Image.new("RGB", size)
     width, height = size
-    image.putdata([((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)])
+    pixels = [((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)]
+    image.putdata(pixels)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     path.write_bytes(buf.getvalue())

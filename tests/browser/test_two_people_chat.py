@@ -46,9 +46,7 @@ def contact(page: Page, username: str):
     return page.locator(f'#contact-groups button.person[data-user="{username}"]')
 
 
-async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(
-    server, peer_uis, chromium, tmp_path
-):
+async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, peer_uis, chromium, tmp_path):
     alice_ui = await peer_uis("alice")
     bob_ui = await peer_uis("bob")
     alice = await chromium("alice", alice_ui.server.launch_url())
