@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _publickeys
@@ -50,6 +48,7 @@ from .errors import (
     UnknownVersion,
 )
 from .keys import DeviceKeys
+from .keywrap import unwrap_key, wrap_key
 from .payload import PAYLOAD_KINDS, Payload, decode_payload, encode_payload
 
 ENVELOPE_VERSION = 1
@@ -67,7 +66,6 @@ DEFAULT_MAX_AGE_S = 30 * 24 * 3600.0  # oldest sent-at accepted (mailbox retenti
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _CONVERSATION = re.compile(r"^[ug]:[A-Za-z0-9_-]{1,64}$")
 _CONTENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
@@ -226,10 +224,9 @@ def seal(
     ]
     for r in recipients:
         try:
-            public = _publickeys.encryption_public(r.encryption_key)
-        except ValueError as e:
-            raise EnvelopeError(f"recipient device {r.device_id} has an unusable encryption key: {e}") from e
-        wrapped = public.encrypt(content_key, _OAEP)
+            wrapped = wrap_key(r.encryption_key, content_key)
+        except EnvelopeError as e:
+            raise EnvelopeError(f"recipient device {r.device_id}: {e}") from e
         parts += (_U16.pack(len(wrapped)), wrapped)
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, header_bytes)
@@ -344,11 +341,9 @@ def open_envelope(
         raise NoKeyForDevice(f"message {h.message_id} from {who} was not encrypted for this device") from e
 
     try:  # 5. decryption (exactly one RSA operation)
-        content_key = me.keys.encryption.decrypt(p.wrapped[slot], _OAEP)
-        if len(content_key) != 32:
-            raise ValueError("content key is not 32 bytes")
+        content_key = unwrap_key(me.keys, p.wrapped[slot])
         plaintext = AESGCM(content_key).decrypt(p.nonce, p.ciphertext, p.header_bytes)
-    except (ValueError, InvalidTag) as e:
+    except (DecryptionFailed, InvalidTag) as e:
         raise DecryptionFailed(f"message {h.message_id} from {who} could not be decrypted") from e
     payload = decode_payload(plaintext)
     if payload.kind != h.content_type:

@@ -98,15 +98,19 @@ class DeviceKeys:
         return cls(identity=identity, encryption=encryption)
 
     @classmethod
-    def from_pem(cls, data: bytes) -> DeviceKeys:
-        """Inverse of `to_pem`: an Ed25519 and an RSA PKCS#8 block, in that order."""
+    def from_pem(cls, data: bytes, *, validate: bool = True) -> DeviceKeys:
+        """Inverse of `to_pem`: an Ed25519 and an RSA PKCS#8 block, in that order.
+
+        `validate=False` skips the ~0.2 s RSA consistency check (committed test fixtures only)."""
         marker = b"-----END PRIVATE KEY-----"
         blocks = [b + marker for b in data.split(marker) if b.strip()]
         if len(blocks) != 2:
             raise CryptoError("expected two PEM private keys (Ed25519 then RSA)")
         try:
             identity = serialization.load_pem_private_key(blocks[0].strip(), password=None)
-            encryption = serialization.load_pem_private_key(blocks[1].strip(), password=None)
+            encryption = serialization.load_pem_private_key(
+                blocks[1].strip(), password=None, unsafe_skip_rsa_key_validation=not validate
+            )
         except (ValueError, TypeError) as e:
             raise CryptoError("PEM private keys could not be parsed") from e
         if not isinstance(identity, ed25519.Ed25519PrivateKey) or not isinstance(
