@@ -68,7 +68,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
-        ws_max_size=settings.max_frame_bytes + 1024,
+        # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
+        ws_max_size=settings.max_frame_bytes * 4 + 65536,
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])

@@ -1,20 +1,38 @@
-"""What the REST side needs to know about live sockets, as two small interfaces.
+"""Presence: who is online, told only to accepted contacts, with a grace for reconnects — and the
+two small interfaces through which the REST side sees live sockets.
 
-The hub owns live sockets and presence; the REST routes only ask "is this user online?" (contact
-lists) and say "close this user's sockets" (logout, password change, account deletion, device
-revocation). Defining the seam here keeps the routes independent of the hub's internals: the hub
-(in-process or Redis-backed) installs its own implementations on `app.state.presence` and
-`app.state.hub` in its lifespan; until then these defaults keep the app fully usable without it.
+The hub owns live sockets and presence; REST routes only ask "is this user online?" (contact lists,
+`PresenceView`) and say "close this user's sockets" (logout, password change, account deletion,
+device revocation, `LiveSockets`). The hub installs its objects on `app.state.presence` and
+`app.state.hub` in its lifespan; the defaults below keep the app usable without it.
+
+`is_online` is async: with several instances the answer lives in Redis (see signalling.backplane).
+
+A device is online while it holds a socket (on any instance). When it comes, its user's accepted
+contacts get a `presence` frame at once; when it goes, they hear it only after `grace` seconds
+without a new socket for that device, so a flaky connection that drops and comes back does not
+flicker. `users.last_seen` is written on both edges. This module must never tell a stranger or a
+pending contact anything: the audience is always `store.reach.accepted_contact_ids`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from signalling.backplane import Backplane
+from signalling.protocol import PresenceFrame
+from store import reach
 
 
 @runtime_checkable
 class PresenceView(Protocol):
-    def is_online(self, user_id: int) -> bool:
+    async def is_online(self, user_id: int) -> bool:
         """True while at least one of the user's devices holds a live socket (grace included)."""
         ...
 
@@ -31,23 +49,10 @@ class LiveSockets(Protocol):
 
 
 class MemoryPresence:
-    """In-process presence: a count of live sockets per user. The hub's default backing store."""
+    """Used when no hub is mounted: nobody is online."""
 
-    def __init__(self) -> None:
-        self._sockets: dict[int, int] = {}
-
-    def is_online(self, user_id: int) -> bool:
-        return self._sockets.get(user_id, 0) > 0
-
-    def socket_opened(self, user_id: int) -> None:
-        self._sockets[user_id] = self._sockets.get(user_id, 0) + 1
-
-    def socket_closed(self, user_id: int) -> None:
-        left = self._sockets.get(user_id, 0) - 1
-        if left > 0:
-            self._sockets[user_id] = left
-        else:
-            self._sockets.pop(user_id, None)
+    async def is_online(self, user_id: int) -> bool:
+        return False
 
 
 class NoLiveSockets:
@@ -58,3 +63,88 @@ class NoLiveSockets:
 
     async def disconnect_device(self, user_id: int, device_id: str, code: int, reason: str) -> None:
         return None
+
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, engine: AsyncEngine, backplane: Backplane, grace: float) -> None:
+        self._engine = engine
+        self._backplane = backplane
+        self._grace = grace
+        self._timers: dict[str, asyncio.Task[None]] = {}  # device -> pending "gone" announcement
+
+    async def close(self) -> None:
+        timers, self._timers = self._timers, {}
+        for task in timers.values():
+            task.cancel()
+        for task in timers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def is_online(self, user_id: int) -> bool:
+        """For the contacts list: does any device of this user hold a socket anywhere?"""
+        return await self._backplane.is_online(user_id)
+
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        found = await asyncio.gather(*(self._backplane.is_online(u) for u in user_ids))
+        return {u for u, online in zip(user_ids, found, strict=True) if online}
+
+    async def device_came(self, user_id: int, device_id: str) -> None:
+        now = datetime.now(UTC)
+        timer = self._timers.pop(device_id, None)
+        quiet = timer is not None
+        if timer is not None:
+            timer.cancel()
+        if await self._backplane.take_leaving(device_id):
+            quiet = True  # it left less than a grace ago (maybe from another instance)
+        await self._touch(user_id, now)
+        if not quiet:
+            await self._announce(user_id, device_id, online=True, when=now)
+
+    async def device_left(self, user_id: int, device_id: str) -> None:
+        """Start the grace; the announcement happens later unless the device comes back."""
+        if self._grace <= 0:
+            await self._gone(user_id, device_id)
+            return
+        await self._backplane.mark_leaving(device_id, self._grace)
+        old = self._timers.pop(device_id, None)
+        if old is not None:
+            old.cancel()
+        self._timers[device_id] = asyncio.create_task(
+            self._after_grace(user_id, device_id), name=f"presence-grace-{device_id}"
+        )
+
+    async def _after_grace(self, user_id: int, device_id: str) -> None:
+        try:
+            await asyncio.sleep(self._grace)
+            await self._gone(user_id, device_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("presence announcement for device %s failed", device_id)
+        finally:
+            if self._timers.get(device_id) is asyncio.current_task():
+                del self._timers[device_id]
+
+    async def _gone(self, user_id: int, device_id: str) -> None:
+        if await self._backplane.is_device_online(device_id):
+            return  # came back, possibly on another instance
+        now = datetime.now(UTC)
+        await self._touch(user_id, now)
+        await self._announce(user_id, device_id, online=False, when=now)
+
+    async def _touch(self, user_id: int, when: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await reach.touch_last_seen(conn, user_id, when)
+
+    async def _announce(self, user_id: int, device_id: str, *, online: bool, when: datetime) -> None:
+        async with self._engine.connect() as conn:
+            audience = await reach.accepted_contact_ids(conn, user_id)
+        if not audience:
+            return
+        frame = PresenceFrame(user_id=user_id, device_id=device_id, online=online, last_seen=when)
+        text = frame.model_dump_json()
+        for contact in audience:
+            await self._backplane.send_to_user(contact, text)

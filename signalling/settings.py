@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     ws_rate_burst: int = Field(default=400, gt=0)
     presence_grace_seconds: float = Field(default=5.0, ge=0)
     backplane_url: str | None = Field(default=None, description="redis://... for several instances")
+    backplane_prefix: str = Field(
+        default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"
+    )
+    mailbox_purge_interval_seconds: float = Field(default=300.0, gt=0)
 
     # --- ICE servers handed to peers -----------------------------------------------------------
     ice_servers: UrlList = Field(default_factory=list, description="extra ICE urls handed on as they are")
