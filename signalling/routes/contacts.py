@@ -26,7 +26,7 @@ Skip = Annotated[int, Query(ge=0, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
-def contact_out(view: ContactView, presence: PresenceView) -> ContactOut:
+def contact_out(view: ContactView, online: set[int]) -> ContactOut:
     accepted = view.contact.status == ContactStatus.ACCEPTED
     return ContactOut(
         user_id=view.other.id,
@@ -35,7 +35,7 @@ def contact_out(view: ContactView, presence: PresenceView) -> ContactOut:
         direction=ContactDirection(view.direction),
         group=view.contact.group_name,
         remark=view.contact.remark,
-        online=accepted and presence.is_online(view.other.id),
+        online=accepted and view.other.id in online,
         last_seen=view.other.last_seen if accepted else None,
         created_at=view.contact.created_at,
     )
@@ -43,6 +43,13 @@ def contact_out(view: ContactView, presence: PresenceView) -> ContactOut:
 
 def _presence(request: Request) -> PresenceView:
     return request.app.state.presence
+
+
+async def _outs(request: Request, views: list[ContactView]) -> list[ContactOut]:
+    """Rows with presence; only accepted contacts are asked about (one round for all of them)."""
+    accepted = [v.other.id for v in views if v.contact.status == ContactStatus.ACCEPTED]
+    online = await _presence(request).online_among(accepted) if accepted else set()
+    return [contact_out(v, online) for v in views]
 
 
 @router.post(
@@ -76,7 +83,7 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
             f"{friend.username} is already in your contacts or has your request.", code="duplicate"
         ) from exc
     await session.commit()
-    return contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.get("/", response_model=list[ContactOut], summary="Your contacts and sent requests, with presence")
@@ -92,8 +99,7 @@ async def list_contacts(
     views = await contact_store.list_own(
         session, user.id, status=status.value if status else None, group=group, skip=skip, limit=limit
     )
-    presence = _presence(request)
-    return [contact_out(v, presence) for v in views]
+    return await _outs(request, list(views))
 
 
 @router.get("/requests/incoming", response_model=list[ContactOut], summary="Requests waiting for your answer")
@@ -101,7 +107,7 @@ async def incoming(
     user: CurrentUser, request: Request, session: Session, skip: Skip = 0, limit: Limit = 50
 ) -> list[ContactOut]:
     views = await contact_store.incoming_requests(session, user.id, skip=skip, limit=limit)
-    return [contact_out(v, _presence(request)) for v in views]
+    return await _outs(request, list(views))
 
 
 @router.get("/requests/outgoing", response_model=list[ContactOut], summary="Your requests not answered yet")
@@ -109,7 +115,7 @@ async def outgoing(
     user: CurrentUser, request: Request, session: Session, skip: Skip = 0, limit: Limit = 50
 ) -> list[ContactOut]:
     views = await contact_store.outgoing_requests(session, user.id, skip=skip, limit=limit)
-    return [contact_out(v, _presence(request)) for v in views]
+    return await _outs(request, list(views))
 
 
 @router.post(
@@ -124,7 +130,7 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
     except StoreNotFound as exc:
         raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
     await session.commit()
-    return contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.post(
@@ -157,7 +163,7 @@ async def update_contact(
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
-    return contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.delete(
@@ -166,10 +172,11 @@ async def update_contact(
     summary="Remove a contact (both directions), or withdraw a request",
     responses={404: {"description": "not in your contacts"}},
 )
-async def remove_contact(user_id: int, user: CurrentUser, session: Session) -> Response:
+async def remove_contact(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
     try:
         await contact_store.remove(session, user.id, user_id)
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
+    request.app.state.hub.forget_reach()  # the hub stops relaying between the two at once
     return Response(status_code=status.HTTP_204_NO_CONTENT)
