@@ -26,7 +26,7 @@ from signalling.errors import install_error_handlers
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
 from signalling.ratelimit import SlidingWindowLimiter
-from signalling.routes import contacts, devices, health, ice, tokens, users, ws
+from signalling.routes import blobs, contacts, devices, health, ice, mailbox, tokens, users, ws
 from signalling.settings import Settings
 from signalling.tokens import TokenService, load_or_create_secret
 from store import migrate
@@ -35,7 +35,17 @@ from store.db import create_engine, session_factory
 log = logging.getLogger("peerpost.server")
 
 # Order matters only for the docs page and for lifespans (entered in this order).
-ROUTE_MODULES: tuple[ModuleType, ...] = (health, tokens, users, contacts, devices, ice, ws)
+ROUTE_MODULES: tuple[ModuleType, ...] = (
+    health,
+    tokens,
+    users,
+    contacts,
+    devices,
+    ice,
+    ws,
+    mailbox,
+    blobs,
+)
 
 
 class LoginLimits:

@@ -38,6 +38,13 @@ class BadRequest(ApiError):
     code = "bad_request"
 
 
+class Invalid(ApiError):
+    """A request that is well-formed JSON but asks for something impossible (422, like validation)."""
+
+    status_code = 422
+    code = "invalid"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     code = "unauthorized"

@@ -457,7 +457,15 @@ class Hub:
 
     async def _dispatch(self, sock: DeviceSocket, frame: Any, pipeline: asyncio.Queue[Any]) -> None:
         if isinstance(frame, PingFrame):
-            sock.push(_Out(PongFrame(nonce=frame.nonce).model_dump_json()))
+            # Through the pipeline: a pong means every earlier send and ack has been committed.
+            pong = PongFrame(nonce=frame.nonce).model_dump_json()
+
+            async def answer_ping() -> None:
+                sock.push(_Out(pong))
+
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            await pipeline.put((done, answer_ping, frame))
         elif isinstance(frame, SendFrame):
             await self._on_send(sock, frame, pipeline)
         elif isinstance(frame, AckFrame):

@@ -33,7 +33,11 @@ from store import reach
 @runtime_checkable
 class PresenceView(Protocol):
     async def is_online(self, user_id: int) -> bool:
-        """True while at least one of the user's devices holds a live socket (grace included)."""
+        """True while at least one of the user's devices holds a live socket (on any instance)."""
+        ...
+
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        """The ones of `user_ids` that are online (for contact lists: one call per page)."""
         ...
 
 
@@ -47,12 +51,19 @@ class LiveSockets(Protocol):
         """Close the live socket of one device, if it has one."""
         ...
 
+    def forget_reach(self) -> None:
+        """Contacts changed: re-check who may reach whom from the database from now on."""
+        ...
+
 
 class MemoryPresence:
     """Used when no hub is mounted: nobody is online."""
 
     async def is_online(self, user_id: int) -> bool:
         return False
+
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        return set()
 
 
 class NoLiveSockets:
@@ -62,6 +73,9 @@ class NoLiveSockets:
         return None
 
     async def disconnect_device(self, user_id: int, device_id: str, code: int, reason: str) -> None:
+        return None
+
+    def forget_reach(self) -> None:
         return None
 
 

@@ -44,6 +44,14 @@ class SlidingWindowLimiter:
             hits = self._hits.setdefault(key, deque())
         hits.append(now)
 
+    def undo(self, key: str) -> None:
+        """Forget the latest attempt of `key` (it turned out to be a good one)."""
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
+            if not hits:
+                del self._hits[key]
+
     def _prune(self, key: str, now: float) -> deque[float] | None:
         hits = self._hits.get(key)
         if hits is None:
