@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 # The peer's view types (`Me`, `MessageView`) are read by attribute, as docs/peer.md lists them.
 Me = Any
 MessageView = Any
-StartAction = Callable[["Peer", Callable[[float, str], None]], Awaitable[Me]]
+StartAction = Callable[["Peer"], Awaitable[Me]]
 
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
 LOGIN_DEADLINE_S = 120.0
+# The hub pushes presence but not contact requests (protocol.py has no frame for them), so the
+# bridge asks the server this often and tells the page when the lists changed.
+CONTACTS_POLL_S = 2.0
 
 
 class UiError(Exception):
@@ -169,10 +172,13 @@ class PeerBridge:
         self._peer: Peer | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
         self._me: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._key_warnings: dict[int, str] = {}
         self._usernames: dict[int, str] = {}
+        self._known_devices: dict[int, set[str]] = {}
+        self._read_sent: set[str] = set()
         self._file_owner: dict[str, int] = {}  # message id -> the other party, for progress events
 
     # ------------------------------------------------------------------ state and settings
@@ -210,30 +216,25 @@ class PeerBridge:
 
     async def register(self, username: str, email: str, password: str) -> dict[str, Any]:
         """Create the account and log in (the first login makes this device's keys)."""
-        return await self._start_peer(
-            lambda peer, progress: peer.register(username, email, password, progress)
-        )
+        return await self._start_peer(lambda peer: peer.register(username, email, password))
 
     async def login(self, username: str, password: str) -> dict[str, Any]:
         if not username or not password:
             raise UiError("Enter your username and password.", code="missing")
-        return await self._start_peer(lambda peer, progress: peer.login(username, password, progress))
+        return await self._start_peer(lambda peer: peer.login(username, password))
 
     async def _start_peer(self, action: StartAction) -> dict[str, Any]:
         async with self._lock:
             if self.phase == "ready":
                 raise UiError("You are already logged in.", status=409, code="logged_in")
-            loop = asyncio.get_running_loop()
-
-            def progress(fraction: float, label: str) -> None:
-                # Key generation reports from its worker thread: hop onto the loop first.
-                loop.call_soon_threadsafe(self._on_keygen, fraction, label)
-
             stack = contextlib.AsyncExitStack()
             try:
                 peer = await stack.enter_async_context(self._make_peer())
-                me = await asyncio.wait_for(action(peer, progress), LOGIN_DEADLINE_S)
+                # Listen before logging in: key-generation progress arrives as events.
+                self._pump = asyncio.create_task(self._pump_events(peer), name="peerpost-ui-events")
+                me = await asyncio.wait_for(action(peer), LOGIN_DEADLINE_S)
             except BaseException as err:
+                await self._cancel_pump()
                 await stack.aclose()
                 self.phase = "logged_out"
                 self._publish_state()
@@ -243,17 +244,20 @@ class PeerBridge:
             self._peer, self._stack = peer, stack
             self._me = {"user_id": me.user_id, "username": me.username, "device_id": me.device_id}
             self._usernames[me.user_id] = me.username
-            self._pump = asyncio.create_task(self._pump_events(peer), name="peerpost-ui-events")
             self.phase = "ready"
+            self._poll = asyncio.create_task(self._poll_contacts(peer), name="peerpost-ui-contacts")
             self._publish_state()
             return self.state()
 
     def _make_peer(self) -> Peer:
         # Imported here: the UI server (and its tests) start without loading aiortc.
+        from aiortc import RTCIceServer
+
         from peer import Peer, PeerSettings
 
+        ice = self.settings.ice_servers
         settings = PeerSettings(
-            ice_servers=self.settings.ice_servers,
+            ice_servers=None if ice is None else tuple(RTCIceServer(urls=url) for url in ice),
             host_addresses=tuple(self.settings.host_addresses) if self.settings.host_addresses else None,
         )
         return Peer(self.profile, self.settings.server_url, settings=settings)
@@ -280,17 +284,23 @@ class PeerBridge:
         async with self._lock:
             await self._stop_peer()
 
+    async def _cancel_pump(self) -> None:
+        for task in (self._pump, self._poll):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._pump = self._poll = None
+
     async def _stop_peer(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        await self._cancel_pump()
         if self._stack is not None:
             await self._stack.aclose()
         self._peer = self._stack = None
         self._me = None
         self._key_warnings.clear()
+        self._known_devices.clear()
+        self._read_sent.clear()
         self.phase = "logged_out"
 
     def _require_peer(self) -> Peer:
@@ -373,6 +383,15 @@ class PeerBridge:
         peer = self._require_peer()
         async with _errors():
             views = await peer.history(user_id, limit=200)
+            devices = await self._check_devices(peer, user_id)
+        if user_id not in self._key_warnings:
+            changed = [d for d in devices if d.key_changed or (not d.confirmed and not d.revoked)]
+            if changed:
+                who = self._usernames.get(user_id, f"user {user_id}")
+                self._key_warnings[user_id] = (
+                    f"{who}'s device key changed. Compare the safety number again before you trust it; "
+                    "sending waits until you confirm."
+                )
         return {
             "messages": [self._message_json(v) for v in views],
             "key_warning": self._key_warnings.get(user_id),
@@ -405,11 +424,11 @@ class PeerBridge:
         peer = self._require_peer()
         async with _errors():
             view = await peer.message(message_id)
-        file = view.file if view is not None else None
-        path = getattr(file, "path", None) if file is not None else None
+        file = (view.file if view is not None else None) or {}
+        path = file.get("path")
         if not path or not await asyncio.to_thread(Path(path).is_file):
             raise UiError("That file is not here (yet): it may still be arriving.", status=404)
-        return Path(path), file.name
+        return Path(path), str(file.get("name") or Path(path).name)
 
     async def typing(self, user_id: int, active: bool) -> None:
         peer = self._require_peer()
@@ -418,9 +437,19 @@ class PeerBridge:
 
     async def mark_read(self, user_id: int, message_ids: list[str]) -> None:
         peer = self._require_peer()
-        if message_ids:
-            async with _errors():
-                await peer.mark_read(user_id, message_ids)
+        fresh = [m for m in message_ids if m not in self._read_sent]
+        if not fresh:
+            return
+        try:
+            await peer.mark_read(user_id, fresh)
+        except KeyChanged as err:
+            # Read receipts are a courtesy: while a key change waits for confirmation they are not
+            # sent, and the conversation already shows the warning.
+            log.info("read receipt to user %s held back: %s", user_id, err)
+            return
+        except (PeerError, CryptoError) as err:
+            raise _ui_error(err) from err
+        self._read_sent.update(fresh)
 
     def _message_json(self, view: MessageView) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -434,11 +463,10 @@ class PeerBridge:
             "reason": view.reason,
         }
         if view.file is not None:
-            path = getattr(view.file, "path", None)
             data["file"] = {
-                "name": view.file.name,
-                "size": view.file.size,
-                "downloadable": bool(path),
+                "name": view.file.get("name", "file"),
+                "size": view.file.get("size", 0),
+                "downloadable": bool(view.file.get("path")),
             }
         return data
 
@@ -456,7 +484,6 @@ class PeerBridge:
         peer = self._require_peer()
         async with _errors():
             number = await peer.safety_number(user_id)
-            verified = await peer.is_verified(user_id)
         groups = number.formatted.split()
         return {
             "user_id": user_id,
@@ -464,7 +491,7 @@ class PeerBridge:
             "digits": number.digits,
             "formatted": "\n".join(" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4)),
             "qr_svg": number.qr_svg,
-            "verified": verified and user_id not in self._key_warnings,
+            "verified": number.verified and user_id not in self._key_warnings,
         }
 
     async def mark_verified(self, user_id: int) -> dict[str, Any]:
@@ -493,6 +520,11 @@ class PeerBridge:
         kind = ev.get("type")
         if kind == "presence":
             self.events.publish({"type": "presence", "user_id": ev["user_id"], "online": ev["online"]})
+            device = ev.get("device_id")
+            if ev["online"] and device and device not in self._known_devices.get(ev["user_id"], set()):
+                # A device we have not seen: fetch the bundles now, so a new or changed key is
+                # pinned-checked (and warned about) before anyone writes to it.
+                await self._check_devices(peer, ev["user_id"])
         elif kind == "connection":
             self.events.publish({"type": "connection", "online": ev["online"], "reason": ev.get("reason")})
         elif kind in ("message", "message_state", "file_received"):
@@ -522,6 +554,30 @@ class PeerBridge:
             self._on_keygen(ev["fraction"], ev["label"])
         elif kind == "error":
             self.events.publish({"type": "error", "message": _sentence(str(ev.get("message", "")))})
+
+    async def _check_devices(self, peer: Peer, user_id: int) -> list[Any]:
+        devices = await peer.devices(user_id)
+        self._known_devices[user_id] = {d.device_id for d in devices}
+        return devices
+
+    async def _poll_contacts(self, peer: Peer) -> None:
+        last: object = None
+        while True:
+            try:
+                incoming, outgoing = await peer.contact_requests()
+                accepted = await peer.contacts(status="accepted")
+            except PeerError as err:
+                log.debug("contact poll: %s", err)
+            else:
+                now = (
+                    sorted(c.user_id for c in incoming),
+                    sorted(c.user_id for c in outgoing),
+                    sorted((c.user_id, c.group or "", c.remark or "") for c in accepted),
+                )
+                if last is not None and now != last:
+                    self.events.publish({"type": "contacts_changed"})
+                last = now
+            await asyncio.sleep(CONTACTS_POLL_S)
 
     async def _publish_message(self, peer: Peer, message_id: str) -> None:
         view = await peer.message(message_id)

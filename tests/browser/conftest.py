@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, Response, async_playwright
 
 from peer.profile import Profile
 from peer.ui.bridge import PeerBridge, UiSettings
@@ -55,6 +55,7 @@ class Window:
     context: BrowserContext
     page: Page
     problems: list[str] = field(default_factory=list)
+    http_errors: list[str] = field(default_factory=list)
 
     def watch(self) -> None:
         def on_console(message: ConsoleMessage) -> None:
@@ -63,6 +64,13 @@ class Window:
 
         self.page.on("console", on_console)
         self.page.on("pageerror", lambda err: self.problems.append(f"{self.name} page error: {err}"))
+        self.page.on("response", self._on_response)
+
+    def _on_response(self, response: Response) -> None:
+        # Chromium's console line for a failed request does not say which one; this does.
+        if response.status >= 400:
+            method = response.request.method
+            self.http_errors.append(f"{self.name} HTTP {response.status} {method} {response.url}")
 
     async def shot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(exist_ok=True)
@@ -74,7 +82,7 @@ class Window:
         problems = self.problems
         if allow_http_4xx:
             problems = [p for p in problems if not HTTP_4XX.search(p)]
-        assert problems == [], "the page logged errors:\n" + "\n".join(problems)
+        assert problems == [], "the page logged errors:\n" + "\n".join(problems + self.http_errors)
 
 
 @dataclass

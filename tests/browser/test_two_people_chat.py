@@ -9,6 +9,7 @@ conversation warns about it. No page may log a console error along the way.
 from __future__ import annotations
 
 import os
+import re
 
 from playwright.async_api import Page, expect
 
@@ -55,8 +56,8 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
 
     # Register and first login: keys are made in the peer, with a progress bar.
     await register(alice, "alice")
-    await register(bob, "bob")
     await wait_keygen_then_chats(alice, "01-first-login-keygen")
+    await register(bob, "bob")
     await wait_keygen_then_chats(bob)
     await expect(a.locator("#me-name")).to_have_text("alice")
 
@@ -114,8 +115,10 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     # Safety numbers: both sides show the same digits and a QR code; alice marks bob verified.
     await a.click("#safety-btn")
     await b.click("#safety-btn")
-    await expect(a.locator("#safety-dialog")).to_be_visible()
-    await expect(a.locator("#safety-qr img")).to_be_visible()
+    for page in (a, b):
+        await expect(page.locator("#safety-dialog")).to_be_visible()
+        await expect(page.locator("#safety-qr img")).to_be_visible()
+        await expect(page.locator("#safety-digits")).to_have_text(re.compile(r"^(\d{5}\s+){11}\d{5}$"))
     digits_a = (await a.locator("#safety-digits").inner_text()).split()
     digits_b = (await b.locator("#safety-digits").inner_text()).split()
     assert len("".join(digits_a)) == 60

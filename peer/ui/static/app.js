@@ -379,8 +379,12 @@ async function loadHistory(userId) {
     return;
   }
   if (ui.current !== userId) return;
+  const old = ui.messages.get(userId) || new Map();
   const map = new Map();
-  for (const m of data.messages) map.set(m.id, m);
+  for (const m of data.messages) {
+    if (old.get(m.id)?.read_sent) m.read_sent = true;
+    map.set(m.id, m);
+  }
   ui.messages.set(userId, map);
   setWarning(data.key_warning);
   renderMessages();
@@ -456,10 +460,17 @@ function renderMessages() {
   if (nearBottom || true) list.scrollTop = list.scrollHeight;
 }
 
+// Events and request answers race (a receipt can overtake the answer to "send"): never go back.
+const STATE_RANK = { sending: 0, sent: 1, delivered: 2, read: 3 };
+
 function upsertMessage(userId, message, live) {
   if (!ui.messages.has(userId)) ui.messages.set(userId, new Map());
   const map = ui.messages.get(userId);
   const old = map.get(message.id);
+  if (old && (STATE_RANK[old.state] ?? -1) > (STATE_RANK[message.state] ?? -1) && message.state !== "failed") {
+    message.state = old.state;
+  }
+  if (old && old.read_sent) message.read_sent = true;
   if (old && old.file && message.file && old.file.fraction !== undefined && message.file.fraction === undefined) {
     message.file.fraction = old.file.fraction;
   }
