@@ -16,6 +16,7 @@ from playwright.async_api import Page, expect
 from tests.browser.conftest import PHONE, Window, wipe
 
 TIMEOUT_MS = 20_000
+KEYGEN_REPORT = re.compile(r"^\d+% (Generating .*|Keys ready)$")
 
 
 async def register(window: Window, username: str) -> None:
@@ -37,10 +38,12 @@ async def login(window: Window, username: str) -> None:
 async def wait_keygen_then_chats(window: Window, shot: str | None = None) -> None:
     """First login on a device shows the key-generation bar, then the chats."""
     page = window.page
-    await expect(page.locator("#keygen")).to_be_visible(timeout=TIMEOUT_MS)
+    keygen = page.locator("#keygen")
+    await expect(keygen).to_have_attribute("data-last-progress", KEYGEN_REPORT, timeout=TIMEOUT_MS)
     if shot:
         await window.shot(shot)
     await expect(page.locator("#view-chats")).to_be_visible(timeout=60_000)
+    await expect(keygen).to_have_attribute("data-last-progress", "100% Keys ready")
 
 
 def contact(page: Page, username: str):
@@ -139,7 +142,24 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     warning = a.locator("#key-warning")
     await expect(warning).to_be_visible(timeout=30_000)
     await expect(warning).to_contain_text("bob")
+    await expect(contact(a, "bob").locator(".badge.warn")).to_have_text("key changed")
     await alice.shot("05-key-change-warning")
+
+    # alice compares the new safety number and confirms it; then she can write to the new device.
+    await a.click("#safety-btn")
+    await expect(a.locator("#safety-dialog")).to_be_visible()
+    new_digits = a.locator("#safety-digits")
+    await expect(new_digits).to_have_text(re.compile(r"^(\d{5}\s+){11}\d{5}$"))
+    assert (await new_digits.inner_text()).split() != digits_a
+    await expect(a.locator("#verify-btn")).to_be_visible()
+    await a.click("#verify-btn")
+    await expect(a.locator("#safety-state")).to_contain_text("verified")
+    await a.keyboard.press("Escape")
+    await expect(warning).to_be_hidden()
+    await a.fill("#message-input", "Welcome back, bob.")
+    await a.press("#message-input", "Enter")
+    await contact(b, "alice").click()
+    await expect(b.locator("#messages .msg.in", has_text="Welcome back")).to_be_visible(timeout=TIMEOUT_MS)
 
     # The same conversation at phone width stays readable.
     await a.set_viewport_size(PHONE)

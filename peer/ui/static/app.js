@@ -218,7 +218,10 @@ function selectTab(which) {
 function showKeygen(fraction, label) {
   $("#keygen").hidden = false;
   $("#keygen-progress").value = fraction;
-  $("#keygen-label").textContent = label || "Generating keys…";
+  const text = label ? label[0].toUpperCase() + label.slice(1) : "Generating keys…";
+  $("#keygen-label").textContent = text;
+  // Kept after the panel hides: what the last progress report said (shown in the log, read by tests).
+  $("#keygen").dataset.lastProgress = `${Math.round(fraction * 100)}% ${text}`;
 }
 
 async function doLogin() {
@@ -237,10 +240,10 @@ async function doRegister() {
   $("#keygen").hidden = false;
   $("#keygen-label").textContent = "Creating your account…";
   $("#keygen-progress").value = 0;
-  selectTab("login");
-  $("#login-username").value = username;
-  $("#reg-password").value = "";
   const state = await api("POST", "/api/register", { username, email, password });
+  $("#reg-password").value = "";
+  $("#login-username").value = username;
+  selectTab("login");
   applyState(state);
 }
 
@@ -396,7 +399,8 @@ function renderConvHeader() {
   if (!c) return;
   $("#conv-name").textContent = c.username;
   const bits = [c.online ? "online" : "offline"];
-  if (c.verified) bits.push("verified");
+  if (c.key_warning) bits.push("key changed");
+  else if (c.verified) bits.push("verified");
   if (c.group) bits.push(c.group);
   if (c.remark) bits.push(c.remark);
   if (ui.links.get(c.user_id) === "open") bits.push("direct link open");
@@ -533,8 +537,9 @@ function keyChange(userId, text) {
   if (userId === ui.current) {
     setWarning(text);
     loadHistory(userId);
+  } else {
+    toast(text);
   }
-  toast(text);
   refreshContacts();
 }
 
@@ -610,6 +615,8 @@ function sendFile(file) {
 
 async function openSafety() {
   const userId = ui.current;
+  $("#safety-digits").textContent = "";
+  $("#safety-qr").replaceChildren();
   const data = await api("GET", `/api/safety/${userId}`);
   ui.safetyUser = userId;
   renderSafety(data);
@@ -730,7 +737,6 @@ function wire() {
       await doRegister();
     } catch (err) {
       $("#keygen").hidden = true;
-      selectTab("register");
       throw err;
     }
   }, $("#register-btn")));
