@@ -30,7 +30,7 @@ class LocalServerError(Exception):
 
 
 @contextlib.asynccontextmanager
-async def local_server(data_dir: Path) -> AsyncIterator[str]:
+async def local_server(data_dir: Path, port: int = 0) -> AsyncIterator[str]:
     """Start a signalling server on 127.0.0.1 with its data in `data_dir`; yield its URL."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
     env = dict(os.environ)
@@ -43,7 +43,7 @@ async def local_server(data_dir: Path) -> AsyncIterator[str]:
         "--host",
         "127.0.0.1",
         "--port",
-        "0",
+        str(port),
         "--data-dir",
         str(data_dir),
         stdout=subprocess.PIPE,
