@@ -183,6 +183,7 @@ function applyState(state) {
   if (ready) {
     $("#me-name").textContent = state.me.username;
     if (!wasReady) {
+      $("#toasts").replaceChildren();  // errors from the login screen are settled now
       refreshContacts();
       if (ui.view === "auth") show("chats");
       else show(ui.view);
