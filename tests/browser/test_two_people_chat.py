@@ -89,13 +89,26 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     await expect(sent.locator(".path")).to_have_text("direct", timeout=TIMEOUT_MS)
     await expect(sent).to_have_attribute("data-state", "read", timeout=TIMEOUT_MS)
 
+    # bob uses only the keyboard: focus alice in the list, Enter opens the chat and its input.
+    await contact(b, "alice").focus()
+    await b.keyboard.press("Enter")
+    await expect(b.locator("#message-input")).to_be_focused()
+
     # bob types: alice sees the typing indicator, then the reply.
-    await b.type("#message-input", "Hello alice", delay=20)
+    await b.keyboard.type("Hello alice", delay=20)
     await expect(a.locator("#typing")).to_contain_text("bob is typing", timeout=TIMEOUT_MS)
     await b.press("#message-input", "Enter")
     reply = a.locator("#messages .msg.in", has_text="Hello alice")
     await expect(reply).to_be_visible(timeout=TIMEOUT_MS)
     await expect(reply.locator(".path")).to_have_text("direct")
+
+    # alice files bob under a group with a remark; the list shows both.
+    await a.click("#edit-contact-btn")
+    await a.fill("#contact-group", "Climbing")
+    await a.fill("#contact-remark", "belays on Tuesdays")
+    await a.click("#contact-save")
+    await expect(a.locator(".group-name", has_text="Climbing")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(contact(a, "bob")).to_contain_text("belays on Tuesdays")
 
     # alice sends a file; bob downloads it and gets the same bytes.
     original = os.urandom(300_000)

@@ -386,9 +386,13 @@ async function loadHistory(userId) {
   const old = ui.messages.get(userId) || new Map();
   const map = new Map();
   for (const m of data.messages) {
-    if (old.get(m.id)?.read_sent) m.read_sent = true;
+    const before = old.get(m.id);
+    if (before?.read_sent) m.read_sent = true;
+    if (before && (STATE_RANK[before.state] ?? -1) > (STATE_RANK[m.state] ?? -1)) m.state = before.state;
     map.set(m.id, m);
   }
+  // Live events that arrived while the history was on its way are newer than it: keep them.
+  for (const [id, m] of old) if (!map.has(id)) map.set(id, m);
   ui.messages.set(userId, map);
   setWarning(data.key_warning);
   renderMessages();
