@@ -108,6 +108,8 @@ def _to_dict(p: Payload) -> dict[str, Any]:
             return {"type": "typing", "active": bool(active)}
         case Edit(message_id=mid, body=body):
             _check_ids([mid], "edit")
+            if not isinstance(body, str):
+                raise MalformedEnvelope("edit body must be a string")
             return {"type": "edit", "message_id": mid, "body": body}
         case Delete(message_ids=ids):
             return {"type": "delete", "message_ids": _check_ids(list(ids), "delete")}
@@ -116,7 +118,12 @@ def _to_dict(p: Payload) -> dict[str, Any]:
 
 def encode_payload(p: Payload) -> bytes:
     """Canonical bytes of `p`, padded to its bucket; `EnvelopeTooLarge` past the limit."""
-    body = canonical_json(_to_dict(p))
+    try:
+        body = canonical_json(_to_dict(p))
+    except UnicodeEncodeError as e:
+        raise MalformedEnvelope(
+            f"{p.kind} payload holds text that is not valid Unicode (a lone surrogate)"
+        ) from e
     n = _LEN.size + len(body)
     if n > MAX_PADDED_PAYLOAD:
         raise EnvelopeTooLarge(
