@@ -57,7 +57,11 @@ class Keystore:
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> tuple[bytes, bytes]:
     if not isinstance(password, str) or not password:
         raise KeystoreError("the keystore password must be a non-empty string")
-    out = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(password.encode("utf-8"))
+    try:
+        secret = password.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise KeystoreError("the keystore password is not valid Unicode text") from e
+    out = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(secret)
     return out[:32], out[32:]
 
 
