@@ -189,11 +189,15 @@ def decode_payload(data: bytes) -> Payload:
     body = data[_LEN.size : end]
     try:
         d = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise MalformedEnvelope("payload is not UTF-8 JSON") from e
     if not isinstance(d, dict):
         raise MalformedEnvelope("payload must be a JSON object")
     p = _from_dict(d)
-    if canonical_json(_to_dict(p)) != body:
+    try:
+        canonical = canonical_json(_to_dict(p))
+    except UnicodeEncodeError as e:  # an escaped lone surrogate ("\ud800") decodes but cannot re-encode
+        raise MalformedEnvelope("payload text is not valid Unicode") from e
+    if canonical != body:
         raise MalformedEnvelope("payload JSON is not in canonical form")
     return p

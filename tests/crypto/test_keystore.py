@@ -165,3 +165,12 @@ def test_any_password_and_meta_round_trip(devices, tmp_path_factory, password, m
     loaded = ks.load_keystore(path, password)
     assert loaded.meta == meta and loaded.storage_key == made.storage_key
     assert loaded.keys.identity_private_raw() == devices[device].keys.identity_private_raw()
+
+
+def test_keystore_with_escaped_surrogates_is_corrupt(tmp_path, store_bytes):
+    doc = json.loads(store_bytes)
+    text = json.dumps(doc).replace('"aes-256-gcm"', '"\\ud800"')
+    path = tmp_path / "k.json"
+    path.write_text(text)
+    with pytest.raises(KeystoreCorrupt, match="cannot be re-encoded"):
+        ks.load_keystore(path, "pa55word")

@@ -85,3 +85,13 @@ def test_payload_past_the_limit_names_the_limit():
 def test_text_with_a_lone_surrogate_is_refused_not_crashing():
     with pytest.raises(MalformedEnvelope, match="not valid Unicode"):
         encode_payload(Text("broken \ud800 text"))
+
+
+def test_escaped_lone_surrogate_from_a_sender_is_malformed():
+    with pytest.raises(MalformedEnvelope, match="not valid Unicode"):
+        decode_payload(_raw(b'{"body":"\\ud800","type":"text"}'))
+
+
+def test_deeply_nested_payload_is_malformed():
+    with pytest.raises(MalformedEnvelope, match="not UTF-8 JSON"):
+        decode_payload(_raw(b"[" * 40000, 49152))
