@@ -47,6 +47,10 @@ class LiveSockets(Protocol):
         """Close the live socket of one device, if it has one."""
         ...
 
+    def forget_reach(self) -> None:
+        """Contacts changed (one was removed): re-read who may reach whom from the database."""
+        ...
+
 
 class MemoryPresence:
     """Used when no hub is mounted: nobody is online."""
@@ -62,6 +66,9 @@ class NoLiveSockets:
         return None
 
     async def disconnect_device(self, user_id: int, device_id: str, code: int, reason: str) -> None:
+        return None
+
+    def forget_reach(self) -> None:
         return None
 
 
