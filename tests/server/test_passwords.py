@@ -38,6 +38,7 @@ async def test_hashing_runs_in_worker_threads_at_most_concurrency_at_once() -> N
     loop_thread = threading.get_ident()
     lock = threading.Lock()
     running, peak, threads = 0, 0, set()
+    pair = threading.Barrier(2)  # two hashes must really be in flight together
 
     def tracked(password: str) -> bytes:
         nonlocal running, peak
@@ -45,6 +46,7 @@ async def test_hashing_runs_in_worker_threads_at_most_concurrency_at_once() -> N
             running += 1
             peak = max(peak, running)
             threads.add(threading.get_ident())
+        pair.wait(timeout=10)
         try:
             return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6))
         finally:
