@@ -87,11 +87,15 @@ def db() -> None:
 @click.option("--database-url", default=None)
 def upgrade(data_dir: Path | None, database_url: str | None) -> None:
     """Migrate the database to the current schema (the server also does this on start)."""
-    from store.migrate import upgrade_sync
+    from store.errors import MigrationError
+    from store.migrate import head_revision, upgrade_sync
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
-    upgrade_sync(settings.effective_database_url)
-    click.echo("database is at the current schema")
+    try:
+        upgrade_sync(settings.effective_database_url)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"database is at the current schema (revision {head_revision()})")
 
 
 if __name__ == "__main__":
