@@ -89,12 +89,24 @@ class Meter:
         self.latencies: list[float] = []
         self.delivered = 0
         self.last = 0.0
+        self.expected: int | None = None
+        self.all_in = asyncio.Event()
 
     def hit(self, sent: float) -> None:
         now = time.perf_counter()
         self.latencies.append(now - sent)
         self.delivered += 1
         self.last = now
+        if self.expected is not None and self.delivered >= self.expected:
+            self.all_in.set()
+
+    async def wait_all(self, expected: int, deadline: float) -> None:
+        self.expected = expected
+        if self.delivered >= expected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                await self.all_in.wait()
 
 
 async def _receive(link: Link, meter_of: Callable[[], Meter]) -> None:
@@ -139,9 +151,7 @@ async def run_step(links: list[Link], offered: float, duration: float, meter_box
         link.sent_at.clear()
     start = time.perf_counter()
     sent = sum(await asyncio.gather(*(_send_paced(link, offered / len(links), duration) for link in links)))
-    deadline = time.perf_counter() + 3.0
-    while meter.delivered < sent and time.perf_counter() < deadline:  # let in-flight frames land
-        await asyncio.sleep(0.01)
+    await meter.wait_all(sent, deadline=3.0)  # let in-flight frames land
     window = max(meter.last - start, duration) if meter.delivered else duration
     lat = sorted(meter.latencies) or [float("nan")]
     return StepResult(
