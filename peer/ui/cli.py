@@ -112,3 +112,9 @@ def up(
             await _serve(opts, url, host, port, open_browser)
 
     _run(with_local_server())
+
+
+def add_commands(group: click.Group) -> None:
+    """Attach `ui` and `up` to the `peerpost` group (called by peer/cli.py)."""
+    group.add_command(ui)
+    group.add_command(up)
