@@ -299,30 +299,34 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
         with bridge.events.subscribe() as queue:
-            await websocket.send_json({"type": "state", "state": bridge.state()})
-            reader = asyncio.ensure_future(_drain_incoming(websocket))
             try:
-                while True:
-                    getter = asyncio.ensure_future(queue.get())
-                    done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    if reader in done:
-                        getter.cancel()
-                        break
-                    await websocket.send_json(getter.result())
-            except WebSocketDisconnect:
-                pass
-            finally:
-                for task in (reader,):
+                await websocket.send_json({"type": "state", "state": bridge.state()})
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            # Two owned tasks: one forwards events, one reads (how a closed tab is noticed). When
+            # either ends, the other is cancelled; nothing outlives the socket.
+            async with asyncio.TaskGroup() as group:
+                tasks = {
+                    group.create_task(_forward(queue, websocket)),
+                    group.create_task(_until_closed(websocket)),
+                }
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
 
-    async def _drain_incoming(websocket: WebSocket) -> None:
-        # The page sends nothing we act on over the socket (commands go through the API), but
-        # reading is how a closed tab is noticed.
+    async def _forward(queue: asyncio.Queue[dict[str, Any]], websocket: WebSocket) -> None:
+        try:
+            while True:
+                await websocket.send_json(await queue.get())
+        except (WebSocketDisconnect, RuntimeError):
+            return  # the tab went away mid-send
+
+    async def _until_closed(websocket: WebSocket) -> None:
+        # The page sends nothing we act on over the socket (commands go through the API).
         try:
             while True:
                 await websocket.receive_text()
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):
             return
 
     routes = [
