@@ -184,7 +184,12 @@ class PeerBridge:
     # ------------------------------------------------------------------ state and settings
 
     def state(self) -> dict[str, Any]:
-        return {"phase": self.phase, "me": self._me, "settings": self.settings_view()}
+        return {
+            "phase": self.phase,
+            "me": self._me,
+            "online": bool(self._peer is not None and self._peer.online),
+            "settings": self.settings_view(),
+        }
 
     def settings_view(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from PIL import Image
@@ -38,6 +39,15 @@ async def test_hide_a_message_in_an_image_and_read_it_back(server, peer_uis, chr
 
     await register(carol, "carol")
     await wait_keygen_then_chats(carol)
+
+    # The server goes away: the page says so; it comes back: the notice goes.
+    banner = page.locator("#offline-banner")
+    await expect(banner).to_be_hidden()
+    await asyncio.to_thread(server.kill)
+    await expect(banner).to_be_visible(timeout=TIMEOUT_MS)
+    await carol.shot("10-server-offline")
+    await asyncio.to_thread(server.restart)
+    await expect(banner).to_be_hidden(timeout=40_000)
 
     cover = tmp_path / "cover.png"
     _png(cover)

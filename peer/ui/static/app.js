@@ -109,7 +109,8 @@ function connectEvents() {
   ui.socket = socket;
   socket.addEventListener("open", () => {
     ui.socketRetry = 0;
-    $("#link-dot").classList.add("on");
+    ui.socketOpen = true;
+    renderDot();
   });
   socket.addEventListener("message", (event) => {
     let data;
@@ -121,7 +122,8 @@ function connectEvents() {
     handleEvent(data);
   });
   socket.addEventListener("close", () => {
-    $("#link-dot").classList.remove("on");
+    ui.socketOpen = false;
+    renderDot();
     const delay = Math.min(10000, 500 * 2 ** ui.socketRetry++) * (0.75 + Math.random() / 2);
     setTimeout(connectEvents, delay);
   });
@@ -162,7 +164,8 @@ function handleEvent(ev) {
       break;
     case "connection":
       ui.serverOnline = ev.online;
-      $("#link-dot").title = ev.online ? "Connected to the server" : `Not connected to the server${ev.reason ? `: ${ev.reason}` : ""}`;
+      $("#offline-banner").hidden = ev.online || !ui.state || ui.state.phase !== "ready";
+      renderDot(ev.reason);
       break;
     case "resync":
       if (ui.state && ui.state.phase === "ready") {
@@ -173,9 +176,19 @@ function handleEvent(ev) {
   }
 }
 
+// Green when this window reaches the peer and the peer reaches the server.
+function renderDot(reason) {
+  const on = ui.socketOpen && ui.serverOnline;
+  $("#link-dot").classList.toggle("on", Boolean(on));
+  $("#link-dot").title = !ui.socketOpen ? "This window lost its connection to PeerPost"
+    : on ? "Connected to the server" : `Not connected to the server${reason ? `: ${reason}` : ""}`;
+}
+
 function applyState(state) {
   const wasReady = ui.state && ui.state.phase === "ready";
   ui.state = state;
+  ui.serverOnline = state.online;
+  renderDot();
   $("#auth-server").textContent = state.settings.server_url;
   const ready = state.phase === "ready";
   $("#nav").hidden = !ready;
@@ -189,6 +202,7 @@ function applyState(state) {
       else show(ui.view);
     }
   } else {
+    $("#offline-banner").hidden = true;
     if (ui.view !== "settings") show("auth");
     if (state.phase === "logged_out") $("#keygen").hidden = true;
   }
@@ -457,7 +471,8 @@ function messageNode(m) {
     el("time", { datetime: new Date(m.sent_at_ms).toISOString(), text: time }),
     m.path ? el("span", { class: `path ${m.path}`, title: `travelled ${m.path}`, text: PATH_LABEL[m.path] || m.path }) : null,
     m.direction === "out" ? ticks(m) : null);
-  return el("li", { class: `msg ${m.direction}`, "data-id": m.id, "data-state": m.state || "", "data-path": m.path || "" }, body, meta);
+  const why = m.state === "failed" && m.reason ? el("div", { class: "failed-reason", text: m.reason }) : null;
+  return el("li", { class: `msg ${m.direction}`, "data-id": m.id, "data-state": m.state || "", "data-path": m.path || "" }, body, meta, why);
 }
 
 function renderMessages() {
