@@ -81,6 +81,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         server_header=False,
         # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
         ws_max_size=settings.max_frame_bytes * 4 + 65536,
+        # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing.
+        ws_per_message_deflate=False,
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])

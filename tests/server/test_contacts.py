@@ -19,6 +19,10 @@ class FixedPresence:
         self.asked.append(user_id)
         return user_id in self.online
 
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        self.asked.extend(user_ids)
+        return self.online & set(user_ids)
+
 
 async def _ask(client: httpx.AsyncClient, asker: Account, **body: object) -> httpx.Response:
     return await client.post("/me/contacts/", json=body, headers=asker.headers)
