@@ -353,6 +353,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 links, lambda box: step_up("hub", links, args.step_seconds, box, loads)
             )
             saturation = max(s.achieved for s in hub)
+            await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
             links = await hub_links(server.ws_url, accounts, envelope)
             half = await _with_receivers(
                 links, lambda box: run_step(links, saturation / 2, args.step_seconds * 2, box)
