@@ -300,6 +300,8 @@ class Hub:
             self._sockets[device_id].push(_Out(text))
 
     def close_device(self, device_id: str, code: int, reason: str, unless_conn: str | None) -> None:
+        if unless_conn is None:  # a revocation (possibly from another instance), not a replacement
+            self._reach.clear()
         sock = self._sockets.get(device_id)
         if sock is not None and sock.conn_id != unless_conn:
             sock.close(code, reason)
