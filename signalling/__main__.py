@@ -36,6 +36,16 @@ class _AnnouncingServer(uvicorn.Server):
             print(self._announce, flush=True)
 
 
+def _migrate_or_explain(settings: Settings) -> None:
+    from store.errors import MigrationError
+    from store.migrate import upgrade_sync
+
+    try:
+        upgrade_sync(settings.effective_database_url)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def main() -> None:
     """PeerPost signalling server."""
@@ -51,6 +61,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
     from signalling.app import create_app
 
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    _migrate_or_explain(settings)  # fail with one clear line, not a lifespan traceback
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,11 +100,11 @@ def db() -> None:
 @click.option("--database-url", default=None)
 def upgrade(data_dir: Path | None, database_url: str | None) -> None:
     """Migrate the database to the current schema (the server also does this on start)."""
-    from store.migrate import upgrade_sync
+    from store.migrate import head_revision
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
-    upgrade_sync(settings.effective_database_url)
-    click.echo("database is at the current schema")
+    _migrate_or_explain(settings)
+    click.echo(f"database is at the current schema (revision {head_revision()})")
 
 
 if __name__ == "__main__":

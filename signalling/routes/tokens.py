@@ -59,7 +59,7 @@ async def login(
 ) -> TokenPair:
     limits = request.app.state.login_limits
     address, port = client_address(request)
-    name_key = form.username.lower()
+    name_key = form.username.lower()[:64]  # bounded: the key lives in memory for a window
     waits = [limits.per_username.retry_after(name_key), limits.per_address.retry_after(address)]
     wait = max((w for w in waits if w is not None), default=None)
     if wait is not None:
