@@ -77,3 +77,38 @@ async def test_cli_errors_are_one_line_without_traceback(peer_server, tmp_path):
     )
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1 and "nobody-here" in unknown.stderr
+
+
+async def test_cli_listen_prints_each_event_as_a_json_line(peer_server, tmp_path):
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    run = lambda *a, **k: asyncio.to_thread(peerpost, peer_server, *a, **k)  # noqa: E731
+    await asyncio.gather(
+        run(alice, "register", "alice", "alice@example.org"), run(bob, "register", "bob", "bob@example.org")
+    )
+    await run(alice, "contacts", "add", "bob")
+    await run(bob, "contacts", "accept", "alice")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PEERPOST_PASSWORD": PASSWORD,
+        "PEERPOST_SERVER": peer_server.url,
+        "PEERPOST_PROFILE_DIR": str(bob),
+        "PEERPOST_HOST_ADDRESSES": "127.0.0.1",
+    }
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "peer", "listen", cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(30):
+            first = json.loads(await listener.stdout.readline())
+            assert first["type"] == "listening"
+            await run(alice, "send", "bob", "for the script")
+            while True:
+                event = json.loads(await listener.stdout.readline())
+                if event["type"] == "message":
+                    break
+        assert event["message"]["text"] == "for the script"
+    finally:
+        listener.terminate()
+        code = await asyncio.wait_for(listener.wait(), 15)
+    assert code == 0

@@ -313,3 +313,22 @@ async def test_profile_copied_without_password_reveals_no_history(world: World):
     with pytest.raises(Exception, match="wrong password"):
         await again.unlock("not the password")
     await again.close()
+
+
+async def test_typing_and_read_receipts_reach_the_other_side(world: World):
+    alice, bob = await world.pair()
+    alice_events = world.record(alice)
+    bob_events = world.record(bob)
+    sent = await alice.send_text(bob.me.user_id, "read me")
+    await bob_events.wait_for(lambda e: e.type == "message")
+    await bob.send_typing(alice.me.user_id, True)
+    typing = await alice_events.wait_for(lambda e: e.type == "typing")
+    assert typing.user_id == bob.me.user_id and typing.active
+    await bob.mark_read(alice.me.user_id, [sent.message_id])
+    await alice_events.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == sent.message_id and e.state == "read"
+    )
+    assert (await alice.message(sent.message_id)).state == "read"
+    assert await bob.history(alice.me.user_id) and not [
+        e for e in bob_events.of("message") if e.message["kind"] != "text"
+    ]
