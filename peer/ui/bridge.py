@@ -5,7 +5,8 @@ logout) and translates its events into the small JSON events the page understand
 peer (`PeerError`) and from crypto (`CryptoError`) become `UiError` with a sentence for a person.
 
 The bridge holds no keys and writes no history itself: the peer owns both. It does own the UI's
-settings file (server URL, ICE servers) and the temporary copies of files the browser uploads.
+settings file (server URL, ICE servers) and `sent-files/` in the profile: the copies of files the
+browser uploads, kept because an interrupted direct transfer resumes from its source file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,9 +419,12 @@ class PeerBridge:
         folder = self.profile.path / "sent-files" / secrets.token_hex(8)
         await asyncio.to_thread(folder.mkdir, parents=True, mode=0o700)
         target = folder / name
-        with target.open("wb") as out:  # small writes; the loop stays responsive
-            while chunk := await upload.read(1 << 20):
-                out.write(chunk)
+
+        def copy() -> None:
+            with target.open("wb") as out:
+                shutil.copyfileobj(upload.file, out, 1 << 20)
+
+        await asyncio.to_thread(copy)
         async with _errors():
             view = await peer.send_file(user_id, target)
         self._file_owner[view.message_id] = user_id
