@@ -409,7 +409,7 @@ async function loadHistory(userId) {
   for (const [id, m] of old) if (!map.has(id)) map.set(id, m);
   ui.messages.set(userId, map);
   setWarning(data.key_warning);
-  renderMessages();
+  renderMessages(true);
   markRead();
 }
 
@@ -475,13 +475,14 @@ function messageNode(m) {
   return el("li", { class: `msg ${m.direction}`, "data-id": m.id, "data-state": m.state || "", "data-path": m.path || "" }, body, meta, why);
 }
 
-function renderMessages() {
+function renderMessages(toBottom = false) {
   const list = $("#messages");
   const map = ui.messages.get(ui.current) || new Map();
   const items = [...map.values()].sort((a, b) => a.sent_at_ms - b.sent_at_ms);
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   list.replaceChildren(...items.map(messageNode));
-  if (nearBottom || true) list.scrollTop = list.scrollHeight;
+  // Follow new messages unless the person scrolled up to read older ones.
+  if (toBottom || nearBottom) list.scrollTop = list.scrollHeight;
 }
 
 // Events and request answers race (a receipt can overtake the answer to "send"): never go back.
@@ -500,7 +501,7 @@ function upsertMessage(userId, message, live) {
   }
   map.set(message.id, message);
   if (userId === ui.current) {
-    renderMessages();
+    renderMessages(message.direction === "out" && !old);
     if (message.direction === "in") {
       showTyping(userId, false);
       markRead();
