@@ -38,14 +38,6 @@ SCREENSHOTS = Path(__file__).parent / "screenshots-run"
 DESKTOP = {"width": 1180, "height": 760}
 PHONE = {"width": 390, "height": 780}
 
-pytestmark = pytest.mark.browser
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/browser" in str(item.fspath):
-            item.add_marker(pytest.mark.browser)
-
 
 @dataclass
 class Window:

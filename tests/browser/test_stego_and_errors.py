@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 
+import pytest
 from PIL import Image
 from playwright.async_api import expect
 
 from tests.browser.test_two_people_chat import register, wait_keygen_then_chats
 
+pytestmark = pytest.mark.browser
 TIMEOUT_MS = 20_000
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
 from playwright.async_api import Page, expect
 
 from tests.browser.conftest import PHONE, Window, wipe
 
+pytestmark = pytest.mark.browser
 TIMEOUT_MS = 20_000
 KEYGEN_REPORT = re.compile(r"^\d+% (Generating .*|Keys ready)$")
 
