@@ -9,10 +9,9 @@ import pytest
 from PIL import Image
 from playwright.async_api import expect
 
-from tests.browser.test_two_people_chat import register, wait_keygen_then_chats
+from tests.browser.steps import TIMEOUT_MS, register, wait_keygen_then_chats
 
 pytestmark = pytest.mark.browser
-TIMEOUT_MS = 20_000
 
 
 def _png(path, size=(160, 120)) -> None:
