@@ -190,8 +190,17 @@ class PeerBridge:
             "phase": self.phase,
             "me": self._me,
             "online": bool(self._peer is not None and self._peer.online),
+            "known_username": self._known_username(),
             "settings": self.settings_view(),
         }
+
+    def _known_username(self) -> str | None:
+        """Who last logged in with this profile, so the login form can be filled in for them."""
+        try:
+            meta = self.profile.load_meta()
+        except PeerError:
+            return None
+        return meta.username if meta is not None else None
 
     def settings_view(self) -> dict[str, Any]:
         return {

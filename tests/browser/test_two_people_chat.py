@@ -2,8 +2,9 @@
 
 alice and bob register in their own browser contexts, add and accept each other, see each other
 online, talk (the UI shows that messages went "direct"), share a file (bytes equal after download),
-compare safety numbers and mark each other verified; then bob's device key changes and alice's
-conversation warns about it. No page may log a console error along the way.
+compare safety numbers and alice marks bob verified; then bob's device key changes, alice's
+conversation warns about it, and she re-confirms the new key before writing to it. No page may
+log a console error along the way.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     # bob's device key changes: his profile is lost and he logs in again with fresh keys.
     await b.click("#logout-btn")
     await expect(b.locator("#view-auth")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(b.locator("#login-username")).to_have_value("bob")  # the profile remembers him
     wipe(bob_ui.profile_dir)
     await login(bob, "bob")
     await wait_keygen_then_chats(bob)

@@ -203,6 +203,11 @@ function applyState(state) {
     }
   } else {
     $("#offline-banner").hidden = true;
+    if (state.known_username && !$("#login-username").value) {
+      // This profile has logged in before: only the password is missing.
+      $("#login-username").value = state.known_username;
+      if (ui.view === "auth" || ui.view === "chats") $("#login-password").focus();
+    }
     if (ui.view !== "settings") show("auth");
     if (state.phase === "logged_out") $("#keygen").hidden = true;
   }
