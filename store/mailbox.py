@@ -236,6 +236,8 @@ class MailboxWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._idle = asyncio.Event()  # set while the writer waits for work
         self._usage: dict[str, _Usage] = {}
         self._usage_ttl = quota_cache_ttl
         dialect = engine.dialect.name
@@ -252,10 +254,20 @@ class MailboxWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="mailbox-writer")
 
-    async def close(self) -> None:
+    async def close(self, deadline: float = 5.0) -> None:
+        """Commit what is already queued (for at most `deadline` seconds), then stop.
+
+        Jobs that do not make it hear MailboxClosed: their senders never got `accepted`.
+        """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping = True
+            if self._idle.is_set() and self._queue.empty():
+                task.cancel()  # waiting for work: nothing to finish
+            else:
+                finished, _ = await asyncio.wait({task}, timeout=deadline)
+                if not finished:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
@@ -289,14 +301,18 @@ class MailboxWriter:
         return asyncio.get_running_loop()
 
     async def _submit(self, job: _Job) -> asyncio.Future[None]:
-        if self._task is None:
+        if self._task is None or self._stopping:
             raise MailboxClosed()
         await self._queue.put(job)  # waits only when the writer is max_queue jobs behind
         return job.done
 
     async def _run(self) -> None:
         while True:
+            if self._stopping and self._queue.empty():
+                return
+            self._idle.set()
             batch = [await self._queue.get()]
+            self._idle.clear()
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
