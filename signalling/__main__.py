@@ -14,13 +14,21 @@ from typing import Any
 
 import click
 import uvicorn
+from pydantic import ValidationError
 
 from signalling.settings import Settings
 
 
 def _settings(**overrides: Any) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PEERPOST_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise click.ClickException(f"bad setting: {problems}") from exc
 
 
 class _AnnouncingServer(uvicorn.Server):
