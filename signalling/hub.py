@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 # Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
 Authenticator = Callable[[str], Awaitable[int]]
 
-CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
+CLOSE_TOO_SLOW = 1013
+_REACH_CACHE_MAX = 100_000  # "try again later": the client stopped reading; it reconnects and drains
 
 
 class HubError(Exception):
@@ -190,6 +191,8 @@ class _ReachCache:
         return hit[0]
 
     def remember_owner(self, device_id: str, user_id: int) -> None:
+        if len(self._owners) >= _REACH_CACHE_MAX:
+            self._owners.clear()  # crude but bounded: a refill costs one query per active pair
         self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
 
     def contacts(self, a: int, b: int) -> bool:
@@ -197,6 +200,8 @@ class _ReachCache:
         return until is not None and until >= time.monotonic()
 
     def remember_contacts(self, a: int, b: int) -> None:
+        if len(self._contacts) >= _REACH_CACHE_MAX:
+            self._contacts.clear()
         self._contacts[(a, b)] = time.monotonic() + self._ttl
 
     def clear(self) -> None:
