@@ -226,7 +226,7 @@ class MailboxWriter:
         retention: timedelta,
         device_quota_bytes: int,
         device_quota_messages: int,
-        max_batch: int = 1024,
+        max_batch: int = 8192,
         max_queue: int = 20_000,
         quota_cache_ttl: float = 60.0,
     ) -> None:
