@@ -260,6 +260,8 @@ class Peer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._transfers is not None:
+            self._transfers.close()
         if self._store is not None:
             await self._store.close()
         await self._client.aclose()

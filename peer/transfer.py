@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crypto.errors import FileStreamError
 from crypto.filestream import FileManifest, decrypt_chunk, encrypt_chunks, verify_file
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 64  # chunks in flight without an ack (4 MiB at the default chunk size)
 PERSIST_EVERY = 16
+ACK_EVERY = 4  # chunks per acknowledgement (the last chunk is always acknowledged)
 
 
 @dataclass
@@ -54,6 +57,20 @@ class _Incoming:
     partial: Path
     sender_device: str
     message_id: str
+    fd: int | None = None  # the partial file, open while chunks arrive
+    digest: Any = None  # running SHA-256 while every chunk so far came through this process
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.pwrite(self.fd, data, offset)
+        if self.digest is not None:
+            self.digest.update(data)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class FileTransfers:
@@ -222,7 +239,10 @@ class FileTransfers:
             return
         # What is on disk is the truth: whole chunks only (a crash may leave a torn tail).
         next_index = _whole_chunks(partial, manifest)
-        self._in[message_id] = _Incoming(record, manifest, next_index, partial, sender_device, message_id)
+        incoming = _Incoming(record, manifest, next_index, partial, sender_device, message_id)
+        if next_index == 0:
+            incoming.digest = hashlib.sha256()  # whole file seen here: no re-read at the end
+        self._in[message_id] = incoming
         self._completed.setdefault(message_id, asyncio.Event())
 
     async def on_chunk(self, link: Link, chunk: frames.Chunk) -> None:
@@ -242,11 +262,12 @@ class FileTransfers:
                 link.send(frames.FileAbort(chunk.transfer_id, str(e)))
             await self._fail(incoming, str(e))
             return
-        _write_at(incoming.partial, chunk.index * incoming.manifest.chunk_size, plain)
+        incoming.write(chunk.index * incoming.manifest.chunk_size, plain)
         incoming.next_index += 1
-        with contextlib.suppress(LinkFailed):
-            link.send(frames.ChunkAck(chunk.transfer_id, chunk.index))
         manifest = incoming.manifest
+        if chunk.index % ACK_EVERY == ACK_EVERY - 1 or incoming.next_index == manifest.chunk_count:
+            with contextlib.suppress(LinkFailed):
+                link.send(frames.ChunkAck(chunk.transfer_id, chunk.index))
         if incoming.next_index % PERSIST_EVERY == 0 or incoming.next_index == manifest.chunk_count:
             await self._store.transfer_progress(chunk.transfer_id, incoming.next_index)
             done = min(incoming.next_index * manifest.chunk_size, manifest.size)
@@ -262,13 +283,16 @@ class FileTransfers:
         buffer = bytearray()
         index = 0
         incoming.partial.unlink(missing_ok=True)
-        with incoming.partial.open("wb") as f:
+        incoming.digest = hashlib.sha256()
+        with contextlib.closing(_Closer(incoming)):
             async for piece in self._client.download_blob(incoming.record.blob_id):
                 buffer += piece
                 while index < manifest.chunk_count and len(buffer) >= manifest.encrypted_chunk_length(index):
                     size = manifest.encrypted_chunk_length(index)
                     try:
-                        f.write(decrypt_chunk(manifest, index, bytes(buffer[:size])))
+                        incoming.write(
+                            index * manifest.chunk_size, decrypt_chunk(manifest, index, bytes(buffer[:size]))
+                        )
                     except FileStreamError as e:
                         await self._fail(incoming, str(e))
                         return
@@ -290,9 +314,16 @@ class FileTransfers:
         await self._finish(incoming)
 
     async def _finish(self, incoming: _Incoming) -> None:
+        incoming.release()
+        manifest = incoming.manifest
         try:
-            await asyncio.to_thread(verify_file, incoming.manifest, incoming.partial)
-        except FileStreamError as e:
+            if incoming.digest is not None:
+                await asyncio.to_thread(_fsync, incoming.partial)
+                if incoming.digest.hexdigest() != manifest.sha256:
+                    raise FileStreamError(f"file {manifest.name!r} does not match its manifest's SHA-256")
+            else:  # resumed from a partial file on disk: check the assembled whole
+                await asyncio.to_thread(verify_file, manifest, incoming.partial)
+        except (FileStreamError, OSError) as e:
             await self._fail(incoming, str(e))
             return
         target = _unique(self._download_dir, incoming.manifest.name, incoming.message_id)
@@ -319,10 +350,16 @@ class FileTransfers:
 
     async def _fail(self, incoming: _Incoming, reason: str) -> None:
         log.warning("file %s failed: %s", incoming.message_id, reason)
+        incoming.release()
         incoming.partial.unlink(missing_ok=True)
         await self._store.transfer_progress(incoming.message_id, 0, state=f"failed: {reason}"[:200])
         self._in.pop(incoming.message_id, None)
         self._completed.setdefault(incoming.message_id, asyncio.Event()).set()
+
+    def close(self) -> None:
+        """Release open partial files (the partial data stays: a later run resumes from it)."""
+        for incoming in self._in.values():
+            incoming.release()
 
     async def wait_received(self, message_id: str, within: float) -> TransferRecord | None:
         event = self._completed.setdefault(message_id, asyncio.Event())
@@ -354,10 +391,18 @@ def _done_bytes(manifest: FileManifest, acked: int) -> int:
     )
 
 
-def _write_at(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+class _Closer:
+    def __init__(self, incoming: _Incoming) -> None:
+        self._incoming = incoming
+
+    def close(self) -> None:
+        self._incoming.release()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.pwrite(fd, data, offset)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
