@@ -505,6 +505,7 @@ class Peer:
             link_deadline=self.settings.link_deadline,
             stall_after=self.settings.dead_after,
             download_dir=self.settings.download_dir,
+            device_online=self._device_online,
         )
         self._spawn(self._process_inbox(), "inbox")
         if self.settings.online:
@@ -846,8 +847,19 @@ class Peer:
             )
             failures = [str(r) for r in results if isinstance(r, BaseException)]
             if failures:
-                await store.set_message_state(message_id, FAILED, reason=failures[0])
-                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, failures[0]))
+                # The direct path gave out for good: the file goes again as a blob, in a new
+                # message (the first one stays, marked failed, pointing at the second).
+                readers = sorted({r.user_id for r in recipients} - {self.me.user_id}) or [self.me.user_id]
+                again_id = os.urandom(16).hex()
+                blob_id = await transfers.upload_blob(manifest, source, readers, again_id)
+                again = await self._send(conversation, FileOffer(manifest, blob_id), message_id=again_id)
+                reason = (
+                    f"direct transfer failed ({failures[0]}); sent again through the server as {again_id}"
+                )
+                await store.set_message_state(message_id, FAILED, reason=reason)
+                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, reason))
+                assert again is not None
+                return again
         return await self.message(message_id) or view
 
     async def _try_link(self, user_id: int, device_id: str) -> Link:

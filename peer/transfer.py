@@ -84,7 +84,9 @@ class FileTransfers:
         link_deadline: float,
         stall_after: float,
         download_dir: Path | None = None,
+        device_online: Callable[[int, str], bool] | None = None,
     ) -> None:
+        self._device_online = device_online
         self._store = store
         self._client = client
         self._links = links
@@ -133,6 +135,8 @@ class FileTransfers:
                 try:
                     link = self._links.open_link(device_id)
                     if link is None:
+                        if self._device_online is not None and not self._device_online(user_id, device_id):
+                            raise TransferFailed(f"device {device_id} went offline")
                         if links_used >= max_links:
                             raise TransferFailed(
                                 f"no direct link to device {device_id} after {max_links} tries"

@@ -332,3 +332,34 @@ async def test_typing_and_read_receipts_reach_the_other_side(world: World):
     assert await bob.history(alice.me.user_id) and not [
         e for e in bob_events.of("message") if e.message["kind"] != "text"
     ]
+
+
+async def test_file_whose_receiver_vanishes_mid_transfer_is_sent_again_as_a_blob(world: World, tmp_path):
+    alice, bob = await world.pair()
+    bob_events = world.record(bob)
+    await alice.send_text(bob.me.user_id, "file coming")
+    source = tmp_path / "three.bin"
+    digest = make_file(source, 3 * 1024 * 1024)
+    size = source.stat().st_size
+
+    async def vanish_at_half() -> None:
+        await bob_events.wait_for(
+            lambda e: e.type == "file_progress" and not e.outgoing and e.done >= size // 2
+        )
+        await bob.close()
+
+    vanisher = asyncio.ensure_future(vanish_at_half())
+    again = await alice.send_file(bob.me.user_id, source)
+    await vanisher
+    assert again.file["blob_id"] and again.path == "queued"
+    first = [
+        m
+        for m in await alice.history(bob.me.user_id)
+        if m.kind == "file" and m.message_id != again.message_id
+    ]
+    assert first[0].state == "failed" and again.message_id in first[0].reason
+
+    back = world.peer("bob", 1)
+    await back.unlock(PASSWORD)
+    received = await back.wait_file(again.message_id, within=30)
+    assert sha256_of(received) == digest
