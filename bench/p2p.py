@@ -71,7 +71,8 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 async def role_bob(server_url: str, profile: str) -> None:
-    async with Peer(Profile.at(profile), server_url, settings=settings(1)) as bob:
+    downloads = Path(profile).parent / "bob-downloads"
+    async with Peer(Profile.at(profile), server_url, settings=settings(1, download_dir=downloads)) as bob:
         queue = bob.subscribe()
         await bob.unlock(PASSWORD)
         await bob.wait_online(10)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from aiortc import RTCIceServer
 
 from crypto.atrest import open_at_rest, seal_at_rest
@@ -81,7 +82,7 @@ from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, RoutePolicy, Router
 from peer.session import Backoff, HubSession
-from peer.transfer import FileTransfers
+from peer.transfer import FileTransfers, export_sealed
 from signalling.protocol import (
     ContactOut,
     ContactStatus,
@@ -121,7 +122,8 @@ class PeerSettings:
     direct: bool = True  # False: never try links (server only)
     answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
     receipts: bool = True
-    download_dir: Path | None = None
+    download_dir: Path | None = None  # None: the platform's downloads folder, "PeerPost" in it
+    auto_export: bool = True  # put a decrypted copy of each received file in download_dir
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
     scrypt_n: int = DEFAULT_SCRYPT_N
 
@@ -504,7 +506,7 @@ class Peer:
             self._publish,
             link_deadline=self.settings.link_deadline,
             stall_after=self.settings.dead_after,
-            download_dir=self.settings.download_dir,
+            download_dir=self.download_dir if self.settings.auto_export else None,
             device_online=self._device_online,
         )
         self._spawn(self._process_inbox(), "inbox")
@@ -871,12 +873,29 @@ class Peer:
             raise LinkFailed(f"device {device_id} is offline")
         return await links.connect(user_id, device_id, within=self.settings.link_deadline)
 
+    @property
+    def download_dir(self) -> Path:
+        if self.settings.download_dir is not None:
+            return Path(self.settings.download_dir)
+        return Path(platformdirs.user_downloads_dir()) / "PeerPost"
+
     async def wait_file(self, message_id: str, within: float = 60.0) -> Path:
-        """Wait until an incoming file is complete and checked; its path in the downloads folder."""
+        """Wait until an incoming file is complete and checked; its decrypted copy's path."""
         record = await self._need()[5].wait_received(message_id, within)
         if record is None or record.state != "done":
             raise PeerError(f"file {message_id} did not arrive: {record.state if record else 'unknown'}")
-        return Path(record.local_path)
+        if record.export_path:
+            return Path(record.export_path)
+        return await self.export_file(message_id)
+
+    async def export_file(self, message_id: str, folder: str | os.PathLike[str] | None = None) -> Path:
+        """Decrypt a received file (kept sealed in the profile) into `folder` (default: download_dir)."""
+        record = await self._need()[0].get_transfer(message_id)
+        if record is None or record.outgoing or record.state != "done":
+            raise PeerError(f"there is no received file {message_id}")
+        manifest = FileManifest.from_dict(record.manifest)
+        target = Path(folder) if folder is not None else self.download_dir
+        return await asyncio.to_thread(export_sealed, manifest, Path(record.local_path), target, message_id)
 
     # ---------------------------------------------------------------------------------------------
     # history
@@ -891,7 +910,7 @@ class Peer:
             transfer = await store.get_transfer(m.message_id)
             if transfer is not None and not transfer.outgoing:
                 file["state"] = transfer.state
-                file["path"] = transfer.local_path if transfer.state == "done" else None
+                file["path"] = transfer.export_path if transfer.state == "done" else None
         devices = [
             {"user_id": u, "device_id": d, "path": p, "state": s}
             for u, d, p, s in await store.deliveries(m.message_id)

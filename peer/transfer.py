@@ -18,13 +18,13 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crypto.errors import FileStreamError
-from crypto.filestream import FileManifest, decrypt_chunk, encrypt_chunks, verify_file
+from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encrypt_chunks
 from peer import frames
 from peer.client import ServerClient
 from peer.errors import LinkFailed, TransferFailed
@@ -60,12 +60,13 @@ class _Incoming:
     fd: int | None = None  # the partial file, open while chunks arrive
     digest: Any = None  # running SHA-256 while every chunk so far came through this process
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, index: int, sealed: bytes, plain: bytes) -> None:
+        """Keep chunk `index` as it came (still encrypted: attachments stay sealed at rest)."""
         if self.fd is None:
             self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.pwrite(self.fd, data, offset)
+        os.pwrite(self.fd, sealed, index * self.manifest.encrypted_chunk_length(0))
         if self.digest is not None:
-            self.digest.update(data)
+            self.digest.update(plain)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -94,7 +95,7 @@ class FileTransfers:
         self._publish = publish
         self._link_deadline = link_deadline
         self._stall_after = stall_after
-        self._download_dir = download_dir or profile.downloads
+        self._download_dir = download_dir
         self._out: dict[str, _Outgoing] = {}
         self._in: dict[str, _Incoming] = {}
         self._completed: dict[str, asyncio.Event] = {}
@@ -266,7 +267,7 @@ class FileTransfers:
                 link.send(frames.FileAbort(chunk.transfer_id, str(e)))
             await self._fail(incoming, str(e))
             return
-        incoming.write(chunk.index * incoming.manifest.chunk_size, plain)
+        incoming.write(chunk.index, chunk.data, plain)
         incoming.next_index += 1
         manifest = incoming.manifest
         if chunk.index % ACK_EVERY == ACK_EVERY - 1 or incoming.next_index == manifest.chunk_count:
@@ -294,9 +295,8 @@ class FileTransfers:
                 while index < manifest.chunk_count and len(buffer) >= manifest.encrypted_chunk_length(index):
                     size = manifest.encrypted_chunk_length(index)
                     try:
-                        incoming.write(
-                            index * manifest.chunk_size, decrypt_chunk(manifest, index, bytes(buffer[:size]))
-                        )
+                        sealed = bytes(buffer[:size])
+                        incoming.write(index, sealed, decrypt_chunk(manifest, index, sealed))
                     except FileStreamError as e:
                         await self._fail(incoming, str(e))
                         return
@@ -326,13 +326,21 @@ class FileTransfers:
                 if incoming.digest.hexdigest() != manifest.sha256:
                     raise FileStreamError(f"file {manifest.name!r} does not match its manifest's SHA-256")
             else:  # resumed from a partial file on disk: check the assembled whole
-                await asyncio.to_thread(verify_file, manifest, incoming.partial)
+                await asyncio.to_thread(_check_sealed, manifest, incoming.partial)
         except (FileStreamError, OSError) as e:
             await self._fail(incoming, str(e))
             return
-        target = _unique(self._download_dir, incoming.manifest.name, incoming.message_id)
-        self._download_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(incoming.partial, target)  # atomic: the file appears whole and checked, or not at all
+        sealed = self._profile.downloads / f"{incoming.message_id}.sealed"
+        # Atomic: the stored file appears whole and checked, or not at all.
+        await asyncio.to_thread(os.replace, incoming.partial, sealed)
+        export = None
+        if self._download_dir is not None:
+            try:
+                export = await asyncio.to_thread(
+                    export_sealed, manifest, sealed, self._download_dir, incoming.message_id
+                )
+            except OSError as e:
+                log.warning("could not copy file %s to %s: %s", incoming.message_id, self._download_dir, e)
         record = incoming.record
         await self._store.save_transfer(
             TransferRecord(
@@ -340,15 +348,21 @@ class FileTransfers:
                 False,
                 record.conversation,
                 record.manifest,
-                str(target),
+                str(sealed),
                 incoming.manifest.chunk_count,
                 "done",
                 record.blob_id,
+                str(export) if export else None,
             )
         )
         self._in.pop(incoming.message_id, None)
         self._publish(
-            FileReceived(incoming.message_id, str(target), incoming.manifest.name, incoming.manifest.size)
+            FileReceived(
+                incoming.message_id,
+                str(export) if export else "",
+                incoming.manifest.name,
+                incoming.manifest.size,
+            )
         )
         self._completed.setdefault(incoming.message_id, asyncio.Event()).set()
 
@@ -377,7 +391,36 @@ def _whole_chunks(partial: Path, manifest: FileManifest) -> int:
         size = partial.stat().st_size
     except FileNotFoundError:
         return 0
-    return min(size // manifest.chunk_size, manifest.chunk_count)
+    return min(size // manifest.encrypted_chunk_length(0), manifest.chunk_count)
+
+
+def _sealed_chunks(manifest: FileManifest, path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for index in range(manifest.chunk_count):
+            yield f.read(manifest.encrypted_chunk_length(index))
+
+
+def _check_sealed(manifest: FileManifest, path: Path) -> None:
+    for _ in decrypt_chunks(manifest, _sealed_chunks(manifest, path)):
+        pass  # decrypt_chunks checks every chunk, the count and the SHA-256
+
+
+def export_sealed(manifest: FileManifest, sealed: Path, folder: Path, message_id: str) -> Path:
+    """Decrypt a stored file into `folder` (atomically, under a free name); blocking."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _unique(folder, manifest.name, message_id)
+    tmp = folder / f".{message_id}.part"
+    try:
+        with tmp.open("wb") as out:
+            for plain in decrypt_chunks(manifest, _sealed_chunks(manifest, sealed)):
+                out.write(plain)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 def _take(iterator, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]

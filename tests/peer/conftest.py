@@ -139,6 +139,7 @@ class World:
         self.recorders: list[Recorder] = []
 
     def peer(self, name: str, n: int, **overrides) -> Peer:
+        overrides.setdefault("download_dir", self.root / f"{name}-downloads")
         p = Peer(Profile.at(self.root / name), self.server.url, settings=loopback_settings(n, **overrides))
         self.peers.append(p)
         return p

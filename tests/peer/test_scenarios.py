@@ -304,11 +304,19 @@ async def test_closing_peers_leaves_no_task_socket_or_connection(peer_server, tm
     assert len(os.listdir("/proc/self/fd")) <= before_fds
 
 
-async def test_profile_copied_without_password_reveals_no_history(world: World):
+async def test_profile_copied_without_password_reveals_no_history(world: World, tmp_path):
     alice, bob = await world.pair()
     await alice.send_text(bob.me.user_id, "very private words")
+    attachment = tmp_path / "note.txt"
+    attachment.write_bytes(b"attachment secret " * 4000)
+    offer = await alice.send_file(bob.me.user_id, attachment)
+    exported = await bob.wait_file(offer.message_id)
+    assert exported.read_bytes() == attachment.read_bytes()
+    assert bob.profile.path not in exported.parents  # the decrypted copy lives outside the profile
     raw = b"".join(p.read_bytes() for p in bob.profile.path.rglob("*") if p.is_file())
-    assert b"very private words" not in raw
+    assert b"very private words" not in raw and b"attachment secret" not in raw
+    again = await bob.export_file(offer.message_id, tmp_path / "export")
+    assert again.read_bytes() == attachment.read_bytes()
     again = Peer(Profile.at(bob.profile.path), world.server.url, settings=loopback_settings(1, online=False))
     with pytest.raises(Exception, match="wrong password"):
         await again.unlock("not the password")
