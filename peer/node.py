@@ -126,6 +126,7 @@ class PeerSettings:
     auto_export: bool = True  # put a decrypted copy of each received file in download_dir
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
     scrypt_n: int = DEFAULT_SCRYPT_N
+    key_refresh_after: float = 30.0  # seconds a user's fetched device list is reused before sending
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,14 @@ class Peer:
         store = LocalStore(self.profile.db_path, self._keystore.storage_key)
         await store.open()
         self._store = store
-        keyring = Keyring(store, self._client, self._me.user_id, self._me.device_id, self._key_warning)
+        keyring = Keyring(
+            store,
+            self._client,
+            self._me.user_id,
+            self._me.device_id,
+            self._key_warning,
+            refresh_after=self.settings.key_refresh_after,
+        )
         await keyring.load()
         self._keyring = keyring
         await self._ensure_published()
@@ -559,7 +567,9 @@ class Peer:
             self._spawn(self._after_connect(), "after-connect")
 
     async def _after_connect(self) -> None:
-        store, _, _, router, _, _ = self._need()
+        store, keyring, _, router, _, _ = self._need()
+        with contextlib.suppress(ServerError):
+            await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
             contacts = await self._client.contacts()
             self._offline_users = {
@@ -587,6 +597,10 @@ class Peer:
         elif isinstance(frame, PresenceFrame):
             if frame.device_id is not None:
                 self._device_presence[frame.device_id] = frame.online
+                keyring = self._need()[1]
+                if frame.online and keyring.identity_key(frame.user_id, frame.device_id) is None:
+                    # A device we have not pinned came online: fetch its bundle (and warn) now.
+                    self._spawn(keyring.refresh(frame.user_id, force=True), "refresh-keys")
                 if not frame.online:
                     self._spawn(links.drop(frame.device_id), "drop-link")
             if frame.online:

@@ -371,3 +371,32 @@ async def test_file_whose_receiver_vanishes_mid_transfer_is_sent_again_as_a_blob
     await back.unlock(PASSWORD)
     received = await back.wait_file(again.message_id, within=30)
     assert sha256_of(received) == digest
+
+
+async def test_own_second_device_gets_a_copy_and_the_contact_is_warned(world: World):
+    alice, bob = await world.pair(alice_settings={"key_refresh_after": 0.0}, key_refresh_after=0.0)
+    alice_events = world.record(alice)
+    bob_events = world.record(bob)
+    await alice.send_text(bob.me.user_id, "from the first device")
+    await bob_events.wait_for(lambda e: e.type == "message")
+    laptop = world.peer("alice-laptop", 2, key_refresh_after=0.0)
+    laptop_events = world.record(laptop)
+    await laptop.login("alice", PASSWORD)
+    assert laptop.me.user_id == alice.me.user_id and laptop.me.device_id != alice.me.device_id
+    await laptop.wait_online(10)
+
+    # bob learns of the new device (presence or refresh) and is told about it
+    warning = await bob_events.wait_for(lambda e: e.type == "key_warning", within=10)
+    assert warning.change == "new_device" and warning.device_id == laptop.me.device_id
+    reply = await bob.send_text(alice.me.user_id, "to both of your devices")
+    for events in (alice_events, laptop_events):
+        got = await events.wait_for(
+            lambda e: e.type == "message" and e.message["text"] == "to both of your devices"
+        )
+        assert got.message["conversation"] == f"u:{bob.me.user_id}"
+    assert {d["device_id"] for d in reply.devices} == {alice.me.device_id, laptop.me.device_id}
+
+    # what the first device sends shows on the second as its own message
+    await alice.send_text(bob.me.user_id, "sync me")
+    mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "sync me")
+    assert mine.message["outgoing"] and mine.message["conversation"] == f"u:{bob.me.user_id}"
