@@ -156,7 +156,7 @@ class FileTransfers:
         last = manifest.chunk_count - 1
         start = out.acked.get(device_id, -1) + 1
         total = manifest.encrypted_size
-        for index, data in enumerate(encrypt_chunks(manifest, path, start), start):
+        async for index, data in _sealed_batches(manifest, path, start):
             while index - out.acked.get(device_id, -1) > WINDOW:
                 await self._await_progress(out, link)
             await link.send_paced(frames.Chunk(transfer_id, index, data))
@@ -384,6 +384,20 @@ class FileTransfers:
         async with asyncio.timeout(within):
             await event.wait()
         return await self._store.get_transfer(message_id)
+
+
+async def _sealed_batches(manifest: FileManifest, path: Path, start: int) -> AsyncIterator[tuple[int, bytes]]:
+    """Chunks `start..` read and encrypted in a worker thread, 16 at a time (disk and AES off the loop)."""
+    chunks = encrypt_chunks(manifest, path, start)
+    index = start
+    try:
+        while batch := await asyncio.to_thread(_take, chunks, 16):
+            for data in batch:
+                yield index, data
+                index += 1
+    finally:
+        with contextlib.suppress(ValueError):  # still running in the worker after a cancel
+            chunks.close()
 
 
 def _whole_chunks(partial: Path, manifest: FileManifest) -> int:
