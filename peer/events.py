@@ -52,6 +52,15 @@ class MessageStateChanged(Event):
 
 
 @dataclass(frozen=True)
+class DuplicateDropped(Event):
+    """An envelope came again (the other path, a resend) and was acknowledged, not shown."""
+
+    type: ClassVar[str] = "duplicate"
+    message_id: str
+    via: str
+
+
+@dataclass(frozen=True)
 class ReceiptReceived(Event):
     type: ClassVar[str] = "receipt"
     from_user: int

@@ -62,6 +62,7 @@ from peer.errors import (
 )
 from peer.events import (
     ConnectionChanged,
+    DuplicateDropped,
     ErrorEvent,
     Event,
     EventBus,
@@ -680,6 +681,7 @@ class Peer:
             opened = open_envelope(raw, self.local_device, keyring.identity_key, store)
         except ReplayDetected:
             await self._ack(header.message_id, link)  # shown once; the other path is done too
+            self._publish(DuplicateDropped(header.message_id, via))
             return
         except CryptoError as e:
             self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
