@@ -469,11 +469,7 @@ class Peer:
 
         ice = self.settings.ice_servers
         if ice is None:
-            config = await self._client.ice()
-            ice = tuple(
-                RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-                for s in config.ice_servers
-            )
+            ice = await self._server_ice()
         link_settings = LinkSettings(
             ice_servers=tuple(ice),
             host_addresses=self.settings.host_addresses,
@@ -522,6 +518,14 @@ class Peer:
         if self.settings.online:
             self._session.start()
 
+    async def _server_ice(self) -> tuple[RTCIceServer, ...]:
+        """The server's STUN/TURN list (TURN credentials expire: fetched again on every connect)."""
+        config = await self._client.ice()
+        return tuple(
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in config.ice_servers
+        )
+
     async def _ensure_published(self) -> None:
         assert self._keystore is not None
         mine = await self._client.devices(self.me.user_id)
@@ -568,7 +572,10 @@ class Peer:
             self._spawn(self._after_connect(), "after-connect")
 
     async def _after_connect(self) -> None:
-        store, keyring, _, router, _, _ = self._need()
+        store, keyring, links, router, _, _ = self._need()
+        if self.settings.ice_servers is None:
+            with contextlib.suppress(ServerError):
+                links.settings = replace(links.settings, ice_servers=await self._server_ice())
         with contextlib.suppress(ServerError):
             await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
