@@ -934,10 +934,14 @@ class Peer:
             if transfer is not None and not transfer.outgoing:
                 file["state"] = transfer.state
                 file["path"] = transfer.export_path if transfer.state == "done" else None
-        devices = [
-            {"user_id": u, "device_id": d, "path": p, "state": s}
-            for u, d, p, s in await store.deliveries(m.message_id)
-        ]
+        devices = (
+            [
+                {"user_id": u, "device_id": d, "path": p, "state": s}
+                for u, d, p, s in await store.deliveries(m.message_id)
+            ]
+            if m.outgoing and m.sender_device == self.me.device_id
+            else []
+        )
         return MessageView(
             message_id=m.message_id,
             conversation=m.conversation,

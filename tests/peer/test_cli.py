@@ -97,6 +97,23 @@ async def test_cli_errors_are_one_line_without_traceback(peer_server, tmp_path):
     )
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1 and "nobody-here" in unknown.stderr
+    await asyncio.to_thread(peerpost, peer_server, profile, "logout")
+    after = await asyncio.to_thread(peerpost, peer_server, profile, "whoami", check=False)
+    assert after.returncode == 1 and after.stderr.strip() == "error: logged out: run `peerpost login` again"
+    await asyncio.to_thread(peerpost, peer_server, profile, "login", "carol")
+    again = await asyncio.to_thread(peerpost, peer_server, profile, "whoami")
+    assert json.loads(again.stdout)["username"] == "carol"
+    nowhere = await asyncio.to_thread(
+        peerpost,
+        peer_server,
+        tmp_path / "dave",
+        "--server",
+        "http://127.0.0.1:9",
+        "login",
+        "dave",
+        check=False,
+    )
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: cannot reach the server")
 
 
 async def test_cli_listen_prints_each_event_as_a_json_line(peer_server, tmp_path):
