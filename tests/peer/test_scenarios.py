@@ -389,3 +389,31 @@ async def test_own_second_device_gets_a_copy_and_the_contact_is_warned(world: Wo
     await alice.send_text(bob.me.user_id, "sync me")
     mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "sync me")
     assert mine.message["outgoing"] and mine.message["conversation"] == f"u:{bob.me.user_id}"
+
+
+async def test_both_sides_sending_at_once_settle_on_one_link(world: World):
+    alice, bob = await world.pair()
+    a, b = await asyncio.gather(
+        alice.send_text(bob.me.user_id, "hi bob"), bob.send_text(alice.me.user_id, "hi alice")
+    )
+    assert a.path == "direct" and b.path == "direct"
+    assert [lk.state for lk in alice.linkset.links()] == ["open"]
+    assert [lk.state for lk in bob.linkset.links()] == ["open"]
+    assert [m.text for m in await alice.history(bob.me.user_id)] in (
+        ["hi bob", "hi alice"],
+        ["hi alice", "hi bob"],
+    )
+
+
+async def test_new_device_of_a_verified_contact_blocks_sending_until_confirmed(world: World):
+    alice, bob = await world.pair(key_refresh_after=0.0)
+    await bob.send_text(alice.me.user_id, "before")
+    await bob.verify_contact(alice.me.user_id)
+    laptop = world.peer("alice-laptop", 2)
+    await laptop.login("alice", PASSWORD)
+    with pytest.raises(KeyChanged) as blocked:
+        await bob.send_text(alice.me.user_id, "not yet")
+    assert blocked.value.device_id == laptop.me.device_id
+    await bob.accept_key_change(alice.me.user_id)
+    sent = await bob.send_text(alice.me.user_id, "now to both")
+    assert {d["device_id"] for d in sent.devices} == {alice.me.device_id, laptop.me.device_id}
