@@ -79,7 +79,15 @@ async def test_both_online_messages_and_10mb_file_go_direct_and_server_relays_no
                 e.type == "message_state" and e.message_id == mid and e.state == "delivered"
             )
         )
-    assert len([e for e in bob_events.of("message")]) == 6
+    assert len(bob_events.of("message")) == 6
+    # The server's own files: a relayed message leaves its id there (control); the direct ones do not.
+    await alice.set_direct(False)
+    control = await alice.send_text(bob.me.user_id, "control, through the server")
+    assert control.path == "relayed"
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message["message_id"] == control.message_id)
+    server_bytes = b"".join(p.read_bytes() for p in world.server.data_dir.rglob("*") if p.is_file())
+    assert control.message_id.encode() in server_bytes
+    assert not [i for i in ids if i.encode() in server_bytes]
 
 
 async def test_callee_ignoring_offers_gets_the_message_through_the_server_within_deadline(world: World):
