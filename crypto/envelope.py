@@ -1,24 +1,33 @@
-"""Signed hybrid envelopes (version 1): one message, many recipient devices.
+"""Signed hybrid envelopes: one message, many recipient devices (seal writes version 2, open reads 1 and 2).
 
 One random AES-256-GCM content key encrypts the padded payload with AAD = the canonical header
-bytes; the key is wrapped with RSA-OAEP-SHA256 for every recipient device; the sender's Ed25519
-identity key signs everything before the signature. The envelope is one canonical byte string:
-what is signed is a prefix of what is stored and sent, so nothing is ever re-serialised on the way.
+bytes; the sender's Ed25519 identity key signs everything before the signature. The envelope is one
+canonical byte string: what is signed is a prefix of what is stored and sent, so nothing is ever
+re-serialised on the way.
+
+Version 1 wraps the content key with RSA-OAEP-SHA256 for every recipient device, so every open
+costs one RSA-4096 decryption (~1.4 ms). Version 2 (see `crypto.sessionkeys`) carries, per device,
+the RSA wrap of a session key S that the sender reuses across messages, and the content key wrapped
+with AES-256-GCM under a key derived from S: a receiver that has seen that wrap from that sender
+skips the RSA operation, and one with an empty cache still opens any envelope on its own.
 
 Binary layout (integers big-endian)::
 
-    "PPE" 0x01                      magic and format version
+    "PPE" u8 version                magic and format version (1 or 2)
     u32 n, header[n]                canonical JSON (sorted keys, no spaces, UTF-8)
-    u16 k, k × (u16 m, wrapped[m])  wrapped content keys, in the order of header.recipients
+    u16 k, k × slot                 one slot per device, in the order of header.recipients
+        v1 slot: u16 m, rsa[m]                    RSA-OAEP(content key)
+        v2 slot: u16 m, rsa[m], wnonce[12], wk[48]  RSA-OAEP(S), AES-GCM(KEK(S), content key)
     nonce[12]
     u32 c, ciphertext[c]            AES-256-GCM(payload) || tag
-    signature[64]                   Ed25519 over "peerpost/envelope/v1\\0" || all bytes above
+    signature[64]                   Ed25519 over "peerpost/envelope/v<version>\\0" || all bytes above
 
 `open_envelope` checks in the order of docs/protocol.md and raises one typed error per fault.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -48,18 +57,23 @@ from .errors import (
     UnknownVersion,
 )
 from .keys import DeviceKeys
-from .keywrap import unwrap_key, wrap_key
+from .keywrap import unwrap_key
 from .payload import PAYLOAD_KINDS, Payload, decode_payload, encode_payload
+from .sessionkeys import SessionKeyCache, UnwrapCache, new_session, recover_kek
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2  # what seal writes
+READABLE_VERSIONS = (1, 2)  # what open_envelope accepts
 MAGIC = b"PPE"
-SIGNATURE_DOMAIN = b"peerpost/envelope/v1\x00"
+SIGNATURE_DOMAINS = {1: b"peerpost/envelope/v1\x00", 2: b"peerpost/envelope/v2\x00"}
+SIGNATURE_DOMAIN = SIGNATURE_DOMAINS[ENVELOPE_VERSION]
+KEY_WRAP_DOMAIN = b"peerpost/envelope-key/v2\x00"  # AAD prefix of a v2 content-key wrap
 MAX_RECIPIENTS = 256  # as many as signalling.protocol.SendFrame carries
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ENVELOPE_BYTES = 512 * 1024
 NONCE_BYTES = 12
 SIGNATURE_BYTES = 64
 WRAPPED_KEY_BYTES = 512  # RSA-4096
+WRAPPED_CONTENT_KEY_BYTES = NONCE_BYTES + 32 + 16  # v2: nonce, AES-GCM(32-byte key), tag
 DEFAULT_TOLERANCE_S = 300.0  # future skew allowed for sent-at
 DEFAULT_MAX_AGE_S = 30 * 24 * 3600.0  # oldest sent-at accepted (mailbox retention and replay memory)
 
@@ -147,7 +161,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _header_from_dict(d: object) -> EnvelopeHeader:
+def _header_from_dict(d: object, version: int) -> EnvelopeHeader:
     """Validates every field; raises MalformedEnvelope naming the first bad one."""
     if not isinstance(d, dict):
         raise MalformedEnvelope("envelope header is not a JSON object")
@@ -157,8 +171,8 @@ def _header_from_dict(d: object) -> EnvelopeHeader:
     }  # fmt: skip
     if set(d) != fields:
         raise MalformedEnvelope(f"envelope header fields must be exactly {sorted(fields)}")
-    if d["version"] != ENVELOPE_VERSION or not _is_int(d["version"]):
-        raise UnknownVersion(f"envelope header version {d['version']!r} is not {ENVELOPE_VERSION}")
+    if d["version"] != version or not _is_int(d["version"]):
+        raise UnknownVersion(f"envelope header version {d['version']!r} is not {version}")
     if not isinstance(d["message_id"], str) or not _MESSAGE_ID.match(d["message_id"]):
         raise MalformedEnvelope("message id must be 32 lowercase hex digits")
     if not _is_int(d["sender_user"]) or not 0 <= d["sender_user"] < 2**63:
@@ -189,8 +203,14 @@ def seal(
     conversation: str,
     message_id: str | None = None,
     sent_at_ms: int | None = None,
+    session_keys: SessionKeyCache | None = None,
 ) -> bytes:
-    """Encrypt `payload` once for every recipient device and sign it as `sender`."""
+    """Encrypt `payload` once for every recipient device and sign it as `sender` (version 2).
+
+    `session_keys` lets consecutive envelopes to the same device reuse one RSA-wrapped session
+    key (the receiver then skips its RSA operation); without it every envelope gets fresh session
+    keys, which is correct but costs every receiver an RSA decryption.
+    """
     if not 1 <= len(recipients) <= MAX_RECIPIENTS:
         raise EnvelopeTooLarge(
             f"an envelope carries 1-{MAX_RECIPIENTS} recipient devices, not {len(recipients)}"
@@ -205,7 +225,8 @@ def seal(
             "content_type": payload.kind,
             "sent_at_ms": sent_at_ms if sent_at_ms is not None else int(time.time() * 1000),
             "recipients": [r.device_id for r in recipients],
-        }
+        },
+        ENVELOPE_VERSION,
     )
     header_bytes = canonical_json(header.to_dict())
     if len(header_bytes) > MAX_HEADER_BYTES:
@@ -215,6 +236,7 @@ def seal(
     plaintext = encode_payload(payload)
 
     content_key = AESGCM.generate_key(256)
+    header_hash = hashlib.sha256(header_bytes).digest()
     parts = [
         MAGIC,
         bytes([ENVELOPE_VERSION]),
@@ -224,10 +246,15 @@ def seal(
     ]
     for r in recipients:
         try:
-            wrapped = wrap_key(r.encryption_key, content_key)
+            if session_keys is not None:
+                session = session_keys.session(sender.device_id, r.device_id, r.encryption_key)
+            else:
+                session = new_session(sender.device_id, r.device_id, r.encryption_key)
         except EnvelopeError as e:
             raise EnvelopeError(f"recipient device {r.device_id}: {e}") from e
-        parts += (_U16.pack(len(wrapped)), wrapped)
+        wrap_nonce = os.urandom(NONCE_BYTES)
+        wrapped_key = session.aead.encrypt(wrap_nonce, content_key, _key_wrap_aad(header_hash, r.device_id))
+        parts += (_U16.pack(len(session.wrapped)), session.wrapped, wrap_nonce, wrapped_key)
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, header_bytes)
     parts += (nonce, _U32.pack(len(ciphertext)), ciphertext)
@@ -238,11 +265,18 @@ def seal(
     return envelope
 
 
+def _key_wrap_aad(header_hash: bytes, device_id: str) -> bytes:
+    """Binds a v2 content-key wrap to this message's header and to the slot's device."""
+    return KEY_WRAP_DOMAIN + header_hash + _U32.pack(len(device_id)) + device_id.encode("ascii")
+
+
 @dataclass(frozen=True)
 class _Parsed:
+    version: int
     header: EnvelopeHeader
     header_bytes: bytes
-    wrapped: list[bytes]
+    wrapped: list[bytes]  # v1: RSA(content key); v2: RSA(session key)
+    wrapped_keys: list[bytes]  # v2 only: wnonce || AES-GCM(KEK, content key)
     nonce: bytes
     ciphertext: bytes
     signed: bytes
@@ -257,10 +291,11 @@ def _parse(data: bytes) -> _Parsed:
         raise EnvelopeTooLarge(f"envelope is {len(data)} bytes; the limit is {MAX_ENVELOPE_BYTES}")
     if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
         raise MalformedEnvelope("not a PeerPost envelope (bad magic)")
-    if data[len(MAGIC)] != ENVELOPE_VERSION:
+    version = data[len(MAGIC)]
+    if version not in READABLE_VERSIONS:
         raise UnknownVersion(
-            f"envelope format version {data[len(MAGIC)]} is not supported "
-            f"(this build speaks {ENVELOPE_VERSION})"
+            f"envelope format version {version} is not supported "
+            f"(this build reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     reader = Reader(data)
     try:
@@ -274,7 +309,7 @@ def _parse(data: bytes) -> _Parsed:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             # RecursionError: "[[[[…" nested past the parser's limit; anyone can send that.
             raise MalformedEnvelope("envelope header is not UTF-8 JSON") from e
-        header = _header_from_dict(header_obj)
+        header = _header_from_dict(header_obj, version)
         if canonical_json(header.to_dict()) != header_bytes:
             raise MalformedEnvelope("envelope header is not in canonical form")
         count = reader.u16()
@@ -282,12 +317,14 @@ def _parse(data: bytes) -> _Parsed:
             raise MalformedEnvelope(
                 f"envelope has {count} wrapped keys for {len(header.recipients)} recipients"
             )
-        wrapped = []
+        wrapped, wrapped_keys = [], []
         for _ in range(count):
             n = reader.u16()
             if n != WRAPPED_KEY_BYTES:
                 raise MalformedEnvelope(f"wrapped key is {n} bytes, expected {WRAPPED_KEY_BYTES}")
             wrapped.append(reader.take(n))
+            if version >= 2:
+                wrapped_keys.append(reader.take(WRAPPED_CONTENT_KEY_BYTES))
         nonce = reader.take(NONCE_BYTES)
         ciphertext = reader.take(reader.u32())
         signed_end = reader.pos
@@ -296,7 +333,9 @@ def _parse(data: bytes) -> _Parsed:
         raise MalformedEnvelope(f"envelope is truncated or garbled: {e}") from e
     if reader.remaining():
         raise MalformedEnvelope(f"envelope has {reader.remaining()} trailing bytes")
-    return _Parsed(header, header_bytes, wrapped, nonce, ciphertext, data[:signed_end], signature)
+    return _Parsed(
+        version, header, header_bytes, wrapped, wrapped_keys, nonce, ciphertext, data[:signed_end], signature
+    )
 
 
 def peek_header(data: bytes) -> EnvelopeHeader:
@@ -312,12 +351,15 @@ def open_envelope(
     now_ms: int | None = None,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     max_age_s: float | None = DEFAULT_MAX_AGE_S,
+    unwrap_cache: UnwrapCache | None = None,
 ) -> OpenedEnvelope:
     """Verify and decrypt an envelope addressed to `me`; remembers its id only on success.
 
     `lookup_sender(user_id, device_id)` returns the sender device's pinned Ed25519 key or None.
     `tolerance_s` bounds how far in the future sent-at may be; `max_age_s` how old (queued mail is
     legitimately old; past the age limit the replay memory may have forgotten the id).
+    `unwrap_cache` (version 2) remembers session keys already unwrapped, so the next envelope of the
+    same session costs no RSA operation; it is consulted only after the signature verified.
     """
     p = _parse(data)  # 1. version known, well formed
     h = p.header
@@ -332,7 +374,7 @@ def open_envelope(
         raise UnknownSenderDevice(f"pinned identity key of {who} is unusable: {e}") from e
 
     try:  # 3. signature
-        public.verify(p.signature, SIGNATURE_DOMAIN + p.signed)
+        public.verify(p.signature, SIGNATURE_DOMAINS[p.version] + p.signed)
     except InvalidSignature as e:
         raise SignatureInvalid(f"message {h.message_id} from {who} could not be verified") from e
 
@@ -341,11 +383,20 @@ def open_envelope(
     except ValueError as e:
         raise NoKeyForDevice(f"message {h.message_id} from {who} was not encrypted for this device") from e
 
-    try:  # 5. decryption (exactly one RSA operation)
-        content_key = unwrap_key(me.keys, p.wrapped[slot])
+    if p.version == 1:  # 5. decryption (v1: exactly one RSA operation)
+        try:
+            content_key = unwrap_key(me.keys, p.wrapped[slot])
+        except DecryptionFailed as e:
+            raise DecryptionFailed(f"message {h.message_id} from {who} could not be decrypted: {e}") from e
+    else:  # v2: at most one RSA operation, none when the session is cached
+        content_key = _open_v2_key(p, slot, me, unwrap_cache, f"message {h.message_id} from {who}")
+    try:
         plaintext = AESGCM(content_key).decrypt(p.nonce, p.ciphertext, p.header_bytes)
-    except (DecryptionFailed, InvalidTag) as e:
-        raise DecryptionFailed(f"message {h.message_id} from {who} could not be decrypted") from e
+    except InvalidTag as e:
+        raise DecryptionFailed(
+            f"message {h.message_id} from {who} could not be decrypted: the ciphertext does not "
+            "authenticate under its content key"
+        ) from e
     payload = decode_payload(plaintext)
     if payload.kind != h.content_type:
         raise MalformedEnvelope(
@@ -370,6 +421,31 @@ def open_envelope(
     return OpenedEnvelope(h, payload)
 
 
+def _open_v2_key(p: _Parsed, slot: int, me: LocalDevice, cache: UnwrapCache | None, what: str) -> bytes:
+    wrapped_session = p.wrapped[slot]
+    sender_device = p.header.sender_device
+    aead = cache.kek(me.device_id, sender_device, wrapped_session) if cache is not None else None
+    fresh = aead is None
+    if aead is None:
+        try:
+            aead = recover_kek(me.keys, wrapped_session, sender_device, me.device_id)
+        except DecryptionFailed as e:
+            raise DecryptionFailed(
+                f"{what} could not be decrypted: the session key does not unwrap ({e})"
+            ) from e
+    wk = p.wrapped_keys[slot]
+    aad = _key_wrap_aad(hashlib.sha256(p.header_bytes).digest(), me.device_id)
+    try:
+        content_key = aead.decrypt(wk[:NONCE_BYTES], wk[NONCE_BYTES:], aad)
+    except InvalidTag as e:
+        raise DecryptionFailed(
+            f"{what} could not be decrypted: its content key does not open under the session key"
+        ) from e
+    if fresh and cache is not None:  # only a session that just opened a key is worth keeping
+        cache.remember(me.device_id, sender_device, wrapped_session, aead)
+    return content_key
+
+
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_TOLERANCE_S",
@@ -377,12 +453,15 @@ __all__ = [
     "MAX_ENVELOPE_BYTES",
     "MAX_RECIPIENTS",
     "PAYLOAD_KINDS",
+    "READABLE_VERSIONS",
     "EnvelopeHeader",
     "LocalDevice",
     "MemorySeenIds",
     "OpenedEnvelope",
     "Recipient",
     "SeenIds",
+    "SessionKeyCache",
+    "UnwrapCache",
     "open_envelope",
     "peek_header",
     "seal",

@@ -192,8 +192,14 @@ def test_device_claiming_another_devices_slot_cannot_decrypt(devices):
 
 
 def test_unknown_version_is_reported_before_anything_else(devices, sealed):
-    with pytest.raises(UnknownVersion, match="version 2"):
-        open_as(devices, sealed[:3] + b"\x02" + sealed[4:], 1)
+    with pytest.raises(UnknownVersion, match="version 3"):
+        open_as(devices, sealed[:3] + b"\x03" + sealed[4:], 1)
+
+
+def test_version_byte_and_header_version_must_agree(devices, sealed):
+    assert sealed[3] == 2
+    with pytest.raises(UnknownVersion, match="is not 1"):
+        open_as(devices, sealed[:3] + b"\x01" + sealed[4:], 1)
 
 
 def test_garbage_is_malformed_not_a_crash(devices):

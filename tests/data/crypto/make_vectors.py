@@ -1,10 +1,11 @@
 """Regenerate the known-answer vectors in this folder from the committed device keys.
 
 Run once when a format changes on purpose (`python tests/data/crypto/make_vectors.py` from the repo
-root) and commit the result; the tests then pin those bytes. Deterministic parts (bundle and signal
-signatures, payload encodings, file streams with a fixed key, safety numbers) regenerate
-identically; envelopes, the keystore and the stego image contain fresh randomness and are pinned
-by opening them, not by re-creating them.
+root; `... make_vectors.py envelopes-v2` for the version-2 envelopes alone) and commit the result;
+the tests then pin those bytes. Deterministic parts (bundle and signal signatures, payload
+encodings, file streams with a fixed key, safety numbers) regenerate identically; envelopes, the
+keystore and the stego image contain fresh randomness and are pinned by opening them, not by
+re-creating them. `envelopes.json` (version 1) is frozen: seal writes version 2 now.
 """
 
 from __future__ import annotations
@@ -42,8 +43,49 @@ def dump(name: str, value: object) -> None:
     (HERE / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+ENVELOPE_CASES = [
+    ("text", payload.Text("hello bob — ünïcødé ✓")),
+    ("receipt", payload.Receipt("read", ["0" * 31 + "1", "f" * 32])),
+    ("typing", payload.Typing(True)),
+    ("large_text", payload.Text("x" * 65536)),
+]
+
+
+def envelopes_v2(keys: list) -> None:
+    """Four envelopes of one session (the same RSA-wrapped session key per device in each) and a
+    fifth after rotation, so the tests pin both the cached and the fresh case."""
+    sender = envelope.LocalDevice(1, DEVICES[0][1], keys[0])
+    recipients = [
+        envelope.Recipient(u, d, keys[i].encryption_public_der())
+        for i, (u, d) in enumerate(DEVICES)
+        if i in (1, 2)
+    ]
+    sessions = envelope.SessionKeyCache(max_messages=len(ENVELOPE_CASES))
+    cases = [*ENVELOPE_CASES, ("after_rotation", payload.Text("a new session key"))]
+    envelopes = []
+    for n, (name, p) in enumerate(cases):
+        mid = f"{n + 0x201:032x}"
+        sealed = envelope.seal(
+            p, sender, recipients, "u:2", message_id=mid, sent_at_ms=SENT_AT_MS, session_keys=sessions
+        )
+        envelopes.append(
+            {
+                "name": name,
+                "envelope": b64e(sealed),
+                "header": envelope.peek_header(sealed).to_dict(),
+                "payload_encoded": None if name == "large_text" else b64e(payload.encode_payload(p)),
+                "readers": [1, 2],
+                "non_readers": [0, 3, 4, 5],
+            }
+        )
+    dump("envelopes-v2.json", envelopes)
+
+
 def main() -> None:
     keys = [fixed_device_keys(i) for i in range(len(DEVICES))]
+    if sys.argv[1:] == ["envelopes-v2"]:  # regenerate only these (the rest has fresh randomness)
+        envelopes_v2(keys)
+        return
     dump(
         "devices.json",
         [{"user_id": u, "device_id": d, "pem": f"devices/device{i}.pem"} for i, (u, d) in enumerate(DEVICES)],
@@ -65,33 +107,9 @@ def main() -> None:
         )
     dump("bundles.json", bundles)
 
-    sender = envelope.LocalDevice(1, DEVICES[0][1], keys[0])
-    recipients = [
-        envelope.Recipient(u, d, keys[i].encryption_public_der())
-        for i, (u, d) in enumerate(DEVICES)
-        if i in (1, 2)
-    ]
-    cases = [
-        ("text", payload.Text("hello bob — ünïcødé ✓")),
-        ("receipt", payload.Receipt("read", ["0" * 31 + "1", "f" * 32])),
-        ("typing", payload.Typing(True)),
-        ("large_text", payload.Text("x" * 65536)),
-    ]
-    envelopes = []
-    for n, (name, p) in enumerate(cases):
-        mid = f"{n + 1:032x}"
-        sealed = envelope.seal(p, sender, recipients, "u:2", message_id=mid, sent_at_ms=SENT_AT_MS)
-        envelopes.append(
-            {
-                "name": name,
-                "envelope": b64e(sealed),
-                "header": envelope.peek_header(sealed).to_dict(),
-                "payload_encoded": None if name == "large_text" else b64e(payload.encode_payload(p)),
-                "readers": [1, 2],
-                "non_readers": [0, 3, 4, 5],
-            }
-        )
-    dump("envelopes.json", envelopes)
+    # envelopes.json holds version-1 envelopes, frozen: seal writes version 2 since then, and the
+    # committed v1 bytes must keep opening (stored history, queued mail). Only v2 is regenerated.
+    envelopes_v2(keys)
 
     manifest = filestream.FileManifest(
         name="vector.bin",
