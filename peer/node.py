@@ -48,6 +48,7 @@ from crypto.keystore import (
 )
 from crypto.payload import FileOffer, Payload, Receipt, Text, Typing
 from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
+from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import frames
 from peer.client import ServerClient, normalise_server_url
 from peer.errors import (
@@ -232,6 +233,10 @@ class Peer:
         self._session: HubSession | None = None
         self._transfers: FileTransfers | None = None
         self._inbox: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        # Envelope v2 session keys, in memory for this peer's lifetime only (never on disk): the
+        # sender reuses one RSA-wrapped key per remote device, the receiver skips RSA for known ones.
+        self._session_keys = SessionKeyCache()
+        self._unwrap_cache = UnwrapCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._offline_users: set[int] = set()
         self._device_presence: dict[str, bool] = {}
@@ -272,6 +277,8 @@ class Peer:
             self._transfers.close()
         if self._store is not None:
             await self._store.close()
+        self._session_keys.clear()
+        self._unwrap_cache.clear()
         await self._client.aclose()
         self._bus.close()
 
@@ -689,7 +696,9 @@ class Peer:
             log.info("cannot fetch keys of %s now: %s", who, e)
             return
         try:
-            opened = open_envelope(raw, self.local_device, keyring.identity_key, store)
+            opened = open_envelope(
+                raw, self.local_device, keyring.identity_key, store, unwrap_cache=self._unwrap_cache
+            )
         except ReplayDetected:
             await self._ack(header.message_id, link)  # shown once; the other path is done too
             self._publish(DuplicateDropped(header.message_id, via))
@@ -783,7 +792,9 @@ class Peer:
         if not recipients:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
         message_id = message_id or os.urandom(16).hex()
-        envelope = seal(payload, self.local_device, recipients, conversation, message_id)
+        envelope = seal(
+            payload, self.local_device, recipients, conversation, message_id, session_keys=self._session_keys
+        )
         message = None
         if record:
             message = StoredMessage(
