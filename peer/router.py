@@ -106,9 +106,12 @@ class Router:
         persistent: bool = True,
     ) -> list[DeviceOutcome]:
         """Deliver to every target device; returns each device's path and state."""
-        results = await asyncio.gather(
-            *(self._direct(message_id, envelope, u, d, connect) for u, d in targets)
-        )
+        if len(targets) == 1:  # the common case: no task to schedule before the frame leaves
+            results = [await self._direct(message_id, envelope, *targets[0], connect)]
+        else:
+            results = await asyncio.gather(
+                *(self._direct(message_id, envelope, u, d, connect) for u, d in targets)
+            )
         outcomes = [
             DeviceOutcome(u, d, DIRECT, SENT) for (u, d), ok in zip(targets, results, strict=True) if ok
         ]
