@@ -604,6 +604,16 @@ def listen(opts: Options) -> None:
     run(lambda: with_peer(opts, body))
 
 
+def _contact_line(event: str, who: str) -> str | None:
+    """Someone else's change to your contacts, in words (your own changes need no telling)."""
+    return {
+        "requested": f"  · {who} asked to be your contact (peerpost accept {who})",
+        "accepted": f"  · {who} is now your contact",
+        "declined": f"  · {who} declined your contact request",
+        "removed": f"  · {who} is no longer your contact",
+    }.get(event)
+
+
 def _describe(event: Event) -> str | None:
     d = event.to_dict()
     match event.type:
@@ -623,6 +633,8 @@ def _describe(event: Event) -> str | None:
             return f"  ! {d['reason']}"
         case "link":
             return f"  · direct link {d['state']}"
+        case "contact" if not d["by_me"]:
+            return _contact_line(d["event"], d["username"])
         case "error":
             return f"  ! {d['message']}"
     return None

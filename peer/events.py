@@ -38,6 +38,25 @@ class PresenceChanged(Event):
 
 
 @dataclass(frozen=True)
+class ContactChanged(Event):
+    """A contact relationship changed on the server (pushed by the hub, `ContactFrame`).
+
+    `event` is requested / accepted / declined / removed / updated; `user_id` and `username` name
+    the other person; `by_me` is true when this user made the change (on any of their devices);
+    `contact` is this user's row after the change as `ContactOut` JSON, or None when there is none.
+    Emitted after the peer refreshed its contacts cache (and, on accepted, fetched the new
+    contact's device bundles), so a reader may act on it at once.
+    """
+
+    type: ClassVar[str] = "contact"
+    event: str
+    user_id: int
+    username: str
+    by_me: bool = False
+    contact: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class MessageReceived(Event):
     type: ClassVar[str] = "message"
     message: dict[str, Any]  # MessageView.to_dict()

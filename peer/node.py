@@ -63,6 +63,7 @@ from peer.errors import (
 )
 from peer.events import (
     ConnectionChanged,
+    ContactChanged,
     DuplicateDropped,
     ErrorEvent,
     Event,
@@ -86,6 +87,8 @@ from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOu
 from peer.session import Backoff, HubSession
 from peer.transfer import FileTransfers, export_sealed
 from signalling.protocol import (
+    ContactEvent,
+    ContactFrame,
     ContactOut,
     ContactStatus,
     ContactUpdate,
@@ -240,6 +243,7 @@ class Peer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._offline_users: set[int] = set()
         self._device_presence: dict[str, bool] = {}
+        self._contact_news = asyncio.Lock()  # FIFO: contact events keep the order the server sent
         self._started = False
         self._closed = False
 
@@ -583,20 +587,44 @@ class Peer:
             self._spawn(self._after_connect(), "after-connect")
 
     async def _after_connect(self) -> None:
-        store, keyring, links, router, _, _ = self._need()
+        _, keyring, links, router, _, _ = self._need()
         if self.settings.ice_servers is None:
             with contextlib.suppress(ServerError):
                 links.settings = replace(links.settings, ice_servers=await self._server_ice())
         with contextlib.suppress(ServerError):
             await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
-            contacts = await self._client.contacts()
-            self._offline_users = {
-                c.user_id for c in contacts if c.status == ContactStatus.ACCEPTED and not c.online
-            }
-            await store.cache_contacts([c.model_dump(mode="json") for c in contacts])
+            await self._reload_contacts()
         for message_id, _ in await router.flush_outbox():
             await self._refresh_state(message_id)
+
+    async def _reload_contacts(self) -> None:
+        """The contacts cache and who is offline, from the server's list (raises ServerError)."""
+        contacts = await self._client.contacts()
+        self._offline_users = {
+            c.user_id for c in contacts if c.status == ContactStatus.ACCEPTED and not c.online
+        }
+        await self._need()[0].cache_contacts([c.model_dump(mode="json") for c in contacts])
+
+    async def _on_contact(self, frame: ContactFrame) -> None:
+        """A contact change pushed by the hub: bring the cache (and keys, links) in line, then say so.
+
+        Runs as its own task (REST calls must not hold up the hub session's reader); the lock is
+        FIFO, so the events still come out in the order the server sent them.
+        """
+        async with self._contact_news:
+            _, keyring, links, _, _, _ = self._need()
+            with contextlib.suppress(ServerError):
+                await self._reload_contacts()
+            if frame.event is ContactEvent.ACCEPTED:
+                with contextlib.suppress(ServerError):
+                    await keyring.refresh(frame.user_id, force=True)  # ready to write to them now
+            elif frame.event is ContactEvent.REMOVED:
+                for device in keyring.devices_of(frame.user_id):
+                    await links.drop(device.device_id)  # the hub no longer relays between us
+            contact = frame.contact.model_dump(mode="json") if frame.contact is not None else None
+            news = ContactChanged(frame.event.value, frame.user_id, frame.username, frame.by_me, contact)
+            self._publish(news)
 
     def _on_link_state(self, link: Link, state: LinkState, user_id: int) -> None:
         if state is not LinkState.NEW:
@@ -636,6 +664,8 @@ class Peer:
                         self._spawn(links.drop(link.remote_device), "drop-link")
             else:
                 self._publish(ErrorEvent(f"server: {frame.message}"))
+        elif isinstance(frame, ContactFrame):
+            self._spawn(self._on_contact(frame), "contact")
         elif isinstance(frame, ReadyFrame):
             pass
 

@@ -295,6 +295,19 @@ class Hub:
     async def is_online(self, user_id: int) -> bool:
         return await self.presence.is_online(user_id)
 
+    async def push_to_user(self, user_id: int, text: str) -> None:
+        """Push one server frame to every live device of the user, on whichever instance holds it.
+
+        For news made over REST (contact changes). Nothing is stored: a device that is away misses
+        it and learns the state from REST when it comes back.
+        """
+        await self.backplane.send_to_user(user_id, text)
+
+    async def introduce(self, a: int, b: int) -> None:
+        """`a` and `b` just became accepted contacts: each hears which devices of the other are
+        online now, instead of only at the other's next reconnect."""
+        await self.presence.introduce(a, b)
+
     def connected_devices(self) -> int:
         return len(self._sockets)
 

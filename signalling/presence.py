@@ -55,6 +55,14 @@ class LiveSockets(Protocol):
         """Contacts changed: re-check who may reach whom from the database from now on."""
         ...
 
+    async def push_to_user(self, user_id: int, text: str) -> None:
+        """Push one server frame (JSON text) to every live device of the user, on every instance."""
+        ...
+
+    async def introduce(self, a: int, b: int) -> None:
+        """`a` and `b` just became accepted contacts: tell each the other's online devices now."""
+        ...
+
 
 class MemoryPresence:
     """Used when no hub is mounted: nobody is online."""
@@ -76,6 +84,12 @@ class NoLiveSockets:
         return None
 
     def forget_reach(self) -> None:
+        return None
+
+    async def push_to_user(self, user_id: int, text: str) -> None:
+        return None
+
+    async def introduce(self, a: int, b: int) -> None:
         return None
 
 
@@ -104,6 +118,15 @@ class Presence:
     async def online_among(self, user_ids: list[int]) -> set[int]:
         found = await asyncio.gather(*(self._backplane.is_online(u) for u in user_ids))
         return {u for u, online in zip(user_ids, found, strict=True) if online}
+
+    async def introduce(self, a: int, b: int) -> None:
+        """Two users just became accepted contacts: each hears `online: true` for every device of
+        the other that holds a socket now (the announcement they missed while not yet contacts)."""
+        now = datetime.now(UTC)
+        for who, audience in ((a, b), (b, a)):
+            for device_id in sorted(await self._backplane.online_devices(who)):
+                frame = PresenceFrame(user_id=who, device_id=device_id, online=True, last_seen=now)
+                await self._backplane.send_to_user(audience, frame.model_dump_json())
 
     async def device_came(self, user_id: int, device_id: str) -> None:
         now = datetime.now(UTC)

@@ -332,6 +332,34 @@ class PresenceFrame(_Model):
     last_seen: datetime | None = None
 
 
+class ContactEvent(StrEnum):
+    """What happened to a contact relationship, as the receiving user sees it."""
+
+    REQUESTED = "requested"  # a request was made (to you, or by one of your own devices)
+    ACCEPTED = "accepted"  # you are now accepted contacts (either side accepted, or both asked)
+    DECLINED = "declined"  # a request was declined (yours, or one you declined on another device)
+    REMOVED = "removed"  # the relationship or request is gone (removed, withdrawn, account deleted)
+    UPDATED = "updated"  # your own group or remark changed (on another device); never sent to them
+
+
+class ContactFrame(_Model):
+    """A contact change, pushed after it is committed to every live device of both users
+    (the actor's own devices included), so contact lists and request lists need no polling.
+
+    `user_id`/`username` name the *other* person from the receiver's point of view. `contact` is the
+    receiver's row after the change (as `GET /me/contacts/` or the request lists would show it), or
+    None when the receiver has no row left (removed; a request the receiver declined). `by_me` is
+    true when the change was made by the receiving user (on this or another device).
+    """
+
+    type: Literal["contact"] = "contact"
+    event: ContactEvent
+    user_id: int
+    username: str
+    by_me: bool = False
+    contact: ContactOut | None = None
+
+
 class ReadyFrame(_Model):
     """After auth: who the socket is, and how many mailbox rows will follow."""
 
@@ -376,7 +404,8 @@ ServerFrame = Annotated[
     | ReadyFrame
     | DrainedFrame
     | ErrorFrame
-    | PongFrame,
+    | PongFrame
+    | ContactFrame,
     Field(discriminator="type"),
 ]
 

@@ -140,6 +140,31 @@ async def outgoing_requests(
     return await _own_rows(session, owner_id=user_id, status=PENDING, skip=skip, limit=limit)
 
 
+async def view_of(session: AsyncSession, owner_id: int, friend_id: int) -> ContactView | None:
+    """How `owner_id` sees `friend_id` now: their own row, else `friend_id`'s pending request to
+    them (as the incoming list shows it), else None. For telling each side of a change."""
+    own = await _own_rows(session, owner_id=owner_id, only_friend=friend_id)
+    if own:
+        return own[0]
+    query = (
+        select(Contact, User)
+        .join(User, User.id == Contact.owner_id)
+        .where(Contact.owner_id == friend_id, Contact.friend_id == owner_id, Contact.status == PENDING)
+    )
+    found = (await session.execute(query)).first()
+    return ContactView(found[0], found[1], "incoming") if found is not None else None
+
+
+async def related_user_ids(session: AsyncSession, user_id: int) -> list[int]:
+    """Everyone with a row to or from `user_id`, whatever its status (told when the account goes)."""
+    query = (
+        select(Contact.friend_id)
+        .where(Contact.owner_id == user_id)
+        .union(select(Contact.owner_id).where(Contact.friend_id == user_id))
+    )
+    return sorted((await session.execute(query)).scalars().all())
+
+
 async def accept(session: AsyncSession, user_id: int, asker_id: int) -> ContactView:
     """Accept the pending request `asker_id -> user_id`; NotFound when there is none."""
     request = await _row(session, asker_id, user_id)

@@ -46,9 +46,6 @@ StartAction = Callable[["Peer"], Awaitable[Me]]
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
 LOGIN_DEADLINE_S = 120.0
-# The hub pushes presence but not contact requests (protocol.py has no frame for them), so the
-# bridge asks the server this often and tells the page when the lists changed.
-CONTACTS_POLL_S = 2.0
 
 
 class UiError(Exception):
@@ -174,7 +171,7 @@ class PeerBridge:
         self._peer: Peer | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._poll: asyncio.Task[None] | None = None
+        self._server_lost = False  # the peer lost the server since login: re-read lists when back
         self._me: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._key_warnings: dict[int, str] = {}
@@ -261,7 +258,6 @@ class PeerBridge:
             self._me = {"user_id": me.user_id, "username": me.username, "device_id": me.device_id}
             self._usernames[me.user_id] = me.username
             self.phase = "ready"
-            self._poll = asyncio.create_task(self._poll_contacts(peer), name="peerpost-ui-contacts")
             self._publish_state()
             return self.state()
 
@@ -301,12 +297,11 @@ class PeerBridge:
             await self._stop_peer()
 
     async def _cancel_pump(self) -> None:
-        for task in (self._pump, self._poll):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._pump = self._poll = None
+        task, self._pump = self._pump, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _stop_peer(self) -> None:
         await self._cancel_pump()
@@ -317,6 +312,7 @@ class PeerBridge:
         self._key_warnings.clear()
         self._known_devices.clear()
         self._read_sent.clear()
+        self._server_lost = False
         self.phase = "logged_out"
 
     def _require_peer(self) -> Peer:
@@ -546,6 +542,17 @@ class PeerBridge:
                 await self._check_devices(peer, ev["user_id"])
         elif kind == "connection":
             self.events.publish({"type": "connection", "online": ev["online"], "reason": ev.get("reason")})
+            if not ev["online"]:
+                self._server_lost = True
+            elif self._server_lost:
+                # Contact changes made while the peer was away were not pushed: read the lists again
+                # (not on the first connect after login: the page reads them when it turns ready).
+                self._server_lost = False
+                self.events.publish({"type": "contacts_changed"})
+        elif kind == "contact":
+            # Pushed by the server (a request, an answer, a removal, a label from another device).
+            self._usernames[ev["user_id"]] = ev["username"]
+            self.events.publish({"type": "contacts_changed"})
         elif kind in ("message", "message_state", "file_received"):
             message_id = ev["message"]["message_id"] if kind == "message" else ev["message_id"]
             await self._publish_message(peer, message_id)
@@ -578,25 +585,6 @@ class PeerBridge:
         devices = await peer.devices(user_id)
         self._known_devices[user_id] = {d.device_id for d in devices}
         return devices
-
-    async def _poll_contacts(self, peer: Peer) -> None:
-        last: object = None
-        while True:
-            try:
-                incoming, outgoing = await peer.contact_requests()
-                accepted = await peer.contacts(status="accepted")
-            except PeerError as err:
-                log.debug("contact poll: %s", err)
-            else:
-                now = (
-                    sorted(c.user_id for c in incoming),
-                    sorted(c.user_id for c in outgoing),
-                    sorted((c.user_id, c.group or "", c.remark or "") for c in accepted),
-                )
-                if last is not None and now != last:
-                    self.events.publish({"type": "contacts_changed"})
-                last = now
-            await asyncio.sleep(CONTACTS_POLL_S)
 
     async def _publish_message(self, peer: Peer, message_id: str) -> None:
         view = await peer.message(message_id)

@@ -10,10 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from signalling.contact_news import Person, Who, contact_out, tell_both
 from signalling.deps import CurrentUser, Session
 from signalling.errors import BadRequest, Conflict, Invalid, NotFound
 from signalling.presence import PresenceView
-from signalling.protocol import ContactAdd, ContactDirection, ContactOut, ContactStatus, ContactUpdate
+from signalling.protocol import ContactAdd, ContactEvent, ContactOut, ContactStatus, ContactUpdate
 from store import accounts
 from store import contacts as contact_store
 from store.contacts import ContactView
@@ -26,23 +27,15 @@ Skip = Annotated[int, Query(ge=0, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
-def contact_out(view: ContactView, online: set[int]) -> ContactOut:
-    accepted = view.contact.status == ContactStatus.ACCEPTED
-    return ContactOut(
-        user_id=view.other.id,
-        username=view.other.username,
-        status=ContactStatus(view.contact.status),
-        direction=ContactDirection(view.direction),
-        group=view.contact.group_name,
-        remark=view.contact.remark,
-        online=accepted and view.other.id in online,
-        last_seen=view.other.last_seen if accepted else None,
-        created_at=view.contact.created_at,
-    )
-
-
 def _presence(request: Request) -> PresenceView:
     return request.app.state.presence
+
+
+async def _tell(
+    request: Request, session: Session, event: ContactEvent, actor: Person, other: Person
+) -> None:
+    """After the commit: both people's live devices hear of the change (signalling.contact_news)."""
+    await tell_both(session, request.app.state.hub, _presence(request), event, actor, other)
 
 
 async def _outs(request: Request, views: list[ContactView]) -> list[ContactOut]:
@@ -83,7 +76,10 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
             f"{friend.username} is already in your contacts or has your request.", code="duplicate"
         ) from exc
     await session.commit()
-    return (await _outs(request, [view]))[0]
+    out = (await _outs(request, [view]))[0]
+    asked = out.status == ContactStatus.PENDING  # else they had asked first: accepted at once
+    await _tell(request, session, ContactEvent.REQUESTED if asked else ContactEvent.ACCEPTED, user, friend)
+    return out
 
 
 @router.get("/", response_model=list[ContactOut], summary="Your contacts and sent requests, with presence")
@@ -130,7 +126,9 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
     except StoreNotFound as exc:
         raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
     await session.commit()
-    return (await _outs(request, [view]))[0]
+    out = (await _outs(request, [view]))[0]
+    await _tell(request, session, ContactEvent.ACCEPTED, user, view.other)
+    return out
 
 
 @router.post(
@@ -139,12 +137,15 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
     summary="Decline the request from user_id",
     responses={404: {"description": "no pending request from that user"}},
 )
-async def decline(user_id: int, user: CurrentUser, session: Session) -> Response:
+async def decline(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
     try:
         await contact_store.decline(session, user.id, user_id)
     except StoreNotFound as exc:
         raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
     await session.commit()
+    asker = await accounts.get(session, user_id)
+    if asker is not None:
+        await _tell(request, session, ContactEvent.DECLINED, user, asker)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -163,7 +164,9 @@ async def update_contact(
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
-    return (await _outs(request, [view]))[0]
+    out = (await _outs(request, [view]))[0]
+    await _tell(request, session, ContactEvent.UPDATED, user, view.other)
+    return out
 
 
 @router.delete(
@@ -173,10 +176,14 @@ async def update_contact(
     responses={404: {"description": "not in your contacts"}},
 )
 async def remove_contact(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
+    me = Who(user.id, user.username)  # the delete expires the session's rows, `user` among them
     try:
         await contact_store.remove(session, user.id, user_id)
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
     request.app.state.hub.forget_reach()  # the hub stops relaying between the two at once
+    other = await accounts.get(session, user_id)
+    if other is not None:
+        await _tell(request, session, ContactEvent.REMOVED, me, Who(other.id, other.username))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

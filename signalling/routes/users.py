@@ -12,11 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from signalling.contact_news import Who, tell_removed
 from signalling.deps import CurrentUser, Session
 from signalling.errors import Conflict, Forbidden, NotFound, Unauthorized
 from signalling.protocol import CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
 from signalling.routes.tokens import client_address
 from store import accounts
+from store import contacts as contact_store
 from store import tokens as refresh_tokens
 from store.errors import EmailTaken, UsernameTaken
 from store.errors import NotFound as StoreNotFound
@@ -100,12 +102,15 @@ async def update_me(body: UserUpdate, user: CurrentUser, request: Request, sessi
 )
 async def delete_self(user: CurrentUser, request: Request, session: Session) -> Response:
     user_id = user.id
+    gone = Who(user.id, user.username)
+    told = await contact_store.related_user_ids(session, user_id)
     try:
         await accounts.delete_account(session, user_id)
     except StoreNotFound as exc:  # deleted by a concurrent request
         raise Unauthorized("This account no longer exists.", code="account_gone") from exc
     await session.commit()
     await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "account deleted")
+    await tell_removed(request.app.state.hub, gone, told)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

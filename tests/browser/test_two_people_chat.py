@@ -39,12 +39,15 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     await wait_keygen_then_chats(bob)
     await expect(a.locator("#me-name")).to_have_text("alice")
 
-    # alice finds bob and asks; bob accepts the request that appears live.
+    # alice finds bob and asks; bob accepts the request that appears live (pushed by the server:
+    # nothing polls, and bob's page is not reloaded — the marker below would be gone).
+    await b.evaluate("window.__samePage = true")
     await a.fill("#search-input", "bob")
     await a.press("#search-input", "Enter")
     await a.click('#search-results [aria-label="Add bob"]')
     await expect(a.locator('#outgoing-list [data-user="bob"]')).to_be_visible(timeout=TIMEOUT_MS)
     await expect(b.locator('#incoming-list [data-user="alice"]')).to_be_visible(timeout=TIMEOUT_MS)
+    assert await b.evaluate("window.__samePage === true")
     await bob.shot("02-incoming-request")
     await b.click('[aria-label="Accept alice"]')
 

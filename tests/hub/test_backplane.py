@@ -173,6 +173,28 @@ async def test_stored_messages_drain_on_whichever_instance_the_device_comes_back
         await b.close()
 
 
+async def test_contact_news_reaches_both_people_wherever_their_sockets_are(cluster: Cluster) -> None:
+    near, far = World(cluster.near.url, cluster.near.ws_url), World(cluster.far.url, cluster.far.ws_url)
+    async with near, far:
+        alice, bob = await near.account(), await near.account()
+        a = await near.connect(alice)
+        b = await far.connect(bob)
+        r = await near.http.post("/me/contacts/", json={"friend_id": bob.user_id}, headers=alice.auth)
+        assert r.status_code == 201
+        asked = await b.expect("contact")
+        assert (asked["event"], asked["user_id"], asked["by_me"]) == ("requested", alice.user_id, False)
+        r = await far.http.post(f"/me/contacts/{alice.user_id}/accept", headers=bob.auth)  # the other door
+        assert r.status_code == 200
+        told = await a.expect("contact", where=lambda f: f["event"] == "accepted")
+        assert told["user_id"] == bob.user_id and told["contact"]["online"] is True
+        seen = await a.expect("presence")
+        assert (seen["user_id"], seen["device_id"], seen["online"]) == (bob.user_id, bob.device_id, True)
+        seen = await b.expect("presence")
+        assert (seen["user_id"], seen["device_id"], seen["online"]) == (alice.user_id, alice.device_id, True)
+        await a.close()
+        await b.close()
+
+
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_a_killed_instance_s_devices_go_offline_when_their_keys_expire(tmp_path: Path) -> None:

@@ -111,6 +111,9 @@ function connectEvents() {
     ui.socketRetry = 0;
     ui.socketOpen = true;
     renderDot();
+    // Contact changes are pushed, not polled: read the lists once on every (re)connect, for what
+    // happened while this window was not listening. (Before the first state event it is a no-op.)
+    refreshContacts();
   });
   socket.addEventListener("message", (event) => {
     let data;
