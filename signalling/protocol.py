@@ -228,6 +228,13 @@ class MailboxItem(_Response):
     queued_at: datetime
 
 
+class MailboxAck(_Model):
+    """REST twin of the `ack` frame: these messages are saved on `device_id`; delete their rows."""
+
+    device_id: DeviceId
+    message_ids: list[MessageId] = Field(min_length=1, max_length=1000)
+
+
 class BlobOut(_Response):
     blob_id: str
     size: int

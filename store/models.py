@@ -87,6 +87,10 @@ class User(Base):
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+# "Alice" and "alice" are one name to a person: refuse the second at the database, not only in code.
+Index("uq_users_username_lower", func.lower(User.username), unique=True)
+
+
 class Device(Base):
     __tablename__ = "devices"
     __table_args__ = (UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),)

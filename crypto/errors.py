@@ -1,0 +1,147 @@
+"""One exception tree for everything `crypto` refuses.
+
+Every failure the package can report is a `CryptoError` subclass whose message is a sentence a person
+can act on. Callers catch narrow (`SignatureInvalid`, `KeystoreLocked`) and turn the error into UI
+words at the edge; nothing here ever logs or includes secret material in a message.
+"""
+
+from __future__ import annotations
+
+
+class CryptoError(Exception):
+    """Root of every error raised by `crypto`."""
+
+
+class BundleInvalid(CryptoError):
+    """A published device bundle is malformed or its self-signature does not verify."""
+
+
+# --- keystore -------------------------------------------------------------------------------------
+
+
+class KeystoreError(CryptoError):
+    """The on-device keystore file cannot be used."""
+
+
+class KeystoreLocked(KeystoreError):
+    """The password does not open the keystore (the file itself is intact)."""
+
+
+class KeystoreCorrupt(KeystoreError):
+    """The keystore file is truncated, edited or not a keystore at all; nothing was loaded."""
+
+
+class AtRestError(CryptoError):
+    """A blob sealed with `crypto.atrest` is damaged, or the key or context is wrong."""
+
+
+# --- envelopes ------------------------------------------------------------------------------------
+
+
+class EnvelopeError(CryptoError):
+    """An envelope cannot be built or cannot be accepted."""
+
+
+class UnknownVersion(EnvelopeError):
+    """The envelope announces a format version this build does not speak."""
+
+
+class MalformedEnvelope(EnvelopeError):
+    """The bytes are not a well-formed, canonical envelope."""
+
+
+class EnvelopeTooLarge(EnvelopeError):
+    """A payload, recipient list or envelope is past the protocol's size limits."""
+
+
+class UnknownSenderDevice(EnvelopeError):
+    """No pinned identity key for the sending device: the message cannot be verified."""
+
+
+class SignatureInvalid(EnvelopeError):
+    """An Ed25519 signature does not verify against the pinned identity key."""
+
+
+class NoKeyForDevice(EnvelopeError):
+    """The envelope carries no wrapped content key for this device."""
+
+
+class DecryptionFailed(EnvelopeError):
+    """The content key could not be unwrapped or the ciphertext did not authenticate."""
+
+
+class ReplayDetected(EnvelopeError):
+    """This sender device already delivered a message with this id."""
+
+
+class ClockSkew(EnvelopeError):
+    """The signed sent-at time is outside the accepted window."""
+
+
+# --- file streams ---------------------------------------------------------------------------------
+
+
+class FileStreamError(CryptoError):
+    """A chunked file stream or its manifest is not acceptable."""
+
+
+class ChunkTampered(FileStreamError):
+    """A chunk failed authentication (flipped, truncated or from another file)."""
+
+    def __init__(self, index: int, message: str | None = None) -> None:
+        self.index = index
+        super().__init__(message or f"file chunk {index} failed authentication: it was altered or damaged")
+
+
+class ChunkOutOfOrder(FileStreamError):
+    """A chunk arrived at the wrong position (reordered, duplicated, dropped or extra)."""
+
+    def __init__(self, index: int, got: int | None = None, message: str | None = None) -> None:
+        self.index = index
+        self.got = got
+        if message is None:
+            message = f"file chunk {index} expected" + (f", got chunk {got}" if got is not None else "")
+        super().__init__(message)
+
+
+class StreamTruncated(FileStreamError):
+    """The stream ended before its last chunk."""
+
+    def __init__(self, received: int, expected: int) -> None:
+        self.received = received
+        self.expected = expected
+        super().__init__(
+            f"file stream ended after chunk {received - 1} of {expected} "
+            f"(chunks {received}..{expected - 1} missing)"
+        )
+
+
+# --- steganography --------------------------------------------------------------------------------
+
+
+class StegoError(CryptoError):
+    """An image cannot carry, or does not carry, a hidden payload."""
+
+
+class CapacityExceeded(StegoError):
+    """The payload needs more bytes than the image can hide."""
+
+    def __init__(self, capacity: int, needed: int) -> None:
+        self.capacity = capacity
+        self.needed = needed
+        super().__init__(
+            f"the image can hide at most {capacity} bytes, but this payload needs {needed}; "
+            "use a larger image or a shorter payload"
+        )
+
+
+class LossyImage(StegoError):
+    """The image format would destroy low-order bits (JPEG and other lossy formats)."""
+
+
+class NoHiddenPayload(StegoError):
+    """The image carries no PeerPost payload (or it was destroyed by re-encoding)."""
+
+
+class WrongPassphrase(StegoError):
+    """The hidden payload does not open with this passphrase (or the image was altered)."""

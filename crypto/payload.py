@@ -1,0 +1,192 @@
+"""What travels inside an envelope: typed payloads, encoded canonically and padded to buckets.
+
+Encoded form: `u32 length || canonical JSON || zero bytes` up to the next bucket size, so the
+ciphertext length reveals only the bucket (256 B, 512 B, … 16 KiB, then 16 KiB steps), not the
+exact length of a message. Decoding is strict: unknown types or fields, non-zero padding or a
+non-canonical JSON body are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._codec import canonical_json
+from .errors import EnvelopeTooLarge, FileStreamError, MalformedEnvelope
+from .filestream import FileManifest
+
+MIN_BUCKET = 256
+SMALL_BUCKET_LIMIT = 16384
+LARGE_BUCKET_STEP = 16384
+MAX_PADDED_PAYLOAD = 160 * 1024  # a 64 KiB text fits with room for JSON escaping
+MAX_RECEIPT_IDS = 1000
+_LEN = struct.Struct(">I")
+_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Text:
+    body: str
+    kind: Literal["text"] = field(default="text", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class FileOffer:
+    manifest: FileManifest
+    blob_id: str | None = None
+    kind: Literal["file"] = field(default="file", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    status: Literal["delivered", "read"]
+    message_ids: list[str]
+    kind: Literal["receipt"] = field(default="receipt", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Typing:
+    active: bool
+    kind: Literal["typing"] = field(default="typing", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replaces the text of an earlier message of the same sender."""
+
+    message_id: str
+    body: str
+    kind: Literal["edit"] = field(default="edit", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Withdraws earlier messages of the same sender."""
+
+    message_ids: list[str]
+    kind: Literal["delete"] = field(default="delete", init=False, repr=False)
+
+
+Payload = Text | FileOffer | Receipt | Typing | Edit | Delete
+PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete")
+
+
+def bucket_size(n: int) -> int:
+    """The padded size for `n` bytes of length-prefixed payload."""
+    if n <= MIN_BUCKET:
+        return MIN_BUCKET
+    if n <= SMALL_BUCKET_LIMIT:
+        return 1 << (n - 1).bit_length()
+    return -(-n // LARGE_BUCKET_STEP) * LARGE_BUCKET_STEP
+
+
+def _check_ids(ids: object, what: str) -> list[str]:
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_RECEIPT_IDS:
+        raise MalformedEnvelope(f"{what} must list 1-{MAX_RECEIPT_IDS} message ids")
+    for mid in ids:
+        if not isinstance(mid, str) or not _MESSAGE_ID.match(mid):
+            raise MalformedEnvelope(f"{what}: {mid!r} is not a 32-hex message id")
+    return ids
+
+
+def _to_dict(p: Payload) -> dict[str, Any]:
+    match p:
+        case Text(body=body):
+            if not isinstance(body, str):
+                raise MalformedEnvelope("text body must be a string")
+            return {"type": "text", "body": body}
+        case FileOffer(manifest=manifest, blob_id=blob_id):
+            return {"type": "file", "manifest": manifest.to_dict(), "blob_id": blob_id}
+        case Receipt(status=status, message_ids=ids):
+            if status not in ("delivered", "read"):
+                raise MalformedEnvelope(f"receipt status must be delivered or read, not {status!r}")
+            return {"type": "receipt", "status": status, "message_ids": _check_ids(list(ids), "receipt")}
+        case Typing(active=active):
+            return {"type": "typing", "active": bool(active)}
+        case Edit(message_id=mid, body=body):
+            _check_ids([mid], "edit")
+            return {"type": "edit", "message_id": mid, "body": body}
+        case Delete(message_ids=ids):
+            return {"type": "delete", "message_ids": _check_ids(list(ids), "delete")}
+    raise MalformedEnvelope(f"not a payload: {type(p).__name__}")
+
+
+def encode_payload(p: Payload) -> bytes:
+    """Canonical bytes of `p`, padded to its bucket; `EnvelopeTooLarge` past the limit."""
+    body = canonical_json(_to_dict(p))
+    n = _LEN.size + len(body)
+    if n > MAX_PADDED_PAYLOAD:
+        raise EnvelopeTooLarge(
+            f"{p.kind} payload encodes to {n} bytes; the limit is {MAX_PADDED_PAYLOAD} bytes"
+        )
+    size = bucket_size(n)
+    return _LEN.pack(len(body)) + body + bytes(size - n)
+
+
+def _fields(d: dict[str, Any], *names: str) -> None:
+    if set(d) != {"type", *names}:
+        raise MalformedEnvelope(f"{d.get('type')} payload must have exactly the fields {sorted(names)}")
+
+
+def _from_dict(d: dict[str, Any]) -> Payload:
+    kind = d.get("type")
+    if kind == "text":
+        _fields(d, "body")
+        if not isinstance(d["body"], str):
+            raise MalformedEnvelope("text body must be a string")
+        return Text(d["body"])
+    if kind == "file":
+        _fields(d, "manifest", "blob_id")
+        if d["blob_id"] is not None and not isinstance(d["blob_id"], str):
+            raise MalformedEnvelope("file offer blob id must be a string or null")
+        try:
+            manifest = FileManifest.from_dict(d["manifest"])
+        except FileStreamError as e:
+            raise MalformedEnvelope(f"file offer carries a bad manifest: {e}") from e
+        return FileOffer(manifest, d["blob_id"])
+    if kind == "receipt":
+        _fields(d, "status", "message_ids")
+        if d["status"] not in ("delivered", "read"):
+            raise MalformedEnvelope("receipt status must be delivered or read")
+        return Receipt(d["status"], _check_ids(d["message_ids"], "receipt"))
+    if kind == "typing":
+        _fields(d, "active")
+        if not isinstance(d["active"], bool):
+            raise MalformedEnvelope("typing flag must be true or false")
+        return Typing(d["active"])
+    if kind == "edit":
+        _fields(d, "message_id", "body")
+        _check_ids([d["message_id"]], "edit")
+        if not isinstance(d["body"], str):
+            raise MalformedEnvelope("edit body must be a string")
+        return Edit(d["message_id"], d["body"])
+    if kind == "delete":
+        _fields(d, "message_ids")
+        return Delete(_check_ids(d["message_ids"], "delete"))
+    raise MalformedEnvelope(f"unknown payload type {kind!r}")
+
+
+def decode_payload(data: bytes) -> Payload:
+    """Inverse of `encode_payload`; any deviation from the canonical form is `MalformedEnvelope`."""
+    if len(data) < _LEN.size:
+        raise MalformedEnvelope(f"payload of {len(data)} bytes is too short")
+    (n,) = _LEN.unpack_from(data)
+    end = _LEN.size + n
+    if end > len(data) or bucket_size(end) != len(data):
+        raise MalformedEnvelope("payload length prefix does not match its padding")
+    if any(data[end:]):
+        raise MalformedEnvelope("payload padding is not all zero")
+    body = data[_LEN.size : end]
+    try:
+        d = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedEnvelope("payload is not UTF-8 JSON") from e
+    if not isinstance(d, dict):
+        raise MalformedEnvelope("payload must be a JSON object")
+    p = _from_dict(d)
+    if canonical_json(_to_dict(p)) != body:
+        raise MalformedEnvelope("payload JSON is not in canonical form")
+    return p

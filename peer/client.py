@@ -1,0 +1,283 @@
+"""The peer's REST client for the signalling server (httpx).
+
+It speaks only `signalling.protocol` shapes, keeps the token pair, refreshes the access token once
+on a 401 and retries, and turns every failure into a `peer.errors.ServerError` whose message is the
+server's own sentence. It never imports the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from peer.errors import AuthFailed, ConfigError, ServerError, ServerUnavailable
+from signalling.protocol import (
+    BlobOut,
+    ContactAdd,
+    ContactOut,
+    ContactStatus,
+    ContactUpdate,
+    DeviceBundleIn,
+    DeviceOut,
+    IceConfig,
+    MailboxItem,
+    RefreshRequest,
+    TokenPair,
+    UserCreate,
+    UserMe,
+    UserOut,
+    UserPublic,
+    UserUpdate,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def normalise_server_url(url: str) -> str:
+    """Check a server URL early so a typo is one clear error, not a connection stack trace."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"server URL {url!r} must look like http://host:port")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def ws_url(server_url: str) -> str:
+    parts = urlsplit(server_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
+
+
+class ServerClient:
+    """REST calls of one logged-in (or logging-in) session. Use as `async with`."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout: float = 15.0,
+        tokens: TokenPair | None = None,
+        on_tokens: Callable[[TokenPair | None], None] | None = None,
+    ) -> None:
+        self.server_url = normalise_server_url(server_url)
+        self.tokens = tokens
+        self._on_tokens = on_tokens
+        self._http = httpx.AsyncClient(base_url=self.server_url, timeout=timeout, trust_env=False)
+        self._refresh_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> ServerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def access_token(self) -> str | None:
+        return self.tokens.access_token if self.tokens else None
+
+    def _set_tokens(self, tokens: TokenPair | None) -> None:
+        self.tokens = tokens
+        if self._on_tokens is not None:
+            self._on_tokens(tokens)
+
+    # ---------------------------------------------------------------------------------------------
+    # plumbing
+    # ---------------------------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if auth and self.tokens:
+            headers["Authorization"] = f"Bearer {self.tokens.access_token}"
+        try:
+            return await self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.TimeoutException as e:
+            raise ServerUnavailable(f"the server at {self.server_url} did not answer in time") from e
+        except httpx.TransportError as e:
+            raise ServerUnavailable(f"cannot reach the server at {self.server_url}: {e}") from e
+
+    async def request(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> httpx.Response:
+        """One call; on a 401 refresh the access token once and retry. Raises ServerError on >= 400."""
+        used = self.access_token
+        response = await self._send(method, path, auth=auth, **kwargs)
+        if response.status_code == 401 and auth and self.tokens and self.tokens.refresh_token:
+            await self.refresh(stale=used)
+            response = await self._send(method, path, auth=auth, **kwargs)
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _error(response: httpx.Response) -> ServerError:
+        detail, code = None, None
+        try:
+            body = response.json()
+            detail, code = body.get("detail"), body.get("code")
+            if isinstance(detail, list):  # FastAPI validation errors
+                detail = "; ".join(
+                    f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg')}"
+                    for item in detail
+                )
+        except (ValueError, AttributeError):
+            pass
+        message = str(detail) if detail else f"the server answered {response.status_code}"
+        cls = AuthFailed if response.status_code == 401 else ServerError
+        return cls(message, code=code, status=response.status_code)
+
+    @staticmethod
+    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):  # type: ignore[no-untyped-def]
+        try:
+            if isinstance(model, TypeAdapter):
+                return model.validate_json(response.content)
+            return model.model_validate_json(response.content)
+        except ValidationError as e:
+            raise ServerError(f"the server sent an answer this peer does not understand: {e}") from e
+
+    async def _json(self, model, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        return self._parse(model, await self.request(method, path, **kwargs))
+
+    # ---------------------------------------------------------------------------------------------
+    # accounts and tokens
+    # ---------------------------------------------------------------------------------------------
+
+    async def register(self, username: str, email: str, password: str) -> UserOut:
+        body = UserCreate(username=username, email=email, password=password)
+        return await self._json(UserOut, "POST", "/users/", json=body.model_dump(mode="json"), auth=False)
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        response = await self._send(
+            "POST", "/token", auth=False, data={"username": username, "password": password}
+        )
+        if response.status_code >= 400:
+            error = self._error(response)
+            if response.status_code in (400, 401):
+                raise AuthFailed(str(error), code=error.code, status=error.status)
+            raise error
+        tokens = self._parse(TokenPair, response)
+        self._set_tokens(tokens)
+        return tokens
+
+    async def refresh(self, stale: str | None = None) -> TokenPair:
+        async with self._refresh_lock:
+            if self.tokens is None or not self.tokens.refresh_token:
+                raise AuthFailed("the session expired; log in again")
+            if stale is not None and self.tokens.access_token != stale:
+                return self.tokens  # another call refreshed while we waited
+            body = RefreshRequest(refresh_token=self.tokens.refresh_token)
+            response = await self._send("POST", "/token/refresh", auth=False, json=body.model_dump())
+            if response.status_code >= 400:
+                self._set_tokens(None)
+                raise AuthFailed("the session expired; log in again", status=response.status_code)
+            tokens = self._parse(TokenPair, response)
+            if tokens.refresh_token is None:
+                tokens = tokens.model_copy(update={"refresh_token": self.tokens.refresh_token})
+            self._set_tokens(tokens)
+            return tokens
+
+    async def logout(self) -> None:
+        try:
+            await self.request("POST", "/logout")
+        finally:
+            self._set_tokens(None)
+
+    async def me(self) -> UserMe:
+        return await self._json(UserMe, "GET", "/users/me")
+
+    async def update_me(self, update: UserUpdate) -> UserMe:
+        return await self._json(UserMe, "PATCH", "/users/me", json=update.model_dump(exclude_none=True))
+
+    async def delete_account(self) -> None:
+        await self.request("DELETE", "/users/self")
+        self._set_tokens(None)
+
+    async def search_users(self, query: str, skip: int = 0, limit: int = 20) -> list[UserPublic]:
+        params = {"q": query, "skip": skip, "limit": limit}
+        return await self._json(TypeAdapter(list[UserPublic]), "GET", "/users/search", params=params)
+
+    async def get_user(self, user_id: int) -> UserPublic:
+        return await self._json(UserPublic, "GET", f"/users/{user_id}")
+
+    # ---------------------------------------------------------------------------------------------
+    # contacts
+    # ---------------------------------------------------------------------------------------------
+
+    async def add_contact(self, *, friend_id: int | None = None, username: str | None = None) -> ContactOut:
+        body = ContactAdd(friend_id=friend_id, username=username)
+        return await self._json(ContactOut, "POST", "/me/contacts/", json=body.model_dump(exclude_none=True))
+
+    async def contacts(
+        self,
+        status: ContactStatus | None = None,
+        group: str | None = None,
+        skip: int = 0,
+        limit: int = 100,
+    ) -> list[ContactOut]:
+        params: dict[str, Any] = {"skip": skip, "limit": limit}
+        if status is not None:
+            params["status"] = str(status)
+        if group is not None:
+            params["group"] = group
+        return await self._json(TypeAdapter(list[ContactOut]), "GET", "/me/contacts/", params=params)
+
+    async def contact_requests(self, direction: str) -> list[ContactOut]:
+        return await self._json(TypeAdapter(list[ContactOut]), "GET", f"/me/contacts/requests/{direction}")
+
+    async def accept_contact(self, user_id: int) -> ContactOut:
+        return await self._json(ContactOut, "POST", f"/me/contacts/{user_id}/accept")
+
+    async def decline_contact(self, user_id: int) -> None:
+        await self.request("POST", f"/me/contacts/{user_id}/decline")
+
+    async def update_contact(self, user_id: int, update: ContactUpdate) -> ContactOut:
+        body = update.model_dump(exclude_unset=True)
+        return await self._json(ContactOut, "PATCH", f"/me/contacts/{user_id}", json=body)
+
+    async def remove_contact(self, user_id: int) -> None:
+        await self.request("DELETE", f"/me/contacts/{user_id}")
+
+    # ---------------------------------------------------------------------------------------------
+    # devices, ICE, mailbox, blobs
+    # ---------------------------------------------------------------------------------------------
+
+    async def publish_device(self, bundle: DeviceBundleIn) -> DeviceOut:
+        return await self._json(DeviceOut, "POST", "/me/devices", json=bundle.model_dump())
+
+    async def devices(self, user_id: int) -> list[DeviceOut]:
+        return await self._json(TypeAdapter(list[DeviceOut]), "GET", f"/users/{user_id}/devices")
+
+    async def revoke_device(self, device_id: str) -> None:
+        await self.request("DELETE", f"/me/devices/{device_id}")
+
+    async def ice(self) -> IceConfig:
+        return await self._json(IceConfig, "GET", "/ice")
+
+    async def mailbox(self, device_id: str) -> list[MailboxItem]:
+        params = {"device_id": device_id}
+        return await self._json(TypeAdapter(list[MailboxItem]), "GET", "/me/mailbox", params=params)
+
+    async def upload_blob(self, chunks: AsyncIterator[bytes], readers: Iterable[int]) -> BlobOut:
+        params = {"readers": ",".join(str(r) for r in readers)}
+        headers = {"Content-Type": "application/octet-stream"}
+        return await self._json(BlobOut, "POST", "/blobs", params=params, content=chunks, headers=headers)
+
+    async def download_blob(self, blob_id: str) -> AsyncIterator[bytes]:
+        """Stream a blob's bytes; the caller iterates (re-chunking is the caller's job)."""
+        headers = {"Authorization": f"Bearer {self.access_token}"} if self.tokens else {}
+        try:
+            async with self._http.stream("GET", f"/blobs/{blob_id}", headers=headers) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._error(response)
+                async for piece in response.aiter_bytes(1 << 20):
+                    yield piece
+        except httpx.TransportError as e:
+            raise ServerUnavailable(f"blob download from {self.server_url} broke off: {e}") from e
+
+    async def delete_blob(self, blob_id: str) -> None:
+        await self.request("DELETE", f"/blobs/{blob_id}")

@@ -1,0 +1,544 @@
+"""The peer's own SQLite database (one per profile): history, contacts cache, pinned device keys,
+seen message ids, outgoing deliveries and file transfers.
+
+Message bodies are sealed at rest with `crypto.atrest` under the keystore's storage key (the
+message id as associated data, so rows cannot be swapped), so a copied profile without the
+password reveals no history. Everything runs on one dedicated thread (sqlite3 objects stay on the
+thread that made them; the event loop never blocks on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from crypto.atrest import open_at_rest, seal_at_rest
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    conversation TEXT NOT NULL,
+    sender_user INTEGER NOT NULL,
+    sender_device TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    stored_at_ms INTEGER NOT NULL,
+    path TEXT,
+    state TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation, sent_at_ms);
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id TEXT NOT NULL,
+    user_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    path TEXT,
+    state TEXT NOT NULL,
+    PRIMARY KEY (message_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    envelope BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    sender_device TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_device, message_id)
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    user_id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    user_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    identity_key BLOB NOT NULL,
+    encryption_key BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 1,
+    first_seen_ms INTEGER NOT NULL,
+    offered_identity_key BLOB,
+    offered_encryption_key BLOB,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS verified_users (user_id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id TEXT PRIMARY KEY,
+    outgoing INTEGER NOT NULL,
+    conversation TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    local_path TEXT NOT NULL,
+    next_index INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    blob_id TEXT
+);
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    message_id: str
+    conversation: str
+    sender_user: int
+    sender_device: str
+    outgoing: bool
+    content_type: str
+    payload: dict[str, Any]  # the decoded payload as plain data (see peer.node.payload_record)
+    sent_at_ms: int
+    stored_at_ms: int
+    path: str | None
+    state: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class PinnedDevice:
+    user_id: int
+    device_id: str
+    identity_key: bytes
+    encryption_key: bytes
+    fingerprint: str
+    confirmed: bool
+    revoked: bool
+    offered_identity_key: bytes | None  # a different key the server offered for this device id
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    transfer_id: str
+    outgoing: bool
+    conversation: str
+    manifest: dict[str, Any]
+    local_path: str
+    next_index: int
+    state: str
+    blob_id: str | None
+
+
+class LocalStore:
+    def __init__(self, path: Path, storage_key: bytes) -> None:
+        self._path = path
+        self._key = storage_key
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localstore")
+        self._db: sqlite3.Connection | None = None
+        self._seen: set[tuple[str, str]] = set()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> None:
+        def _open() -> None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._db = db
+            self._seen = {(d, m) for d, m in db.execute("SELECT sender_device, message_id FROM seen")}
+
+        await self._run(_open)
+        self._path.chmod(0o600)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(_close)
+        self._pool.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("local store is not open")
+        return self._db
+
+    # ---------------------------------------------------------------------------------------------
+    # seen ids: crypto.envelope.SeenIds (synchronous, answered from memory, persisted with the message)
+    # ---------------------------------------------------------------------------------------------
+
+    def seen_before(self, sender_device: str, message_id: str) -> bool:
+        return (sender_device, message_id) in self._seen
+
+    def remember(self, sender_device: str, message_id: str) -> None:
+        self._seen.add((sender_device, message_id))
+
+    # ---------------------------------------------------------------------------------------------
+    # messages
+    # ---------------------------------------------------------------------------------------------
+
+    def _seal(self, message_id: str, payload: dict[str, Any]) -> bytes:
+        return seal_at_rest(self._key, json.dumps(payload).encode(), aad=message_id.encode())
+
+    def _row(self, row: tuple[Any, ...]) -> StoredMessage:
+        plain = json.loads(open_at_rest(self._key, row[6], aad=row[0].encode()))
+        return StoredMessage(
+            message_id=row[0],
+            conversation=row[1],
+            sender_user=row[2],
+            sender_device=row[3],
+            outgoing=bool(row[4]),
+            content_type=row[5],
+            payload=plain,
+            sent_at_ms=row[7],
+            stored_at_ms=row[8],
+            path=row[9],
+            state=row[10],
+            reason=row[11],
+        )
+
+    _COLUMNS = (
+        "message_id, conversation, sender_user, sender_device, outgoing, content_type, body, "
+        "sent_at_ms, stored_at_ms, path, state, reason"
+    )
+
+    async def save_message(self, message: StoredMessage) -> bool:
+        """Insert a message (and mark its id seen) in one transaction; False if it was already there."""
+        body = self._seal(message.message_id, message.payload)
+
+        def _save() -> bool:
+            with self.db:
+                self.db.execute("BEGIN")
+                cur = self.db.execute(
+                    f"INSERT OR IGNORE INTO messages ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                    (
+                        message.message_id,
+                        message.conversation,
+                        message.sender_user,
+                        message.sender_device,
+                        int(message.outgoing),
+                        message.content_type,
+                        body,
+                        message.sent_at_ms,
+                        message.stored_at_ms,
+                        message.path,
+                        message.state,
+                        message.reason,
+                    ),
+                )
+                if not message.outgoing:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
+                        (message.sender_device, message.message_id, now_ms()),
+                    )
+                return cur.rowcount == 1
+
+        return await self._run(_save)
+
+    async def get_message(self, message_id: str) -> StoredMessage | None:
+        def _get() -> StoredMessage | None:
+            row = self.db.execute(
+                f"SELECT {self._COLUMNS} FROM messages WHERE message_id = ?",  # noqa: S608
+                (message_id,),
+            ).fetchone()
+            return self._row(row) if row else None
+
+        return await self._run(_get)
+
+    async def history(
+        self, conversation: str | None = None, limit: int = 100, before_ms: int | None = None
+    ) -> list[StoredMessage]:
+        def _history() -> list[StoredMessage]:
+            where, args = [], []
+            if conversation is not None:
+                where.append("conversation = ?")
+                args.append(conversation)
+            if before_ms is not None:
+                where.append("sent_at_ms < ?")
+                args.append(before_ms)
+            clause = ("WHERE " + " AND ".join(where)) if where else ""
+            rows = self.db.execute(
+                f"SELECT {self._COLUMNS} FROM messages {clause} ORDER BY sent_at_ms DESC, rowid DESC LIMIT ?",  # noqa: S608
+                (*args, limit),
+            ).fetchall()
+            return [self._row(r) for r in reversed(rows)]
+
+        return await self._run(_history)
+
+    async def conversations(self) -> list[tuple[str, int]]:
+        def _convs() -> list[tuple[str, int]]:
+            return list(
+                self.db.execute(
+                    "SELECT conversation, MAX(sent_at_ms) FROM messages GROUP BY conversation ORDER BY 2 DESC"
+                )
+            )
+
+        return await self._run(_convs)
+
+    async def set_message_state(
+        self, message_id: str, state: str, path: str | None = None, reason: str | None = None
+    ) -> None:
+        def _set() -> None:
+            self.db.execute(
+                "UPDATE messages SET state = ?, path = COALESCE(?, path), reason = ? WHERE message_id = ?",
+                (state, path, reason, message_id),
+            )
+
+        await self._run(_set)
+
+    async def set_delivery(
+        self, message_id: str, user_id: int, device_id: str, path: str | None, state: str
+    ) -> None:
+        def _set() -> None:
+            self.db.execute(
+                "INSERT INTO deliveries (message_id, user_id, device_id, path, state) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (message_id, device_id) DO UPDATE SET path = COALESCE(excluded.path, path), "
+                "state = excluded.state",
+                (message_id, user_id, device_id, path, state),
+            )
+
+        await self._run(_set)
+
+    async def deliveries(self, message_id: str) -> list[tuple[int, str, str | None, str]]:
+        def _get() -> list[tuple[int, str, str | None, str]]:
+            return list(
+                self.db.execute(
+                    "SELECT user_id, device_id, path, state FROM deliveries WHERE message_id = ?",
+                    (message_id,),
+                )
+            )
+
+        return await self._run(_get)
+
+    # ---------------------------------------------------------------------------------------------
+    # outbox: envelopes the server has not yet accepted for some device (survives restarts)
+    # ---------------------------------------------------------------------------------------------
+
+    async def outbox_put(self, message_id: str, envelope: bytes) -> None:
+        def _put() -> None:
+            self.db.execute(
+                "INSERT OR IGNORE INTO outbox (message_id, envelope, created_ms) VALUES (?,?,?)",
+                (message_id, envelope, now_ms()),
+            )
+
+        await self._run(_put)
+
+    async def outbox_pending(self) -> list[tuple[str, bytes, list[tuple[int, str]]]]:
+        """Each outbox envelope with the devices whose delivery is still 'pending'."""
+
+        def _pending() -> list[tuple[str, bytes, list[tuple[int, str]]]]:
+            result = []
+            for message_id, envelope in self.db.execute(
+                "SELECT message_id, envelope FROM outbox ORDER BY created_ms"
+            ).fetchall():
+                devices = self.db.execute(
+                    "SELECT user_id, device_id FROM deliveries WHERE message_id = ? AND state = 'pending'",
+                    (message_id,),
+                ).fetchall()
+                result.append((message_id, envelope, [(u, d) for u, d in devices]))
+            return result
+
+        return await self._run(_pending)
+
+    async def outbox_done(self, message_id: str) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM outbox WHERE message_id = ?", (message_id,)))
+
+    # ---------------------------------------------------------------------------------------------
+    # contacts cache
+    # ---------------------------------------------------------------------------------------------
+
+    async def cache_contacts(self, records: list[dict[str, Any]]) -> None:
+        def _cache() -> None:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("DELETE FROM contacts")
+                self.db.executemany(
+                    "INSERT INTO contacts (user_id, username, record) VALUES (?,?,?)",
+                    [(r["user_id"], r["username"], json.dumps(r, default=str)) for r in records],
+                )
+
+        await self._run(_cache)
+
+    async def cached_contacts(self) -> list[dict[str, Any]]:
+        def _get() -> list[dict[str, Any]]:
+            return [
+                json.loads(r) for (r,) in self.db.execute("SELECT record FROM contacts ORDER BY username")
+            ]
+
+        return await self._run(_get)
+
+    # ---------------------------------------------------------------------------------------------
+    # pinned device keys
+    # ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _device(row: tuple[Any, ...]) -> PinnedDevice:
+        return PinnedDevice(
+            user_id=row[0],
+            device_id=row[1],
+            identity_key=row[2],
+            encryption_key=row[3],
+            fingerprint=row[4],
+            confirmed=bool(row[5]),
+            revoked=bool(row[6]),
+            offered_identity_key=row[7],
+        )
+
+    _DEVICE_COLUMNS = (
+        "user_id, device_id, identity_key, encryption_key, fingerprint, confirmed, revoked, "
+        "offered_identity_key"
+    )
+
+    async def pinned_devices(self, user_id: int | None = None) -> list[PinnedDevice]:
+        def _get() -> list[PinnedDevice]:
+            if user_id is None:
+                rows = self.db.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices")  # noqa: S608
+            else:
+                rows = self.db.execute(
+                    f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE user_id = ?",  # noqa: S608
+                    (user_id,),
+                )
+            return [self._device(r) for r in rows]
+
+        return await self._run(_get)
+
+    async def pin_device(
+        self,
+        user_id: int,
+        device_id: str,
+        identity_key: bytes,
+        encryption_key: bytes,
+        fingerprint: str,
+        confirmed: bool,
+    ) -> None:
+        def _pin() -> None:
+            self.db.execute(
+                "INSERT INTO devices (user_id, device_id, identity_key, encryption_key, fingerprint, "
+                "confirmed, "
+                "first_seen_ms) VALUES (?,?,?,?,?,?,?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+                "identity_key = excluded.identity_key, encryption_key = excluded.encryption_key, "
+                "fingerprint = excluded.fingerprint, confirmed = excluded.confirmed, "
+                "offered_identity_key = NULL, offered_encryption_key = NULL, revoked = 0",
+                (user_id, device_id, identity_key, encryption_key, fingerprint, int(confirmed), now_ms()),
+            )
+
+        await self._run(_pin)
+
+    async def record_offered_key(
+        self, user_id: int, device_id: str, identity_key: bytes, encryption_key: bytes
+    ) -> None:
+        def _offer() -> None:
+            self.db.execute(
+                "UPDATE devices SET offered_identity_key = ?, offered_encryption_key = ? "
+                "WHERE user_id = ? AND device_id = ?",
+                (identity_key, encryption_key, user_id, device_id),
+            )
+
+        await self._run(_offer)
+
+    async def offered_key(self, user_id: int, device_id: str) -> tuple[bytes, bytes] | None:
+        def _get() -> tuple[bytes, bytes] | None:
+            row = self.db.execute(
+                "SELECT offered_identity_key, offered_encryption_key FROM devices "
+                "WHERE user_id = ? AND device_id = ?",
+                (user_id, device_id),
+            ).fetchone()
+            return (row[0], row[1]) if row and row[0] is not None else None
+
+        return await self._run(_get)
+
+    async def confirm_devices(self, user_id: int) -> None:
+        await self._run(
+            lambda: self.db.execute("UPDATE devices SET confirmed = 1 WHERE user_id = ?", (user_id,))
+        )
+
+    async def set_revoked(self, user_id: int, device_id: str, revoked: bool) -> None:
+        await self._run(
+            lambda: self.db.execute(
+                "UPDATE devices SET revoked = ? WHERE user_id = ? AND device_id = ?",
+                (int(revoked), user_id, device_id),
+            )
+        )
+
+    async def set_verified(self, user_id: int, verified: bool) -> None:
+        def _set() -> None:
+            if verified:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO verified_users (user_id, at_ms) VALUES (?,?)", (user_id, now_ms())
+                )
+            else:
+                self.db.execute("DELETE FROM verified_users WHERE user_id = ?", (user_id,))
+
+        await self._run(_set)
+
+    async def is_verified(self, user_id: int) -> bool:
+        def _get() -> bool:
+            return (
+                self.db.execute("SELECT 1 FROM verified_users WHERE user_id = ?", (user_id,)).fetchone()
+                is not None
+            )
+
+        return await self._run(_get)
+
+    # ---------------------------------------------------------------------------------------------
+    # file transfers
+    # ---------------------------------------------------------------------------------------------
+
+    async def save_transfer(self, t: TransferRecord) -> None:
+        manifest = seal_at_rest(self._key, json.dumps(t.manifest).encode(), aad=t.transfer_id.encode())
+
+        def _save() -> None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO transfers (transfer_id, outgoing, conversation, manifest, "
+                "local_path, "
+                "next_index, state, blob_id) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    t.transfer_id,
+                    int(t.outgoing),
+                    t.conversation,
+                    manifest,
+                    t.local_path,
+                    t.next_index,
+                    t.state,
+                    t.blob_id,
+                ),
+            )
+
+        await self._run(_save)
+
+    async def get_transfer(self, transfer_id: str) -> TransferRecord | None:
+        def _get() -> TransferRecord | None:
+            row = self.db.execute(
+                "SELECT transfer_id, outgoing, conversation, manifest, local_path, next_index, state, "
+                "blob_id "
+                "FROM transfers WHERE transfer_id = ?",
+                (transfer_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            manifest = json.loads(open_at_rest(self._key, row[3], aad=row[0].encode()))
+            return TransferRecord(row[0], bool(row[1]), row[2], manifest, row[4], row[5], row[6], row[7])
+
+        return await self._run(_get)
+
+    async def transfer_progress(self, transfer_id: str, next_index: int, state: str | None = None) -> None:
+        def _set() -> None:
+            self.db.execute(
+                "UPDATE transfers SET next_index = MAX(next_index, ?), state = COALESCE(?, state) "
+                "WHERE transfer_id = ?",
+                (next_index, state, transfer_id),
+            )
+
+        await self._run(_set)

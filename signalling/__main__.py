@@ -1,0 +1,98 @@
+"""Command line of the server: `python -m signalling serve` and `python -m signalling db upgrade`.
+
+`serve` binds the socket itself (so `--port 0` works), runs uvicorn with the app from
+`create_app`, and prints exactly one line once the app is ready and listening:
+`peerpost-server listening on http://HOST:PORT` (tests and `peerpost serve` wait for it).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+
+from signalling.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints the listening line after start-up completed (lifespan done, socket listening)."""
+
+    def __init__(self, config: uvicorn.Config, announce: str) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            print(self._announce, flush=True)
+
+
+@click.group()
+def main() -> None:
+    """PeerPost signalling server."""
+
+
+@main.command()
+@click.option("--host", default=None, help="address to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="port to listen on; 0 picks a free one")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="where the database lives")
+@click.option("--database-url", default=None, help="SQLAlchemy async URL (default: SQLite in the data dir)")
+def serve(host: str | None, port: int | None, data_dir: Path | None, database_url: str | None) -> None:
+    """Run the server until interrupted."""
+    from signalling.app import create_app
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from exc
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=settings.log_level,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
+        ws_max_size=settings.max_frame_bytes * 4 + 65536,
+    )
+    server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--database-url", default=None)
+def upgrade(data_dir: Path | None, database_url: str | None) -> None:
+    """Migrate the database to the current schema (the server also does this on start)."""
+    from store.migrate import upgrade_sync
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    upgrade_sync(settings.effective_database_url)
+    click.echo("database is at the current schema")
+
+
+if __name__ == "__main__":
+    main()

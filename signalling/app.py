@@ -1,0 +1,111 @@
+"""The FastAPI application factory.
+
+`create_app(settings)` builds a fresh app with no module-level state: its lifespan migrates the
+database, opens the engine, and keeps everything the routes need on `app.state`:
+
+- `settings`, `engine`, `sessions` (async_sessionmaker), `tokens` (TokenService),
+  `passwords` (PasswordHasher), `login_limits` (per-username and per-address limiters);
+- `presence` (`signalling.presence.PresenceView`) and `hub` (`signalling.presence.LiveSockets`):
+  defaults here; the hub replaces both in its own lifespan.
+
+Routers plug in through `ROUTE_MODULES`: each module has a `router`, and may have a `lifespan(app)`
+async context manager that is entered (in list order) once the store is ready, and left in reverse
+order before the engine closes. The hub adds its modules (`ws`, `mailbox`, `blobs`) to that list.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import ModuleType
+
+from fastapi import FastAPI
+
+from signalling.errors import install_error_handlers
+from signalling.passwords import PasswordHasher
+from signalling.presence import MemoryPresence, NoLiveSockets
+from signalling.ratelimit import SlidingWindowLimiter
+from signalling.routes import blobs, contacts, devices, health, ice, mailbox, tokens, users, ws
+from signalling.settings import Settings
+from signalling.tokens import TokenService, load_or_create_secret
+from store import migrate
+from store.db import create_engine, session_factory
+
+log = logging.getLogger("peerpost.server")
+
+# Order matters only for the docs page and for lifespans (entered in this order).
+ROUTE_MODULES: tuple[ModuleType, ...] = (
+    health,
+    tokens,
+    users,
+    contacts,
+    devices,
+    ice,
+    ws,
+    mailbox,
+    blobs,
+)
+
+
+class LoginLimits:
+    """Login attempts counted per username and per client address."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.per_username = SlidingWindowLimiter(
+            settings.login_attempts_per_username, settings.login_window_seconds
+        )
+        self.per_address = SlidingWindowLimiter(
+            settings.login_attempts_per_address, settings.login_window_seconds
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.effective_database_url
+        await migrate.upgrade(url)
+        engine = create_engine(url, synchronous=settings.sqlite_synchronous)
+        secret = (
+            settings.jwt_secret.get_secret_value()
+            if settings.jwt_secret is not None
+            else load_or_create_secret(settings.data_dir)
+        )
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.tokens = TokenService(
+            secret, settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds
+        )
+        app.state.passwords = PasswordHasher(settings.bcrypt_rounds)
+        app.state.login_limits = LoginLimits(settings)
+        app.state.presence = MemoryPresence()
+        app.state.hub = NoLiveSockets()
+        try:
+            async with AsyncExitStack() as stack:
+                for module in ROUTE_MODULES:
+                    module_lifespan = getattr(module, "lifespan", None)
+                    if module_lifespan is not None:
+                        await stack.enter_async_context(module_lifespan(app))
+                log.info(
+                    "PeerPost server ready (database %s)", engine.url.render_as_string(hide_password=True)
+                )
+                yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="PeerPost signalling server",
+        description="Accounts, contacts, device key bundles, presence, WebRTC signalling and a blind "
+        "store-and-forward mailbox. The server only ever sees ciphertext.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in ROUTE_MODULES:
+        app.include_router(module.router)
+    return app

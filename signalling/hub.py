@@ -1,0 +1,633 @@
+"""The hub: the live WebSocket of every connected device, and what happens to each frame.
+
+One socket per device (a new one replaces the old with close code REPLACED). A socket's life:
+authenticate → `ready` → drain the device's mailbox in order (`deliver`, queued) → `drained` →
+live traffic until it closes. Per socket there are three tasks, owned by one TaskGroup: the reader
+(validates and dispatches client frames), the pipeline (waits for each send's commit in order and
+answers `accepted`), and the writer (the only one that writes to the socket).
+
+Send semantics (docs/hub.md): every recipient device gets a mailbox row, committed, before the
+sender hears `accepted`; connected devices also get the envelope pushed at once; a row is deleted
+only when its device acks it. So a live push lost with a dropping socket comes back from the
+mailbox on the next connect, and a server killed at any moment has lost nothing it accepted.
+
+The hub never decodes an envelope beyond base64url, and never logs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from signalling.backplane import Backplane, InProcessBackplane
+from signalling.presence import Presence
+from signalling.protocol import (
+    CLIENT_FRAME,
+    AcceptedFrame,
+    AckFrame,
+    AuthFrame,
+    CloseCode,
+    DeliverFrame,
+    DrainedFrame,
+    ErrorCode,
+    ErrorFrame,
+    PingFrame,
+    PongFrame,
+    ReadyFrame,
+    SendFrame,
+    SignalFrame,
+    b64decode,
+    b64encode,
+)
+from store import mailbox, reach
+from store.mailbox import MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+
+log = logging.getLogger(__name__)
+
+# Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
+Authenticator = Callable[[str], Awaitable[int]]
+
+CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
+
+
+class HubError(Exception):
+    """Base of the hub's own failures."""
+
+
+class HubAuthError(HubError):
+    pass
+
+
+class _FrameRefused(HubError):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    max_frame_bytes: int = 1024 * 1024
+    rate_per_second: float = 200.0
+    rate_burst: int = 400
+    presence_grace: float = 5.0
+    auth_timeout: float = 10.0
+    drain_page: int = 256
+    outbox_size: int = 4096
+    pipeline_depth: int = 256
+    reach_cache_ttl: float = 5.0
+    mailbox_retention: timedelta = timedelta(days=30)
+    mailbox_quota_bytes: int = 64 * 1024 * 1024
+    mailbox_quota_messages: int = 10_000
+    purge_interval: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> HubLimits:
+        """Read the hub's knobs from the server's Settings (names in signalling.settings)."""
+        return cls(
+            max_frame_bytes=settings.max_frame_bytes,
+            rate_per_second=settings.ws_rate_per_second,
+            rate_burst=settings.ws_rate_burst,
+            presence_grace=settings.presence_grace_seconds,
+            mailbox_retention=timedelta(days=settings.mailbox_retention_days),
+            mailbox_quota_bytes=settings.mailbox_quota_bytes,
+            mailbox_quota_messages=settings.mailbox_quota_messages,
+            purge_interval=settings.mailbox_purge_interval_seconds,
+        )
+
+
+class _Bucket:
+    """Token bucket: `rate` frames a second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+@dataclass(slots=True)
+class _Out:
+    text: str
+    message_id: str | None = None  # set on live `deliver` copies, for de-duplication with the drain
+
+
+class _Closing(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class DeviceSocket:
+    """One authenticated device's live socket and the queue of frames going out on it."""
+
+    def __init__(self, ws: WebSocket, user_id: int, device_id: str, outbox_size: int) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        self.device_id = device_id
+        self.conn_id = secrets.token_hex(8)
+        self.outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_size)
+        self.closing: tuple[int, str] | None = None
+        self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
+
+    def push(self, item: _Out) -> bool:
+        if self.closing is not None:
+            return False
+        try:
+            self.outbox.put_nowait(item)
+        except asyncio.QueueFull:
+            self.close(CLOSE_TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
+            return False
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (code, reason)
+            self.closed.set()
+
+
+class _ReachCache:
+    """Positive answers of `store.reach` for a few seconds, so a busy sender costs no query per frame.
+
+    Only positive answers are kept: a new contact or device works at once, a removed one stops
+    within `ttl` seconds (at once when the server calls `Hub.forget_reach`).
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._owners: dict[str, tuple[int, float]] = {}
+        self._contacts: dict[tuple[int, int], float] = {}
+
+    def owner(self, device_id: str) -> int | None:
+        hit = self._owners.get(device_id)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def remember_owner(self, device_id: str, user_id: int) -> None:
+        self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
+
+    def contacts(self, a: int, b: int) -> bool:
+        until = self._contacts.get((a, b))
+        return until is not None and until >= time.monotonic()
+
+    def remember_contacts(self, a: int, b: int) -> None:
+        self._contacts[(a, b)] = time.monotonic() + self._ttl
+
+    def clear(self) -> None:
+        self._owners.clear()
+        self._contacts.clear()
+
+
+class Hub:
+    """All live sockets of this instance. Created by the app factory; `start()`/`close()` in lifespan."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        authenticate: Authenticator,
+        limits: HubLimits | None = None,
+        backplane: Backplane | None = None,
+    ) -> None:
+        self.limits = limits or HubLimits()
+        self._engine = engine
+        self._authenticate = authenticate
+        self.backplane = backplane or InProcessBackplane()
+        self.presence = Presence(engine, self.backplane, self.limits.presence_grace)
+        self.writer = MailboxWriter(
+            engine,
+            retention=self.limits.mailbox_retention,
+            device_quota_bytes=self.limits.mailbox_quota_bytes,
+            device_quota_messages=self.limits.mailbox_quota_messages,
+        )
+        self._sockets: dict[str, DeviceSocket] = {}
+        self._by_user: dict[int, set[str]] = {}
+        self._reach = _ReachCache(self.limits.reach_cache_ttl)
+        self._janitor: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.writer.start()
+        await self.backplane.start(self)
+        self._janitor = asyncio.create_task(self._purge_periodically(), name="mailbox-janitor")
+
+    async def close(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+            self._janitor = None
+        for sock in list(self._sockets.values()):
+            sock.close(CloseCode.SERVER_SHUTDOWN, "the server is shutting down")
+        await self.presence.close()
+        await self.backplane.close()
+        await self.writer.close()
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("mailbox purge failed; retrying at the next interval")
+            await asyncio.sleep(self.limits.purge_interval)
+
+    async def purge_expired(self) -> int:
+        async with self._engine.begin() as conn:
+            removed = await mailbox.purge_expired(conn)
+        if removed:
+            self.writer.forget_usage()
+            log.info("purged %d expired mailbox rows", removed)
+        return removed
+
+    # -- what the REST side calls ------------------------------------------------------------------
+
+    async def disconnect_user(
+        self, user_id: int, code: int = CloseCode.ACCOUNT_GONE, reason: str = ""
+    ) -> None:
+        """Close every socket of the user on every instance (logout, password change, deletion)."""
+        await self.backplane.disconnect_user(user_id, code, reason or "the account was logged out")
+
+    async def disconnect_device(
+        self, user_id: int, device_id: str, code: int = CloseCode.ACCOUNT_GONE, reason: str = ""
+    ) -> None:
+        """Close the device's socket wherever it is (revocation); its permissions are re-read."""
+        self._reach.clear()
+        await self.backplane.disconnect_device(device_id, code, reason or "the device was revoked")
+
+    def forget_reach(self) -> None:
+        """Contacts or devices changed: re-check permissions from the database from now on."""
+        self._reach.clear()
+
+    async def is_online(self, user_id: int) -> bool:
+        return await self.presence.is_online(user_id)
+
+    def connected_devices(self) -> int:
+        return len(self._sockets)
+
+    # -- LocalSockets (called by the backplane) ----------------------------------------------------
+
+    def deliver_to_device(self, device_id: str, text: str, message_id: str | None) -> bool:
+        sock = self._sockets.get(device_id)
+        return sock is not None and sock.push(_Out(text, message_id))
+
+    def deliver_to_user(self, user_id: int, text: str) -> None:
+        for device_id in self._by_user.get(user_id, ()):
+            self._sockets[device_id].push(_Out(text))
+
+    def close_device(self, device_id: str, code: int, reason: str, unless_conn: str | None) -> None:
+        sock = self._sockets.get(device_id)
+        if sock is not None and sock.conn_id != unless_conn:
+            sock.close(code, reason)
+
+    def close_user(self, user_id: int, code: int, reason: str) -> None:
+        for device_id in list(self._by_user.get(user_id, ())):
+            self._sockets[device_id].close(code, reason)
+
+    # -- one socket --------------------------------------------------------------------------------
+
+    async def serve(self, ws: WebSocket) -> None:
+        """Run one client socket from accept to close. Never raises for client mistakes."""
+        await ws.accept()
+        try:
+            user_id, device_id = await self._authenticate_socket(ws)
+        except HubAuthError as exc:
+            await _close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
+            return
+        except WebSocketDisconnect:
+            return
+
+        sock = DeviceSocket(ws, user_id, device_id, self.limits.outbox_size)
+        self._register(sock)
+        replaced = False
+        try:
+            await self.backplane.attach(user_id, device_id, sock.conn_id, CloseCode.REPLACED)
+            await self.presence.device_came(user_id, device_id)
+            await self._run_socket(sock)
+        finally:
+            replaced = self._unregister(sock)
+            with contextlib.suppress(Exception):
+                await self.backplane.detach(user_id, device_id, sock.conn_id)
+            code, reason = sock.closing or (1000, "")
+            if sock.closing is not None:
+                await _close_quietly(ws, code, reason)
+            if not replaced and code != CloseCode.REPLACED:
+                with contextlib.suppress(Exception):
+                    await self.presence.device_left(user_id, device_id)
+
+    def _register(self, sock: DeviceSocket) -> None:
+        old = self._sockets.get(sock.device_id)
+        if old is not None:
+            old.close(CloseCode.REPLACED, "this device connected again; this socket is replaced")
+        self._sockets[sock.device_id] = sock
+        self._by_user.setdefault(sock.user_id, set()).add(sock.device_id)
+
+    def _unregister(self, sock: DeviceSocket) -> bool:
+        """Forget the socket; True when a newer socket already holds the device."""
+        if self._sockets.get(sock.device_id) is not sock:
+            return True
+        del self._sockets[sock.device_id]
+        devices = self._by_user.get(sock.user_id)
+        if devices is not None:
+            devices.discard(sock.device_id)
+            if not devices:
+                del self._by_user[sock.user_id]
+        return False
+
+    async def _authenticate_socket(self, ws: WebSocket) -> tuple[int, str]:
+        header = ws.headers.get("authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise HubAuthError("the Authorization header must be 'Bearer <access token>'")
+            device_id = ws.query_params.get("device_id")
+            if not device_id:
+                raise HubAuthError("the device_id query parameter is missing")
+        else:
+            try:
+                async with asyncio.timeout(self.limits.auth_timeout):
+                    text = await ws.receive_text()
+            except TimeoutError as exc:
+                raise HubAuthError("no auth frame within the deadline") from exc
+            except (KeyError, RuntimeError) as exc:
+                raise HubAuthError("the first frame must be a text auth frame") from exc
+            try:
+                frame = AuthFrame.model_validate_json(text)
+            except ValidationError as exc:
+                raise HubAuthError("the first frame must be an auth frame with token and device_id") from exc
+            token, device_id = frame.token, frame.device_id
+        try:
+            user_id = await self._authenticate(token)
+        except Exception as exc:
+            raise HubAuthError("the access token is invalid, expired or revoked") from exc
+        async with self._engine.connect() as conn:
+            owner = await reach.device_owner(conn, device_id)
+        if owner is None or owner.user_id != user_id:
+            raise HubAuthError(f"device {device_id} is not a published device of this account")
+        if not owner.active:
+            raise HubAuthError(f"device {device_id} has been revoked")
+        return user_id, device_id
+
+    async def _run_socket(self, sock: DeviceSocket) -> None:
+        pipeline: asyncio.Queue[tuple[asyncio.Future[None], Callable[[], Awaitable[None]] | None, Any]]
+        pipeline = asyncio.Queue(maxsize=self.limits.pipeline_depth)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(sock, pipeline))
+                tg.create_task(self._answer(sock, pipeline))
+                tg.create_task(self._write(sock))
+                tg.create_task(self._watch(sock))
+        except* (_Closing, WebSocketDisconnect):
+            pass
+        finally:
+            # Jobs still in the pipeline were submitted: they commit or fail on their own; nobody
+            # is left to answer, and the sender's client resends what it did not see accepted.
+            while not pipeline.empty():
+                future, _, _ = pipeline.get_nowait()
+                future.cancel()
+
+    async def _watch(self, sock: DeviceSocket) -> None:
+        await sock.closed.wait()
+        code, reason = sock.closing or (1000, "")
+        raise _Closing(code, reason)
+
+    # The reader: validate, check permissions, hand work on. It never writes to the socket itself.
+
+    async def _read(self, sock: DeviceSocket, pipeline: asyncio.Queue[Any]) -> None:
+        bucket = _Bucket(self.limits.rate_per_second, self.limits.rate_burst)
+        limit = self.limits.max_frame_bytes
+        while True:
+            message = await sock.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            text = message.get("text")
+            if text is None:
+                raw = message.get("bytes") or b""
+                size = len(raw)
+            else:
+                size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            if not bucket.take():
+                sock.close(
+                    CloseCode.RATE_LIMITED,
+                    f"too many frames: more than {self.limits.rate_per_second:g} per second "
+                    f"(burst {self.limits.rate_burst})",
+                )
+                return
+            if size > limit:
+                self._refuse(
+                    sock, ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit"
+                )
+                continue
+            if text is None:
+                self._refuse(sock, ErrorCode.MALFORMED, "frames must be JSON text, not binary")
+                continue
+            try:
+                frame = CLIENT_FRAME.validate_json(text)
+            except ValidationError as exc:
+                self._refuse(sock, ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
+                continue
+            try:
+                await self._dispatch(sock, frame, pipeline)
+            except _FrameRefused as exc:
+                self._refuse(sock, exc.code, exc.message, getattr(frame, "ref", None))
+
+    def _refuse(self, sock: DeviceSocket, code: ErrorCode, message: str, ref: str | None = None) -> None:
+        sock.push(_Out(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
+
+    async def _dispatch(self, sock: DeviceSocket, frame: Any, pipeline: asyncio.Queue[Any]) -> None:
+        if isinstance(frame, PingFrame):
+            # Through the pipeline: a pong means every earlier send and ack has been committed.
+            pong = PongFrame(nonce=frame.nonce).model_dump_json()
+
+            async def answer_ping() -> None:
+                sock.push(_Out(pong))
+
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            await pipeline.put((done, answer_ping, frame))
+        elif isinstance(frame, SendFrame):
+            await self._on_send(sock, frame, pipeline)
+        elif isinstance(frame, AckFrame):
+            future = asyncio.ensure_future(self.writer.ack(sock.device_id, [frame.message_id]))
+            await pipeline.put((future, None, frame))
+        elif isinstance(frame, SignalFrame):
+            await self._on_signal(sock, frame)
+        elif isinstance(frame, AuthFrame):
+            raise _FrameRefused(ErrorCode.MALFORMED, "this socket is already authenticated")
+
+    async def _may_reach(self, sender: int, user_id: int, device_id: str) -> None:
+        """Raise _FrameRefused unless `sender` may send to `device_id` of `user_id`."""
+        owner = self._reach.owner(device_id)
+        if owner is None:
+            async with self._engine.connect() as conn:
+                found = await reach.device_owner(conn, device_id)
+            if found is None or not found.active:
+                raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}")
+            owner = found.user_id
+            self._reach.remember_owner(device_id, owner)
+        if owner != user_id:
+            raise _FrameRefused(
+                ErrorCode.UNKNOWN_DEVICE, f"device {device_id} does not belong to user {user_id}"
+            )
+        if user_id == sender or self._reach.contacts(sender, user_id):
+            return
+        async with self._engine.connect() as conn:
+            ok = await reach.is_accepted_contact(conn, sender, user_id)
+        if not ok:
+            raise _FrameRefused(
+                ErrorCode.NOT_A_CONTACT, f"user {user_id} is not an accepted contact of yours"
+            )
+        self._reach.remember_contacts(sender, user_id)
+
+    async def _on_send(self, sock: DeviceSocket, frame: SendFrame, pipeline: asyncio.Queue[Any]) -> None:
+        try:
+            envelope = b64decode(frame.envelope)
+        except ValueError as exc:
+            raise _FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url") from exc
+        seen: set[str] = set()
+        rows: list[NewMessage] = []
+        for r in frame.recipients:
+            if r.device_id in seen:
+                continue
+            seen.add(r.device_id)
+            await self._may_reach(sock.user_id, r.user_id, r.device_id)
+            rows.append(
+                NewMessage(r.user_id, r.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
+            )
+        future = asyncio.ensure_future(self.writer.store(rows))
+
+        async def after_commit() -> None:
+            deliver = DeliverFrame(
+                message_id=frame.message_id,
+                sender_user=sock.user_id,
+                sender_device=sock.device_id,
+                envelope=frame.envelope,
+                queued=False,
+            ).model_dump_json()
+            live = [
+                row.recipient_device
+                for row in rows
+                if await self.backplane.send_to_device(row.recipient_device, deliver, frame.message_id)
+            ]
+            accepted = AcceptedFrame(
+                ref=frame.ref,
+                message_id=frame.message_id,
+                live=live,
+                queued=[row.recipient_device for row in rows],
+            )
+            sock.push(_Out(accepted.model_dump_json()))
+
+        await pipeline.put((future, after_commit, frame))
+
+    async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
+        await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
+        relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
+        if not await self.backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
+            raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
+
+    # The pipeline: answers in the order the frames came, each only after its commit.
+
+    async def _answer(self, sock: DeviceSocket, pipeline: asyncio.Queue[Any]) -> None:
+        while True:
+            future, then, frame = await pipeline.get()
+            try:
+                await future
+            except MailboxQuotaExceeded as exc:
+                self._refuse(sock, ErrorCode.QUOTA, str(exc), getattr(frame, "ref", None))
+                continue
+            except MailboxError as exc:
+                log.error("mailbox write failed: %s", exc)
+                self._refuse(
+                    sock,
+                    ErrorCode.INTERNAL,
+                    "the server could not store this; send it again",
+                    getattr(frame, "ref", None),
+                )
+                continue
+            if then is not None:
+                await then()
+
+    # The writer: ready, drain, drained, then whatever is queued. The only task that sends.
+
+    async def _write(self, sock: DeviceSocket) -> None:
+        ws = sock.ws
+        async with self._engine.connect() as conn:
+            pending = await mailbox.pending_count(conn, sock.device_id)
+        ready = ReadyFrame(user_id=sock.user_id, device_id=sock.device_id, pending=pending)
+        await ws.send_text(ready.model_dump_json())
+        drained_ids: set[str] = set()
+        after = 0
+        while True:
+            async with self._engine.connect() as conn:
+                page = await mailbox.fetch_after(conn, sock.device_id, after, self.limits.drain_page)
+            if not page:
+                break
+            for row in page:
+                frame = DeliverFrame(
+                    message_id=row.message_id,
+                    sender_user=row.sender_user,
+                    sender_device=row.sender_device,
+                    envelope=b64encode(row.envelope),
+                    queued=True,
+                    queued_at=row.queued_at,
+                )
+                await ws.send_text(frame.model_dump_json())
+                drained_ids.add(row.message_id)
+                after = row.seq
+        await ws.send_text(DrainedFrame().model_dump_json())
+        # Live copies queued while draining may repeat rows the drain already sent: skip those.
+        while True:
+            if drained_ids and sock.outbox.empty():
+                drained_ids = set()
+            item = await sock.outbox.get()
+            if item.message_id is not None and item.message_id in drained_ids:
+                continue
+            await ws.send_text(item.text)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "frame rejected: " + "; ".join(problems)
+
+
+def _ref_of(text: str) -> str | None:
+    """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    ref = value.get("ref") if isinstance(value, dict) else None
+    return ref if isinstance(ref, str) and len(ref) <= 64 else None
+
+
+async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:
+    if ws.application_state == WebSocketState.DISCONNECTED or ws.client_state == WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, reason=reason[:120])

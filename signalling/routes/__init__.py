@@ -1,0 +1,1 @@
+"""One router module per resource; `signalling.app.ROUTE_MODULES` lists the mounted ones."""

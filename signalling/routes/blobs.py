@@ -1,0 +1,116 @@
+"""POST /blobs, GET /blobs/{id}, DELETE /blobs/{id}: encrypted files when no direct link works.
+
+The upload is the raw request body, streamed to disk (never held in memory) and stopped at the
+size limit or the uploader's quota; `readers` names the users (accepted contacts) who may download
+it. Only the uploader and the readers can fetch it; to anyone else it does not exist (404). The
+lifespan owns the periodic purge of expired blobs and of files left by deleted accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query, Request, status
+from fastapi.responses import FileResponse
+
+from signalling.deps import CurrentUser
+from signalling.errors import ApiError, BadRequest, Forbidden, NotFound
+from signalling.protocol import BlobOut
+from signalling.settings import Settings
+from store import reach
+from store.blobs import BlobNotFound, BlobQuotaExceeded, BlobStore, BlobTooLarge
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/blobs", tags=["blobs"])
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "too_large"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    store = BlobStore(
+        app.state.engine,
+        settings.blob_dir,
+        max_bytes=settings.blob_max_bytes,
+        user_quota=settings.blob_quota_bytes_per_user,
+        retention=timedelta(days=settings.blob_retention_days),
+    )
+    app.state.blobs = store
+    purger = asyncio.create_task(_purge_periodically(store, settings.mailbox_purge_interval_seconds))
+    try:
+        yield
+    finally:
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+
+
+async def _purge_periodically(store: BlobStore, interval: float) -> None:
+    while True:
+        try:
+            removed = await store.purge_expired()
+            if removed:
+                log.info("purged %d expired blobs", removed)
+        except Exception:
+            log.exception("blob purge failed; retrying at the next interval")
+        await asyncio.sleep(interval)
+
+
+def _parse_readers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise BadRequest("readers must be user ids separated by commas, e.g. readers=2,5") from exc
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=BlobOut)
+async def upload_blob(
+    request: Request,
+    user: CurrentUser,
+    readers: Annotated[str, Query(description="user ids who may download it, comma-separated")] = "",
+) -> BlobOut:
+    store: BlobStore = request.app.state.blobs
+    reader_ids = _parse_readers(readers)
+    async with request.app.state.engine.connect() as conn:
+        for reader in set(reader_ids) - {user.id}:
+            if not await reach.is_accepted_contact(conn, user.id, reader):
+                raise Forbidden(f"User {reader} is not an accepted contact of yours.", code="not_a_contact")
+    declared = request.headers.get("content-length")
+    try:
+        info = await store.put(
+            user.id, reader_ids, request.stream(), int(declared) if declared and declared.isdigit() else None
+        )
+    except BlobTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from exc
+    except BlobQuotaExceeded as exc:
+        raise PayloadTooLarge(str(exc), code="quota") from exc
+    return BlobOut(blob_id=info.blob_id, size=info.size, sha256=info.sha256, created_at=info.created_at)
+
+
+@router.get("/{blob_id}", response_class=FileResponse)
+async def download_blob(request: Request, user: CurrentUser, blob_id: str) -> FileResponse:
+    store: BlobStore = request.app.state.blobs
+    try:
+        info, path = await store.find_readable(user.id, blob_id)
+    except BlobNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    return FileResponse(path, media_type="application/octet-stream", headers={"X-Blob-Sha256": info.sha256})
+
+
+@router.delete("/{blob_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_blob(request: Request, user: CurrentUser, blob_id: str) -> None:
+    store: BlobStore = request.app.state.blobs
+    try:
+        await store.delete(user.id, blob_id)
+    except BlobNotFound as exc:
+        raise NotFound(f"You have no blob {blob_id}.") from exc

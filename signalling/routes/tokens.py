@@ -1,0 +1,135 @@
+"""Login, token refresh and logout.
+
+POST /token takes the OAuth2 password form and answers a TokenPair (a short-lived JWT access token
+and a rotating refresh token). Attempts are limited per username and per client address before any
+bcrypt work is done; a successful login does not count against the limit. Logout revokes every
+refresh token and bumps the token version, so access tokens already handed out stop working at once,
+and the hub closes the user's live sockets.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from signalling.deps import CurrentUser, Session, Tokens
+from signalling.errors import TooManyRequests, Unauthorized
+from signalling.protocol import USERNAME_PATTERN, CloseCode, RefreshRequest, TokenPair
+from signalling.tokens import TokenService
+from store import accounts
+from store import tokens as refresh_tokens
+from store.errors import RefreshTokenInvalid, RefreshTokenReused
+from store.models import User
+
+router = APIRouter(tags=["auth"])
+_USERNAME = re.compile(USERNAME_PATTERN)
+
+
+def client_address(request: Request) -> tuple[str, int | None]:
+    if request.client is None:
+        return "unknown", None
+    return request.client.host, request.client.port
+
+
+async def issue_pair(session: Session, tokens: TokenService, user: User) -> TokenPair:
+    """A new access token and a new refresh-token family (the caller commits)."""
+    refresh = tokens.new_refresh_token()
+    await refresh_tokens.issue(
+        session, user.id, tokens.hash_refresh_token(refresh), ttl=timedelta(seconds=tokens.refresh_ttl)
+    )
+    return TokenPair(
+        access_token=tokens.issue_access(user.id, user.token_version),
+        refresh_token=refresh,
+        expires_in=tokens.access_ttl,
+    )
+
+
+@router.post(
+    "/token",
+    response_model=TokenPair,
+    summary="Log in with the OAuth2 password form",
+    responses={401: {"description": "wrong username or password"}, 429: {"description": "too many attempts"}},
+)
+async def login(
+    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, tokens: Tokens
+) -> TokenPair:
+    limits = request.app.state.login_limits
+    address, port = client_address(request)
+    name_key = form.username.lower()
+    waits = [limits.per_username.retry_after(name_key), limits.per_address.retry_after(address)]
+    wait = max((w for w in waits if w is not None), default=None)
+    if wait is not None:
+        raise TooManyRequests(
+            f"Too many login attempts for this account or from this address; try again in {int(wait) + 1} s.",
+            retry_after=wait,
+        )
+    limits.per_username.hit(name_key)
+    limits.per_address.hit(address)
+
+    user = await accounts.get_by_username(session, form.username) if _USERNAME.match(form.username) else None
+    # End the read before bcrypt runs, so no database connection waits on a worker thread.
+    await session.commit()
+    if not await request.app.state.passwords.verify(form.password, user.password_hash if user else None):
+        raise Unauthorized("Wrong username or password.", code="bad_credentials")
+    assert user is not None
+    limits.per_username.undo(name_key)
+    limits.per_address.undo(address)
+    await accounts.record_login(session, user, address=address, port=port)
+    pair = await issue_pair(session, tokens, user)
+    await session.commit()
+    return pair
+
+
+@router.post(
+    "/token/refresh",
+    response_model=TokenPair,
+    summary="Trade a refresh token for a new pair (the old refresh token is spent)",
+    responses={401: {"description": "unknown, expired, revoked or reused refresh token"}},
+)
+async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> TokenPair:
+    new_refresh = tokens.new_refresh_token()
+    try:
+        row = await refresh_tokens.rotate(
+            session,
+            tokens.hash_refresh_token(body.refresh_token),
+            tokens.hash_refresh_token(new_refresh),
+            ttl=timedelta(seconds=tokens.refresh_ttl),
+        )
+    except RefreshTokenReused as exc:
+        await session.commit()  # keep the family revoked
+        raise Unauthorized(
+            "This refresh token was already used; every session started from the same login has been "
+            "signed out. Log in again.",
+            code="refresh_reused",
+        ) from exc
+    except RefreshTokenInvalid as exc:
+        raise Unauthorized(
+            "The refresh token is unknown, expired or revoked; log in again.", code="invalid_refresh"
+        ) from exc
+    user = await accounts.get(session, row.user_id)
+    if user is None:
+        raise Unauthorized("This account no longer exists.", code="account_gone")
+    await session.commit()
+    return TokenPair(
+        access_token=tokens.issue_access(user.id, user.token_version),
+        refresh_token=new_refresh,
+        expires_in=tokens.access_ttl,
+    )
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign out everywhere: revoke refresh tokens, invalidate access tokens, close sockets",
+)
+async def logout(request: Request, user: CurrentUser, session: Session) -> Response:
+    user_id = user.id
+    await refresh_tokens.revoke_all(session, user_id)
+    await accounts.bump_token_version(session, user)
+    await session.commit()
+    await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "logged out")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

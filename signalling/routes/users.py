@@ -1,0 +1,138 @@
+"""Accounts: register, read and change your own, delete it, find others.
+
+Registration records the client's address like a login does. A password change needs the current
+password and signs the account out everywhere (token version bumped, refresh tokens revoked, live
+sockets closed): the caller logs in again with the new password. Deleting the account removes
+everything it owns and closes its sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from signalling.deps import CurrentUser, Session
+from signalling.errors import Conflict, Forbidden, NotFound, Unauthorized
+from signalling.protocol import CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
+from signalling.routes.tokens import client_address
+from store import accounts
+from store import tokens as refresh_tokens
+from store.errors import EmailTaken, UsernameTaken
+from store.errors import NotFound as StoreNotFound
+
+router = APIRouter(tags=["users"])
+
+Skip = Annotated[int, Query(ge=0, description="rows to skip")]
+Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
+
+
+@router.post(
+    "/users/",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register an account",
+    responses={409: {"description": "username or e-mail already taken"}, 422: {"description": "bad field"}},
+)
+async def register(body: UserCreate, request: Request, session: Session) -> UserOut:
+    address, port = client_address(request)
+    # Cheap checks before the expensive hash, so a taken name costs no bcrypt time.
+    if await accounts.get_by_username(session, body.username) is not None:
+        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken")
+    await session.commit()
+    password_hash = await request.app.state.passwords.hash(body.password)
+    try:
+        user = await accounts.create(
+            session,
+            username=body.username,
+            email=str(body.email),
+            password_hash=password_hash,
+            address=address,
+            port=port,
+        )
+    except UsernameTaken as exc:
+        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken") from exc
+    except EmailTaken as exc:
+        raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+    await session.commit()
+    return UserOut.model_validate(user)
+
+
+@router.get("/users/me", response_model=UserMe, summary="Your own account")
+async def read_me(user: CurrentUser) -> UserMe:
+    return UserMe.model_validate(user)
+
+
+@router.patch(
+    "/users/me",
+    response_model=UserMe,
+    summary="Change your e-mail and/or password (a password change signs you out everywhere)",
+    responses={403: {"description": "current password wrong"}, 409: {"description": "e-mail taken"}},
+)
+async def update_me(body: UserUpdate, user: CurrentUser, request: Request, session: Session) -> UserMe:
+    if body.password is not None:
+        await session.commit()  # no database connection held while bcrypt runs
+        if not body.current_password:
+            raise Forbidden(
+                "Changing the password needs current_password as well.", code="current_password_required"
+            )
+        if not await request.app.state.passwords.verify(body.current_password, user.password_hash):
+            raise Forbidden("The current password is wrong.", code="wrong_password")
+    if body.email is not None and str(body.email).lower() != user.email:
+        try:
+            await accounts.change_email(session, user, str(body.email))
+        except EmailTaken as exc:
+            raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+    if body.password is not None:
+        new_hash = await request.app.state.passwords.hash(body.password)
+        await accounts.change_password(session, user, new_hash)
+        await refresh_tokens.revoke_all(session, user.id)
+    await session.commit()
+    if body.password is not None:
+        await request.app.state.hub.disconnect_user(user.id, CloseCode.UNAUTHORIZED, "password changed")
+    return UserMe.model_validate(user)
+
+
+@router.delete(
+    "/users/self",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete your account, its devices, contacts (both ways) and queued messages",
+)
+async def delete_self(user: CurrentUser, request: Request, session: Session) -> Response:
+    user_id = user.id
+    try:
+        await accounts.delete_account(session, user_id)
+    except StoreNotFound as exc:  # deleted by a concurrent request
+        raise Unauthorized("This account no longer exists.", code="account_gone") from exc
+    await session.commit()
+    await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "account deleted")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/users/search",
+    response_model=list[UserPublic],
+    summary="Find users whose name starts with q (any case), without yourself",
+)
+async def search(
+    user: CurrentUser,
+    session: Session,
+    q: Annotated[str, Query(min_length=1, max_length=32, description="username prefix")],
+    skip: Skip = 0,
+    limit: Limit = 20,
+) -> list[UserPublic]:
+    found = await accounts.search(session, q, exclude_user_id=user.id, skip=skip, limit=limit)
+    return [UserPublic.model_validate(u) for u in found]
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserPublic,
+    summary="Another user's public profile",
+    responses={404: {"description": "no such user"}},
+)
+async def read_user(user_id: int, _user: CurrentUser, session: Session) -> UserPublic:
+    other = await accounts.get(session, user_id)
+    if other is None:
+        raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
+    return UserPublic.model_validate(other)

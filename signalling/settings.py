@@ -1,0 +1,101 @@
+"""Server settings: one pydantic-settings model, read from `PEERPOST_*` environment variables.
+
+Every knob a deployment or a test may turn lives here, with a default that is safe for a single
+machine on SQLite. Secrets have no defaults in code: the JWT secret is generated on first start and
+kept in the data directory (see `signalling.tokens`), and TURN credentials exist only when
+`turn_secret` is set.
+
+List settings accept JSON (`["stun:a", "stun:b"]`) or a comma-separated string (`stun:a,stun:b`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+UrlList = Annotated[list[str], NoDecode]
+
+
+def _split_urls(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEERPOST_", extra="ignore")
+
+    # --- process -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/peerpost.db"
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="FULL",
+        description="FULL survives power loss; NORMAL (in WAL mode) survives a killed process only",
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="proxies whose X-Forwarded-For is trusted for the client address; none by default",
+    )
+    log_level: str = "info"
+
+    # --- accounts and tokens -------------------------------------------------------------------
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 key; when unset, generated once and kept in <data_dir>/jwt-secret"
+    )
+    access_token_ttl_seconds: int = Field(default=15 * 60, gt=0)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="tests lower it; production keeps 12")
+    login_attempts_per_username: int = Field(default=10, gt=0)
+    login_attempts_per_address: int = Field(default=30, gt=0)
+    login_window_seconds: float = Field(default=60.0, gt=0)
+    max_devices_per_user: int = Field(default=16, gt=0)
+
+    # --- mailbox, frames, presence (used by the hub) -------------------------------------------
+    mailbox_retention_days: int = Field(default=30, gt=0)
+    mailbox_quota_messages: int = Field(default=10_000, gt=0, description="stored envelopes per device")
+    mailbox_quota_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="stored bytes per device")
+    max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
+    ws_rate_per_second: float = Field(default=200.0, gt=0, description="sustained client frames per second")
+    ws_rate_burst: int = Field(default=400, gt=0)
+    presence_grace_seconds: float = Field(default=5.0, ge=0)
+    backplane_url: str | None = Field(default=None, description="redis://... for several instances")
+    backplane_prefix: str = Field(
+        default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"
+    )
+    mailbox_purge_interval_seconds: float = Field(default=300.0, gt=0)
+
+    # --- ICE servers handed to peers -----------------------------------------------------------
+    ice_servers: UrlList = Field(default_factory=list, description="extra ICE urls handed on as they are")
+    stun_urls: UrlList = Field(default_factory=list)
+    turn_urls: UrlList = Field(default_factory=list)
+    turn_secret: SecretStr | None = Field(default=None, description="coturn static-auth-secret")
+    turn_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+
+    # --- blobs (encrypted file fallback, used by the hub) --------------------------------------
+    blob_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    blob_quota_bytes_per_user: int = Field(default=1024 * 1024 * 1024, gt=0)
+    blob_retention_days: int = Field(default=30, gt=0)
+
+    _urls = field_validator("ice_servers", "stun_urls", "turn_urls", mode="before")(_split_urls)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'peerpost.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

@@ -1,0 +1,340 @@
+"""The mailbox: ciphertext envelopes waiting for a device that was not there to take them.
+
+Rules this module keeps, whoever calls it:
+- a row is keyed by (recipient device, message id): storing the same message twice is a no-op;
+- rows come out in the order they went in (by row id), per device;
+- a row is deleted only when its device acknowledges it (or when it expires);
+- a device's stored bytes never exceed its quota.
+
+Writes go through one `MailboxWriter` per process: it batches the rows of many sends into one
+transaction (group commit) and resolves each caller only after *its* batch has committed, so the
+server can answer `accepted` without paying one commit per envelope. It never holds plaintext: the
+envelope is opaque bytes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from store.errors import QuotaExceeded, StoreError
+from store.models import MailboxEntry
+
+
+class MailboxError(StoreError):
+    """Base of the mailbox's own failures."""
+
+
+class MailboxQuotaExceeded(MailboxError, QuotaExceeded):
+    def __init__(self, device_id: str, used: int, quota: int, unit: str) -> None:
+        super().__init__(
+            f"the mailbox of device {device_id} is full ({used} of {quota} {unit} used); "
+            "it must fetch and acknowledge its messages before more can be stored"
+        )
+        self.device_id = device_id
+        self.used = used
+        self.quota = quota
+
+
+class MailboxClosed(MailboxError):
+    def __init__(self) -> None:
+        super().__init__("the mailbox writer is shut down")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One envelope for one recipient device, as the hub hands it over."""
+
+    recipient_user: int
+    recipient_device: str
+    sender_user: int
+    sender_device: str
+    message_id: str
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    seq: int
+    message_id: str
+    sender_user: int
+    sender_device: str
+    envelope: bytes
+    queued_at: datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reads and single deletes: plain functions on a connection
+# --------------------------------------------------------------------------------------------------
+
+
+async def pending_count(conn: AsyncConnection, device_id: str, now: datetime | None = None) -> int:
+    now = now or _utcnow()
+    stmt = select(func.count()).where(
+        MailboxEntry.recipient_device == device_id, MailboxEntry.expires_at > now
+    )
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def fetch_after(
+    conn: AsyncConnection, device_id: str, after_seq: int = 0, limit: int = 200, now: datetime | None = None
+) -> list[StoredMessage]:
+    """The next `limit` rows of a device after `after_seq`, oldest first (the drain order)."""
+    now = now or _utcnow()
+    stmt = (
+        select(
+            MailboxEntry.id,
+            MailboxEntry.message_id,
+            MailboxEntry.sender_user,
+            MailboxEntry.sender_device,
+            MailboxEntry.envelope,
+            MailboxEntry.created_at,
+        )
+        .where(
+            MailboxEntry.recipient_device == device_id,
+            MailboxEntry.id > after_seq,
+            MailboxEntry.expires_at > now,
+        )
+        .order_by(MailboxEntry.id)
+        .limit(limit)
+    )
+    rows = (await conn.execute(stmt)).all()
+    return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def usage(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(stored bytes, stored rows) per device, zero for devices without rows."""
+    if not device_ids:
+        return {}
+    stmt = (
+        select(
+            MailboxEntry.recipient_device,
+            func.coalesce(func.sum(MailboxEntry.size), 0),
+            func.count(),
+        )
+        .where(MailboxEntry.recipient_device.in_(list(device_ids)))
+        .group_by(MailboxEntry.recipient_device)
+    )
+    found = {device: (int(size), int(rows)) for device, size, rows in (await conn.execute(stmt)).all()}
+    return {device: found.get(device, (0, 0)) for device in device_ids}
+
+
+async def delete_acked(conn: AsyncConnection, device_id: str, message_ids: Sequence[str]) -> int:
+    if not message_ids:
+        return 0
+    stmt = delete(MailboxEntry).where(
+        MailboxEntry.recipient_device == device_id, MailboxEntry.message_id.in_(list(message_ids))
+    )
+    return (await conn.execute(stmt)).rowcount or 0
+
+
+async def purge_expired(conn: AsyncConnection, now: datetime | None = None) -> int:
+    stmt = delete(MailboxEntry).where(MailboxEntry.expires_at <= (now or _utcnow()))
+    return (await conn.execute(stmt)).rowcount or 0
+
+
+async def count_all(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(MailboxEntry))).scalar_one())
+
+
+# --------------------------------------------------------------------------------------------------
+# Group commit
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Usage:
+    size: int
+    rows: int
+    loaded: float
+
+
+@dataclass(slots=True)
+class _Job:
+    messages: Sequence[NewMessage] = ()
+    acks: Sequence[tuple[str, str]] = ()  # (device id, message id)
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class MailboxWriter:
+    """One writer task that turns many small stores and acks into few transactions.
+
+    A caller's `store()` returns only after the transaction holding its rows has committed: that is
+    the moment the hub may answer `accepted`. Whether a committed row survives a crash is the
+    database's durability setting (see docs/hub.md: SQLite WAL keeps committed rows through SIGKILL
+    with synchronous NORMAL or FULL).
+
+    Quota bookkeeping is a per-process cache of bytes used per device, seeded from the database the
+    first time a device is seen and refreshed after `quota_cache_ttl` seconds, so several server
+    instances on one PostgreSQL can overshoot a quota by what the others wrote in that window.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        retention: timedelta,
+        device_quota_bytes: int,
+        device_quota_messages: int,
+        max_batch: int = 1024,
+        max_queue: int = 20_000,
+        quota_cache_ttl: float = 60.0,
+    ) -> None:
+        self._engine = engine
+        self._retention = retention
+        self._quota_bytes = device_quota_bytes
+        self._quota_rows = device_quota_messages
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self._task: asyncio.Task[None] | None = None
+        self._usage: dict[str, _Usage] = {}
+        self._usage_ttl = quota_cache_ttl
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.batches = 0
+        self.rows_written = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mailbox-writer")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.done.done():
+                job.done.set_exception(MailboxClosed())
+
+    async def store(self, messages: Sequence[NewMessage]) -> None:
+        """Returns when every row is committed; raises MailboxQuotaExceeded for a full device."""
+        await self._submit(_Job(messages=messages))
+
+    async def ack(self, device_id: str, message_ids: Sequence[str]) -> None:
+        await self._submit(_Job(acks=[(device_id, m) for m in message_ids]))
+
+    def forget_usage(self) -> None:
+        """Drop the quota cache (after a purge or an account deletion changed the table)."""
+        self._usage.clear()
+
+    async def _submit(self, job: _Job) -> None:
+        if self._task is None:
+            raise MailboxClosed()
+        await self._queue.put(job)
+        await job.done
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    if not job.done.done():
+                        job.done.set_exception(MailboxClosed())
+                raise
+            except Exception as exc:  # the whole batch failed: every caller hears it
+                self._usage.clear()
+                for job in batch:
+                    if not job.done.done():
+                        job.done.set_exception(MailboxError(f"storing messages failed: {exc}"))
+
+    async def _commit(self, batch: list[_Job]) -> None:
+        now = _utcnow()
+        expires = now + self._retention
+        async with self._engine.begin() as conn:
+            await self._load_usage(conn, batch)
+            rows: list[dict[str, object]] = []
+            accepted: list[_Job] = []
+            pending_usage: dict[str, list[int]] = {}
+            for job in batch:
+                verdict = self._check_quota(job, pending_usage)
+                if verdict is not None:
+                    job.done.set_exception(verdict)
+                    continue
+                accepted.append(job)
+                for m in job.messages:
+                    rows.append(
+                        {
+                            "recipient_user": m.recipient_user,
+                            "recipient_device": m.recipient_device,
+                            "sender_user": m.sender_user,
+                            "sender_device": m.sender_device,
+                            "message_id": m.message_id,
+                            "envelope": m.envelope,
+                            "size": len(m.envelope),
+                            "created_at": now,
+                            "expires_at": expires,
+                        }
+                    )
+            if rows:
+                stmt = self._insert(MailboxEntry).on_conflict_do_nothing(
+                    index_elements=["recipient_device", "message_id"]
+                )
+                await conn.execute(stmt, rows)
+            acks = [pair for job in accepted for pair in job.acks]
+            if acks:
+                await conn.execute(
+                    delete(MailboxEntry).where(
+                        tuple_(MailboxEntry.recipient_device, MailboxEntry.message_id).in_(acks)
+                    )
+                )
+        # Committed: only now do the callers hear success, and the quota cache move.
+        for device, (size, rows_added) in pending_usage.items():
+            if device in self._usage:
+                self._usage[device].size += size
+                self._usage[device].rows += rows_added
+        if acks:
+            for device in {d for d, _ in acks}:
+                self._usage.pop(device, None)  # reload from the table next time
+        self.batches += 1
+        self.rows_written += len(rows)
+        for job in accepted:
+            if not job.done.done():
+                job.done.set_result(None)
+
+    async def _load_usage(self, conn: AsyncConnection, batch: list[_Job]) -> None:
+        stamp = time.monotonic()
+        wanted = {m.recipient_device for job in batch for m in job.messages}
+        stale = [d for d in wanted if d not in self._usage or stamp - self._usage[d].loaded > self._usage_ttl]
+        if stale:
+            for device, (size, rows) in (await usage(conn, stale)).items():
+                self._usage[device] = _Usage(size, rows, stamp)
+
+    def _check_quota(self, job: _Job, pending: dict[str, list[int]]) -> MailboxQuotaExceeded | None:
+        extra: dict[str, list[int]] = {}
+        for m in job.messages:
+            entry = extra.setdefault(m.recipient_device, [0, 0])
+            entry[0] += len(m.envelope)
+            entry[1] += 1
+        for device, (size, rows) in extra.items():
+            known = self._usage.get(device)
+            before = pending.get(device, [0, 0])
+            used_size = (known.size if known else 0) + before[0]
+            used_rows = (known.rows if known else 0) + before[1]
+            if used_size + size > self._quota_bytes:
+                return MailboxQuotaExceeded(device, used_size, self._quota_bytes, "bytes")
+            if used_rows + rows > self._quota_rows:
+                return MailboxQuotaExceeded(device, used_rows, self._quota_rows, "messages")
+        for device, (size, rows) in extra.items():
+            entry = pending.setdefault(device, [0, 0])
+            entry[0] += size
+            entry[1] += rows
+        return None

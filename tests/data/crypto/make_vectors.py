@@ -1,0 +1,200 @@
+"""Regenerate the known-answer vectors in this folder from the committed device keys.
+
+Run once when a format changes on purpose (`python tests/data/crypto/make_vectors.py` from the repo
+root) and commit the result; the tests then pin those bytes. Deterministic parts (bundle and signal
+signatures, payload encodings, file streams with a fixed key, safety numbers) regenerate
+identically; envelopes, the keystore and the stego image contain fresh randomness and are pinned
+by opening them, not by re-creating them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+from crypto import envelope, filestream, keystore, payload, safety, signaling, stego  # noqa: E402
+from crypto._codec import b64e  # noqa: E402
+from crypto.bundle import make_bundle  # noqa: E402
+from tests.support.keys import fixed_device_keys  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEVICES = [  # (user id, device id) of the committed keys device0..device5
+    (1, "alice-laptop-0"),
+    (2, "bob-phone-00001"),
+    (2, "bob-laptop-0002"),
+    (3, "carol-desk-0003"),
+    (3, "carol-phone-004"),
+    (4, "dave-tablet-005"),
+]
+SENT_AT_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+FILE_PLAINTEXT = bytes((i * 7 + 3) % 256 for i in range(2 * 1024 + 500))
+
+
+def dump(name: str, value: object) -> None:
+    (HERE / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    keys = [fixed_device_keys(i) for i in range(len(DEVICES))]
+    dump(
+        "devices.json",
+        [{"user_id": u, "device_id": d, "pem": f"devices/device{i}.pem"} for i, (u, d) in enumerate(DEVICES)],
+    )
+
+    bundles = []
+    for i, (user_id, device_id) in enumerate(DEVICES):
+        b = make_bundle(keys[i], user_id, device_id, created_at=1_767_225_600 + i)
+        bundles.append(
+            {
+                "user_id": b.user_id,
+                "device_id": b.device_id,
+                "identity_key": b64e(b.identity_key),
+                "encryption_key": b64e(b.encryption_key),
+                "created_at": b.created_at,
+                "signature": b64e(b.signature),
+                "fingerprint": b.fingerprint,
+            }
+        )
+    dump("bundles.json", bundles)
+
+    sender = envelope.LocalDevice(1, DEVICES[0][1], keys[0])
+    recipients = [
+        envelope.Recipient(u, d, keys[i].encryption_public_der())
+        for i, (u, d) in enumerate(DEVICES)
+        if i in (1, 2)
+    ]
+    cases = [
+        ("text", payload.Text("hello bob — ünïcødé ✓")),
+        ("receipt", payload.Receipt("read", ["0" * 31 + "1", "f" * 32])),
+        ("typing", payload.Typing(True)),
+        ("large_text", payload.Text("x" * 65536)),
+    ]
+    envelopes = []
+    for n, (name, p) in enumerate(cases):
+        mid = f"{n + 1:032x}"
+        sealed = envelope.seal(p, sender, recipients, "u:2", message_id=mid, sent_at_ms=SENT_AT_MS)
+        envelopes.append(
+            {
+                "name": name,
+                "envelope": b64e(sealed),
+                "header": envelope.peek_header(sealed).to_dict(),
+                "payload_encoded": None if name == "large_text" else b64e(payload.encode_payload(p)),
+                "readers": [1, 2],
+                "non_readers": [0, 3, 4, 5],
+            }
+        )
+    dump("envelopes.json", envelopes)
+
+    manifest = filestream.FileManifest(
+        name="vector.bin",
+        size=len(FILE_PLAINTEXT),
+        sha256=__import__("hashlib").sha256(FILE_PLAINTEXT).hexdigest(),
+        chunk_size=1024,
+        chunk_count=3,
+        key=bytes(range(32)),
+        nonce_prefix=bytes(range(100, 108)),
+    )
+    chunks = [
+        filestream.encrypt_chunk(manifest, i, FILE_PLAINTEXT[i * 1024 : (i + 1) * 1024]) for i in range(3)
+    ]
+    empty = filestream.FileManifest(
+        name="empty.txt",
+        size=0,
+        sha256=__import__("hashlib").sha256(b"").hexdigest(),
+        chunk_size=65536,
+        chunk_count=1,
+        key=bytes([7]) * 32,
+        nonce_prefix=bytes(8),
+    )
+    dump(
+        "filestream.json",
+        {
+            "plaintext": b64e(FILE_PLAINTEXT),
+            "manifest": manifest.to_dict(),
+            "chunks": [b64e(c) for c in chunks],
+            "empty_manifest": empty.to_dict(),
+            "empty_chunks": [b64e(filestream.encrypt_chunk(empty, 0, b""))],
+        },
+    )
+
+    ik = [k.identity_public_bytes() for k in keys]
+    dump(
+        "safety.json",
+        {
+            "signal_v1": {
+                "alice_key": "0506863bc66d02b40d27b8d49ca7c09e9239236f9d7d25d6fcca5ce13c7064d868",
+                "alice_id": "+14152222222",
+                "bob_key": "05f781b6fb32fed9ba1cf2de978d4d5da28dc34046ae814402b5c0dbd96fda907b",
+                "bob_id": "+14153333333",
+                "digits": "300354477692869396892869876765458257569162576843440918079131",
+                "source": "libsignal rust/protocol/src/fingerprint.rs fingerprint_test_v1",
+            },
+            "peerpost": [
+                {
+                    "local": [1, [0]],
+                    "remote": [2, [1, 2]],
+                    "digits": safety.safety_number(1, [ik[0]], 2, [ik[1], ik[2]]),
+                },
+                {
+                    "local": [3, [3, 4]],
+                    "remote": [4, [5]],
+                    "digits": safety.safety_number(3, [ik[3], ik[4]], 4, [ik[5]]),
+                },
+                {
+                    "local": [2, [1]],
+                    "remote": [1, [0]],
+                    "digits": safety.safety_number(2, [ik[1]], 1, [ik[0]]),
+                },
+            ],
+        },
+    )
+
+    dump(
+        "signal.json",
+        {
+            "device": 0,
+            "kind": "offer",
+            "from_device": DEVICES[0][1],
+            "to_device": DEVICES[1][1],
+            "nonce": "n0nce-0001",
+            "body": b64e(b'{"sdp":"v=0\\r\\n","type":"offer"}'),
+            "signature": b64e(
+                signaling.sign_signal(
+                    keys[0],
+                    "offer",
+                    DEVICES[0][1],
+                    DEVICES[1][1],
+                    "n0nce-0001",
+                    b'{"sdp":"v=0\\r\\n","type":"offer"}',
+                )
+            ),
+        },
+    )
+
+    keystore.create_keystore(
+        HERE / "keystore-v1.json",
+        keys[0],
+        "correct horse battery staple",
+        {"user_id": 1, "device_id": DEVICES[0][1]},
+        storage_key=bytes(range(32, 64)),
+        scrypt_n=1 << 10,
+    )
+
+    y, x = np.mgrid[0:48, 0:64]
+    img = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, "PNG")
+    (HERE / "stego-cover.png").write_bytes(buf.getvalue())
+    (HERE / "stego-hidden.png").write_bytes(stego.embed(buf.getvalue(), b"PeerPost stego vector v1"))
+
+
+if __name__ == "__main__":
+    main()

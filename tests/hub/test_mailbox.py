@@ -1,0 +1,156 @@
+"""The durable mailbox through a real server: offline delivery across a SIGKILL, no plaintext on
+disk, quotas, and the REST fetch/ack twin of the socket."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from signalling.protocol import b64decode
+from tests.hub.world import World, opaque_envelope
+from tests.support.server import RunningServer
+
+OFFLINE_ENV = {"PEERPOST_WS_RATE_BURST": "2000", "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
+
+
+def _mailbox_rows(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return db.execute("select count(*) from mailbox").fetchone()[0]
+
+
+async def test_offline_delivery_survives_sigkill_in_order_exactly_once(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "srv", env=OFFLINE_ENV)
+    async with server:
+        async with World(server.url, server.ws_url) as world:
+            alice, bob = await world.account(), await world.account()
+            await world.befriend(alice, bob)
+            a = await world.connect(alice)
+            sent: list[tuple[str, bytes]] = []
+            for i in range(500):
+                envelope = opaque_envelope(200 + i % 50)
+                frame = a.send_frame([(bob.user_id, bob.device_id)], envelope, ref=str(i))
+                sent.append((frame["message_id"], envelope))
+                await a.send(frame)
+            refs = [int((await a.expect("accepted", deadline=20))["ref"]) for _ in range(500)]
+            assert refs == list(range(500))  # answered in order, each after its commit
+
+        server.kill()  # SIGKILL right after the last `accepted`: nothing flushed on the way out
+        server.restart()
+
+        async with World(server.url, server.ws_url) as world:
+            b = await world.connect(bob, wait_drained=False)
+            assert b.ready["pending"] == 500
+            got = []
+            for _ in range(500):
+                frame = await b.expect("deliver", deadline=20)
+                assert frame["queued"] is True
+                got.append((frame["message_id"], b64decode(frame["envelope"])))
+                await b.send({"type": "ack", "message_id": frame["message_id"]})
+            await b.expect("drained")
+            assert got == sent  # all of them, in order, each once
+            await b.send({"type": "ping", "nonce": "acks-done"})
+            await b.expect("pong")
+            assert [f for f in b.backlog if f["type"] == "deliver"] == []
+            await b.close()
+
+            again = await world.connect(bob, wait_drained=False)
+            assert again.ready["pending"] == 0
+            await again.expect("drained")
+            await again.close()
+            r = await world.http.get("/me/mailbox", params={"device_id": bob.device_id}, headers=bob.auth)
+            assert r.json() == []
+        server.stop()
+        assert _mailbox_rows(server.database_path) == 0
+
+
+async def test_the_database_holds_ciphertext_but_never_the_plaintext(tmp_path: Path) -> None:
+    markers = [f"PLAINTEXT-MARKER-{secrets.token_hex(8)}" for _ in range(3)]
+    async with (
+        RunningServer(tmp_path / "srv", env=OFFLINE_ENV) as server,
+        World(server.url, server.ws_url) as world,
+    ):
+        alice, bob = await world.account(), await world.account()
+        await world.befriend(alice, bob)
+        a = await world.connect(alice)
+        ciphertexts = []
+        for marker in markers:
+            key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+            sealed = nonce + AESGCM(key).encrypt(nonce, f"hello bob, {marker}".encode(), None)
+            ciphertexts.append(sealed)
+            await a.send(a.send_frame([(bob.user_id, bob.device_id)], sealed))
+            await a.expect("accepted")
+        await a.close()
+        # Bob is offline: the rows are on disk now, in the database file or its WAL.
+        files = [p for p in server.data_dir.iterdir() if p.name.startswith(server.database_path.name)]
+        on_disk = b"".join(p.read_bytes() for p in files)
+        assert all(c in on_disk for c in ciphertexts)  # the scan sees what is stored...
+        for marker in markers:
+            assert marker.encode() not in on_disk  # ...and no plaintext is among it
+            assert marker.encode("utf-16-le") not in on_disk
+
+
+async def test_a_full_mailbox_refuses_with_a_quota_error_and_keeps_what_it_has(tmp_path: Path) -> None:
+    env = {**OFFLINE_ENV, "PEERPOST_MAILBOX_QUOTA_MESSAGES": "3"}
+    async with RunningServer(tmp_path / "srv", env=env) as server, World(server.url, server.ws_url) as world:
+        alice, bob = await world.account(), await world.account()
+        await world.befriend(alice, bob)
+        a = await world.connect(alice)
+        for i in range(3):
+            await a.send(a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(), ref=f"ok{i}"))
+            await a.expect("accepted")
+        await a.send(a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(), ref="full"))
+        error = await a.expect("error")
+        assert error["code"] == "quota" and error["ref"] == "full" and "full" in error["message"]
+        r = await world.http.get("/me/mailbox", params={"device_id": bob.device_id}, headers=bob.auth)
+        assert len(r.json()) == 3
+        await a.close()
+
+
+async def test_the_same_message_twice_is_stored_once(world: World) -> None:
+    alice, bob = await world.account(), await world.account()
+    await world.befriend(alice, bob)
+    a = await world.connect(alice)
+    frame = a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope())
+    for _ in range(2):  # a client resending after a lost `accepted`
+        await a.send(frame)
+        await a.expect("accepted")
+    r = await world.http.get("/me/mailbox", params={"device_id": bob.device_id}, headers=bob.auth)
+    assert [item["message_id"] for item in r.json()] == [frame["message_id"]]
+    await a.close()
+
+
+async def test_mailbox_over_rest_fetches_in_order_and_acks(world: World) -> None:
+    alice, bob = await world.account(), await world.account(devices=2)
+    await world.befriend(alice, bob)
+    a = await world.connect(alice)
+    ids = []
+    for _ in range(3):
+        frame = a.send_frame([(bob.user_id, d) for d in bob.devices], opaque_envelope())
+        ids.append(frame["message_id"])
+        await a.send(frame)
+        assert sorted((await a.expect("accepted"))["queued"]) == sorted(bob.devices)
+    first, second = bob.devices
+    r = await world.http.get("/me/mailbox", params={"device_id": first}, headers=bob.auth)
+    assert [item["message_id"] for item in r.json()] == ids
+    assert r.json()[0]["sender_user"] == alice.user_id
+
+    r = await world.http.post(
+        "/me/mailbox/ack", json={"device_id": first, "message_ids": ids[:2]}, headers=bob.auth
+    )
+    assert r.status_code == 204
+    r = await world.http.get("/me/mailbox", params={"device_id": first}, headers=bob.auth)
+    assert [item["message_id"] for item in r.json()] == ids[2:]
+    r = await world.http.get("/me/mailbox", params={"device_id": second}, headers=bob.auth)
+    assert len(r.json()) == 3  # each device acks for itself
+
+    r = await world.http.get("/me/mailbox", params={"device_id": first}, headers=alice.auth)
+    assert r.status_code == 404 and r.json()["code"] == "unknown_device"  # not alice's device
+    r = await world.http.post(
+        "/me/mailbox/ack", json={"device_id": first, "message_ids": ["xyz"]}, headers=bob.auth
+    )
+    assert r.status_code == 422 and "message_ids" in r.json()["detail"]
+    await a.close()
