@@ -26,6 +26,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnec
 from peer import frames
 from peer.errors import FrameError, LinkFailed
 from peer.hostaddr import restricted_host_addresses
+from peer.icepair import IcePair, selected_pair
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +342,11 @@ class Link:
 
     async def wait_ended(self) -> None:
         await self._ended.wait()
+
+    def selected_pair(self) -> IcePair | None:
+        """The ICE candidate pair this link runs over (host, NAT-mapped or relayed); None until
+        ICE has nominated one or once the connection is gone."""
+        return selected_pair(self._pc)
 
     @property
     def pc(self) -> RTCPeerConnection | None:
