@@ -129,11 +129,24 @@ def _netns_list() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def process_gone(pid: int) -> bool:
+    """True once the process has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def _kill_netns_processes(netns: str) -> None:
     """SIGKILL what still runs inside one of the bed's own namespaces, then delete the namespace."""
-    for pid in _run(["ip", "netns", "pids", netns], check=False).split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
+    pids = [int(p) for p in _run(["ip", "netns", "pids", netns], check=False).split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3
+    while not all(process_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the kernel finishes a SIGKILL asynchronously; bounded wait
     _run(["ip", "netns", "delete", netns], check=False)
 
 

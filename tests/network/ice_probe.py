@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -21,6 +23,8 @@ import time
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+HOLD_LIMIT_S = 120.0  # an endpoint never outlives a forgotten orchestrator by more than this
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -117,11 +121,35 @@ async def run(role: str, ice: list[dict[str, Any]], wait_s: float, pings: int) -
                 "pair": selected_pair(pc),
             }
         )
-        if role == "answer":
-            async with asyncio.timeout(wait_s):
+        if role == "offer":
+            await answer_echo_requests(reader, channel_box[0], echoes)
+        else:
+            async with asyncio.timeout(HOLD_LIMIT_S):
                 await reader.read()  # keep echoing until the orchestrator closes stdin
     finally:
         await pc.close()
+
+
+async def answer_echo_requests(
+    reader: asyncio.StreamReader, channel: Any, echoes: asyncio.Queue[str]
+) -> None:
+    """Until stdin closes: on each `{"cmd": "echo", "within": s}` line, send one message and say
+    whether its echo came back in time (the orchestrator breaks the path in between)."""
+    async with asyncio.timeout(HOLD_LIMIT_S):
+        for n in itertools.count():
+            line = await reader.readline()
+            if not line:
+                return
+            within = float(json.loads(line)["within"])
+            sent = time.monotonic()
+            ok = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    channel.send(f"again {n}")
+                    while await echoes.get() != f"again {n}":
+                        pass
+                    ok = True
+            emit({"type": "echo", "ok": ok, "ms": _ms(sent) if ok else None})
 
 
 def _ms(since: float) -> float:

@@ -33,6 +33,8 @@ class ProbeResult:
     setup_ms: float | None = None
     rtt_ms: list[float] = field(default_factory=list)
     reports: list[PairSeen] = field(default_factory=list)
+    echo_before_drop: bool | None = None  # mapping-dropped only: the path carried a message before
+    echo_after_drop: bool | None = None  # ... and after the NAT dropped its mappings
 
     def summary(self) -> str:
         if not self.connected:
@@ -43,7 +45,10 @@ class ProbeResult:
             for r in self.reports
         )
         rtt = sorted(self.rtt_ms)[len(self.rtt_ms) // 2] if self.rtt_ms else float("nan")
-        return f"connected in {self.setup_ms:.0f} ms, pairs [{pairs}], rtt p50 {rtt:.2f} ms"
+        text = f"connected in {self.setup_ms:.0f} ms, pairs [{pairs}], rtt p50 {rtt:.2f} ms"
+        if self.echo_before_drop is not None:
+            text += f"; echo before drop {self.echo_before_drop}, after drop {self.echo_after_drop}"
+        return text
 
 
 class _LineReader:
@@ -103,6 +108,10 @@ def run_raw_probe(bed: Bed, scenario: Scenario, *, connect_timeout: float = 10.0
         offerer.stdin.flush()  # type: ignore[union-attr]
         res_a = out_a.next_json(connect_timeout + 10, "result")
         res_b = out_b.next_json(connect_timeout + 10, "result")
+        if scenario.drop_mapping and res_a["connected"]:
+            before = _echo(offerer, out_a, within=3.0)
+            bed.drop_udp_mappings("A")
+            after = _echo(offerer, out_a, within=3.0)
     finally:
         for proc in (offerer, answerer):
             if proc.stdin:
@@ -118,4 +127,13 @@ def run_raw_probe(bed: Bed, scenario: Scenario, *, connect_timeout: float = 10.0
         result.setup_ms = res_a["setup_ms"]
         result.rtt_ms = res_a["rtt_ms"]
         result.reports = [PairSeen(**res["pair"]) for res in (res_a, res_b) if res.get("pair")]
+        if scenario.drop_mapping:
+            result.echo_before_drop, result.echo_after_drop = before, after
     return result
+
+
+def _echo(offerer: subprocess.Popen, out: _LineReader, within: float) -> bool:
+    """Ask the offerer to send one message over its channel; True when the echo came back."""
+    offerer.stdin.write(json.dumps({"cmd": "echo", "within": within}) + "\n")  # type: ignore[union-attr]
+    offerer.stdin.flush()  # type: ignore[union-attr]
+    return bool(out.next_json(within + 5, "echo")["ok"])

@@ -70,7 +70,11 @@ class Scenario:
         return True
 
     def raw_outcome_ok(self, result: object) -> bool:
-        return self.outcome_ok(result.connected, result.reports)  # type: ignore[attr-defined]
+        ok = self.outcome_ok(result.connected, result.reports)  # type: ignore[attr-defined]
+        if self.drop_mapping:
+            # the path worked, then died with the NAT's mappings
+            ok = ok and result.echo_before_drop is True and result.echo_after_drop is False  # type: ignore[attr-defined]
+        return ok
 
 
 EIM = NatKind.ENDPOINT_INDEPENDENT

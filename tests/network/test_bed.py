@@ -1,0 +1,121 @@
+"""The bed itself: raw aiortc endpoints take the path each scenario promises, and the bed leaves
+nothing behind (namespaces, processes, host interfaces, routes), even after a crashed run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.network.bed import (
+    REPO_ROOT,
+    STATE_DIR,
+    Bed,
+    LanSpec,
+    NatKind,
+    process_gone,
+    python_env,
+    sweep_stale_runs,
+)
+from tests.network.probe import run_raw_probe
+from tests.network.scenarios import SCENARIOS
+
+
+def _host_network() -> tuple[str, str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+    return "\n".join(sorted(line.split(":")[1] for line in links.splitlines())), routes
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_raw_aiortc_takes_the_scenario_path(make_bed, name):
+    scenario = SCENARIOS[name]
+    bed = make_bed(scenario)
+    result = run_raw_probe(bed, scenario, connect_timeout=6.0)
+    assert scenario.raw_outcome_ok(result), f"{name}: {result.summary()}; expected {scenario.expected}"
+
+
+def test_bed_removes_everything_and_never_touches_the_host_network():
+    host_before = _host_network()
+    with Bed(
+        [LanSpec("A", NatKind.ENDPOINT_INDEPENDENT, ("a",)), LanSpec("B", NatKind.SYMMETRIC, ("b",))]
+    ) as bed:
+        created = set(bed._res.netns)
+        assert created <= _netns()
+        assert all(len(name) <= 15 for name in created)
+        turn_pid = bed._res.processes[0].pid
+        assert _host_network() == host_before  # every veth and bridge lives inside the bed
+        for netns in created:
+            routes = bed.exec(netns, ["ip", "route"])
+            assert "default" not in routes
+        assert bed.exec(bed.public.netns, ["sysctl", "-n", "net.ipv4.ip_forward"]).strip() == "0"
+        state_file = bed._res.state_file
+        workdir = bed.workdir
+    assert not created & _netns()
+    assert process_gone(turn_pid)
+    assert not state_file.exists() and not workdir.exists()
+    assert _host_network() == host_before
+
+
+def test_two_beds_at_once_do_not_collide():
+    scenario = SCENARIOS["same-lan"]
+    with Bed(scenario.lans(), with_turn=True) as one, Bed(scenario.lans(), with_turn=True) as two:
+        assert one.run != two.run
+        assert not set(one._res.netns) & set(two._res.netns)
+        # the same addresses in both; each bed's endpoints connect to their own partner at once
+        with ThreadPoolExecutor(2) as pool:
+            results = list(
+                pool.map(lambda bed: run_raw_probe(bed, scenario, connect_timeout=6.0), (one, two))
+            )
+        assert all(scenario.raw_outcome_ok(r) for r in results), [r.summary() for r in results]
+
+
+def test_crashed_run_is_swept_by_the_next_one():
+    script = (
+        "import sys\n"
+        "from tests.network.bed import Bed, LanSpec, NatKind\n"
+        "bed = Bed([LanSpec('A', NatKind.SYMMETRIC, ('a',))]).__enter__()\n"
+        "print(bed.run, ' '.join(bed._res.netns), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=python_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run, *namespaces = proc.stdout.readline().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no finaliser, no context exit: a crash
+        proc.wait(timeout=5)
+    assert set(namespaces) <= _netns()
+    leftover = [
+        p
+        for ns in namespaces
+        for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    ]
+    assert leftover  # its coturn outlived it
+    removed = sweep_stale_runs()
+    assert set(namespaces) <= set(removed)
+    assert not set(namespaces) & _netns()
+    assert not (STATE_DIR / f"{run}.json").exists()
+    assert all(process_gone(int(pid)) for pid in leftover)
+
+
+def test_conntrack_flush_empties_the_nat_table(make_bed):
+    bed = make_bed([LanSpec("A", NatKind.ENDPOINT_INDEPENDENT, ("a",))])
+    bed.exec("a", ["bash", "-c", f"echo x > /dev/udp/{bed.public.address}/9"], check=False)
+    assert "dport=9" in bed.conntrack_entries("A")
+    bed.flush_conntrack("A")
+    assert "dport=9" not in bed.conntrack_entries("A")
