@@ -185,6 +185,17 @@ class LocalStore:
     def remember(self, sender_device: str, message_id: str) -> None:
         self._seen.add((sender_device, message_id))
 
+    async def mark_seen(self, sender_device: str, message_id: str) -> None:
+        """Persist a seen id for payloads that are not stored as messages (receipts, typing)."""
+
+        def _mark() -> None:
+            self.db.execute(
+                "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
+                (sender_device, message_id, now_ms()),
+            )
+
+        await self._run(_mark)
+
     # ---------------------------------------------------------------------------------------------
     # messages
     # ---------------------------------------------------------------------------------------------

@@ -2,13 +2,12 @@
 
 A contact is a directed row `owner -> friend`. A request is one pending row from the asker;
 accepting it makes it accepted and adds the acceptor's own accepted row, so each side keeps its own
-group and remark. Removing a contact removes both directions. Presence and direct messaging are for
-accepted contacts only (`are_contacts`, `accepted_contact_ids`).
+group and remark. Removing a contact removes both directions. (What the hub asks of contacts, who
+may reach whom, is in `store.reach`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -200,14 +199,3 @@ async def remove(session: AsyncSession, owner_id: int, friend_id: int) -> None:
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound(f"{owner_id}<->{friend_id}")
     session.expire_all()
-
-
-async def are_contacts(session: AsyncSession, user_a: int, user_b: int) -> bool:
-    """True when `user_a` has accepted `user_b` as a contact (and so, by construction, vice versa)."""
-    row = await _row(session, user_a, user_b)
-    return row is not None and row.status == ACCEPTED
-
-
-async def accepted_contact_ids(session: AsyncSession, user_id: int) -> Sequence[int]:
-    query = select(Contact.friend_id).where(Contact.owner_id == user_id, Contact.status == ACCEPTED)
-    return (await session.execute(query)).scalars().all()

@@ -1,0 +1,214 @@
+"""Pinned device keys: trust on first sight, loud on change, strict for verified contacts.
+
+The server hands out device bundles; it could hand out its own. So the peer pins the first
+verified bundle it sees for each device and never silently replaces it:
+- a device id whose key differs from the pinned one keeps the *pinned* key for encrypting and
+  verifying (the offered key is recorded and a `key_changed` warning raised): a server that swaps a
+  key gets nothing decrypted with its key;
+- a new device of a known user is pinned with a `new_device` warning;
+- for a contact marked verified, either change blocks sending (`KeyChanged`) until the user
+  re-confirms with `accept_key_change`, which pins the offered keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from crypto.bundle import verify_bundle
+from crypto.envelope import Recipient
+from crypto.errors import BundleInvalid
+from peer.client import ServerClient
+from peer.errors import KeyChanged
+from peer.events import KeyWarning
+from peer.localstore import LocalStore, PinnedDevice
+from signalling.protocol import DeviceOut, b64decode
+
+log = logging.getLogger(__name__)
+
+
+class Keyring:
+    def __init__(
+        self,
+        store: LocalStore,
+        client: ServerClient,
+        own_user: int,
+        own_device: str,
+        warn: Callable[[KeyWarning], None],
+        refresh_after: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._own_user = own_user
+        self._own_device = own_device
+        self._warn = warn
+        self._refresh_after = refresh_after
+        self._pinned: dict[tuple[int, str], PinnedDevice] = {}
+        self._verified: set[int] = set()
+        self._refreshed: dict[int, float] = {}
+
+    async def load(self) -> None:
+        for device in await self._store.pinned_devices():
+            self._pinned[(device.user_id, device.device_id)] = device
+        for user_id in {d.user_id for d in self._pinned.values()}:
+            if await self._store.is_verified(user_id):
+                self._verified.add(user_id)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def identity_key(self, user_id: int, device_id: str) -> bytes | None:
+        """The pinned identity key (for envelope and SDP signatures); None when not pinned."""
+        device = self._pinned.get((user_id, device_id))
+        return device.identity_key if device is not None else None
+
+    def devices_of(self, user_id: int) -> list[PinnedDevice]:
+        return [d for (u, _), d in self._pinned.items() if u == user_id]
+
+    def is_verified(self, user_id: int) -> bool:
+        return user_id in self._verified
+
+    def blocked(self, user_id: int) -> bool:
+        """A verified contact with an unconfirmed device or an offered (changed) key."""
+        return user_id in self._verified and any(
+            not d.confirmed or d.offered_identity_key is not None for d in self.devices_of(user_id)
+        )
+
+    async def refresh(self, user_id: int, force: bool = False) -> list[PinnedDevice]:
+        """Fetch the user's bundles, verify and pin them; raises ServerError when unreachable."""
+        last = self._refreshed.get(user_id)
+        if not force and last is not None and time.monotonic() - last < self._refresh_after:
+            return self.devices_of(user_id)
+        published = await self._client.devices(user_id)
+        self._refreshed[user_id] = time.monotonic()
+        await self._absorb(user_id, published)
+        return self.devices_of(user_id)
+
+    async def _absorb(self, user_id: int, published: list[DeviceOut]) -> None:
+        known_user = any(u == user_id for (u, _) in self._pinned)
+        seen: set[str] = set()
+        for out in published:
+            if out.user_id != user_id or out.revoked:
+                continue
+            try:
+                bundle = verify_bundle(
+                    out.user_id,
+                    out.device_id,
+                    b64decode(out.identity_key),
+                    b64decode(out.encryption_key),
+                    out.created_at,
+                    b64decode(out.signature),
+                )
+            except (BundleInvalid, ValueError) as e:
+                log.warning("device %s of user %s has an invalid bundle: %s", out.device_id, user_id, e)
+                continue
+            seen.add(bundle.device_id)
+            pinned = self._pinned.get((user_id, bundle.device_id))
+            if pinned is None:
+                is_own = user_id == self._own_user and bundle.device_id == self._own_device
+                confirmed = user_id not in self._verified
+                await self._store.pin_device(
+                    user_id,
+                    bundle.device_id,
+                    bundle.identity_key,
+                    bundle.encryption_key,
+                    bundle.fingerprint,
+                    confirmed,
+                )
+                self._pinned[(user_id, bundle.device_id)] = PinnedDevice(
+                    user_id,
+                    bundle.device_id,
+                    bundle.identity_key,
+                    bundle.encryption_key,
+                    bundle.fingerprint,
+                    confirmed,
+                    False,
+                    None,
+                )
+                if known_user and not is_own:
+                    self._warn(KeyWarning(user_id, bundle.device_id, "new_device", blocked=not confirmed))
+            elif (pinned.identity_key, pinned.encryption_key) != (bundle.identity_key, bundle.encryption_key):
+                if pinned.offered_identity_key != bundle.identity_key:
+                    await self._store.record_offered_key(
+                        user_id, bundle.device_id, bundle.identity_key, bundle.encryption_key
+                    )
+                    self._pinned[(user_id, bundle.device_id)] = PinnedDevice(
+                        pinned.user_id,
+                        pinned.device_id,
+                        pinned.identity_key,
+                        pinned.encryption_key,
+                        pinned.fingerprint,
+                        pinned.confirmed,
+                        pinned.revoked,
+                        bundle.identity_key,
+                    )
+                    self._warn(
+                        KeyWarning(
+                            user_id, bundle.device_id, "key_changed", blocked=user_id in self._verified
+                        )
+                    )
+            elif pinned.revoked:
+                await self._store.set_revoked(user_id, bundle.device_id, False)
+                self._pinned[(user_id, bundle.device_id)] = _with(pinned, revoked=False)
+        for (u, device_id), pinned in list(self._pinned.items()):
+            if u == user_id and device_id not in seen and not pinned.revoked:
+                await self._store.set_revoked(user_id, device_id, True)
+                self._pinned[(u, device_id)] = _with(pinned, revoked=True)
+
+    async def ensure_sender(self, user_id: int, device_id: str) -> bytes | None:
+        """The pinned key of a sending device, fetching the user's bundles once if unknown."""
+        key = self.identity_key(user_id, device_id)
+        if key is None:
+            await self.refresh(user_id, force=True)
+            key = self.identity_key(user_id, device_id)
+        return key
+
+    async def recipients(self, user_id: int) -> list[Recipient]:
+        """Devices to seal for: pinned, confirmed, not revoked; KeyChanged if the user is blocked."""
+        await self.refresh(user_id)
+        if self.blocked(user_id):
+            changed = next(
+                d for d in self.devices_of(user_id) if not d.confirmed or d.offered_identity_key is not None
+            )
+            raise KeyChanged(user_id, changed.device_id)
+        return [
+            Recipient(d.user_id, d.device_id, d.encryption_key)
+            for d in self.devices_of(user_id)
+            if d.confirmed
+            and not d.revoked
+            and not (d.user_id == self._own_user and d.device_id == self._own_device)
+        ]
+
+    async def set_verified(self, user_id: int, verified: bool) -> None:
+        await self._store.set_verified(user_id, verified)
+        if verified:
+            self._verified.add(user_id)
+        else:
+            self._verified.discard(user_id)
+
+    async def accept_change(self, user_id: int) -> None:
+        """The user re-confirmed: pin offered keys, confirm every device of the user."""
+        for device in self.devices_of(user_id):
+            offered = await self._store.offered_key(user_id, device.device_id)
+            if offered is not None:
+                identity_key, encryption_key = offered
+                bundle_fp = device.fingerprint  # recomputed on next refresh; kept for the record
+                await self._store.pin_device(
+                    user_id, device.device_id, identity_key, encryption_key, bundle_fp, True
+                )
+        await self._store.confirm_devices(user_id)
+        for device in await self._store.pinned_devices(user_id):
+            self._pinned[(user_id, device.device_id)] = device
+
+
+def _with(device: PinnedDevice, *, revoked: bool) -> PinnedDevice:
+    return PinnedDevice(
+        device.user_id,
+        device.device_id,
+        device.identity_key,
+        device.encryption_key,
+        device.fingerprint,
+        device.confirmed,
+        revoked,
+        device.offered_identity_key,
+    )

@@ -1,0 +1,1043 @@
+"""`Peer`: one running PeerPost device — the object the CLI and the web UI drive.
+
+`async with Peer(profile, server_url) as p:` owns everything it starts: the REST client, the hub
+session (WebSocket with reconnects), the direct links, the local store, the inbox task that
+processes what arrives, and every helper task (receipts, outbox flushes, blob downloads). Leaving
+the block closes all of them; no task, socket or RTCPeerConnection survives it.
+
+Receiving is the same whichever way an envelope came: peek the header, make sure the sender's
+device key is pinned, open (verify, decrypt, replay check), store, acknowledge on the path it came
+by, emit an event. Sending seals once for every device of the recipient and of the sender's other
+devices, and lets `peer.router` pick the path per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiortc import RTCIceServer
+
+from crypto.atrest import open_at_rest, seal_at_rest
+from crypto.bundle import make_bundle
+from crypto.envelope import LocalDevice, open_envelope, peek_header, seal
+from crypto.errors import (
+    AtRestError,
+    CryptoError,
+    EnvelopeError,
+    KeystoreCorrupt,
+    KeystoreLocked,
+    ReplayDetected,
+)
+from crypto.filestream import FileManifest, prepare_file
+from crypto.keys import DeviceKeys, generate_device_keys
+from crypto.keystore import (
+    DEFAULT_SCRYPT_N,
+    Keystore,
+    change_keystore_password,
+    create_keystore,
+    load_keystore,
+)
+from crypto.payload import FileOffer, Payload, Receipt, Text, Typing
+from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
+from peer import frames
+from peer.client import ServerClient, normalise_server_url
+from peer.errors import (
+    AuthFailed,
+    ConfigError,
+    LinkFailed,
+    NotLoggedIn,
+    PeerError,
+    ServerError,
+    UnknownContact,
+    WrongPassword,
+)
+from peer.events import (
+    ConnectionChanged,
+    ErrorEvent,
+    Event,
+    EventBus,
+    KeygenProgress,
+    KeyWarning,
+    LinkChanged,
+    MessageReceived,
+    MessageStateChanged,
+    PresenceChanged,
+    ReceiptReceived,
+    SignalRejectedEvent,
+    TypingChanged,
+)
+from peer.keyring import Keyring
+from peer.link import Link, LinkSettings, LinkState
+from peer.linkset import LinkSet
+from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.profile import Profile, ProfileMeta, write_private
+from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, RoutePolicy, Router
+from peer.session import Backoff, HubSession
+from peer.transfer import FileTransfers
+from signalling.protocol import (
+    ContactOut,
+    ContactStatus,
+    ContactUpdate,
+    DeliverFrame,
+    DeviceBundleIn,
+    ErrorCode,
+    ErrorFrame,
+    PresenceFrame,
+    ReadyFrame,
+    ServerFrame,
+    SignalFrame,
+    TokenPair,
+    UserPublic,
+    UserUpdate,
+    b64decode,
+    b64encode,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_RANK = {"sending": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    online: bool = True  # connect the hub socket (False: REST-only commands)
+    ice_servers: tuple[RTCIceServer, ...] | None = None  # None: ask the server (GET /ice)
+    host_addresses: tuple[str, ...] | None = None  # None: every interface aioice finds
+    link_deadline: float = 5.0
+    ack_deadline: float = 2.0
+    server_deadline: float = 15.0
+    keepalive: float = 2.0
+    dead_after: float = 10.0
+    reconnect_base: float = 0.5
+    reconnect_cap: float = 30.0
+    direct: bool = True  # False: never try links (server only)
+    answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
+    receipts: bool = True
+    download_dir: Path | None = None
+    device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
+    scrypt_n: int = DEFAULT_SCRYPT_N
+
+
+@dataclass(frozen=True)
+class Me:
+    user_id: int
+    username: str
+    device_id: str
+    server_url: str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    user_id: int
+    device_id: str
+    fingerprint: str
+    confirmed: bool
+    revoked: bool
+    key_changed: bool
+    this_device: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SafetyNumber:
+    user_id: int
+    digits: str
+    formatted: str
+    qr_text: str
+    qr_svg: str
+    verified: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message_id: str
+    conversation: str
+    sender_user: int
+    sender_device: str
+    outgoing: bool
+    kind: str
+    text: str | None
+    file: dict[str, Any] | None
+    sent_at_ms: int
+    path: str | None
+    state: str
+    reason: str | None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def conversation_of(to: int | str) -> str:
+    if isinstance(to, int):
+        return f"u:{to}"
+    if to.startswith(("u:", "g:")):
+        return to
+    if to.isdigit():
+        return f"u:{to}"
+    raise ConfigError(f"{to!r} is not a conversation (u:<user id>) or a user id")
+
+
+def _payload_record(payload: Payload) -> dict[str, Any]:
+    if isinstance(payload, Text):
+        return {"type": "text", "body": payload.body}
+    if isinstance(payload, FileOffer):
+        m = payload.manifest
+        return {
+            "type": "file",
+            "name": m.name,
+            "size": m.size,
+            "sha256": m.sha256,
+            "blob_id": payload.blob_id,
+        }
+    raise TypeError(f"{payload.kind} payloads are not stored as messages")
+
+
+class Peer:
+    def __init__(
+        self, profile: Profile, server_url: str | None = None, *, settings: PeerSettings | None = None
+    ) -> None:
+        self.profile = profile
+        self.settings = settings or PeerSettings()
+        meta = profile.load_meta()
+        url = server_url or (meta.server_url if meta else None)
+        if not url:
+            raise ConfigError("no server given: pass --server URL (or set PEERPOST_SERVER)")
+        self.server_url = normalise_server_url(url)
+        self._bus = EventBus()
+        self._client = ServerClient(self.server_url, on_tokens=self._save_tokens)
+        self._keystore: Keystore | None = None
+        self._me: Me | None = None
+        self._store: LocalStore | None = None
+        self._keyring: Keyring | None = None
+        self._links: LinkSet | None = None
+        self._router: Router | None = None
+        self._session: HubSession | None = None
+        self._transfers: FileTransfers | None = None
+        self._inbox: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._offline_users: set[int] = set()
+        self._device_presence: dict[str, bool] = {}
+        self._started = False
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------------------
+    # lifetime
+    # ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Peer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+        if self._links is not None:
+            await self._links.close()
+        if self._router is not None:
+            await self._router.close()
+        self._inbox.put_nowait(None)
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None:
+            await self._store.close()
+        await self._client.aclose()
+        self._bus.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
+        if self._closed:
+            coro.close()
+            return None
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, coro: Awaitable[Any], name: str) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except PeerError as e:
+            self._publish(ErrorEvent(f"{name}: {e}"))
+        except Exception as e:  # a background job must never die silently
+            log.exception("%s failed", name)
+            self._publish(ErrorEvent(f"{name} failed: {e}"))
+        return None
+
+    def _publish(self, event: Event) -> None:
+        self._bus.publish(event)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from now on, until the peer closes."""
+        return self._bus.stream()
+
+    def subscribe(self) -> asyncio.Queue[Event | None]:
+        """A queue of every event from now on (None when the peer closes); `unsubscribe` it after."""
+        return self._bus.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
+        self._bus.unsubscribe(queue)
+
+    # ---------------------------------------------------------------------------------------------
+    # session
+    # ---------------------------------------------------------------------------------------------
+
+    @property
+    def me(self) -> Me:
+        if self._me is None:
+            raise NotLoggedIn("not logged in: run `peerpost login` first")
+        return self._me
+
+    @property
+    def online(self) -> bool:
+        return self._session is not None and self._session.connected
+
+    async def wait_online(self, within: float = 10.0) -> bool:
+        if self._session is None:
+            return False
+        return await self._session.wait_connected(within)
+
+    def _save_tokens(self, tokens: TokenPair | None) -> None:
+        if self._keystore is None:
+            return
+        if tokens is None:
+            self.profile.session_path.unlink(missing_ok=True)
+            return
+        sealed = seal_at_rest(self._keystore.storage_key, tokens.model_dump_json().encode(), aad=b"session")
+        write_private(self.profile.session_path, sealed)
+
+    def _progress(self, progress: Callable[[float, str], None] | None) -> Callable[[float, str], None]:
+        loop = asyncio.get_running_loop()
+
+        def report(fraction: float, label: str) -> None:  # called from the keygen thread
+            loop.call_soon_threadsafe(self._publish, KeygenProgress(fraction, label))
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, fraction, label)
+
+        return report
+
+    async def register(
+        self, username: str, email: str, password: str, progress: Callable[[float, str], None] | None = None
+    ) -> Me:
+        await self._client.register(username, email, password)
+        return await self.login(username, password, progress)
+
+    async def login(
+        self, username: str, password: str, progress: Callable[[float, str], None] | None = None
+    ) -> Me:
+        """Log in; the first login on this profile makes and publishes this device's keys."""
+        self._check_not_started()
+        meta = self.profile.load_meta()
+        await self._client.login(username, password)
+        account = await self._client.me()
+        if meta is not None and self.profile.keystore_path.exists():
+            if meta.user_id != account.id:
+                await self._client.logout()
+                raise ConfigError(
+                    f"profile {self.profile.name!r} belongs to {meta.username}; pick another with --profile"
+                )
+            self._keystore = await self._open_keystore(password)
+        else:
+            keys = self.settings.device_keys
+            if keys is None:
+                keys = await asyncio.to_thread(generate_device_keys, self._progress(progress))
+            device_id = "d" + secrets.token_urlsafe(15).replace("-", "x").replace("_", "y")[:19]
+            self.profile.ensure()
+            info = {"user_id": account.id, "device_id": device_id, "username": account.username}
+            self._keystore = await asyncio.to_thread(
+                create_keystore,
+                self.profile.keystore_path,
+                keys,
+                password,
+                info,
+                scrypt_n=self.settings.scrypt_n,
+            )
+            meta = ProfileMeta(self.server_url, account.username, account.id, device_id)
+            self.profile.save_meta(meta)
+        assert self._client.tokens is not None
+        self._save_tokens(self._client.tokens)
+        self._me = Me(account.id, account.username, meta.device_id, self.server_url)
+        await self._start()
+        return self._me
+
+    async def unlock(self, password: str) -> Me:
+        """Open the keystore and resume the stored session (later runs of the CLI, the UI)."""
+        self._check_not_started()
+        meta = self.profile.load_meta()
+        if meta is None or not self.profile.keystore_path.exists():
+            raise NotLoggedIn(f"profile {self.profile.name!r} has never logged in: run `peerpost login`")
+        self._keystore = await self._open_keystore(password)
+        try:
+            sealed = await asyncio.to_thread(self.profile.session_path.read_bytes)
+            tokens = TokenPair.model_validate_json(
+                open_at_rest(self._keystore.storage_key, sealed, aad=b"session")
+            )
+        except (FileNotFoundError, AtRestError, ValueError) as e:
+            raise NotLoggedIn("logged out: run `peerpost login` again") from e
+        self._client.tokens = tokens
+        try:
+            account = await self._client.me()
+        except AuthFailed as e:
+            raise NotLoggedIn("the session expired: run `peerpost login` again") from e
+        self._me = Me(account.id, account.username, meta.device_id, self.server_url)
+        await self._start()
+        return self._me
+
+    async def _open_keystore(self, password: str) -> Keystore:
+        try:
+            return await asyncio.to_thread(load_keystore, self.profile.keystore_path, password)
+        except KeystoreLocked as e:
+            raise WrongPassword("wrong password for this profile's keystore") from e
+        except KeystoreCorrupt as e:
+            raise ConfigError(f"the keystore of profile {self.profile.name!r} is damaged: {e}") from e
+
+    def _check_not_started(self) -> None:
+        if self._started:
+            raise PeerError("this peer is already logged in")
+
+    async def logout(self) -> None:
+        with contextlib.suppress(ServerError):
+            await self._client.logout()
+        self.profile.session_path.unlink(missing_ok=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def change_password(self, old: str, new: str) -> None:
+        await self._client.update_me(UserUpdate(password=new, current_password=old))
+        await asyncio.to_thread(change_keystore_password, self.profile.keystore_path, old, new)
+
+    async def delete_account(self) -> None:
+        await self._client.delete_account()
+        self.profile.session_path.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------------------------------
+    # start-up
+    # ---------------------------------------------------------------------------------------------
+
+    @property
+    def local_device(self) -> LocalDevice:
+        assert self._keystore is not None
+        return LocalDevice(self.me.user_id, self.me.device_id, self._keystore.keys)
+
+    async def _start(self) -> None:
+        assert self._keystore is not None and self._me is not None
+        self._started = True
+        self.profile.ensure()
+        store = LocalStore(self.profile.db_path, self._keystore.storage_key)
+        await store.open()
+        self._store = store
+        keyring = Keyring(store, self._client, self._me.user_id, self._me.device_id, self._key_warning)
+        await keyring.load()
+        self._keyring = keyring
+        await self._ensure_published()
+
+        ice = self.settings.ice_servers
+        if ice is None:
+            config = await self._client.ice()
+            ice = tuple(
+                RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                for s in config.ice_servers
+            )
+        link_settings = LinkSettings(
+            ice_servers=tuple(ice),
+            host_addresses=self.settings.host_addresses,
+            setup_deadline=self.settings.link_deadline,
+            ping_interval=self.settings.keepalive,
+            dead_after=self.settings.dead_after,
+        )
+        self._session = HubSession(
+            self._client,
+            self._me.device_id,
+            self._on_server_frame,
+            self._on_connection,
+            backoff=Backoff(self.settings.reconnect_base, self.settings.reconnect_cap),
+        )
+        self._links = LinkSet(
+            user_id=self._me.user_id,
+            device_id=self._me.device_id,
+            keys=self._keystore.keys,
+            settings=link_settings,
+            send_signal=self._session.send_signal,
+            pinned_identity=keyring.ensure_sender,
+            on_frame=self._on_link_frame,
+            on_link_state=self._on_link_state,
+            on_rejected=lambda u, d, why: self._publish(SignalRejectedEvent(u, d, why)),
+        )
+        self._links.ignore_signals = not self.settings.answer_offers
+        policy = RoutePolicy(
+            link_deadline=self.settings.link_deadline,
+            ack_deadline=self.settings.ack_deadline,
+            server_deadline=self.settings.server_deadline,
+            direct=self.settings.direct,
+        )
+        self._router = Router(self._links, self._session, store, policy, self._device_online)
+        self._transfers = FileTransfers(
+            store,
+            self._client,
+            self._links,
+            self.profile,
+            self._publish,
+            link_deadline=self.settings.link_deadline,
+            stall_after=self.settings.dead_after,
+            download_dir=self.settings.download_dir,
+        )
+        self._spawn(self._process_inbox(), "inbox")
+        if self.settings.online:
+            self._session.start()
+
+    async def _ensure_published(self) -> None:
+        assert self._keystore is not None
+        mine = await self._client.devices(self.me.user_id)
+        if any(d.device_id == self.me.device_id and not d.revoked for d in mine):
+            return
+        keys = self._keystore.keys
+        bundle = make_bundle(keys, self.me.user_id, self.me.device_id)
+        await self._client.publish_device(
+            DeviceBundleIn(
+                device_id=bundle.device_id,
+                identity_key=b64encode(bundle.identity_key),
+                encryption_key=b64encode(bundle.encryption_key),
+                created_at=bundle.created_at,
+                signature=b64encode(bundle.signature),
+            )
+        )
+
+    def _need(self) -> tuple[LocalStore, Keyring, LinkSet, Router, HubSession, FileTransfers]:
+        if (
+            self._store is None
+            or self._keyring is None
+            or self._links is None
+            or self._router is None
+            or self._session is None
+            or self._transfers is None
+        ):
+            raise NotLoggedIn("not logged in: run `peerpost login` first")
+        return self._store, self._keyring, self._links, self._router, self._session, self._transfers
+
+    # ---------------------------------------------------------------------------------------------
+    # presence and connection
+    # ---------------------------------------------------------------------------------------------
+
+    def _device_online(self, user_id: int, device_id: str) -> bool:
+        """Worth a link attempt? Optimistic unless presence said offline: the hub answers a signal
+        to an unconnected device with an error at once, which ends the attempt early."""
+        if device_id in self._device_presence:
+            return self._device_presence[device_id]
+        return user_id not in self._offline_users
+
+    async def _on_connection(self, up: bool, reason: str | None) -> None:
+        self._publish(ConnectionChanged(up, reason))
+        if up:
+            self._spawn(self._after_connect(), "after-connect")
+
+    async def _after_connect(self) -> None:
+        store, _, _, router, _, _ = self._need()
+        with contextlib.suppress(ServerError):
+            contacts = await self._client.contacts()
+            self._offline_users = {
+                c.user_id for c in contacts if c.status == ContactStatus.ACCEPTED and not c.online
+            }
+            await store.cache_contacts([c.model_dump(mode="json") for c in contacts])
+        for message_id, _ in await router.flush_outbox():
+            await self._refresh_state(message_id)
+
+    def _on_link_state(self, link: Link, state: LinkState, user_id: int) -> None:
+        if state is not LinkState.NEW:
+            self._publish(LinkChanged(user_id, link.remote_device, str(state)))
+
+    def _key_warning(self, warning: KeyWarning) -> None:
+        self._publish(warning)
+
+    async def _on_server_frame(self, frame: ServerFrame) -> None:
+        links = self._need()[2]
+        if isinstance(frame, DeliverFrame):
+            await self._receive(
+                frame.envelope, via=QUEUED if frame.queued else RELAYED, link=None, server_id=frame.message_id
+            )
+        elif isinstance(frame, SignalFrame):
+            self._spawn(links.handle_signal(frame), "signal")
+        elif isinstance(frame, PresenceFrame):
+            if frame.device_id is not None:
+                self._device_presence[frame.device_id] = frame.online
+                if not frame.online:
+                    self._spawn(links.drop(frame.device_id), "drop-link")
+            if frame.online:
+                self._offline_users.discard(frame.user_id)
+            elif frame.device_id is None:
+                self._offline_users.add(frame.user_id)
+            self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
+        elif isinstance(frame, ErrorFrame):
+            if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None:
+                # A signal to a device that is not connected: stop waiting for its answer.
+                for link in links.links():
+                    if link.remote_device in frame.message and not link.is_open:
+                        self._device_presence[link.remote_device] = False
+                        self._spawn(links.drop(link.remote_device), "drop-link")
+            else:
+                self._publish(ErrorEvent(f"server: {frame.message}"))
+        elif isinstance(frame, ReadyFrame):
+            pass
+
+    # ---------------------------------------------------------------------------------------------
+    # receiving
+    # ---------------------------------------------------------------------------------------------
+
+    def _on_link_frame(self, link: Link, frame: frames.Frame) -> None:
+        """Runs inside aiortc's callback: quick things now, the rest in order on the inbox task."""
+        if isinstance(frame, frames.Ack):
+            if self._router is not None:
+                self._router.on_ack(link.remote_device, frame.message_id)
+        elif isinstance(frame, frames.ChunkAck):
+            if self._transfers is not None:
+                self._transfers.on_chunk_ack(link.remote_device, frame)
+        elif isinstance(frame, frames.FileAbort):
+            if self._transfers is not None:
+                self._transfers.on_abort(link.remote_device, frame)
+        else:
+            self._inbox.put_nowait((link, frame))
+
+    async def _process_inbox(self) -> None:
+        while (item := await self._inbox.get()) is not None:
+            link, frame = item
+            try:
+                if isinstance(frame, frames.Envelope):
+                    await self._receive(frame.data, via=DIRECT, link=link, server_id=None)
+                elif isinstance(frame, frames.Chunk) and self._transfers is not None:
+                    await self._transfers.on_chunk(link, frame)
+            except Exception:
+                log.exception("processing a frame from %s failed", link.remote_device)
+
+    async def _ack(self, message_id: str, link: Link | None) -> None:
+        if link is not None:
+            with contextlib.suppress(LinkFailed):
+                link.send(frames.Ack(message_id))
+        elif self._session is not None:
+            with contextlib.suppress(ServerError):
+                await self._session.ack(message_id)
+
+    async def _receive(
+        self, data: bytes | str, *, via: str, link: Link | None, server_id: str | None
+    ) -> None:
+        store, keyring, _, _, _, transfers = self._need()
+        try:
+            raw = b64decode(data) if isinstance(data, str) else data
+            header = peek_header(raw)
+        except (ValueError, EnvelopeError) as e:
+            self._publish(ErrorEvent(f"a message that is not a valid envelope was dropped: {e}"))
+            if server_id is not None:
+                await self._ack(server_id, None)
+            return
+        who = f"user {header.sender_user}"
+        try:
+            await keyring.ensure_sender(header.sender_user, header.sender_device)
+        except ServerError as e:
+            # Cannot verify now: not acknowledged, so it comes again (mailbox) or goes to the server.
+            log.info("cannot fetch keys of %s now: %s", who, e)
+            return
+        try:
+            opened = open_envelope(raw, self.local_device, keyring.identity_key, store)
+        except ReplayDetected:
+            await self._ack(header.message_id, link)  # shown once; the other path is done too
+            return
+        except CryptoError as e:
+            self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
+            await self._ack(header.message_id, link)
+            return
+        h, payload = opened.header, opened.payload
+        conversation = h.conversation
+        if h.sender_user != self.me.user_id and conversation == f"u:{self.me.user_id}":
+            conversation = f"u:{h.sender_user}"
+        if isinstance(payload, Text | FileOffer):
+            if isinstance(payload, FileOffer):
+                await transfers.expect(
+                    h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
+                )
+            message = StoredMessage(
+                message_id=h.message_id,
+                conversation=conversation,
+                sender_user=h.sender_user,
+                sender_device=h.sender_device,
+                outgoing=h.sender_user == self.me.user_id,
+                content_type=payload.kind,
+                payload=_payload_record(payload),
+                sent_at_ms=h.sent_at_ms,
+                stored_at_ms=now_ms(),
+                path=via,
+                state="received",
+                reason=None,
+            )
+            fresh = await store.save_message(message)
+            await self._ack(h.message_id, link)
+            if not fresh:
+                return
+            self._publish(MessageReceived((await self._view(message)).to_dict()))
+            if isinstance(payload, FileOffer) and payload.blob_id is not None:
+                self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
+            if self.settings.receipts and h.sender_user != self.me.user_id:
+                self._spawn(self._send_receipt(h.sender_user, "delivered", [h.message_id]), "receipt")
+            return
+        await store.mark_seen(h.sender_device, h.message_id)
+        await self._ack(h.message_id, link)
+        if isinstance(payload, Receipt):
+            for message_id in payload.message_ids:
+                await self._apply_receipt(message_id, payload.status, h.sender_user)
+            self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
+        elif isinstance(payload, Typing):
+            self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+
+    async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
+        store = self._need()[0]
+        message = await store.get_message(message_id)
+        if message is None or not message.outgoing:
+            return
+        if STATE_RANK.get(status, 0) > STATE_RANK.get(message.state, 0):
+            await store.set_message_state(message_id, status, reason=None)
+            self._publish(MessageStateChanged(message_id, status, message.path, None))
+
+    async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
+        await self._send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)
+
+    # ---------------------------------------------------------------------------------------------
+    # sending
+    # ---------------------------------------------------------------------------------------------
+
+    def _target_user(self, conversation: str) -> int:
+        if conversation.startswith("g:"):
+            raise ConfigError("group conversations are not supported by this peer yet")
+        try:
+            return int(conversation[2:])
+        except ValueError as e:
+            raise ConfigError(f"{conversation!r} is not a conversation") from e
+
+    async def _send(
+        self,
+        conversation: str,
+        payload: Payload,
+        *,
+        record: bool = True,
+        own_devices: bool = True,
+        connect: bool = True,
+        persistent: bool = True,
+        message_id: str | None = None,
+    ) -> MessageView | None:
+        store, keyring, _, router, _, _ = self._need()
+        user_id = self._target_user(conversation)
+        recipients = list(await keyring.recipients(user_id))
+        if own_devices and user_id != self.me.user_id:
+            recipients += await keyring.recipients(self.me.user_id)
+        if not recipients:
+            raise UnknownContact(f"user {user_id} has no device this peer can send to")
+        message_id = message_id or os.urandom(16).hex()
+        envelope = seal(payload, self.local_device, recipients, conversation, message_id)
+        message = None
+        if record:
+            message = StoredMessage(
+                message_id=message_id,
+                conversation=conversation,
+                sender_user=self.me.user_id,
+                sender_device=self.me.device_id,
+                outgoing=True,
+                content_type=payload.kind,
+                payload=_payload_record(payload),
+                sent_at_ms=peek_header(envelope).sent_at_ms,
+                stored_at_ms=now_ms(),
+                path=None,
+                state="sending",
+                reason=None,
+            )
+            await store.save_message(message)
+        outcomes = await router.deliver(
+            message_id,
+            envelope,
+            [(r.user_id, r.device_id) for r in recipients],
+            connect=connect,
+            persistent=persistent and record,
+        )
+        if not record:
+            return None
+        state, path, reason = _summary(outcomes, user_id)
+        await store.set_message_state(message_id, state, path, reason)
+        self._publish(MessageStateChanged(message_id, state, path, reason))
+        return await self.message(message_id)
+
+    async def _refresh_state(self, message_id: str) -> None:
+        store = self._need()[0]
+        message = await store.get_message(message_id)
+        if message is None or STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
+            return
+        rows = await store.deliveries(message_id)
+        outcomes = [DeviceOutcome(u, d, p, s) for u, d, p, s in rows]
+        state, path, reason = _summary(outcomes, self._target_user(message.conversation))
+        await store.set_message_state(message_id, state, path, reason)
+        self._publish(MessageStateChanged(message_id, state, path, reason))
+
+    async def send_text(self, to: int | str, body: str) -> MessageView:
+        view = await self._send(conversation_of(to), Text(body))
+        assert view is not None
+        return view
+
+    async def send_typing(self, to: int | str, active: bool) -> None:
+        await self._send(conversation_of(to), Typing(active), record=False, connect=False, persistent=False)
+
+    async def mark_read(self, to: int | str, message_ids: list[str]) -> None:
+        conversation = conversation_of(to)
+        await self._send(conversation, Receipt("read", message_ids), record=False, own_devices=False)
+
+    async def send_file(self, to: int | str, path: str | os.PathLike[str]) -> MessageView:
+        """Offer a file and move it: direct over links when every device has one, else a blob."""
+        store, keyring, _, _, _, transfers = self._need()
+        conversation = conversation_of(to)
+        user_id = self._target_user(conversation)
+        source = Path(path)
+        try:
+            manifest: FileManifest = await asyncio.to_thread(prepare_file, source)
+        except OSError as e:
+            raise ConfigError(f"cannot read {source}: {e.strerror or e}") from e
+        recipients = list(await keyring.recipients(user_id))
+        if user_id != self.me.user_id:
+            recipients += await keyring.recipients(self.me.user_id)
+        if not recipients:
+            raise UnknownContact(f"user {user_id} has no device this peer can send to")
+        message_id = os.urandom(16).hex()
+        direct = False
+        if self.settings.direct:
+            attempts = await asyncio.gather(
+                *(self._try_link(r.user_id, r.device_id) for r in recipients), return_exceptions=True
+            )
+            direct = all(isinstance(a, Link) for a in attempts)
+        blob_id = None
+        if not direct:
+            readers = sorted({r.user_id for r in recipients} - {self.me.user_id}) or [self.me.user_id]
+            blob_id = await transfers.upload_blob(manifest, source, readers, message_id)
+        view = await self._send(conversation, FileOffer(manifest, blob_id), message_id=message_id)
+        assert view is not None
+        if direct:
+            results = await asyncio.gather(
+                *(
+                    transfers.send_direct(message_id, manifest, source, r.user_id, r.device_id)
+                    for r in recipients
+                ),
+                return_exceptions=True,
+            )
+            failures = [str(r) for r in results if isinstance(r, BaseException)]
+            if failures:
+                await store.set_message_state(message_id, FAILED, reason=failures[0])
+                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, failures[0]))
+        return await self.message(message_id) or view
+
+    async def _try_link(self, user_id: int, device_id: str) -> Link:
+        links = self._need()[2]
+        link = links.open_link(device_id)
+        if link is not None:
+            return link
+        if not self._device_online(user_id, device_id):
+            raise LinkFailed(f"device {device_id} is offline")
+        return await links.connect(user_id, device_id, within=self.settings.link_deadline)
+
+    async def wait_file(self, message_id: str, within: float = 60.0) -> Path:
+        """Wait until an incoming file is complete and checked; its path in the downloads folder."""
+        record = await self._need()[5].wait_received(message_id, within)
+        if record is None or record.state != "done":
+            raise PeerError(f"file {message_id} did not arrive: {record.state if record else 'unknown'}")
+        return Path(record.local_path)
+
+    # ---------------------------------------------------------------------------------------------
+    # history
+    # ---------------------------------------------------------------------------------------------
+
+    async def _view(self, m: StoredMessage) -> MessageView:
+        store = self._need()[0]
+        file = None
+        if m.content_type == "file":
+            file = dict(m.payload)
+            file.pop("type", None)
+            transfer = await store.get_transfer(m.message_id)
+            if transfer is not None and not transfer.outgoing:
+                file["state"] = transfer.state
+                file["path"] = transfer.local_path if transfer.state == "done" else None
+        devices = [
+            {"user_id": u, "device_id": d, "path": p, "state": s}
+            for u, d, p, s in await store.deliveries(m.message_id)
+        ]
+        return MessageView(
+            message_id=m.message_id,
+            conversation=m.conversation,
+            sender_user=m.sender_user,
+            sender_device=m.sender_device,
+            outgoing=m.outgoing,
+            kind=m.content_type,
+            text=m.payload.get("body") if m.content_type == "text" else None,
+            file=file,
+            sent_at_ms=m.sent_at_ms,
+            path=m.path,
+            state=m.state,
+            reason=m.reason,
+            devices=devices,
+        )
+
+    async def history(
+        self, to: int | str | None = None, limit: int = 100, before_ms: int | None = None
+    ) -> list[MessageView]:
+        store = self._need()[0]
+        conversation = conversation_of(to) if to is not None else None
+        return [await self._view(m) for m in await store.history(conversation, limit, before_ms)]
+
+    async def message(self, message_id: str) -> MessageView | None:
+        m = await self._need()[0].get_message(message_id)
+        return await self._view(m) if m is not None else None
+
+    async def conversations(self) -> list[tuple[str, int]]:
+        return await self._need()[0].conversations()
+
+    # ---------------------------------------------------------------------------------------------
+    # contacts, devices, trust
+    # ---------------------------------------------------------------------------------------------
+
+    async def contacts(
+        self, status: ContactStatus | str | None = None, group: str | None = None
+    ) -> list[ContactOut]:
+        result = await self._client.contacts(ContactStatus(status) if status else None, group)
+        if self._store is not None and status is None and group is None:
+            await self._store.cache_contacts([c.model_dump(mode="json") for c in result])
+        return result
+
+    async def cached_contacts(self) -> list[dict[str, Any]]:
+        return await self._need()[0].cached_contacts()
+
+    async def contact_requests(self) -> tuple[list[ContactOut], list[ContactOut]]:
+        incoming = await self._client.contact_requests("incoming")
+        outgoing = await self._client.contact_requests("outgoing")
+        return incoming, outgoing
+
+    async def search(self, query: str) -> list[UserPublic]:
+        return await self._client.search_users(query)
+
+    async def resolve_user(self, who: int | str) -> int:
+        """A user id from an id or a username (exact match)."""
+        if isinstance(who, int) or (isinstance(who, str) and who.isdigit()):
+            return int(who)
+        for user in await self._client.search_users(who, limit=50):
+            if user.username.lower() == who.lower():
+                return user.id
+        raise UnknownContact(f"there is no user called {who!r}")
+
+    async def add_contact(self, who: int | str) -> ContactOut:
+        if isinstance(who, int) or who.isdigit():
+            return await self._client.add_contact(friend_id=int(who))
+        return await self._client.add_contact(username=who)
+
+    async def accept_contact(self, user_id: int) -> ContactOut:
+        return await self._client.accept_contact(user_id)
+
+    async def decline_contact(self, user_id: int) -> None:
+        await self._client.decline_contact(user_id)
+
+    async def remove_contact(self, user_id: int) -> None:
+        await self._client.remove_contact(user_id)
+
+    async def set_contact(self, user_id: int, **changes: str | None) -> ContactOut:
+        return await self._client.update_contact(user_id, ContactUpdate(**changes))
+
+    async def devices(self, user_id: int | None = None) -> list[DeviceInfo]:
+        keyring = self._need()[1]
+        uid = self.me.user_id if user_id is None else user_id
+        await keyring.refresh(uid, force=True)
+        return [
+            DeviceInfo(
+                d.user_id,
+                d.device_id,
+                d.fingerprint,
+                d.confirmed,
+                d.revoked,
+                d.offered_identity_key is not None,
+                d.user_id == self.me.user_id and d.device_id == self.me.device_id,
+            )
+            for d in keyring.devices_of(uid)
+        ]
+
+    async def revoke_device(self, device_id: str) -> None:
+        await self._client.revoke_device(device_id)
+
+    async def safety_number(self, user_id: int) -> SafetyNumber:
+        keyring = self._need()[1]
+        await keyring.refresh(user_id, force=True)
+        await keyring.refresh(self.me.user_id, force=True)
+        theirs = [d.identity_key for d in keyring.devices_of(user_id) if not d.revoked]
+        mine = [d.identity_key for d in keyring.devices_of(self.me.user_id) if not d.revoked]
+        if not theirs:
+            raise UnknownContact(f"user {user_id} has no published device key")
+        digits = safety_number(self.me.user_id, mine, user_id, theirs)
+        return SafetyNumber(
+            user_id,
+            digits,
+            format_safety_number(digits),
+            safety_qr_text(digits),
+            safety_qr_svg(digits),
+            keyring.is_verified(user_id),
+        )
+
+    async def verify_contact(self, user_id: int) -> None:
+        await self._need()[1].set_verified(user_id, True)
+
+    async def unverify_contact(self, user_id: int) -> None:
+        await self._need()[1].set_verified(user_id, False)
+
+    async def is_verified(self, user_id: int) -> bool:
+        return self._need()[1].is_verified(user_id)
+
+    async def accept_key_change(self, user_id: int) -> None:
+        await self._need()[1].accept_change(user_id)
+
+    # ---------------------------------------------------------------------------------------------
+    # introspection (UI, tests, bench)
+    # ---------------------------------------------------------------------------------------------
+
+    def link_to(self, device_id: str) -> Link | None:
+        return self._links.link(device_id) if self._links is not None else None
+
+    @property
+    def linkset(self) -> LinkSet:
+        return self._need()[2]
+
+    @property
+    def session(self) -> HubSession:
+        return self._need()[4]
+
+
+def _summary(outcomes: list[DeviceOutcome], peer_user: int) -> tuple[str, str | None, str | None]:
+    """One state and path for a message from its per-device outcomes."""
+    if not outcomes:
+        return FAILED, None, "no recipient device"
+    theirs = [o for o in outcomes if o.user_id == peer_user] or outcomes
+    if all(o.state == FAILED for o in theirs):
+        return FAILED, None, theirs[0].reason
+    state = "sent" if all(o.state == SENT for o in theirs) else "sending"
+    paths = {o.path for o in theirs if o.path}
+    path = QUEUED if QUEUED in paths else RELAYED if RELAYED in paths else DIRECT if paths else None
+    reason = next((o.reason for o in theirs if o.state in (FAILED, PENDING) and o.reason), None)
+    return state, path, reason
+
+
+__all__ = ["DeviceInfo", "Me", "MessageView", "Peer", "PeerSettings", "SafetyNumber", "conversation_of"]

@@ -1,0 +1,158 @@
+"""The same cross-socket scenarios on every backplane: in-process, Redis with one instance, and two
+instances sharing PostgreSQL + Redis (sender on one, recipient on the other).
+
+Each Redis run gets its own key/channel prefix, each two-instance run its own PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from signalling.protocol import CloseCode, b64decode
+from tests.hub.world import World, opaque_envelope
+from tests.support.server import RunningServer
+
+REDIS_URL = os.environ.get("PEERPOST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("PEERPOST_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ENV = {"PEERPOST_PRESENCE_GRACE_SECONDS": "0.3"}
+
+
+@dataclass
+class Cluster:
+    """Where the sender (`near`) and the recipient (`far`) connect; the same server when single."""
+
+    near: RunningServer
+    far: RunningServer
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("in-process"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("two-instances", marks=[pytest.mark.redis, pytest.mark.postgres]),
+    ]
+)
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
+    kind = request.param
+    if kind == "in-process":
+        async with RunningServer(tmp_path / "one", env=ENV) as one:
+            yield Cluster(one, one)
+        return
+    env = {
+        **ENV,
+        "PEERPOST_BACKPLANE_URL": REDIS_URL,
+        "PEERPOST_BACKPLANE_PREFIX": f"pp-test-{secrets.token_hex(6)}",
+    }
+    if kind == "redis":
+        async with RunningServer(tmp_path / "one", env=env) as one:
+            yield Cluster(one, one)
+        return
+    database = f"peerpost_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_DSN)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = f"{base}/{database}"
+    try:
+        # Started one after the other: the first migrates the database, the second finds it current.
+        async with RunningServer(tmp_path / "a", env=env, database_url=url) as first:
+            # Same JWT secret on both, as behind one load balancer.
+            secret = (first.data_dir / "jwt-secret").read_text().strip()
+            env2 = {**env, "PEERPOST_JWT_SECRET": secret}
+            async with RunningServer(tmp_path / "b", env=env2, database_url=url) as second:
+                yield Cluster(first, second)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _pair(cluster: Cluster):
+    near = World(cluster.near.url, cluster.near.ws_url)
+    far = World(cluster.far.url, cluster.far.ws_url)
+    alice, bob = await near.account(), await near.account()
+    await near.befriend(alice, bob)
+    return near, far, alice, bob
+
+
+async def test_a_send_reaches_the_recipient_wherever_its_socket_is(cluster: Cluster) -> None:
+    near, far, alice, bob = await _pair(cluster)
+    async with near, far:
+        b = await far.connect(bob)
+        a = await near.connect(alice)
+        envelope = opaque_envelope()
+        await a.send(a.send_frame([(bob.user_id, bob.device_id)], envelope))
+        accepted = await a.expect("accepted")
+        assert accepted["live"] == [bob.device_id]
+        delivered = await b.expect("deliver")
+        assert b64decode(delivered["envelope"]) == envelope and delivered["queued"] is False
+        await a.close()
+        await b.close()
+
+
+async def test_a_signal_is_relayed_across_and_an_absent_device_is_reported(cluster: Cluster) -> None:
+    near, far, alice, bob = await _pair(cluster)
+    async with near, far:
+        a = await near.connect(alice)
+        offer = {"type": "signal", "kind": "offer", "to_user": bob.user_id, "to_device": bob.device_id}
+        await a.send(offer)
+        error = await a.expect("error")
+        assert error["code"] == "unknown_device" and "not connected" in error["message"]
+        b = await far.connect(bob)
+        await a.send({**offer, "payload": {"sdp": "x"}})
+        relayed = await b.expect("signal")
+        assert relayed["from_device"] == alice.device_id and relayed["payload"] == {"sdp": "x"}
+        await a.close()
+        await b.close()
+
+
+async def test_presence_crosses_instances_and_the_contact_list_sees_it(cluster: Cluster) -> None:
+    near, far, alice, bob = await _pair(cluster)
+    async with near, far:
+        a = await near.connect(alice)
+        b = await far.connect(bob)
+        came = await a.expect("presence")
+        assert came["user_id"] == bob.user_id and came["online"] is True
+        listed = (await near.http.get("/me/contacts/", headers=alice.auth)).json()
+        assert [c["online"] for c in listed if c["user_id"] == bob.user_id] == [True]
+        await b.close()
+        went = await a.expect("presence", deadline=5)
+        assert went["user_id"] == bob.user_id and went["online"] is False
+        listed = (await near.http.get("/me/contacts/", headers=alice.auth)).json()
+        assert [c["online"] for c in listed if c["user_id"] == bob.user_id] == [False]
+        await a.close()
+
+
+async def test_a_socket_on_another_instance_is_replaced_and_logout_closes_it(cluster: Cluster) -> None:
+    near, far, _alice, bob = await _pair(cluster)
+    async with near, far:
+        old = await near.connect(bob)
+        new = await far.connect(bob)
+        assert (await old.closed())[0] == CloseCode.REPLACED
+        r = await near.http.post("/logout", headers=bob.auth)  # REST on the other instance
+        assert r.status_code == 204
+        assert (await new.closed(deadline=3))[0] == CloseCode.ACCOUNT_GONE
+
+
+async def test_stored_messages_drain_on_whichever_instance_the_device_comes_back_to(cluster: Cluster) -> None:
+    near, far, alice, bob = await _pair(cluster)
+    async with near, far:
+        a = await near.connect(alice)
+        ids = []
+        for _ in range(20):
+            frame = a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope())
+            ids.append(frame["message_id"])
+            await a.send(frame)
+            assert (await a.expect("accepted"))["live"] == []
+        b = await far.connect(bob, wait_drained=False)
+        assert b.ready["pending"] == 20
+        got = [(await b.expect("deliver"))["message_id"] for _ in range(20)]
+        assert got == ids
+        await b.expect("drained")
+        await a.close()
+        await b.close()
