@@ -47,6 +47,7 @@ class Scenario:
     pair: PairKind | None
     expected: str
     drop_mapping: bool = False
+    link_deadline: float = 6.0  # the peers' link set-up deadline (seconds) in this scenario
 
     def lans(self) -> list[LanSpec]:
         if self.nat_b is None:
@@ -84,24 +85,36 @@ BLOCKED = NatKind.UDP_BLOCKED
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
-        Scenario("same-lan", EIM, None, True, None, True, "host", "direct, host candidates"),
-        Scenario("cone", EIM, EIM, True, None, True, "srflx", "direct, server-reflexive (hole punched)"),
-        Scenario("symmetric-turn", SYM, SYM, True, "udp", True, "relay", "direct channel over a TURN relay"),
-        Scenario("symmetric", SYM, SYM, True, None, False, None, "mailbox (no direct path without TURN)"),
         Scenario(
-            "udp-blocked-turn-tcp", BLOCKED, BLOCKED, True, "tcp", True, "relay", "relay reached over TCP"
+            "same-lan", EIM, None, stun=True, turn=None, direct=True, pair="host",
+            expected="direct, host candidates",
         ),
-        Scenario("udp-blocked", BLOCKED, BLOCKED, True, None, False, None, "mailbox (UDP blocked, no TURN)"),
         Scenario(
-            "mapping-dropped",
-            EIM,
-            EIM,
-            True,
-            None,
-            True,
-            "srflx",
-            "direct first; after the NAT drops its mapping the link fails and the mailbox takes over",
+            "cone", EIM, EIM, stun=True, turn=None, direct=True, pair="srflx",
+            expected="direct, server-reflexive (hole punched)",
+        ),
+        Scenario(
+            "symmetric-turn", SYM, SYM, stun=True, turn="udp", direct=True, pair="relay",
+            expected="direct channel over a TURN relay", link_deadline=8.0,
+        ),
+        Scenario(
+            "symmetric", SYM, SYM, stun=True, turn=None, direct=False, pair=None,
+            expected="mailbox within the link deadline (no direct path without TURN)",
+        ),
+        # Gathering alone costs ~5 s per side here (the STUN server is unreachable over UDP), and
+        # the answer is gathered after the offer: the link needs a longer deadline.
+        Scenario(
+            "udp-blocked-turn-tcp", BLOCKED, BLOCKED, stun=True, turn="tcp", direct=True, pair="relay",
+            expected="direct channel over a TURN relay reached over TCP", link_deadline=16.0,
+        ),
+        Scenario(
+            "udp-blocked", BLOCKED, BLOCKED, stun=True, turn=None, direct=False, pair=None,
+            expected="mailbox within the link deadline (UDP blocked, no TURN)",
+        ),
+        Scenario(
+            "mapping-dropped", EIM, EIM, stun=True, turn=None, direct=True, pair="srflx",
+            expected="direct, then the NAT drops its mappings: link fails, mailbox takes over, no loss",
             drop_mapping=True,
         ),
     ]
-}
+}  # fmt: skip
