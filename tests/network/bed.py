@@ -26,7 +26,6 @@ Run it by hand: `python -m tests.network.bed --scenario cone` (see `--help`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import json
@@ -56,7 +55,7 @@ IFNAMSIZ = 15  # Linux limit for interface names; the bed keeps netns names with
 PUBLIC_NET = ipaddress.ip_network("100.64.0.0/24")
 PUBLIC_IP = "100.64.0.1"  # the public host: signalling server and coturn
 VOID_GATEWAY = "100.64.0.254"  # where the public host sends packets for private addresses
-REQUIRED_TOOLS = ("ip", "iptables", "iptables-restore", "conntrack", "turnserver")
+REQUIRED_TOOLS = ("ip", "ss", "sysctl", "iptables", "iptables-restore", "conntrack", "turnserver")
 
 
 class BedError(RuntimeError):
@@ -566,48 +565,9 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from tests.network.scenarios import SCENARIOS
-
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.network.bed",
-        description="Build the NAT bed for one scenario, prove the path with raw aiortc, tear it down.",
-    )
-    parser.add_argument(
-        "--scenario", choices=sorted(SCENARIOS), action="append", help="repeatable; default all"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the bed up until Enter is pressed")
-    parser.add_argument("--sweep", action="store_true", help="only remove namespaces of crashed runs")
-    args = parser.parse_args(argv)
-    reason = unavailable_reason()
-    if reason:
-        print(f"skipped: {reason}")
-        return 0
-    if args.sweep:
-        print("removed:", " ".join(sweep_stale_runs()) or "nothing")
-        return 0
-    from tests.network.probe import run_raw_probe
-
-    failures = 0
-    with sigterm_as_exit():
-        for name in args.scenario or list(SCENARIOS):
-            scenario = SCENARIOS[name]
-            with Bed(scenario.lans(), with_turn=True) as bed:
-                result = run_raw_probe(bed, scenario)
-                ok = scenario.raw_outcome_ok(result)
-                failures += not ok
-                print(
-                    f"{name:<22} {'ok ' if ok else 'BAD'} {result.summary()}  (expected {scenario.expected})"
-                )
-                if args.keep:
-                    print(f"bed {bed.run} is up: namespaces {' '.join(bed._res.netns)}; Enter tears it down")
-                    input()
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: scenarios import `tests.network.bed`, and two
-    # copies of NatKind would never compare equal.
-    from tests.network.bed import main as _main
+    # The command line lives in tests.network.cli; importing it (rather than running this file's
+    # code as __main__) keeps one copy of NatKind, so scenario comparisons hold.
+    from tests.network.cli import main
 
-    sys.exit(_main())
+    sys.exit(main())

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +25,15 @@ from tests.network.probe import run_raw_probe
 from tests.network.scenarios import SCENARIOS
 
 
-def _host_network() -> tuple[str, str]:
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
-    return "\n".join(sorted(line.split(":")[1] for line in links.splitlines())), routes
+def _host_network() -> tuple[str, str, str, str]:
+    """The host namespace's interfaces, routes, firewall rules and forwarding switch."""
+
+    def out(*argv: str) -> str:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
+
+    links = "\n".join(sorted(line.split(":")[1] for line in out("ip", "-o", "link").splitlines()))
+    rules = "\n".join(line for line in out("iptables-save").splitlines() if not line.startswith("#"))
+    return links, out("ip", "route"), rules, Path("/proc/sys/net/ipv4/ip_forward").read_text()
 
 
 def _netns() -> set[str]:
