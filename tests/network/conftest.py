@@ -20,8 +20,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/network/" in item.nodeid:
             item.add_marker(pytest.mark.network)
-            if BED_UNAVAILABLE:
-                item.add_marker(pytest.mark.skip(reason=BED_UNAVAILABLE))
+
+
+@pytest.fixture(autouse=True)
+def _bed_available() -> None:
+    if BED_UNAVAILABLE:
+        pytest.skip(BED_UNAVAILABLE)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Report every bed skip at this one place, so `pytest -rs` prints a single line saying why."""
+    report: pytest.TestReport = yield
+    if BED_UNAVAILABLE and report.skipped and isinstance(report.longrepr, tuple):
+        report.longrepr = (__file__, 0, f"Skipped: {BED_UNAVAILABLE}")
+    return report
 
 
 BedFactory = Callable[..., Bed]
