@@ -42,7 +42,9 @@ def u64(value: int) -> bytes:
 
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: one byte form per value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 class Reader:

@@ -271,7 +271,8 @@ def _parse(data: bytes) -> _Parsed:
         header_bytes = reader.take(header_len)
         try:
             header_obj = json.loads(header_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            # RecursionError: "[[[[…" nested past the parser's limit; anyone can send that.
             raise MalformedEnvelope("envelope header is not UTF-8 JSON") from e
         header = _header_from_dict(header_obj)
         if canonical_json(header.to_dict()) != header_bytes:

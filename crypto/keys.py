@@ -129,7 +129,8 @@ def generate_device_keys(progress: ProgressCallback | None = None) -> DeviceKeys
 
     RSA generation gives no progress of its own, so while it runs (the library releases the GIL) a
     helper thread reports an estimate that approaches but never reaches 1.0; 1.0 is reported only
-    when the keys exist.
+    when the keys exist. `progress` is therefore called from two threads (never at the same time):
+    an asyncio caller hands updates to its loop with `loop.call_soon_threadsafe`.
     """
 
     def report(fraction: float, label: str) -> None:

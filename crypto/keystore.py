@@ -57,7 +57,11 @@ class Keystore:
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> tuple[bytes, bytes]:
     if not isinstance(password, str) or not password:
         raise KeystoreError("the keystore password must be a non-empty string")
-    out = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(password.encode("utf-8"))
+    try:
+        secret = password.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise KeystoreError("the keystore password is not valid Unicode text") from e
+    out = Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(secret)
     return out[:32], out[32:]
 
 
@@ -164,13 +168,17 @@ def _read_doc(path: Path) -> dict[str, Any]:
     raw = path.read_bytes()
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _corrupt(path, "not valid JSON, perhaps truncated") from e
     if not isinstance(doc, dict) or set(doc) != _FIELDS:
         raise _corrupt(path, "fields missing or unexpected")
     if doc["format"] != KEYSTORE_FORMAT:
         raise _corrupt(path, "wrong format marker")
-    if doc["sha256"] != _file_digest(doc):
+    try:
+        digest = _file_digest(doc)
+    except (UnicodeEncodeError, ValueError) as e:  # escaped lone surrogates, NaN and the like
+        raise _corrupt(path, "content cannot be re-encoded") from e
+    if doc["sha256"] != digest:
         raise _corrupt(path, "checksum mismatch")
     if doc["version"] != KEYSTORE_VERSION:
         raise KeystoreCorrupt(

@@ -108,6 +108,8 @@ def _to_dict(p: Payload) -> dict[str, Any]:
             return {"type": "typing", "active": bool(active)}
         case Edit(message_id=mid, body=body):
             _check_ids([mid], "edit")
+            if not isinstance(body, str):
+                raise MalformedEnvelope("edit body must be a string")
             return {"type": "edit", "message_id": mid, "body": body}
         case Delete(message_ids=ids):
             return {"type": "delete", "message_ids": _check_ids(list(ids), "delete")}
@@ -116,7 +118,12 @@ def _to_dict(p: Payload) -> dict[str, Any]:
 
 def encode_payload(p: Payload) -> bytes:
     """Canonical bytes of `p`, padded to its bucket; `EnvelopeTooLarge` past the limit."""
-    body = canonical_json(_to_dict(p))
+    try:
+        body = canonical_json(_to_dict(p))
+    except UnicodeEncodeError as e:
+        raise MalformedEnvelope(
+            f"{p.kind} payload holds text that is not valid Unicode (a lone surrogate)"
+        ) from e
     n = _LEN.size + len(body)
     if n > MAX_PADDED_PAYLOAD:
         raise EnvelopeTooLarge(
@@ -182,11 +189,15 @@ def decode_payload(data: bytes) -> Payload:
     body = data[_LEN.size : end]
     try:
         d = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise MalformedEnvelope("payload is not UTF-8 JSON") from e
     if not isinstance(d, dict):
         raise MalformedEnvelope("payload must be a JSON object")
     p = _from_dict(d)
-    if canonical_json(_to_dict(p)) != body:
+    try:
+        canonical = canonical_json(_to_dict(p))
+    except UnicodeEncodeError as e:  # an escaped lone surrogate ("\ud800") decodes but cannot re-encode
+        raise MalformedEnvelope("payload text is not valid Unicode") from e
+    if canonical != body:
         raise MalformedEnvelope("payload JSON is not in canonical form")
     return p

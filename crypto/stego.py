@@ -35,11 +35,12 @@ KIND_ENVELOPE = 2
 _HEADER = struct.Struct(">4sBBI")
 HEADER_BYTES = _HEADER.size
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF"})
-MAX_PIXELS = 100_000_000  # Pillow's decompression-bomb guard is ~89 MP; we stay in that range
+MAX_PIXELS = 80_000_000  # below Pillow's decompression-bomb guard (~89 MP); 12-50 MP photos fit
 _SEAL_DOMAIN = b"peerpost/stego/passphrase/v1\x00"
 _SCRYPT_LOG2_N = 15
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
+PASSPHRASE_OVERHEAD = 1 + _SALT_BYTES + _NONCE_BYTES + 16  # log2 n, salt, nonce, GCM tag
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def _load(image_bytes: bytes) -> tuple[np.ndarray, bool]:
     try:
         img = Image.open(io.BytesIO(image_bytes))
         fmt = img.format
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise StegoError("not an image Pillow can read (use PNG or BMP)") from e
     if fmt in {"JPEG", "MPO", "JPEG2000", "WEBP", "HEIF", "AVIF"}:
         raise LossyImage(
@@ -75,7 +76,10 @@ def _load(image_bytes: bytes) -> tuple[np.ndarray, bool]:
         img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
     else:
         raise StegoError(f"image mode {img.mode} is not supported: use 8-bit RGB or RGBA")
-    img.load()
+    try:
+        img.load()
+    except (OSError, SyntaxError) as e:  # Pillow reports truncated or garbled image data this way
+        raise StegoError(f"the {fmt} image is truncated or damaged: {e}") from e
     arr = np.asarray(img, dtype=np.uint8)
     return arr, arr.shape[2] == 4
 
@@ -145,7 +149,11 @@ def extract(image_bytes: bytes) -> bytes:
 def _passphrase_key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
     if not isinstance(passphrase, str) or not passphrase:
         raise StegoError("the passphrase must be a non-empty string")
-    return Scrypt(salt=salt, length=32, n=1 << log2_n, r=8, p=1).derive(passphrase.encode("utf-8"))
+    try:
+        secret = passphrase.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise StegoError("the passphrase is not valid Unicode text") from e
+    return Scrypt(salt=salt, length=32, n=1 << log2_n, r=8, p=1).derive(secret)
 
 
 def seal_with_passphrase(secret: bytes, passphrase: str) -> bytes:
@@ -172,9 +180,21 @@ def open_with_passphrase(sealed: bytes, passphrase: str) -> bytes:
         ) from e
 
 
+def passphrase_capacity(image_bytes: bytes) -> int:
+    """How many secret bytes `hide_with_passphrase` can hide in this image."""
+    return max(0, capacity(image_bytes) - PASSPHRASE_OVERHEAD)
+
+
 def hide_with_passphrase(image_bytes: bytes, secret: bytes, passphrase: str) -> bytes:
-    """Seal `secret` under `passphrase` and hide it; returns a PNG."""
-    return embed(image_bytes, seal_with_passphrase(secret, passphrase), kind=KIND_PASSPHRASE)
+    """Seal `secret` under `passphrase` and hide it; returns a PNG.
+
+    A `CapacityExceeded` here counts the secret's bytes, not the sealed form's, so the numbers match
+    what the person typed.
+    """
+    try:
+        return embed(image_bytes, seal_with_passphrase(secret, passphrase), kind=KIND_PASSPHRASE)
+    except CapacityExceeded as e:
+        raise CapacityExceeded(capacity=max(0, e.capacity - PASSPHRASE_OVERHEAD), needed=len(secret)) from e
 
 
 def reveal_with_passphrase(image_bytes: bytes, passphrase: str) -> bytes:

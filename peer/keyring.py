@@ -20,7 +20,7 @@ from crypto.bundle import verify_bundle
 from crypto.envelope import Recipient
 from crypto.errors import BundleInvalid
 from peer.client import ServerClient
-from peer.errors import KeyChanged
+from peer.errors import KeyChanged, ServerUnavailable
 from peer.events import KeyWarning
 from peer.localstore import LocalStore, PinnedDevice
 from signalling.protocol import DeviceOut, b64decode
@@ -79,7 +79,12 @@ class Keyring:
         last = self._refreshed.get(user_id)
         if not force and last is not None and time.monotonic() - last < self._refresh_after:
             return self.devices_of(user_id)
-        published = await self._client.devices(user_id)
+        try:
+            published = await self._client.devices(user_id)
+        except ServerUnavailable:
+            if self.devices_of(user_id):
+                return self.devices_of(user_id)  # the pinned keys are what we trust anyway
+            raise
         self._refreshed[user_id] = time.monotonic()
         await self._absorb(user_id, published)
         return self.devices_of(user_id)

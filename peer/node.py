@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,7 @@ class Peer:
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: coro.close())  # cancelled before it ran: no "never awaited"
         return task
 
     async def _guard(self, coro: Awaitable[Any], name: str) -> Any:
@@ -1009,6 +1010,21 @@ class Peer:
 
     async def accept_key_change(self, user_id: int) -> None:
         await self._need()[1].accept_change(user_id)
+
+    # ---------------------------------------------------------------------------------------------
+    # settings that can change while running
+    # ---------------------------------------------------------------------------------------------
+
+    async def set_direct(self, enabled: bool) -> None:
+        """Allow or forbid direct links from now on (forbidding closes the open ones)."""
+        self.settings = replace(self.settings, direct=enabled)
+        if self._router is not None:
+            self._router.policy = replace(self._router.policy, direct=enabled)
+        if self._links is not None:
+            self._links.ignore_signals = not (enabled and self.settings.answer_offers)
+            if not enabled:
+                for link in self._links.links():
+                    await self._links.drop(link.remote_device)
 
     # ---------------------------------------------------------------------------------------------
     # introspection (UI, tests, bench)

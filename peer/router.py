@@ -72,8 +72,10 @@ class Router:
     async def _direct(
         self, message_id: str, envelope: bytes, user_id: int, device_id: str, connect: bool
     ) -> bool:
+        if not self.policy.direct:
+            return False
         link = self._links.open_link(device_id)
-        if link is None and connect and self.policy.direct and self._device_online(user_id, device_id):
+        if link is None and connect and self._device_online(user_id, device_id):
             try:
                 link = await self._links.connect(user_id, device_id, within=self.policy.link_deadline)
             except LinkFailed as e:

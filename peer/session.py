@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -82,6 +83,9 @@ class HubSession:
         self._pending: dict[str, asyncio.Future[AcceptedFrame]] = {}
         self._refs = itertools.count(1)
         self.connects = 0
+        # Recent message ids that crossed the server, both ways (introspection for tests and bench).
+        self.sent_ids: deque[str] = deque(maxlen=10_000)
+        self.delivered_ids: deque[str] = deque(maxlen=10_000)
         self.ended_reason: str | None = None
 
     @property
@@ -159,6 +163,8 @@ class HubSession:
                     self.connects += 1
                     self._connected.set()
                     await self._on_status(True, None)
+                if frame.type == "deliver":
+                    self.delivered_ids.append(frame.message_id)
                 if isinstance(frame, AcceptedFrame | ErrorFrame) and frame.ref in self._pending:
                     self._settle(frame)
                     if isinstance(frame, AcceptedFrame):
@@ -167,6 +173,10 @@ class HubSession:
                 await self._on_frame(frame)
         finally:
             self._ws = None
+            # Closed here, whatever ended the loop (a drop, or close() cancelling this task).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await ws.close()
             was_up = self._connected.is_set()
             self._connected.clear()
             if was_up:
@@ -229,6 +239,7 @@ class HubSession:
         frame = SendFrame(ref=ref, message_id=message_id, envelope=envelope_b64, recipients=recipients)
         try:
             await self._send_raw(frame.model_dump_json())
+            self.sent_ids.append(message_id)
             async with asyncio.timeout(within):
                 return await future
         except TimeoutError as e:

@@ -70,6 +70,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         server_header=False,
         # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
         ws_max_size=settings.max_frame_bytes * 4 + 65536,
+        # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing.
+        ws_per_message_deflate=False,
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])
@@ -87,11 +89,15 @@ def db() -> None:
 @click.option("--database-url", default=None)
 def upgrade(data_dir: Path | None, database_url: str | None) -> None:
     """Migrate the database to the current schema (the server also does this on start)."""
-    from store.migrate import upgrade_sync
+    from store.errors import MigrationError
+    from store.migrate import head_revision, upgrade_sync
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
-    upgrade_sync(settings.effective_database_url)
-    click.echo("database is at the current schema")
+    try:
+        upgrade_sync(settings.effective_database_url)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"database is at the current schema (revision {head_revision()})")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenService(
             secret, settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds
         )
-        app.state.passwords = PasswordHasher(settings.bcrypt_rounds)
+        app.state.passwords = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_concurrency)
         app.state.login_limits = LoginLimits(settings)
         app.state.presence = MemoryPresence()
         app.state.hub = NoLiveSockets()

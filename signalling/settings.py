@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=15 * 60, gt=0)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, gt=0)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="tests lower it; production keeps 12")
+    bcrypt_concurrency: int | None = Field(
+        default=None, ge=1, description="hashes at once; default one less than the CPU count (at least 1)"
+    )
     login_attempts_per_username: int = Field(default=10, gt=0)
     login_attempts_per_address: int = Field(default=30, gt=0)
     login_window_seconds: float = Field(default=60.0, gt=0)

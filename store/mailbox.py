@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -154,6 +154,20 @@ async def count_all(conn: AsyncConnection) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _row(m: NewMessage, created: datetime, expires: datetime) -> dict[str, object]:
+    return {
+        "recipient_user": m.recipient_user,
+        "recipient_device": m.recipient_device,
+        "sender_user": m.sender_user,
+        "sender_device": m.sender_device,
+        "message_id": m.message_id,
+        "envelope": m.envelope,
+        "size": len(m.envelope),
+        "created_at": created,
+        "expires_at": expires,
+    }
+
+
 @dataclass(slots=True)
 class _Usage:
     size: int
@@ -163,9 +177,9 @@ class _Usage:
 
 @dataclass(slots=True)
 class _Job:
-    messages: Sequence[NewMessage] = ()
-    acks: Sequence[tuple[str, str]] = ()  # (device id, message id)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    messages: Sequence[NewMessage]
+    acks: Sequence[tuple[str, str]]  # (device id, message id)
+    done: asyncio.Future[None]
 
 
 class MailboxWriter:
@@ -205,6 +219,7 @@ class MailboxWriter:
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.batches = 0
         self.rows_written = 0
+        self.rows_cancelled = 0
 
     async def start(self) -> None:
         if self._task is None:
@@ -223,20 +238,34 @@ class MailboxWriter:
 
     async def store(self, messages: Sequence[NewMessage]) -> None:
         """Returns when every row is committed; raises MailboxQuotaExceeded for a full device."""
-        await self._submit(_Job(messages=messages))
+        await (await self.submit_store(messages))
 
     async def ack(self, device_id: str, message_ids: Sequence[str]) -> None:
-        await self._submit(_Job(acks=[(device_id, m) for m in message_ids]))
+        """Returns when the rows are deleted (unknown ids are ignored: acks may repeat)."""
+        await (await self.submit_ack(device_id, message_ids))
+
+    async def submit_store(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
+        """Queue rows and return at once with the future of their commit (for pipelining callers)."""
+        return await self._submit(_Job(messages, (), self._loop().create_future()))
+
+    async def submit_ack(self, device_id: str, message_ids: Sequence[str]) -> asyncio.Future[None]:
+        return await self._submit(
+            _Job((), [(device_id, m) for m in message_ids], self._loop().create_future())
+        )
 
     def forget_usage(self) -> None:
         """Drop the quota cache (after a purge or an account deletion changed the table)."""
         self._usage.clear()
 
-    async def _submit(self, job: _Job) -> None:
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def _submit(self, job: _Job) -> asyncio.Future[None]:
         if self._task is None:
             raise MailboxClosed()
-        await self._queue.put(job)
-        await job.done
+        await self._queue.put(job)  # waits only when the writer is max_queue jobs behind
+        return job.done
 
     async def _run(self) -> None:
         while True:
@@ -259,11 +288,11 @@ class MailboxWriter:
     async def _commit(self, batch: list[_Job]) -> None:
         now = _utcnow()
         expires = now + self._retention
+        accepted: list[_Job] = []
+        pending_usage: dict[str, list[int]] = {}
         async with self._engine.begin() as conn:
             await self._load_usage(conn, batch)
-            rows: list[dict[str, object]] = []
-            accepted: list[_Job] = []
-            pending_usage: dict[str, list[int]] = {}
+            inserts: dict[tuple[str, str], NewMessage] = {}
             for job in batch:
                 verdict = self._check_quota(job, pending_usage)
                 if verdict is not None:
@@ -271,41 +300,35 @@ class MailboxWriter:
                     continue
                 accepted.append(job)
                 for m in job.messages:
-                    rows.append(
-                        {
-                            "recipient_user": m.recipient_user,
-                            "recipient_device": m.recipient_device,
-                            "sender_user": m.sender_user,
-                            "sender_device": m.sender_device,
-                            "message_id": m.message_id,
-                            "envelope": m.envelope,
-                            "size": len(m.envelope),
-                            "created_at": now,
-                            "expires_at": expires,
-                        }
-                    )
-            if rows:
+                    inserts.setdefault((m.recipient_device, m.message_id), m)
+            acks = [pair for job in accepted for pair in job.acks]
+            # A row acked in the very batch that inserts it was pushed live and saved by its device
+            # already: neither the insert nor the delete needs to reach the database.
+            deletes = [pair for pair in acks if inserts.pop(pair, None) is None]
+            if inserts:
                 stmt = self._insert(MailboxEntry).on_conflict_do_nothing(
                     index_elements=["recipient_device", "message_id"]
                 )
-                await conn.execute(stmt, rows)
-            acks = [pair for job in accepted for pair in job.acks]
-            if acks:
+                await conn.execute(stmt, [_row(m, now, expires) for m in inserts.values()])
+            if deletes:
+                # executemany of single-row deletes: each one walks the unique index
                 await conn.execute(
                     delete(MailboxEntry).where(
-                        tuple_(MailboxEntry.recipient_device, MailboxEntry.message_id).in_(acks)
-                    )
+                        MailboxEntry.recipient_device == bindparam("device"),
+                        MailboxEntry.message_id == bindparam("mid"),
+                    ),
+                    [{"device": d, "mid": m} for d, m in deletes],
                 )
         # Committed: only now do the callers hear success, and the quota cache move.
         for device, (size, rows_added) in pending_usage.items():
             if device in self._usage:
                 self._usage[device].size += size
                 self._usage[device].rows += rows_added
-        if acks:
-            for device in {d for d, _ in acks}:
-                self._usage.pop(device, None)  # reload from the table next time
+        for device in {d for d, _ in acks}:
+            self._usage.pop(device, None)  # reload from the table next time
         self.batches += 1
-        self.rows_written += len(rows)
+        self.rows_written += len(inserts)
+        self.rows_cancelled += len(acks) - len(deletes)
         for job in accepted:
             if not job.done.done():
                 job.done.set_result(None)

@@ -178,10 +178,11 @@ async def update_contact(
     summary="Remove a contact (both directions), or withdraw a request",
     responses={404: {"description": "not in your contacts"}},
 )
-async def remove_contact(user_id: int, user: CurrentUser, session: Session) -> Response:
+async def remove_contact(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
     try:
         await contact_store.remove(session, user.id, user_id)
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
+    request.app.state.hub.forget_reach()  # the hub caches who may reach whom
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -282,3 +282,10 @@ def test_seal_and_open_are_fast_enough_for_two_devices(devices):
     open_ms = (time.process_time() - t) * 20
     assert seal_ms < 0.5, seal_ms
     assert open_ms < 2.0, open_ms
+
+
+def test_deeply_nested_header_is_malformed_not_a_recursion_crash(devices):
+    header = b"[" * 60000
+    data = b"PPE\x01" + struct.pack(">I", len(header)) + header
+    with pytest.raises(MalformedEnvelope, match="not UTF-8 JSON"):
+        open_as(devices, data, 1)

@@ -126,3 +126,18 @@ def test_device_keys_never_print_private_material(devices):
 def test_pem_with_one_key_is_refused(devices):
     with pytest.raises(CryptoError, match="two PEM"):
         DeviceKeys.from_pem(devices[0].keys.to_pem().split(b"-----END PRIVATE KEY-----")[0])
+
+
+@few
+@given(
+    user_id=st.integers(0, 2**63 - 1),
+    device_id=st.from_regex(r"[A-Za-z0-9_-]{8,64}", fullmatch=True),
+    created_at=st.integers(0, 2**63 - 1),
+    device=st.integers(0, 5),
+)
+def test_any_bundle_made_verifies(devices, user_id, device_id, created_at, device):
+    b = make_bundle(devices[device].keys, user_id, device_id, created_at=created_at)
+    assert (
+        verify_bundle(b.user_id, b.device_id, b.identity_key, b.encryption_key, b.created_at, b.signature)
+        == b
+    )

@@ -148,3 +148,29 @@ def test_meta_that_is_not_json_is_refused(devices, tmp_path):
     with pytest.raises(KeystoreError, match="JSON"):
         ks.create_keystore(tmp_path / "k.json", devices[0].keys, "pw", {"when": object()}, scrypt_n=FAST_N)
     assert not (tmp_path / "k.json").exists()
+
+
+json_meta = st.dictionaries(
+    st.text(max_size=10),
+    st.one_of(st.integers(-(2**53), 2**53), st.text(max_size=20), st.booleans(), st.none()),
+    max_size=4,
+)
+
+
+@few
+@given(password=st.text(min_size=1, max_size=40), meta=json_meta, device=st.integers(0, 5))
+def test_any_password_and_meta_round_trip(devices, tmp_path_factory, password, meta, device):
+    path = tmp_path_factory.mktemp("rt") / "k.json"
+    made = ks.create_keystore(path, devices[device].keys, password, meta, scrypt_n=FAST_N)
+    loaded = ks.load_keystore(path, password)
+    assert loaded.meta == meta and loaded.storage_key == made.storage_key
+    assert loaded.keys.identity_private_raw() == devices[device].keys.identity_private_raw()
+
+
+def test_keystore_with_escaped_surrogates_is_corrupt(tmp_path, store_bytes):
+    doc = json.loads(store_bytes)
+    text = json.dumps(doc).replace('"aes-256-gcm"', '"\\ud800"')
+    path = tmp_path / "k.json"
+    path.write_text(text)
+    with pytest.raises(KeystoreCorrupt, match="cannot be re-encoded"):
+        ks.load_keystore(path, "pa55word")

@@ -80,3 +80,18 @@ def test_non_canonical_or_unknown_payloads_are_refused(data, message):
 def test_payload_past_the_limit_names_the_limit():
     with pytest.raises(EnvelopeTooLarge, match=str(MAX_PADDED_PAYLOAD)):
         encode_payload(Text("y" * MAX_PADDED_PAYLOAD))
+
+
+def test_text_with_a_lone_surrogate_is_refused_not_crashing():
+    with pytest.raises(MalformedEnvelope, match="not valid Unicode"):
+        encode_payload(Text("broken \ud800 text"))
+
+
+def test_escaped_lone_surrogate_from_a_sender_is_malformed():
+    with pytest.raises(MalformedEnvelope, match="not valid Unicode"):
+        decode_payload(_raw(b'{"body":"\\ud800","type":"text"}'))
+
+
+def test_deeply_nested_payload_is_malformed():
+    with pytest.raises(MalformedEnvelope, match="not UTF-8 JSON"):
+        decode_payload(_raw(b"[" * 40000, 49152))

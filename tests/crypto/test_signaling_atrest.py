@@ -62,3 +62,18 @@ def test_at_rest_refuses_flips_wrong_key_and_moved_values(data):
     ):
         with pytest.raises(AtRestError):
             open_at_rest(bad_key, bad_blob, bad_aad)
+
+
+@few
+@given(
+    kind=st.sampled_from(["offer", "answer", "candidate", "bye"]),
+    ids=st.lists(st.from_regex(r"[A-Za-z0-9_-]{8,20}", fullmatch=True), min_size=2, max_size=2),
+    nonce=st.text(min_size=1, max_size=40),
+    body=st.binary(max_size=2000),
+)
+def test_any_signal_signed_verifies(devices, kind, ids, nonce, body):
+    keys = devices[4].keys
+    signature = sign_signal(keys, kind, ids[0], ids[1], nonce, body)
+    verify_signal(keys.identity_public_bytes(), signature, kind, ids[0], ids[1], nonce, body)
+    with pytest.raises(SignatureInvalid):  # the same message the other way round is not signed
+        verify_signal(keys.identity_public_bytes(), signature, kind, ids[1], ids[0] + "x", nonce, body)

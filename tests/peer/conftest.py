@@ -49,7 +49,7 @@ from peer import Peer, PeerSettings, Profile  # noqa: E402
 from peer.events import Event  # noqa: E402
 from tests.support.server import RunningServer  # noqa: E402
 
-PASSWORD = "correct horse battery"  # noqa: S105 - test data
+PASSWORD = "correct horse battery"
 SERVER_ENV = {"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
 
 

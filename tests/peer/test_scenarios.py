@@ -1,13 +1,44 @@
-"""The issue's scenarios end to end: a real server subprocess, real aiortc peers over 127.0.0.1."""
+"""The issue's scenarios end to end: a real server subprocess, real aiortc peers over 127.0.0.1.
+
+Every peer uses explicit empty iceServers and host candidates on 127.0.0.1 only (loopback_settings).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import sqlite3
 import time
+from pathlib import Path
 
-from tests.peer.conftest import World
+import pytest
+
+from crypto.bundle import make_bundle
+from crypto.envelope import LocalDevice, open_envelope, seal
+from crypto.errors import NoKeyForDevice
+from crypto.payload import Text
+from peer import Peer, Profile
+from peer.errors import KeyChanged
+from tests.peer.conftest import (
+    PASSWORD,
+    World,
+    fixed_keys,
+    foreign_tasks,
+    live_peer_connections,
+    loopback_settings,
+)
+
+
+def make_file(path: Path, size: int) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 async def test_direct_text_goes_over_the_link_and_is_acknowledged(world: World):
@@ -21,3 +52,283 @@ async def test_direct_text_goes_over_the_link_and_is_acknowledged(world: World):
     await alice_events.wait_for(lambda e: e.type == "message_state" and e.state == "delivered")
     history = await bob.history(alice.me.user_id)
     assert [m.text for m in history] == ["hello bob"]
+
+
+async def test_both_online_messages_and_10mb_file_go_direct_and_server_relays_nothing(world: World, tmp_path):
+    alice, bob = await world.pair()
+    bob_events = world.record(bob)
+    alice_events = world.record(alice)
+    sent = [await alice.send_text(bob.me.user_id, f"message {i}") for i in range(5)]
+    assert all(m.path == "direct" and m.state == "sent" for m in sent)
+
+    source = tmp_path / "ten.bin"
+    digest = make_file(source, 10 * 1024 * 1024)
+    offer = await alice.send_file(bob.me.user_id, source)
+    assert offer.path == "direct"
+    received = await bob.wait_file(offer.message_id, within=60)
+    assert sha256_of(received) == digest and received.stat().st_size == 10 * 1024 * 1024
+
+    ids = {m.message_id for m in sent} | {offer.message_id}
+    assert not ids & set(alice.session.sent_ids), "the server was handed an envelope that went direct"
+    assert not ids & set(bob.session.delivered_ids), "the server delivered an envelope that went direct"
+    history = await bob.history(alice.me.user_id)
+    assert [m.text for m in history if m.kind == "text"] == [f"message {i}" for i in range(5)]
+    assert history[-1].file["sha256"] == digest and history[-1].file["path"] == str(received)
+    for m in sent:  # delivered receipts came back (as envelopes)
+        await alice_events.wait_for(
+            lambda e, mid=m.message_id: (
+                e.type == "message_state" and e.message_id == mid and e.state == "delivered"
+            )
+        )
+    assert len([e for e in bob_events.of("message")]) == 6
+
+
+async def test_callee_ignoring_offers_gets_the_message_through_the_server_within_deadline(world: World):
+    alice, bob = await world.pair(answer_offers=False)
+    bob_events = world.record(bob)
+    started = time.perf_counter()
+    sent = await alice.send_text(bob.me.user_id, "are you there?")
+    got = await bob_events.wait_for(lambda e: e.type == "message")
+    elapsed = time.perf_counter() - started
+    assert elapsed < alice.settings.link_deadline + 1.0
+    assert sent.path == "relayed" and got.message["path"] == "relayed"
+    assert got.message["text"] == "are you there?"
+
+
+async def test_offline_callee_gets_queued_message_exactly_once_on_next_login(world: World):
+    alice, bob = await world.pair()
+    alice_events = world.record(alice)
+    bob_id, bob_device = bob.me.user_id, bob.me.device_id
+    await bob.close()
+    await alice_events.wait_for(lambda e: e.type == "presence" and e.device_id == bob_device and not e.online)
+    sent = await alice.send_text(bob_id, "while you were away")
+    assert sent.path == "queued" and sent.state == "sent"
+
+    for round_ in range(2):
+        again = world.peer("bob", 1)
+        events = world.record(again)
+        await again.unlock(PASSWORD)
+        await again.wait_online(10)
+        if round_ == 0:
+            got = await events.wait_for(lambda e: e.type == "message")
+            assert got.message["text"] == "while you were away" and got.message["path"] == "queued"
+        history = await again.history(alice.me.user_id)
+        assert [m.text for m in history] == ["while you were away"]
+        # The mailbox is empty once acknowledged: the second login drains nothing.
+        await asyncio.wait_for(_drained(again), 5)
+        assert len(events.of("message")) == (1 if round_ == 0 else 0)
+        await again.close()
+
+
+async def _drained(peer: Peer) -> None:
+    items = await peer._client.mailbox(peer.me.device_id)
+    while items:
+        await asyncio.sleep(0.05)  # polling the external server, bounded by the caller's wait_for
+        items = await peer._client.mailbox(peer.me.device_id)
+
+
+async def test_link_killed_mid_conversation_loses_nothing_and_a_new_link_is_used_later(world: World):
+    alice, bob = await world.pair()
+    bob_events = world.record(bob)
+    first = await alice.send_text(bob.me.user_id, "one")
+    assert first.path == "direct"
+    old_link = alice.link_to(bob.me.device_id)
+    bob_side = bob.link_to(alice.me.device_id)
+    # The callee vanishes without a goodbye: its end neither hears nor speaks, nothing is closed.
+    bob_side._channel.remove_all_listeners("message")
+    bob_side._send_now = lambda frame: None
+    bob_side.settings = loopback_settings(1, dead_after=60)  # it must not notice and close by itself
+    middle = [await alice.send_text(bob.me.user_id, f"during {i}") for i in range(3)]
+    # The first goes over the dead link, gets no ack and falls to the server; once the keepalive
+    # has declared the link dead, a later one may already ride a fresh link.
+    assert middle[0].path == "relayed", [m.path for m in middle]
+    assert all(m.state == "sent" for m in middle)
+    await asyncio.wait_for(old_link.wait_ended(), alice.settings.dead_after + 2)
+    later = await alice.send_text(bob.me.user_id, "later")
+    assert later.path == "direct"
+    assert alice.link_to(bob.me.device_id) is not old_link
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "later")
+    texts = [m.text for m in await bob.history(alice.me.user_id)]
+    assert sorted(texts) == sorted(["one", "during 0", "during 1", "during 2", "later"])
+    assert len(bob_events.of("message")) == 5
+
+
+async def test_envelope_delivered_both_ways_is_shown_once(world: World):
+    alice, bob = await world.pair()
+    await alice.send_text(bob.me.user_id, "warm-up")  # a link is open from here on
+    bob_events = world.record(bob)
+    # An ack deadline shorter than any round trip: the direct copy lands, the ack is "late",
+    # so the router also hands the same envelope to the server.
+    alice._router.policy = type(alice._router.policy)(link_deadline=2.0, ack_deadline=0.0001)
+    sent = await alice.send_text(bob.me.user_id, "twice")
+    assert sent.message_id in set(alice.session.sent_ids)  # it did go both ways
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "twice")
+    await asyncio.wait_for(_until_delivered_via_server(bob, sent.message_id), 5)
+    assert [e.message["text"] for e in bob_events.of("message")] == ["twice"]
+    assert [m.text for m in await bob.history(alice.me.user_id)].count("twice") == 1
+
+
+async def _until_delivered_via_server(peer: Peer, message_id: str) -> None:
+    events = peer.subscribe()  # the server copy is dropped silently; watch the socket's record
+    try:
+        while message_id not in set(peer.session.delivered_ids):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await events.get()
+    finally:
+        peer.unsubscribe(events)
+
+
+async def test_file_interrupted_at_half_resumes_and_matches(world: World, tmp_path):
+    alice, bob = await world.pair()
+    bob_events = world.record(bob)
+    await alice.send_text(bob.me.user_id, "file coming")
+    source = tmp_path / "four.bin"
+    digest = make_file(source, 4 * 1024 * 1024)
+    size = source.stat().st_size
+    cut = asyncio.Event()
+
+    async def cut_at_half() -> None:
+        await bob_events.wait_for(
+            lambda e: e.type == "file_progress" and not e.outgoing and e.done >= size // 2
+        )
+        await bob.link_to(alice.me.device_id).pc.close()  # abruptly, from under the link
+        cut.set()
+
+    cutter = asyncio.ensure_future(cut_at_half())
+    offer = await alice.send_file(bob.me.user_id, source)
+    received = await bob.wait_file(offer.message_id, within=60)
+    await cutter
+    assert cut.is_set()
+    assert sha256_of(received) == digest
+    progress = [e.done for e in bob_events.of("file_progress") if e.message_id == offer.message_id]
+    assert progress == sorted(progress), "the transfer restarted instead of resuming"
+    assert offer.state != "failed"
+
+
+async def test_blob_fallback_when_no_link_can_be_had(world: World, tmp_path):
+    alice, bob = await world.pair(answer_offers=False)
+    source = tmp_path / "blob.bin"
+    digest = make_file(source, 1024 * 1024 + 123)
+    offer = await alice.send_file(bob.me.user_id, source)
+    assert offer.file["blob_id"]
+    received = await bob.wait_file(offer.message_id, within=30)
+    assert sha256_of(received) == digest
+
+
+async def test_rewritten_offer_is_rejected_and_the_message_still_arrives(world: World):
+    alice, bob = await world.pair(receipts=False)  # bob never offers a link of his own here
+    bob_events = world.record(bob)
+    links = alice.linkset
+    honest = links._send_signal
+
+    async def rewriting_server(frame):
+        if frame.kind == "offer":  # what a meddling server would do: put its own DTLS fingerprint in
+            sdp = frame.payload["sdp"].replace("a=fingerprint:sha-256 ", "a=fingerprint:sha-256 AA:")
+            frame = frame.model_copy(update={"payload": {**frame.payload, "sdp": sdp}})
+        await honest(frame)
+
+    links._send_signal = rewriting_server
+    sent = await alice.send_text(bob.me.user_id, "through the server then")
+    rejected = await bob_events.wait_for(lambda e: e.type == "signal_rejected")
+    assert rejected.device_id == alice.me.device_id and "signature" in rejected.reason
+    assert bob.link_to(alice.me.device_id) is None
+    assert sent.path == "relayed"
+    await bob_events.wait_for(
+        lambda e: e.type == "message" and e.message["text"] == "through the server then"
+    )
+
+
+def _swap_device_key(database: Path, user_id: int, device_id: str, n: int) -> None:
+    """What a malicious server does: publish its own (validly self-signed) keys for bob's device."""
+    bundle = make_bundle(fixed_keys(n), user_id, device_id)
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "UPDATE devices SET identity_key = ?, encryption_key = ?, signature = ?, signed_at = ? "
+            "WHERE device_id = ?",
+            (bundle.identity_key, bundle.encryption_key, bundle.signature, bundle.created_at, device_id),
+        )
+
+
+async def test_swapped_device_key_warns_and_is_never_used(world: World):
+    alice, bob = await world.pair()
+    alice_events = world.record(alice)
+    await alice.send_text(bob.me.user_id, "pinned now")
+    _swap_device_key(world.server.database_path, bob.me.user_id, bob.me.device_id, 2)
+    devices = await alice.devices(bob.me.user_id)
+    warning = await alice_events.wait_for(lambda e: e.type == "key_warning")
+    assert warning.change == "key_changed" and warning.device_id == bob.me.device_id and not warning.blocked
+    assert [d.key_changed for d in devices] == [True]
+
+    # Sealing still uses the pinned key: the server's key cannot open it, bob's real key can.
+    recipients = await alice._keyring.recipients(bob.me.user_id)
+    envelope = seal(Text("secret"), alice.local_device, recipients, f"u:{bob.me.user_id}")
+    mallory = LocalDevice(bob.me.user_id, bob.me.device_id, fixed_keys(2))
+    with pytest.raises(Exception) as caught:
+        open_envelope(envelope, mallory, alice._keyring.identity_key, _NoSeen())
+    assert not isinstance(caught.value, NoKeyForDevice)  # addressed to the device, yet undecryptable
+    sent = await alice.send_text(bob.me.user_id, "still to the real bob")
+    bob_events = world.record(bob)
+    if sent.path != "direct":
+        await bob_events.wait_for(lambda e: e.type == "message")
+    assert "still to the real bob" in [m.text for m in await bob.history(alice.me.user_id)]
+
+    # A verified contact with a changed key blocks sending until re-confirmed.
+    await alice.verify_contact(bob.me.user_id)
+    with pytest.raises(KeyChanged):
+        await alice.send_text(bob.me.user_id, "blocked")
+    await alice.accept_key_change(bob.me.user_id)
+    recipients = await alice._keyring.recipients(bob.me.user_id)
+    assert recipients[0].encryption_key == fixed_keys(2).encryption_public_der()
+
+
+class _NoSeen:
+    def seen_before(self, sender_device: str, message_id: str) -> bool:
+        return False
+
+    def remember(self, sender_device: str, message_id: str) -> None:
+        pass
+
+
+async def test_closing_peers_leaves_no_task_socket_or_connection(peer_server, tmp_path):
+    before_tasks = set(asyncio.all_tasks())
+    before_fds = len(os.listdir("/proc/self/fd"))
+    world = World(peer_server, tmp_path / "peers")
+    alice, bob = await world.pair()
+    sent = await alice.send_text(bob.me.user_id, "one link at least")
+    assert sent.path == "direct"
+    assert live_peer_connections()
+    await world.close()
+    assert foreign_tasks(before_tasks) == []
+    assert live_peer_connections() == []
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
+
+
+async def test_profile_copied_without_password_reveals_no_history(world: World):
+    alice, bob = await world.pair()
+    await alice.send_text(bob.me.user_id, "very private words")
+    raw = b"".join(p.read_bytes() for p in bob.profile.path.rglob("*") if p.is_file())
+    assert b"very private words" not in raw
+    again = Peer(Profile.at(bob.profile.path), world.server.url, settings=loopback_settings(1, online=False))
+    with pytest.raises(Exception, match="wrong password"):
+        await again.unlock("not the password")
+    await again.close()
+
+
+async def test_typing_and_read_receipts_reach_the_other_side(world: World):
+    alice, bob = await world.pair()
+    alice_events = world.record(alice)
+    bob_events = world.record(bob)
+    sent = await alice.send_text(bob.me.user_id, "read me")
+    await bob_events.wait_for(lambda e: e.type == "message")
+    await bob.send_typing(alice.me.user_id, True)
+    typing = await alice_events.wait_for(lambda e: e.type == "typing")
+    assert typing.user_id == bob.me.user_id and typing.active
+    await bob.mark_read(alice.me.user_id, [sent.message_id])
+    await alice_events.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == sent.message_id and e.state == "read"
+    )
+    assert (await alice.message(sent.message_id)).state == "read"
+    assert await bob.history(alice.me.user_id) and not [
+        e for e in bob_events.of("message") if e.message["kind"] != "text"
+    ]

@@ -44,12 +44,16 @@ class RecordingSockets:
 
     users: list[tuple[int, int, str]] = field(default_factory=list)
     devices: list[tuple[int, str, int, str]] = field(default_factory=list)
+    reach_forgotten: int = 0
 
     async def disconnect_user(self, user_id: int, code: int, reason: str) -> None:
         self.users.append((user_id, code, reason))
 
     async def disconnect_device(self, user_id: int, device_id: str, code: int, reason: str) -> None:
         self.devices.append((user_id, device_id, code, reason))
+
+    def forget_reach(self) -> None:
+        self.reach_forgotten += 1
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:

@@ -1,0 +1,387 @@
+"""PeerPost direct vs relayed: text latency and file throughput, two peer processes and a server.
+
+    python -m bench.p2p [--messages 300] [--file-mb 32]
+
+Starts a real server (subprocess, loopback, its own data dir), registers alice and bob with fixed
+test keys, runs bob as a second process (`--role bob`) and alice here, then measures:
+
+- text latency, one way: from alice's `send_text` call to bob's `message` event (both processes
+  read the same wall clock), direct and relayed (alice's direct links switched off), against the
+  seed's 500 ms bound;
+- file throughput: `send_file` direct (to bob's `file_received`, SHA-256 checked), a raw aiortc
+  data channel to a third process (`--role raw-sink`) moving the same number of bytes with the same
+  chunk size and bufferedAmount thresholds and no crypto, and the blob path (upload + download).
+
+Prints a table and writes bench/results/p2p.json. Network: loopback only, empty iceServers, host
+candidates restricted to 127.0.0.1. Uses uvloop when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+
+from peer import Peer, PeerSettings, Profile  # noqa: E402
+from peer.hostaddr import restricted_host_addresses  # noqa: E402
+from tests.support.keys import fixed_device_keys  # noqa: E402
+from tests.support.server import RunningServer  # noqa: E402
+
+PASSWORD = "benchmark password"
+SEED_BOUND_MS = 500.0
+CHUNK = 65536
+HIGH, LOW = 256 * 1024, 64 * 1024
+RESULTS = REPO_ROOT / "bench" / "results" / "p2p.json"
+
+
+def settings(n: int, **kw: Any) -> PeerSettings:
+    return PeerSettings(
+        ice_servers=(),
+        host_addresses=("127.0.0.1",),
+        receipts=False,  # one envelope per message: latency of the message itself
+        device_keys=fixed_device_keys(n),
+        scrypt_n=1 << 10,
+        **kw,
+    )
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# child roles
+# --------------------------------------------------------------------------------------------------
+
+
+async def role_bob(server_url: str, profile: str) -> None:
+    async with Peer(Profile.at(profile), server_url, settings=settings(1)) as bob:
+        queue = bob.subscribe()
+        await bob.unlock(PASSWORD)
+        await bob.wait_online(10)
+        emit({"type": "ready", "user_id": bob.me.user_id})
+        reader = asyncio.ensure_future(_stdin_closed())
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    return
+                event = getter.result()
+                now = time.time_ns()
+                if event is None:
+                    return
+                if event.type == "message":
+                    m = event.message
+                    if m["kind"] == "text":
+                        _, sent_ns = m["text"].split()
+                        emit({"type": "text", "latency_us": (now - int(sent_ns)) / 1000, "path": m["path"]})
+                elif event.type == "file_received":
+                    digest = await asyncio.to_thread(_sha256, Path(event.path))
+                    emit({"type": "file", "recv_ns": now, "size": event.size, "sha256": digest})
+        finally:
+            reader.cancel()
+
+
+async def _stdin_closed() -> None:
+    await asyncio.to_thread(sys.stdin.read)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def role_raw_sink(total: int) -> None:
+    """Answer one offer from stdin; count bytes; report the time the last byte arrived."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    done = asyncio.Event()
+    got = 0
+
+    @pc.on("datachannel")
+    def on_channel(channel) -> None:  # type: ignore[no-untyped-def]
+        @channel.on("message")
+        def on_message(message: bytes) -> None:
+            nonlocal got
+            got += len(message)
+            if got >= total:
+                done.set()
+
+    offer = json.loads(await asyncio.to_thread(sys.stdin.readline))
+    await pc.setRemoteDescription(RTCSessionDescription(**offer))
+    with restricted_host_addresses(("127.0.0.1",)):
+        await pc.setLocalDescription(await pc.createAnswer())
+    emit({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+    async with asyncio.timeout(300):
+        await done.wait()
+    emit({"type": "raw_done", "recv_ns": time.time_ns(), "bytes": got})
+    await asyncio.to_thread(sys.stdin.read)
+    await pc.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# the orchestrator (alice)
+# --------------------------------------------------------------------------------------------------
+
+
+class Child:
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Child:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.p2p",
+            *self.args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 20,
+        )
+        return self
+
+    async def line(self, within: float = 60.0) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        async with asyncio.timeout(within):
+            raw = await self.proc.stdout.readline()
+        if not raw:
+            raise RuntimeError(f"child {self.args[:2]} ended early (code {await self.proc.wait()})")
+        return json.loads(raw)
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            async with asyncio.timeout(15):
+                await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def measure_text(alice: Peer, bob: Child, bob_id: int, n: int, warmup: int = 10) -> dict[str, Any]:
+    latencies: list[float] = []
+    paths: dict[str, int] = {}
+    for i in range(n + warmup):
+        await alice.send_text(bob_id, f"{i} {time.time_ns()}")
+        report = await bob.line()
+        while report.get("type") != "text":
+            report = await bob.line()
+        if i >= warmup:
+            latencies.append(report["latency_us"] / 1000)
+            paths[report["path"]] = paths.get(report["path"], 0) + 1
+    return {
+        "messages": n,
+        "paths": paths,
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        "mean_ms": round(statistics.fmean(latencies), 3),
+        "max_ms": round(max(latencies), 3),
+    }
+
+
+async def measure_file(alice: Peer, bob: Child, bob_id: int, path: Path, digest: str) -> dict[str, Any]:
+    started = time.time_ns()
+    view = await alice.send_file(bob_id, path)
+    report = await bob.line(300)
+    while report.get("type") != "file":
+        report = await bob.line(300)
+    seconds = (report["recv_ns"] - started) / 1e9
+    size = (await asyncio.to_thread(path.stat)).st_size
+    assert report["sha256"] == digest, "received file does not match"
+    return {
+        "bytes": size,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(size / seconds / 1e6, 2),
+        "path": view.path,
+        "via": "blob" if view.file and view.file.get("blob_id") else "direct",
+    }
+
+
+async def measure_raw(total: int) -> dict[str, Any]:
+    sink = await Child("--role", "raw-sink", "--bytes", str(total)).start()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        channel = pc.createDataChannel("raw", ordered=True)
+        channel.bufferedAmountLowThreshold = LOW
+        drained = asyncio.Event()
+        channel.on("bufferedamountlow", drained.set)
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        with restricted_host_addresses(("127.0.0.1",)):
+            await pc.setLocalDescription(await pc.createOffer())
+        sink.send({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+        answer = await sink.line()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        async with asyncio.timeout(10):
+            await opened.wait()
+        payload = os.urandom(CHUNK)
+        started = time.time_ns()
+        sent = 0
+        while sent < total:
+            while channel.bufferedAmount > HIGH:
+                drained.clear()
+                async with asyncio.timeout(30):
+                    await drained.wait()
+            piece = payload[: min(CHUNK, total - sent)]
+            channel.send(piece)
+            sent += len(piece)
+        report = await sink.line(300)
+        seconds = (report["recv_ns"] - started) / 1e9
+        return {"bytes": total, "seconds": round(seconds, 3), "mb_per_s": round(total / seconds / 1e6, 2)}
+    finally:
+        await pc.close()
+        await sink.stop()
+
+
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="peerpost-bench-") as tmp:
+        root = Path(tmp)
+        server = RunningServer(root / "server", env={"PEERPOST_PRESENCE_GRACE_SECONDS": "0.5"})
+        await asyncio.to_thread(server.start)
+        try:
+            async with Peer(
+                Profile.at(root / "bob"), server.url, settings=settings(1, online=False)
+            ) as bob_setup:
+                await bob_setup.register("bob", "bob@example.org", PASSWORD)
+                bob_id = bob_setup.me.user_id
+            async with Peer(Profile.at(root / "alice"), server.url, settings=settings(0)) as alice:
+                await alice.register("alice", "alice@example.org", PASSWORD)
+                await alice.add_contact("bob")
+                async with Peer(
+                    Profile.at(root / "bob"), server.url, settings=settings(1, online=False)
+                ) as bob_accept:
+                    await bob_accept.unlock(PASSWORD)
+                    await bob_accept.accept_contact(alice.me.user_id)
+                await alice.wait_online(10)
+                bob = await Child(
+                    "--role", "bob", "--server", server.url, "--profile", str(root / "bob")
+                ).start()
+                try:
+                    ready = await bob.line()
+                    assert ready["type"] == "ready"
+                    source = root / "payload.bin"
+                    data = os.urandom(args.file_mb * 1024 * 1024)
+                    source.write_bytes(data)
+                    digest = hashlib.sha256(data).hexdigest()
+                    del data
+
+                    direct_text = await measure_text(alice, bob, bob_id, args.messages)
+                    direct_file = await measure_file(alice, bob, bob_id, source, digest)
+                    await alice.set_direct(False)
+                    relayed_text = await measure_text(alice, bob, bob_id, args.messages)
+                    blob_file = await measure_file(alice, bob, bob_id, source, digest)
+                finally:
+                    await bob.stop()
+            raw_file = await measure_raw(args.file_mb * 1024 * 1024)
+        finally:
+            await asyncio.to_thread(server.stop)
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": _loop_name()},
+        "seed_bound_ms": SEED_BOUND_MS,
+        "text": {"direct": direct_text, "relayed": relayed_text},
+        "file": {"direct": direct_file, "raw_aiortc": raw_file, "blob": blob_file},
+        "ratios": {"direct_vs_raw": round(direct_file["mb_per_s"] / raw_file["mb_per_s"], 2)},
+        "targets": {
+            "direct_p50_ms": 1.0,
+            "direct_p99_ms": 5.0,
+            "direct_vs_raw": 0.8,
+            "blob_mb_per_s": 50.0,
+        },
+    }
+
+
+def _loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return type(loop).__module__.split(".")[0]
+
+
+def table(r: dict[str, Any]) -> str:
+    t, f = r["text"], r["file"]
+    lines = [
+        f"PeerPost p2p benchmark ({r['machine']['loop']} loop, {r['machine']['cpus']} cpus)",
+        "",
+        "text latency, one way (send call -> receiver event)   p50 ms    p99 ms    max ms",
+        f"  direct (data channel)                              {t['direct']['p50_ms']:>7.3f}  "
+        f"{t['direct']['p99_ms']:>8.3f}  {t['direct']['max_ms']:>8.3f}",
+        f"  relayed (server, live)                             {t['relayed']['p50_ms']:>7.3f}  "
+        f"{t['relayed']['p99_ms']:>8.3f}  {t['relayed']['max_ms']:>8.3f}",
+        f"  seed bound                                         {r['seed_bound_ms']:>7.1f}",
+        "",
+        "file throughput                                        MB/s   seconds",
+        f"  direct (send_file, encrypted, acked)              {f['direct']['mb_per_s']:>7.2f}  "
+        f"{f['direct']['seconds']:>7.2f}",
+        f"  raw aiortc data channel (no crypto)               {f['raw_aiortc']['mb_per_s']:>7.2f}  "
+        f"{f['raw_aiortc']['seconds']:>7.2f}",
+        f"  blob (upload + download, encrypted)               {f['blob']['mb_per_s']:>7.2f}  "
+        f"{f['blob']['seconds']:>7.2f}",
+        f"  direct / raw                                      {r['ratios']['direct_vs_raw']:>7.2f}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=["orchestrator", "bob", "raw-sink"], default="orchestrator")
+    parser.add_argument("--server")
+    parser.add_argument("--profile")
+    parser.add_argument("--bytes", type=int, default=0)
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--file-mb", type=int, default=32)
+    args = parser.parse_args()
+    runner = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    if args.role == "bob":
+        runner(role_bob(args.server, args.profile))
+        return
+    if args.role == "raw-sink":
+        runner(role_raw_sink(args.bytes))
+        return
+    result = runner(orchestrate(args))
+    print(table(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {RESULTS.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Relay benchmark: the PeerPost hub against a bare FastAPI WebSocket forwarder, in one run.
+
+    python -m bench.relay [--pairs 20] [--step-seconds 2] [--mailbox-envelopes 20000]
+
+What it does (loopback only, bounded in count and time):
+1. Starts the bare forwarder (bench/forwarder.py, no auth, no store) and the real server
+   (`python -m signalling serve`, SQLite with synchronous=FULL, the production default) as
+   subprocesses on ephemeral ports.
+2. Connects `pairs` sender/receiver device pairs to each. Offered load (envelopes per second over all
+   pairs) is stepped up until the achieved rate falls below 80 % of the offered rate (saturation).
+   Latency is send → delivered at the receiver. Hub receivers ack every envelope, as real peers do,
+   so every hub message costs a mailbox insert and a delete; the hub's sender also reads `accepted`.
+3. Runs the hub once more at half of its saturation rate and reports p99 there.
+4. Mailbox writes: receivers offline, senders pipeline envelopes; counts `accepted` per second (each
+   one answered only after its group commit).
+
+Prints a table and writes bench/results/relay.json. Targets (issue 2): hub throughput ≥ 0.5× the
+baseline, p99 < 50 ms at half of saturation, mailbox writes ≥ 5,000 envelopes/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from signalling.protocol import b64encode
+from tests.hub.world import Account, World
+from tests.support.server import REPO_ROOT, RunningServer
+
+RESULTS = REPO_ROOT / "bench" / "results" / "relay.json"
+HUB_ENV = {
+    "PEERPOST_SQLITE_SYNCHRONOUS": "FULL",
+    "PEERPOST_WS_RATE_PER_SECOND": "1000000",
+    "PEERPOST_WS_RATE_BURST": "1000000",
+    "PEERPOST_MAILBOX_QUOTA_MESSAGES": "1000000",
+    "PEERPOST_PRESENCE_GRACE_SECONDS": "1",
+}
+LOADS = [500, 1000, 2000, 4000, 6000, 8000, 12000, 16000, 24000, 32000]
+ENVELOPE_BYTES = 512
+TICK = 0.005
+
+
+@dataclass
+class StepResult:
+    offered: float
+    sent: int
+    delivered: int
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+
+    def row(self, name: str) -> str:
+        return (
+            f"{name:<9} {self.offered:>8.0f} {self.achieved:>9.0f} {self.p50_ms:>8.2f} {self.p99_ms:>8.2f}"
+            f" {self.delivered:>8}/{self.sent:<8}"
+        )
+
+
+@dataclass
+class Link:
+    """One sender → receiver pair, with the two sockets and how to phrase a frame for the relay."""
+
+    sender: Any
+    receiver: Any
+    frame: Callable[[str], str]
+    ack: Callable[[str], str] | None = None
+    sent_at: dict[str, float] = field(default_factory=dict)
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.delivered = 0
+        self.last = 0.0
+        self.expected: int | None = None
+        self.all_in = asyncio.Event()
+
+    def hit(self, sent: float) -> None:
+        now = time.perf_counter()
+        self.latencies.append(now - sent)
+        self.delivered += 1
+        self.last = now
+        if self.expected is not None and self.delivered >= self.expected:
+            self.all_in.set()
+
+    async def wait_all(self, expected: int, deadline: float) -> None:
+        self.expected = expected
+        if self.delivered >= expected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                await self.all_in.wait()
+
+
+async def _receive(link: Link, meter_of: Callable[[], Meter]) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for text in link.receiver:
+            if '"deliver"' not in text and '"to"' not in text:
+                continue
+            mid = json.loads(text)["message_id"]
+            sent = link.sent_at.pop(mid, None)
+            if sent is not None:
+                meter_of().hit(sent)
+            if link.ack is not None:
+                await link.receiver.send(link.ack(mid))
+
+
+async def _drain(ws: Any) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+async def _send_paced(link: Link, rate: float, duration: float) -> int:
+    start = time.perf_counter()
+    sent = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= duration:
+            return sent
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            mid = secrets.token_hex(16)
+            link.sent_at[mid] = time.perf_counter()
+            await link.sender.send(link.frame(mid))
+            sent += 1
+        await asyncio.sleep(TICK)
+
+
+async def run_step(links: list[Link], offered: float, duration: float, meter_box: list[Meter]) -> StepResult:
+    meter = Meter()
+    meter_box[0] = meter
+    for link in links:
+        link.sent_at.clear()
+    start = time.perf_counter()
+    sent = sum(await asyncio.gather(*(_send_paced(link, offered / len(links), duration) for link in links)))
+    await meter.wait_all(sent, deadline=3.0)  # let in-flight frames land
+    window = max(meter.last - start, duration) if meter.delivered else duration
+    lat = sorted(meter.latencies) or [float("nan")]
+    return StepResult(
+        offered=offered,
+        sent=sent,
+        delivered=meter.delivered,
+        achieved=meter.delivered / window,
+        p50_ms=1000 * lat[len(lat) // 2],
+        p99_ms=1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+    )
+
+
+async def step_up(
+    name: str, links: list[Link], duration: float, meter_box: list[Meter], loads: list[int]
+) -> list[StepResult]:
+    steps = []
+    for offered in loads:
+        result = await run_step(links, offered, duration, meter_box)
+        print(result.row(name), flush=True)
+        steps.append(result)
+        if result.achieved < 0.8 * offered:
+            break
+    return steps
+
+
+# --------------------------------------------------------------------------------------------------
+# The two relays
+# --------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def baseline_server() -> Any:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--ws-per-message-deflate", "false"]  # as the hub: ciphertext does not compress
+    proc = subprocess.Popen(
+        [*cmd, "--log-level", "warning"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # polling an external process, with a deadline
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the baseline forwarder did not start")
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def baseline_links(ws_url: str, pairs: int, envelope: str) -> list[Link]:
+    links = []
+    for i in range(pairs):
+        sender = await websockets.connect(f"{ws_url}?id=s{i}", max_size=None)
+        receiver = await websockets.connect(f"{ws_url}?id=r{i}", max_size=None)
+        prefix = f'{{"to":"r{i}","envelope":"{envelope}","message_id":"'
+        links.append(Link(sender, receiver, lambda mid, p=prefix: p + mid + '"}'))
+    return links
+
+
+async def hub_accounts(world: World, pairs: int) -> list[tuple[Account, Account]]:
+    out = []
+    for _ in range(pairs):
+        a, b = await world.account(), await world.account()
+        await world.befriend(a, b)
+        out.append((a, b))
+    return out
+
+
+async def _hub_socket(ws_url: str, account: Account) -> Any:
+    ws = await websockets.connect(
+        f"{ws_url}?device_id={account.device_id}", additional_headers=account.auth, max_size=None
+    )
+    while json.loads(await ws.recv())["type"] != "drained":
+        pass
+    return ws
+
+
+async def hub_links(ws_url: str, accounts: list[tuple[Account, Account]], envelope: str) -> list[Link]:
+    links = []
+    for a, b in accounts:
+        sender = await _hub_socket(ws_url, a)
+        receiver = await _hub_socket(ws_url, b)
+        prefix = f'{{"type":"send","ref":"b","envelope":"{envelope}","recipients":'
+        prefix += f'[{{"user_id":{b.user_id},"device_id":"{b.device_id}"}}],"message_id":"'
+        links.append(
+            Link(
+                sender,
+                receiver,
+                lambda mid, p=prefix: p + mid + '"}',
+                ack=lambda mid: '{"type":"ack","message_id":"' + mid + '"}',
+            )
+        )
+    return links
+
+
+async def mailbox_writes(
+    ws_url: str, accounts: list[tuple[Account, Account]], total: int, envelope: str
+) -> dict:
+    """Receivers offline: every envelope becomes a committed row before its `accepted`."""
+    per_sender = total // len(accounts)
+    window = 256  # envelopes in flight per sender socket
+
+    async def one(a: Account, b: Account) -> None:
+        ws = await _hub_socket(ws_url, a)
+        prefix = f'{{"type":"send","ref":"m","envelope":"{envelope}","recipients":'
+        prefix += f'[{{"user_id":{b.user_id},"device_id":"{b.device_id}"}}],"message_id":"'
+        credit = asyncio.Semaphore(window)
+
+        async def answers() -> None:
+            got = 0
+            async for text in ws:
+                if '"accepted"' in text:
+                    credit.release()
+                    got += 1
+                    if got == per_sender:
+                        return
+                elif '"error"' in text:
+                    raise RuntimeError(text)
+
+        reader = asyncio.create_task(answers())
+        try:
+            for _ in range(per_sender):
+                await credit.acquire()
+                await ws.send(prefix + secrets.token_hex(16) + '"}')
+            await reader
+        finally:
+            reader.cancel()
+            await ws.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(a, b) for a, b in accounts))
+    seconds = time.perf_counter() - start
+    return {
+        "envelopes": per_sender * len(accounts),
+        "seconds": seconds,
+        "per_second": per_sender * len(accounts) / seconds,
+    }
+
+
+async def _close_all(links: list[Link]) -> None:
+    for link in links:
+        await link.sender.close()
+        await link.receiver.close()
+
+
+async def _with_receivers(links: list[Link], body: Callable[[list[Meter]], Awaitable[Any]]) -> Any:
+    meter_box = [Meter()]
+    tasks = [asyncio.create_task(_receive(link, lambda: meter_box[0])) for link in links]
+    tasks += [asyncio.create_task(_drain(link.sender)) for link in links if link.ack is not None]
+    try:
+        return await body(meter_box)
+    finally:
+        await _close_all(links)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    envelope = b64encode(os.urandom(ENVELOPE_BYTES))
+    loads = [load for load in LOADS if load <= args.max_load]
+    print(
+        f"relay benchmark: {args.pairs} pairs, {ENVELOPE_BYTES}-byte envelopes, {args.step_seconds:g} s steps"
+    )
+    print(f"{'relay':<9} {'offered':>8} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'delivered':>17}")
+
+    with baseline_server() as ws_url:
+        links = await baseline_links(ws_url, args.pairs, envelope)
+        baseline = await _with_receivers(
+            links, lambda box: step_up("baseline", links, args.step_seconds, box, loads)
+        )
+
+    with tempfile.TemporaryDirectory(prefix="peerpost-bench-") as tmp:
+        async with (
+            RunningServer(Path(tmp) / "hub", env=HUB_ENV) as server,
+            World(server.url, server.ws_url) as world,
+        ):
+            accounts = await hub_accounts(world, args.pairs)
+            links = await hub_links(server.ws_url, accounts, envelope)
+            hub = await _with_receivers(
+                links, lambda box: step_up("hub", links, args.step_seconds, box, loads)
+            )
+            saturation = max(s.achieved for s in hub)
+            links = await hub_links(server.ws_url, accounts, envelope)
+            half = await _with_receivers(
+                links, lambda box: run_step(links, saturation / 2, args.step_seconds * 2, box)
+            )
+            print(half.row("hub@half"))
+            mailbox = await mailbox_writes(server.ws_url, accounts, args.mailbox_envelopes, envelope)
+            print(
+                f"mailbox writes (recipients offline): {mailbox['per_second']:.0f} envelopes/s "
+                f"({mailbox['envelopes']} in {mailbox['seconds']:.2f} s, group commit, synchronous=FULL)"
+            )
+
+    base_sat = max(s.achieved for s in baseline)
+    summary = {
+        "baseline_saturation_msgs_per_s": round(base_sat),
+        "hub_saturation_msgs_per_s": round(saturation),
+        "hub_to_baseline": round(saturation / base_sat, 3),
+        "hub_p99_ms_at_half_saturation": round(half.p99_ms, 2),
+        "mailbox_writes_per_s": round(mailbox["per_second"]),
+        "targets": {
+            "hub_to_baseline>=0.5": saturation / base_sat >= 0.5,
+            "p99_at_half<50ms": half.p99_ms < 50,
+            "mailbox_writes>=5000": mailbox["per_second"] >= 5000,
+        },
+    }
+    print(
+        f"\nsaturation: baseline {base_sat:.0f} msgs/s, hub {saturation:.0f} msgs/s "
+        f"(ratio {saturation / base_sat:.2f}); hub p99 at half saturation {half.p99_ms:.1f} ms"
+    )
+    print("targets:", ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in summary["targets"].items()))
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "config": {
+            "pairs": args.pairs,
+            "envelope_bytes": ENVELOPE_BYTES,
+            "step_seconds": args.step_seconds,
+            "loads": loads,
+            "hub_env": HUB_ENV,
+        },
+        "baseline": [s.__dict__ for s in baseline],
+        "hub": [s.__dict__ for s in hub],
+        "hub_at_half_saturation": half.__dict__,
+        "mailbox": mailbox,
+        "summary": summary,
+    }
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=20, help="sender/receiver pairs (default 20)")
+    parser.add_argument("--step-seconds", type=float, default=2.0, help="seconds per load step (default 2)")
+    parser.add_argument("--max-load", type=int, default=max(LOADS), help="highest offered load to try")
+    parser.add_argument(
+        "--mailbox-envelopes", type=int, default=20_000, help="envelopes for the mailbox phase"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is pinned, but the bench should still run
+        runner = asyncio.run
+    report = runner(main(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,114 @@
+"""`peerpost` as a user runs it: subprocesses against a real server, unattended (env password)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.peer.conftest import PASSWORD
+from tests.support.server import REPO_ROOT
+
+
+def peerpost(server, profile: Path, *args: str, password: str = PASSWORD, check: bool = True):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PEERPOST_PASSWORD": password,
+        "PEERPOST_SERVER": server.url,
+        "PEERPOST_PROFILE_DIR": str(profile),
+        "PEERPOST_HOST_ADDRESSES": "127.0.0.1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "peer", "--json", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+async def test_cli_register_contacts_send_and_history_unattended(peer_server, tmp_path):
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    run = lambda *a, **k: asyncio.to_thread(peerpost, peer_server, *a, **k)  # noqa: E731
+    a, b = await asyncio.gather(
+        run(alice, "register", "alice", "alice@example.org"), run(bob, "register", "bob", "bob@example.org")
+    )
+    alice_id, bob_id = json.loads(a.stdout)["user_id"], json.loads(b.stdout)["user_id"]
+    await run(alice, "contacts", "add", "bob")
+    await run(bob, "contacts", "accept", "alice")
+    listed = json.loads((await run(alice, "contacts", "list")).stdout)
+    assert [(c["username"], c["status"]) for c in listed] == [("bob", "accepted")]
+
+    sent = json.loads((await run(alice, "send", "bob", "hello", "from", "the", "shell")).stdout)
+    assert sent["state"] == "sent" and sent["path"] == "queued"  # bob is not running
+
+    whoami = json.loads((await run(bob, "whoami")).stdout)
+    assert whoami["user_id"] == bob_id
+    # `history` is offline-only: first let bob come online once to drain his mailbox.
+    await run(bob, "send", "alice", "hi back")
+    history = json.loads((await run(bob, "history", "alice")).stdout)
+    texts = [m["text"] for m in history]
+    assert "hello from the shell" in texts and "hi back" in texts
+    assert all(m["conversation"] == f"u:{alice_id}" for m in history)
+
+    safety_a = json.loads((await run(alice, "safety-number", "bob")).stdout)
+    safety_b = json.loads((await run(bob, "safety-number", "alice")).stdout)
+    assert safety_a["digits"] == safety_b["digits"] and len(safety_a["digits"]) == 60
+
+
+async def test_cli_errors_are_one_line_without_traceback(peer_server, tmp_path):
+    profile = tmp_path / "carol"
+    await asyncio.to_thread(peerpost, peer_server, profile, "register", "carol", "carol@example.org")
+    wrong = await asyncio.to_thread(
+        peerpost, peer_server, profile, "whoami", password="not it at all", check=False
+    )
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == "error: wrong password for this profile's keystore"
+    unknown = await asyncio.to_thread(
+        peerpost, peer_server, profile, "send", "nobody-here", "hi", check=False
+    )
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "nobody-here" in unknown.stderr
+
+
+async def test_cli_listen_prints_each_event_as_a_json_line(peer_server, tmp_path):
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    run = lambda *a, **k: asyncio.to_thread(peerpost, peer_server, *a, **k)  # noqa: E731
+    await asyncio.gather(
+        run(alice, "register", "alice", "alice@example.org"), run(bob, "register", "bob", "bob@example.org")
+    )
+    await run(alice, "contacts", "add", "bob")
+    await run(bob, "contacts", "accept", "alice")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PEERPOST_PASSWORD": PASSWORD,
+        "PEERPOST_SERVER": peer_server.url,
+        "PEERPOST_PROFILE_DIR": str(bob),
+        "PEERPOST_HOST_ADDRESSES": "127.0.0.1",
+    }
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "peer", "listen", cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(30):
+            first = json.loads(await listener.stdout.readline())
+            assert first["type"] == "listening"
+            await run(alice, "send", "bob", "for the script")
+            while True:
+                event = json.loads(await listener.stdout.readline())
+                if event["type"] == "message":
+                    break
+        assert event["message"]["text"] == "for the script"
+    finally:
+        listener.terminate()
+        code = await asyncio.wait_for(listener.wait(), 15)
+    assert code == 0
