@@ -9,6 +9,17 @@ from tests.network.scenarios import SCENARIOS, Scenario
 SERVER_PATHS = ("relayed", "queued")
 
 
+def _run(make_bed, record_property, name: str) -> tuple[Outcome, Scenario]:
+    """Run the scenario and attach its timings to the test report (junit properties)."""
+    scenario = SCENARIOS[name]
+    outcome = run_peerpost(make_bed(scenario), scenario)
+    record_property("setup_ms", outcome.setup_ms)
+    record_property("latency_p50_ms", outcome.p50())
+    record_property("latency_p95_ms", outcome.p95())
+    record_property("pair", (outcome.pair_alice or {}).get("path"))
+    return outcome, scenario
+
+
 def _nothing_lost(outcome: Outcome) -> None:
     assert outcome.sent, "the scenario sent nothing"
     assert outcome.lost == [], f"lost: {outcome.lost}"
@@ -36,17 +47,15 @@ def _assert_mailbox(outcome: Outcome, scenario: Scenario) -> None:
     _nothing_lost(outcome)
 
 
-def test_peers_on_one_lan_link_directly_over_host_candidates(make_bed):
-    scenario = SCENARIOS["same-lan"]
-    outcome = run_peerpost(make_bed(scenario), scenario)
+def test_peers_on_one_lan_link_directly_over_host_candidates(make_bed, record_property):
+    outcome, scenario = _run(make_bed, record_property, "same-lan")
     _assert_direct(outcome, scenario)
     assert (outcome.pair_alice["local_type"], outcome.pair_alice["remote_type"]) == ("host", "host")
     assert outcome.pair_alice["remote_address"].startswith("10.77.1.")  # bob's LAN address
 
 
-def test_peers_behind_cone_nats_punch_a_hole_with_stun(make_bed):
-    scenario = SCENARIOS["cone"]
-    outcome = run_peerpost(make_bed(scenario), scenario)
+def test_peers_behind_cone_nats_punch_a_hole_with_stun(make_bed, record_property):
+    outcome, scenario = _run(make_bed, record_property, "cone")
     _assert_direct(outcome, scenario)
     # each side talks to the other's NAT mapping on the public segment
     assert outcome.pair_alice["remote_type"] == "srflx" and outcome.pair_alice["remote_address"].startswith(
@@ -55,36 +64,35 @@ def test_peers_behind_cone_nats_punch_a_hole_with_stun(make_bed):
     assert outcome.pair_bob["remote_address"].startswith("100.64.0.11:")
 
 
-def test_peers_behind_symmetric_nats_get_a_direct_channel_over_turn_relay(make_bed):
-    scenario = SCENARIOS["symmetric-turn"]
-    outcome = run_peerpost(make_bed(scenario), scenario)
+def test_peers_behind_symmetric_nats_get_a_direct_channel_over_turn_relay(make_bed, record_property):
+    outcome, scenario = _run(make_bed, record_property, "symmetric-turn")
     _assert_direct(outcome, scenario)
     relays = [p for p in (outcome.pair_alice, outcome.pair_bob) if p["local_type"] == "relay"]
     assert relays and all(p["relay_transport"] == "udp" for p in relays)
 
 
-def test_symmetric_nats_without_turn_fall_back_to_the_mailbox_within_the_link_deadline(make_bed):
-    scenario = SCENARIOS["symmetric"]
-    _assert_mailbox(run_peerpost(make_bed(scenario), scenario), scenario)
+def test_symmetric_nats_without_turn_fall_back_to_the_mailbox_within_the_link_deadline(
+    make_bed, record_property
+):
+    _assert_mailbox(*_run(make_bed, record_property, "symmetric"))
 
 
-def test_udp_blocked_peers_reach_the_relay_over_tcp(make_bed):
-    scenario = SCENARIOS["udp-blocked-turn-tcp"]
-    outcome = run_peerpost(make_bed(scenario), scenario)
+def test_udp_blocked_peers_reach_the_relay_over_tcp(make_bed, record_property):
+    outcome, scenario = _run(make_bed, record_property, "udp-blocked-turn-tcp")
     _assert_direct(outcome, scenario)
     # both are behind the UDP block: each one's own end of the pair is a relay it reaches over TCP
     for pair in (outcome.pair_alice, outcome.pair_bob):
         assert (pair["local_type"], pair["relay_transport"]) == ("relay", "tcp"), pair
 
 
-def test_udp_blocked_without_turn_falls_back_to_the_mailbox(make_bed):
-    scenario = SCENARIOS["udp-blocked"]
-    _assert_mailbox(run_peerpost(make_bed(scenario), scenario), scenario)
+def test_udp_blocked_without_turn_falls_back_to_the_mailbox(make_bed, record_property):
+    _assert_mailbox(*_run(make_bed, record_property, "udp-blocked"))
 
 
-def test_dropped_nat_mapping_fails_the_link_and_the_mailbox_takes_over_without_loss(make_bed):
-    scenario = SCENARIOS["mapping-dropped"]
-    outcome = run_peerpost(make_bed(scenario), scenario)
+def test_dropped_nat_mapping_fails_the_link_and_the_mailbox_takes_over_without_loss(
+    make_bed, record_property
+):
+    outcome, _ = _run(make_bed, record_property, "mapping-dropped")
     assert outcome.link_opened and outcome.pair_alice["path"] == "srflx"
     assert outcome.paths == ["direct"] * 3  # before the drop
     assert outcome.link_failure in ("failed", "closed")
