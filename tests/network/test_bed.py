@@ -125,3 +125,29 @@ def test_conntrack_flush_empties_the_nat_table(make_bed):
     assert "dport=9" in bed.conntrack_entries("A")
     bed.flush_conntrack("A")
     assert "dport=9" not in bed.conntrack_entries("A")
+
+
+def _mapped_ports(bed: Bed, lan: str) -> dict[int, int]:
+    """destination port -> the NAT's public source port, from the NAT's conntrack table."""
+    ports = {}
+    for line in bed.conntrack_entries(lan).splitlines():
+        dports = [int(f.split("=", 1)[1]) for f in line.split() if f.startswith("dport=")]
+        if len(dports) == 2:
+            ports[dports[0]] = dports[1]  # original direction's dport -> reply direction's dport
+    return ports
+
+
+@pytest.mark.parametrize(
+    ("kind", "same_mapping"), [(NatKind.ENDPOINT_INDEPENDENT, True), (NatKind.SYMMETRIC, False)]
+)
+def test_nat_kinds_map_one_socket_as_named(make_bed, kind, same_mapping):
+    bed = make_bed([LanSpec("A", kind, ("a",))], with_turn=False)
+    script = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for port in (7001, 7002, 7003):\n    s.sendto(b'x', ('{bed.public.address}', port))\n"
+    )
+    bed.exec("a", [sys.executable, "-c", script])
+    mapped = _mapped_ports(bed, "A")
+    assert set(mapped) == {7001, 7002, 7003}
+    assert (len(set(mapped.values())) == 1) is same_mapping, mapped
