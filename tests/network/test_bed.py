@@ -23,6 +23,7 @@ from tests.network.bed import (
 )
 from tests.network.probe import run_raw_probe
 from tests.network.scenarios import SCENARIOS
+from tests.network.turn import turn_rest_credentials
 
 
 def _host_network() -> tuple[str, str, str, str]:
@@ -151,3 +152,38 @@ def test_nat_kinds_map_one_socket_as_named(make_bed, kind, same_mapping):
     mapped = _mapped_ports(bed, "A")
     assert set(mapped) == {7001, 7002, 7003}
     assert (len(set(mapped.values())) == 1) is same_mapping, mapped
+
+
+_ALLOCATE = """
+import asyncio, sys
+from aioice import turn
+async def main(host, transport, username, password):
+    try:
+        relay, _ = await asyncio.wait_for(turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, (host, 3478), username, password, transport=transport), 10)
+    except Exception as e:
+        print("refused", type(e).__name__, e)
+        return
+    print("allocated", relay.get_extra_info("related_address"))
+    relay.close()
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_coturn_relays_only_for_credentials_from_the_shared_secret(make_bed, transport):
+    bed = make_bed([LanSpec("A", NatKind.ENDPOINT_INDEPENDENT, ("a",))])
+    assert bed.turn is not None
+
+    def allocate(username: str, password: str) -> str:
+        argv = [sys.executable, "-c", _ALLOCATE, bed.public.address, transport, username, password]
+        return bed.exec("a", argv).strip()
+
+    good = turn_rest_credentials(bed.turn.secret, "alice", ttl=600)
+    assert allocate(*good).startswith("allocated")
+    assert allocate(*turn_rest_credentials("not the secret", "alice", ttl=600)).startswith(
+        "refused TransactionFailed"
+    )
+    assert allocate(*turn_rest_credentials(bed.turn.secret, "alice", ttl=-60)).startswith(
+        "refused"
+    )  # expired
