@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.network.bed import PUBLIC_IP, Bed, BedError
+from tests.network.bed import PUBLIC_IP, Bed, BedError, python_env
 from tests.network.scenarios import Scenario
 
 LISTENING = re.compile(r"^peerpost-server listening on (http://\S+)\s*$")
@@ -28,6 +28,9 @@ SERVER_ENV = {
     "PEERPOST_LOG_LEVEL": "warning",
     "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2",
 }
+
+
+_request_ids = itertools.count(1)
 
 
 class AgentError(BedError):
@@ -86,10 +89,8 @@ class PeerHandle:
     user_id: int = 0
     device_id: str = ""
 
-    _ids = itertools.count(1)
-
     def send_command(self, cmd: str, **args: Any) -> int:
-        request_id = next(self._ids)
+        request_id = next(_request_ids)
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"id": request_id, "cmd": cmd, **args}) + "\n")
         self.proc.stdin.flush()
@@ -134,8 +135,6 @@ def start_server(bed: Bed, scenario: Scenario) -> str:
     argv = bed.python_argv(
         "signalling", "serve", "--host", PUBLIC_IP, "--port", "0", "--data-dir", str(data_dir)
     )
-    from tests.network.bed import python_env
-
     proc = bed.spawn(
         "pub", argv, env=python_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
