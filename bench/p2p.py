@@ -215,6 +215,32 @@ async def measure_text(alice: Peer, bob: Child, bob_id: int, n: int, warmup: int
     }
 
 
+def measure_crypto(n: int = 200) -> dict[str, Any]:
+    """The floor under direct latency: sealing and opening one text for one device, same process."""
+    from crypto.envelope import LocalDevice, MemorySeenIds, Recipient, open_envelope, seal
+    from crypto.payload import Text
+
+    alice_keys, bob_keys = fixed_device_keys(0), fixed_device_keys(1)
+    alice = LocalDevice(1, "device-alice", alice_keys)
+    bob = LocalDevice(2, "device-bob", bob_keys)
+    to_bob = [Recipient(2, "device-bob", bob_keys.encryption_public_der())]
+    seen = MemorySeenIds()
+    seal_ms, open_ms = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        envelope = seal(Text(f"{i} {time.time_ns()}"), alice, to_bob, "u:2")
+        t1 = time.perf_counter()
+        open_envelope(envelope, bob, lambda u, d: alice_keys.identity_public_bytes(), seen)
+        t2 = time.perf_counter()
+        seal_ms.append((t1 - t0) * 1000)
+        open_ms.append((t2 - t1) * 1000)
+    return {
+        "seal_p50_ms": round(percentile(seal_ms, 50), 3),
+        "open_p50_ms": round(percentile(open_ms, 50), 3),
+        "note": "open includes one RSA-4096 OAEP unwrap; every message pays it",
+    }
+
+
 async def measure_file(alice: Peer, bob: Child, bob_id: int, path: Path, digest: str) -> dict[str, Any]:
     started = time.time_ns()
     view = await alice.send_file(bob_id, path)
@@ -315,6 +341,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loop": _loop_name()},
         "seed_bound_ms": SEED_BOUND_MS,
+        "crypto_floor": measure_crypto(),
         "text": {"direct": direct_text, "relayed": relayed_text},
         "file": {"direct": direct_file, "raw_aiortc": raw_file, "blob": blob_file},
         "ratios": {"direct_vs_raw": round(direct_file["mb_per_s"] / raw_file["mb_per_s"], 2)},
@@ -343,6 +370,8 @@ def table(r: dict[str, Any]) -> str:
         f"  relayed (server, live)                             {t['relayed']['p50_ms']:>7.3f}  "
         f"{t['relayed']['p99_ms']:>8.3f}  {t['relayed']['max_ms']:>8.3f}",
         f"  seed bound                                         {r['seed_bound_ms']:>7.1f}",
+        f"  crypto floor: seal {r['crypto_floor']['seal_p50_ms']:.3f} ms + open "
+        f"{r['crypto_floor']['open_p50_ms']:.3f} ms (p50, one process, no network)",
         "",
         "file throughput                                        MB/s   seconds",
         f"  direct (send_file, encrypted, acked)              {f['direct']['mb_per_s']:>7.2f}  "

@@ -52,7 +52,7 @@ HUB_ENV = {
     "PEERPOST_MAILBOX_QUOTA_MESSAGES": "1000000",
     "PEERPOST_PRESENCE_GRACE_SECONDS": "1",
 }
-LOADS = [500, 1000, 2000, 4000, 6000, 8000, 12000, 16000, 24000, 32000]
+LOADS = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000, 28000, 32000, 40000, 48000]
 ENVELOPE_BYTES = 512
 TICK = 0.005
 
@@ -353,6 +353,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 links, lambda box: step_up("hub", links, args.step_seconds, box, loads)
             )
             saturation = max(s.achieved for s in hub)
+            await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
             links = await hub_links(server.ws_url, accounts, envelope)
             half = await _with_receivers(
                 links, lambda box: run_step(links, saturation / 2, args.step_seconds * 2, box)

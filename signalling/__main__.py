@@ -14,13 +14,21 @@ from typing import Any
 
 import click
 import uvicorn
+from pydantic import ValidationError
 
 from signalling.settings import Settings
 
 
 def _settings(**overrides: Any) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PEERPOST_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise click.ClickException(f"bad setting: {problems}") from exc
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -34,6 +42,16 @@ class _AnnouncingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started and not self.should_exit:
             print(self._announce, flush=True)
+
+
+def _migrate_or_explain(settings: Settings) -> None:
+    from store.errors import MigrationError
+    from store.migrate import upgrade_sync
+
+    try:
+        upgrade_sync(settings.effective_database_url)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -51,6 +69,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
     from signalling.app import create_app
 
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    _migrate_or_explain(settings)  # fail with one clear line, not a lifespan traceback
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,14 +108,10 @@ def db() -> None:
 @click.option("--database-url", default=None)
 def upgrade(data_dir: Path | None, database_url: str | None) -> None:
     """Migrate the database to the current schema (the server also does this on start)."""
-    from store.errors import MigrationError
-    from store.migrate import head_revision, upgrade_sync
+    from store.migrate import head_revision
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
-    try:
-        upgrade_sync(settings.effective_database_url)
-    except MigrationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _migrate_or_explain(settings)
     click.echo(f"database is at the current schema (revision {head_revision()})")
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 from signalling.errors import Unauthorized
 from signalling.settings import Settings
@@ -54,11 +54,10 @@ async def user_for_token(session: AsyncSession, tokens: TokenService, token: str
     return user
 
 
-async def authenticate_token(app: ASGIApp, token: str) -> User:
+async def authenticate_token(app: Starlette, token: str) -> User:
     """Who `token` belongs to, for callers without a request (the hub). Raises `Unauthorized`."""
-    state = app.state  # type: ignore[attr-defined]
-    async with state.sessions() as session:
-        return await user_for_token(session, state.tokens, token)
+    async with app.state.sessions() as session:
+        return await user_for_token(session, app.state.tokens, token)
 
 
 async def current_user(

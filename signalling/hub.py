@@ -3,8 +3,9 @@
 One socket per device (a new one replaces the old with close code REPLACED). A socket's life:
 authenticate → `ready` → drain the device's mailbox in order (`deliver`, queued) → `drained` →
 live traffic until it closes. Per socket there are three tasks, owned by one TaskGroup: the reader
-(validates and dispatches client frames), the pipeline (waits for each send's commit in order and
-answers `accepted`), and the writer (the only one that writes to the socket).
+(validates and dispatches client frames), the writer (the only one that writes to the socket), and a
+watcher (closes it when asked). A send's `accepted` is pushed by a callback on its commit; the
+mailbox writer commits in submission order, so answers keep the order of the frames.
 
 Send semantics (docs/hub.md): every recipient device gets a mailbox row, committed, before the
 sender hears `accepted`; connected devices also get the envelope pushed at once; a row is deleted
@@ -52,7 +53,7 @@ from signalling.protocol import (
     b64encode,
 )
 from store import mailbox, reach
-from store.mailbox import MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+from store.mailbox import MailboxQuotaExceeded, MailboxWriter, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ class HubLimits:
     auth_timeout: float = 10.0
     drain_page: int = 256
     outbox_size: int = 4096
-    pipeline_depth: int = 256
     reach_cache_ttl: float = 5.0
     mailbox_retention: timedelta = timedelta(days=30)
     mailbox_quota_bytes: int = 64 * 1024 * 1024
@@ -150,6 +150,8 @@ class DeviceSocket:
         self.conn_id = secrets.token_hex(8)
         self.outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_size)
         self.closing: tuple[int, str] | None = None
+        self.last_commit: asyncio.Future[None] | None = None  # the newest send/ack handed to the writer
+        self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
 
     def push(self, item: _Out) -> bool:
@@ -298,6 +300,8 @@ class Hub:
             self._sockets[device_id].push(_Out(text))
 
     def close_device(self, device_id: str, code: int, reason: str, unless_conn: str | None) -> None:
+        if unless_conn is None:  # a revocation (possibly from another instance), not a replacement
+            self._reach.clear()
         sock = self._sockets.get(device_id)
         if sock is not None and sock.conn_id != unless_conn:
             sock.close(code, reason)
@@ -391,22 +395,17 @@ class Hub:
         return user_id, device_id
 
     async def _run_socket(self, sock: DeviceSocket) -> None:
-        pipeline: asyncio.Queue[tuple[asyncio.Future[None], Callable[[], Awaitable[None]] | None, Any]]
-        pipeline = asyncio.Queue(maxsize=self.limits.pipeline_depth)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._read(sock, pipeline))
-                tg.create_task(self._answer(sock, pipeline))
+                tg.create_task(self._read(sock))
                 tg.create_task(self._write(sock))
                 tg.create_task(self._watch(sock))
         except* (_Closing, WebSocketDisconnect):
             pass
         finally:
-            # Jobs still in the pipeline were submitted: they commit or fail on their own; nobody
-            # is left to answer, and the sender's client resends what it did not see accepted.
-            while not pipeline.empty():
-                future, _, _ = pipeline.get_nowait()
-                future.cancel()
+            # Sends already handed to the writer still commit; their `accepted` has nobody to go
+            # to, and the sender's client resends what it did not see accepted (idempotent).
+            sock.gone = True
 
     async def _watch(self, sock: DeviceSocket) -> None:
         await sock.closed.wait()
@@ -415,7 +414,7 @@ class Hub:
 
     # The reader: validate, check permissions, hand work on. It never writes to the socket itself.
 
-    async def _read(self, sock: DeviceSocket, pipeline: asyncio.Queue[Any]) -> None:
+    async def _read(self, sock: DeviceSocket) -> None:
         bucket = _Bucket(self.limits.rate_per_second, self.limits.rate_burst)
         limit = self.limits.max_frame_bytes
         while True:
@@ -449,29 +448,29 @@ class Hub:
                 self._refuse(sock, ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
                 continue
             try:
-                await self._dispatch(sock, frame, pipeline)
+                await self._dispatch(sock, frame)
             except _FrameRefused as exc:
                 self._refuse(sock, exc.code, exc.message, getattr(frame, "ref", None))
 
     def _refuse(self, sock: DeviceSocket, code: ErrorCode, message: str, ref: str | None = None) -> None:
         sock.push(_Out(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
 
-    async def _dispatch(self, sock: DeviceSocket, frame: Any, pipeline: asyncio.Queue[Any]) -> None:
+    async def _dispatch(self, sock: DeviceSocket, frame: Any) -> None:
         if isinstance(frame, PingFrame):
-            # Through the pipeline: a pong means every earlier send and ack has been committed.
-            pong = PongFrame(nonce=frame.nonce).model_dump_json()
-
-            async def answer_ping() -> None:
-                sock.push(_Out(pong))
-
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            await pipeline.put((done, answer_ping, frame))
+            # A pong comes after every earlier send and ack of this socket has been committed (the
+            # writer commits in order, so waiting for the last one is waiting for all of them).
+            pong = _Out(PongFrame(nonce=frame.nonce).model_dump_json())
+            last = sock.last_commit
+            if last is None or last.done():
+                sock.push(pong)
+            else:
+                last.add_done_callback(lambda _f: sock.push(pong))
         elif isinstance(frame, SendFrame):
-            await self._on_send(sock, frame, pipeline)
+            await self._on_send(sock, frame)
         elif isinstance(frame, AckFrame):
             future = await self.writer.submit_ack(sock.device_id, [frame.message_id])
-            await pipeline.put((future, None, frame))
+            sock.last_commit = future
+            future.add_done_callback(lambda f: self._after_ack(sock, f, frame.message_id))
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
@@ -501,7 +500,7 @@ class Hub:
             )
         self._reach.remember_contacts(sender, user_id)
 
-    async def _on_send(self, sock: DeviceSocket, frame: SendFrame, pipeline: asyncio.Queue[Any]) -> None:
+    async def _on_send(self, sock: DeviceSocket, frame: SendFrame) -> None:
         try:  # the alphabet was checked by the frame's validator; only the length can be wrong
             envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
         except binascii.Error as exc:
@@ -519,7 +518,7 @@ class Hub:
         future = await self.writer.submit_store(rows)
         # Pushed live now, before the commit: the recipient may even ack before it, which is safe
         # because the writer applies this insert before any later ack. `accepted` still waits for
-        # the commit (the pipeline below), so what the sender hears stays true after a crash.
+        # the commit (a callback on it, below), so what the sender hears stays true after a crash.
         deliver = DeliverFrame(
             message_id=frame.message_id,
             sender_user=sock.user_id,
@@ -533,44 +532,51 @@ class Hub:
             if await self.backplane.send_to_device(row.recipient_device, deliver, frame.message_id)
         ]
 
-        async def after_commit() -> None:
+        sock.last_commit = future
+        future.add_done_callback(lambda f: self._after_store(sock, f, frame, live, rows))
+
+    def _after_store(
+        self,
+        sock: DeviceSocket,
+        future: asyncio.Future[None],
+        frame: SendFrame,
+        live: list[str],
+        rows: list[NewMessage],
+    ) -> None:
+        """Runs when the send's batch has committed (or failed): now, and only now, answer it."""
+        if sock.gone:
+            return
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, MailboxQuotaExceeded):
+            self._refuse(sock, ErrorCode.QUOTA, str(exc), frame.ref)
+        elif exc is not None:
+            log.error("mailbox write failed: %s", exc)
+            self._refuse(
+                sock, ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref
+            )
+        else:
             accepted = AcceptedFrame(
                 ref=frame.ref,
                 message_id=frame.message_id,
                 live=live,
-                queued=[row.recipient_device for row in rows],
+                queued=[r.recipient_device for r in rows],
             )
             sock.push(_Out(accepted.model_dump_json()))
 
-        await pipeline.put((future, after_commit, frame))
+    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], message_id: str) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        log.error("deleting acked message failed: %s", future.exception())
+        if not sock.gone:
+            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {message_id} was not saved; ack it again")
 
     async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
         await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
         relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
         if not await self.backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
             raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
-
-    # The pipeline: answers in the order the frames came, each only after its commit.
-
-    async def _answer(self, sock: DeviceSocket, pipeline: asyncio.Queue[Any]) -> None:
-        while True:
-            future, then, frame = await pipeline.get()
-            try:
-                await future
-            except MailboxQuotaExceeded as exc:
-                self._refuse(sock, ErrorCode.QUOTA, str(exc), getattr(frame, "ref", None))
-                continue
-            except MailboxError as exc:
-                log.error("mailbox write failed: %s", exc)
-                self._refuse(
-                    sock,
-                    ErrorCode.INTERNAL,
-                    "the server could not store this; send it again",
-                    getattr(frame, "ref", None),
-                )
-                continue
-            if then is not None:
-                await then()
 
     # The writer: ready, drain, drained, then whatever is queued. The only task that sends.
 

@@ -33,7 +33,11 @@ from store import reach
 @runtime_checkable
 class PresenceView(Protocol):
     async def is_online(self, user_id: int) -> bool:
-        """True while at least one of the user's devices holds a live socket (grace included)."""
+        """True while at least one of the user's devices holds a live socket (on any instance)."""
+        ...
+
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        """The ones of `user_ids` that are online (for contact lists: one call per page)."""
         ...
 
 
@@ -48,7 +52,7 @@ class LiveSockets(Protocol):
         ...
 
     def forget_reach(self) -> None:
-        """Contacts changed (one was removed): re-read who may reach whom from the database."""
+        """Contacts changed: re-check who may reach whom from the database from now on."""
         ...
 
 
@@ -57,6 +61,9 @@ class MemoryPresence:
 
     async def is_online(self, user_id: int) -> bool:
         return False
+
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        return set()
 
 
 class NoLiveSockets:

@@ -10,6 +10,7 @@ List settings accept JSON (`["stun:a", "stun:b"]`) or a comma-separated string (
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,8 +24,6 @@ def _split_urls(value: object) -> object:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            import json
-
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value

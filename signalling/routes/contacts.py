@@ -6,7 +6,6 @@ when someone is around. Online state comes from `app.state.presence` (the hub's 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -27,7 +26,7 @@ Skip = Annotated[int, Query(ge=0, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
-def contact_out(view: ContactView, *, online: bool) -> ContactOut:
+def contact_out(view: ContactView, online: set[int]) -> ContactOut:
     accepted = view.contact.status == ContactStatus.ACCEPTED
     return ContactOut(
         user_id=view.other.id,
@@ -36,26 +35,21 @@ def contact_out(view: ContactView, *, online: bool) -> ContactOut:
         direction=ContactDirection(view.direction),
         group=view.contact.group_name,
         remark=view.contact.remark,
-        online=accepted and online,
+        online=accepted and view.other.id in online,
         last_seen=view.other.last_seen if accepted else None,
         created_at=view.contact.created_at,
     )
 
 
-async def contacts_out(views: list[ContactView], presence: PresenceView) -> list[ContactOut]:
-    """Rows with online state, asking presence only about accepted contacts (and all at once)."""
-    accepted = [v.other.id for v in views if v.contact.status == ContactStatus.ACCEPTED]
-    answers = await asyncio.gather(*(presence.is_online(user_id) for user_id in accepted))
-    online = {user_id for user_id, is_on in zip(accepted, answers, strict=True) if is_on}
-    return [contact_out(v, online=v.other.id in online) for v in views]
-
-
-async def one_contact_out(view: ContactView, presence: PresenceView) -> ContactOut:
-    return (await contacts_out([view], presence))[0]
-
-
 def _presence(request: Request) -> PresenceView:
     return request.app.state.presence
+
+
+async def _outs(request: Request, views: list[ContactView]) -> list[ContactOut]:
+    """Rows with presence; only accepted contacts are asked about (one round for all of them)."""
+    accepted = [v.other.id for v in views if v.contact.status == ContactStatus.ACCEPTED]
+    online = await _presence(request).online_among(accepted) if accepted else set()
+    return [contact_out(v, online) for v in views]
 
 
 @router.post(
@@ -89,7 +83,7 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
             f"{friend.username} is already in your contacts or has your request.", code="duplicate"
         ) from exc
     await session.commit()
-    return await one_contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.get("/", response_model=list[ContactOut], summary="Your contacts and sent requests, with presence")
@@ -105,7 +99,7 @@ async def list_contacts(
     views = await contact_store.list_own(
         session, user.id, status=status.value if status else None, group=group, skip=skip, limit=limit
     )
-    return await contacts_out(views, _presence(request))
+    return await _outs(request, list(views))
 
 
 @router.get("/requests/incoming", response_model=list[ContactOut], summary="Requests waiting for your answer")
@@ -113,7 +107,7 @@ async def incoming(
     user: CurrentUser, request: Request, session: Session, skip: Skip = 0, limit: Limit = 50
 ) -> list[ContactOut]:
     views = await contact_store.incoming_requests(session, user.id, skip=skip, limit=limit)
-    return await contacts_out(views, _presence(request))
+    return await _outs(request, list(views))
 
 
 @router.get("/requests/outgoing", response_model=list[ContactOut], summary="Your requests not answered yet")
@@ -121,7 +115,7 @@ async def outgoing(
     user: CurrentUser, request: Request, session: Session, skip: Skip = 0, limit: Limit = 50
 ) -> list[ContactOut]:
     views = await contact_store.outgoing_requests(session, user.id, skip=skip, limit=limit)
-    return await contacts_out(views, _presence(request))
+    return await _outs(request, list(views))
 
 
 @router.post(
@@ -136,7 +130,7 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
     except StoreNotFound as exc:
         raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
     await session.commit()
-    return await one_contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.post(
@@ -169,7 +163,7 @@ async def update_contact(
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
-    return await one_contact_out(view, _presence(request))
+    return (await _outs(request, [view]))[0]
 
 
 @router.delete(
@@ -184,5 +178,5 @@ async def remove_contact(user_id: int, user: CurrentUser, request: Request, sess
     except StoreNotFound as exc:
         raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
     await session.commit()
-    request.app.state.hub.forget_reach()  # the hub caches who may reach whom
+    request.app.state.hub.forget_reach()  # the hub stops relaying between the two at once
     return Response(status_code=status.HTTP_204_NO_CONTENT)

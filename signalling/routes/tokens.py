@@ -59,7 +59,7 @@ async def login(
 ) -> TokenPair:
     limits = request.app.state.login_limits
     address, port = client_address(request)
-    name_key = form.username.lower()
+    name_key = form.username.lower()[:64]  # bounded: the key lives in memory for a window
     waits = [limits.per_username.retry_after(name_key), limits.per_address.retry_after(address)]
     wait = max((w for w in waits if w is not None), default=None)
     if wait is not None:
@@ -73,9 +73,11 @@ async def login(
     user = await accounts.get_by_username(session, form.username) if _USERNAME.match(form.username) else None
     # End the read before bcrypt runs, so no database connection waits on a worker thread.
     await session.commit()
-    if not await request.app.state.passwords.verify(form.password, user.password_hash if user else None):
+    password_ok = await request.app.state.passwords.verify(
+        form.password, user.password_hash if user else None
+    )
+    if user is None or not password_ok:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
-    assert user is not None
     limits.per_username.undo(name_key)
     limits.per_address.undo(address)
     await accounts.record_login(session, user, address=address, port=port)

@@ -268,3 +268,22 @@ async def _closed(ws) -> tuple[int | None, str]:
                 await ws.recv()
         except websockets.ConnectionClosed as exc:
             return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+
+
+async def test_revoking_a_device_closes_its_socket_and_senders_get_unknown_device(world: World) -> None:
+    alice, bob = await world.account(), await world.account(devices=2)
+    await world.befriend(alice, bob)
+    a = await world.connect(alice)
+    await a.send(a.send_frame([(bob.user_id, bob.devices[0])], opaque_envelope()))
+    await a.expect("accepted")  # the permission is cached now; revocation must still win
+    doomed, other = await world.connect(bob, bob.devices[0]), await world.connect(bob, bob.devices[1])
+    r = await world.http.delete(f"/me/devices/{bob.devices[0]}", headers=bob.auth)
+    assert r.status_code == 204
+    assert (await doomed.closed(deadline=2.0))[0] == CloseCode.ACCOUNT_GONE
+    await a.send(a.send_frame([(bob.user_id, bob.devices[0])], opaque_envelope(), ref="late"))
+    error = await a.expect("error")
+    assert error["code"] == "unknown_device" and error["ref"] == "late"
+    await other.send({"type": "ping"})
+    await other.expect("pong")  # the user's other device is untouched
+    await a.close()
+    await other.close()

@@ -3,15 +3,14 @@ disk, quotas, and the REST fetch/ack twin of the socket."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from crypto.envelope import LocalDevice, MemorySeenIds, Recipient, open_envelope, peek_header, seal
+from crypto.payload import Text
 from signalling.protocol import b64decode
-from tests.hub.world import World, opaque_envelope
+from tests.hub.world import World, committed_keys, opaque_envelope
 from tests.support.server import RunningServer
 
 OFFLINE_ENV = {"PEERPOST_WS_RATE_BURST": "2000", "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
@@ -68,29 +67,46 @@ async def test_offline_delivery_survives_sigkill_in_order_exactly_once(tmp_path:
 
 
 async def test_the_database_holds_ciphertext_but_never_the_plaintext(tmp_path: Path) -> None:
+    """Real envelopes (crypto.envelope) with marker text inside: on disk only ciphertext is found."""
     markers = [f"PLAINTEXT-MARKER-{secrets.token_hex(8)}" for _ in range(3)]
+    alice_keys, bob_keys = committed_keys(0), committed_keys(1)
     async with (
         RunningServer(tmp_path / "srv", env=OFFLINE_ENV) as server,
         World(server.url, server.ws_url) as world,
     ):
         alice, bob = await world.account(), await world.account()
         await world.befriend(alice, bob)
+        me = LocalDevice(alice.user_id, alice.device_id, alice_keys)
+        to_bob = Recipient(bob.user_id, bob.device_id, bob_keys.encryption_public_der())
         a = await world.connect(alice)
-        ciphertexts = []
+        sealed_all = []
         for marker in markers:
-            key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
-            sealed = nonce + AESGCM(key).encrypt(nonce, f"hello bob, {marker}".encode(), None)
-            ciphertexts.append(sealed)
-            await a.send(a.send_frame([(bob.user_id, bob.device_id)], sealed))
+            sealed = seal(Text(body=f"hello bob, {marker}"), me, [to_bob], f"u:{bob.user_id}")
+            sealed_all.append(sealed)
+            await a.send(a.send_frame([(bob.user_id, bob.device_id)], sealed, peek_header(sealed).message_id))
             await a.expect("accepted")
         await a.close()
+
         # Bob is offline: the rows are on disk now, in the database file or its WAL.
         files = [p for p in server.data_dir.iterdir() if p.name.startswith(server.database_path.name)]
         on_disk = b"".join(p.read_bytes() for p in files)
-        assert all(c in on_disk for c in ciphertexts)  # the scan sees what is stored...
+        assert all(sealed in on_disk for sealed in sealed_all)  # the scan sees what is stored...
         for marker in markers:
             assert marker.encode() not in on_disk  # ...and no plaintext is among it
             assert marker.encode("utf-16-le") not in on_disk
+
+        # The envelopes reach bob intact and open to the marker text on his device only.
+        b = await world.connect(bob, wait_drained=False)
+        seen = MemorySeenIds()
+        bob_device = LocalDevice(bob.user_id, bob.device_id, bob_keys)
+        pinned = {(alice.user_id, alice.device_id): alice_keys.identity_public_bytes()}
+        for marker in markers:
+            frame = await b.expect("deliver")
+            opened = open_envelope(
+                b64decode(frame["envelope"]), bob_device, lambda u, d: pinned.get((u, d)), seen
+            )
+            assert opened.payload == Text(body=f"hello bob, {marker}")
+        await b.close()
 
 
 async def test_a_full_mailbox_refuses_with_a_quota_error_and_keeps_what_it_has(tmp_path: Path) -> None:

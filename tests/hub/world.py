@@ -1,7 +1,7 @@
 """Builds the world the hub tests need through the real REST API: accounts, devices, contacts.
 
 `World(server)` registers users, logs them in, publishes one device each (a fresh Ed25519 identity
-key and a fixed RSA public key: the server stores bundles, it does not check them against the
+key and a committed RSA public key: the server stores bundles, it does not check them against the
 crypto) and makes contacts accept each other. `DeviceClient` is a thin `websockets` client that
 reads frames as dicts and waits for a given type with a deadline.
 """
@@ -9,34 +9,37 @@ reads frames as dicts and waits for a given type with a deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import websockets
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from crypto.keys import DeviceKeys
 from signalling.protocol import b64encode
 
 PASSWORD = "correct horse battery"
-_RSA_PUBLIC_DER: bytes | None = None
+KEYS_DIR = Path(__file__).resolve().parents[1] / "data" / "crypto" / "devices"
+
+
+@functools.cache
+def committed_keys(index: int) -> DeviceKeys:
+    """The crypto tests' committed device keys (RSA-4096 generation is too slow to repeat)."""
+    return DeviceKeys.from_pem((KEYS_DIR / f"device{index}.pem").read_bytes(), validate=False)
 
 
 def rsa_public_der() -> bytes:
-    """One RSA public key for every test device of the session (key generation is slow)."""
-    global _RSA_PUBLIC_DER
-    if _RSA_PUBLIC_DER is None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-        _RSA_PUBLIC_DER = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    return _RSA_PUBLIC_DER
+    """One RSA public key for every test device that does not need its own private key."""
+    return committed_keys(5).encryption_public_der()
 
 
 @dataclass

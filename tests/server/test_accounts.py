@@ -306,3 +306,15 @@ async def test_read_another_user(client: httpx.AsyncClient, alice: Account, bob:
     missing = await client.get("/users/9999", headers=alice.headers)
     assert missing.status_code == 404
     assert missing.json() == {"detail": "There is no user with id 9999.", "code": "user_not_found"}
+
+
+async def test_a_deleted_accounts_id_and_tokens_never_pass_to_a_new_account(
+    client: httpx.AsyncClient, new_account: NewAccount
+) -> None:
+    last = await new_account("zoe")  # the highest id: SQLite would hand it out again without AUTOINCREMENT
+    assert (await client.delete("/users/self", headers=last.headers)).status_code == 204
+    newcomer = await new_account("mallory")
+    assert newcomer.id != last.id
+    stale = await client.get("/users/me", headers=last.headers)
+    assert stale.status_code == 401
+    assert stale.json()["code"] == "account_gone"

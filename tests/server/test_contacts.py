@@ -19,6 +19,10 @@ class FixedPresence:
         self.asked.append(user_id)
         return user_id in self.online
 
+    async def online_among(self, user_ids: list[int]) -> set[int]:
+        self.asked.extend(user_ids)
+        return self.online & set(user_ids)
+
 
 async def _ask(client: httpx.AsyncClient, asker: Account, **body: object) -> httpx.Response:
     return await client.post("/me/contacts/", json=body, headers=asker.headers)
@@ -258,3 +262,15 @@ async def test_rows_show_online_and_last_seen_only_for_accepted_contacts(
     assert rows["bob"]["online"] is False
     incoming = (await client.get("/me/contacts/requests/incoming", headers=carol.headers)).json()
     assert incoming[0]["online"] is False and incoming[0]["last_seen"] is None
+
+
+async def test_asking_someone_you_declined_accepts_their_old_request(
+    client: httpx.AsyncClient, alice: Account, bob: Account
+) -> None:
+    await _ask(client, alice, friend_id=bob.id)
+    await client.post(f"/me/contacts/{alice.id}/decline", headers=bob.headers)
+    changed_mind = await _ask(client, bob, friend_id=alice.id)
+    assert changed_mind.status_code == 201
+    assert changed_mind.json()["status"] == "accepted"
+    alices = (await client.get("/me/contacts/", headers=alice.headers)).json()
+    assert [(c["user_id"], c["status"], c["direction"]) for c in alices] == [(bob.id, "accepted", "outgoing")]

@@ -60,3 +60,47 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(server: RunningServer,
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
     assert "listening" not in result.stdout
+
+
+def test_serve_with_an_unreachable_database_says_so_and_exits(tmp_path) -> None:
+    url = "postgresql+asyncpg://nobody@127.0.0.1:1/none"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signalling",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--database-url",
+            url,
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "Error: could not migrate the database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout
+
+
+def test_serve_with_a_bad_setting_names_it(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "signalling", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PEERPOST_BCRYPT_ROUNDS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert (
+        "Error: bad setting: PEERPOST_BCRYPT_ROUNDS: Input should be greater than or equal to 4"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -295,3 +296,16 @@ async def test_bcrypt_cost_comes_from_settings(app_factory: AppFactory) -> None:
         async with app.state.sessions() as session:
             user = await session.get(User, created.json()["id"])
         assert user.password_hash.startswith(b"$2b$05$")
+
+
+async def test_two_refreshes_racing_with_one_token_do_not_both_win(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    body = {"refresh_token": alice.refresh_token}
+    first, second = await asyncio.gather(
+        client.post("/token/refresh", json=body), client.post("/token/refresh", json=body)
+    )
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 401]
+    loser = first if first.status_code == 401 else second
+    assert loser.json()["code"] == "refresh_reused"

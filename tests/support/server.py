@@ -12,6 +12,7 @@ bcrypt cost (`PEERPOST_BCRYPT_ROUNDS=4`) unless they pass their own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -195,13 +196,9 @@ class RunningServer:
         self.stop()
 
     async def __aenter__(self) -> RunningServer:
-        import asyncio
-
         return await asyncio.to_thread(self.start)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)

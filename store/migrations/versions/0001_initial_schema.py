@@ -2,7 +2,8 @@
 
 Written from `store/models.py` by autogenerate, then reviewed: timestamps use plain
 `DateTime(timezone=True)` (the UtcDateTime decorator adds no DDL), and the case-insensitive
-username index, which autogenerate cannot reflect on SQLite, is added by hand.
+username index, which autogenerate cannot reflect on SQLite, is added by hand; `users` uses SQLite
+AUTOINCREMENT so a deleted account's id is never given to a new one.
 
 Revision ID: 0001
 Revises:
@@ -43,6 +44,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
         sa.UniqueConstraint("username", name=op.f("uq_users_username")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "blobs",
