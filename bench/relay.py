@@ -329,10 +329,12 @@ async def _with_receivers(links: list[Link], body: Callable[[list[Meter]], Await
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     envelope = b64encode(os.urandom(ENVELOPE_BYTES))
     loads = [load for load in LOADS if load <= args.max_load]
     print(
         f"relay benchmark: {args.pairs} pairs, {ENVELOPE_BYTES}-byte envelopes, {args.step_seconds:g} s steps"
+        f" (load average {load_before[0]:.1f} on {os.cpu_count()} CPUs)"
     )
     print(f"{'relay':<9} {'offered':>8} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'delivered':>17}")
 
@@ -389,6 +391,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
         },
         "config": {
             "pairs": args.pairs,
