@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -79,7 +80,12 @@ def run(names: list[str], messages: int) -> dict:
         )
         print(f"  {name}: done in {rows[-1]['wall_s']} s", file=sys.stderr)
     return {
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "messages_per_direct_scenario": messages,
         "rows": rows,
     }
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     with sigterm_as_exit():
         result = run(args.scenario or list(SCENARIOS), args.messages)
     print_table(result)
+    machine = result["machine"]
+    print(f"\n{machine['cpus']} CPUs, load average at the end {machine['load_average_at_end']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
