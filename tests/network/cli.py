@@ -6,11 +6,12 @@ import argparse
 from collections.abc import Sequence
 
 from tests.network.bed import Bed, sigterm_as_exit, sweep_stale_runs, unavailable_reason
+from tests.network.probe import run_raw_probe
+from tests.network.runs import run_peerpost
+from tests.network.scenarios import SCENARIOS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tests.network.scenarios import SCENARIOS
-
     parser = argparse.ArgumentParser(
         prog="python -m tests.network.bed",
         description="Build the NAT bed per scenario, show which path it takes, tear it down.",
@@ -29,9 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sweep:
         print("removed:", " ".join(sweep_stale_runs()) or "nothing")
         return 0
-    from tests.network.probe import run_raw_probe
-    from tests.network.runs import run_peerpost
-
     failures = 0
     with sigterm_as_exit():
         for name in args.scenario or list(SCENARIOS):
