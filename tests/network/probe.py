@@ -7,6 +7,7 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -92,7 +93,13 @@ def ice_servers_for(bed: Bed, scenario: Scenario) -> list[dict]:
     return bed.turn_ice_servers(stun=scenario.stun, turn=scenario.turn)
 
 
-def run_raw_probe(bed: Bed, scenario: Scenario, *, connect_timeout: float = 10.0) -> ProbeResult:
+def run_raw_probe(
+    bed: Bed,
+    scenario: Scenario,
+    *,
+    connect_timeout: float = 10.0,
+    drop: Callable[[Bed], None] | None = None,
+) -> ProbeResult:
     """Connect raw aiortc endpoints on hosts a and b of the bed under the scenario's ICE servers."""
     ice = ice_servers_for(bed, scenario)
     offerer = _start(bed, "a", "offer", ice, connect_timeout)
@@ -110,7 +117,7 @@ def run_raw_probe(bed: Bed, scenario: Scenario, *, connect_timeout: float = 10.0
         res_b = out_b.next_json(connect_timeout + 10, "result")
         if scenario.drop_mapping and res_a["connected"]:
             before = _echo(offerer, out_a, within=3.0)
-            bed.drop_udp_mappings("A")
+            (drop or (lambda b: b.drop_udp_mappings("A")))(bed)
             after = _echo(offerer, out_a, within=3.0)
     finally:
         for proc in (offerer, answerer):

@@ -50,6 +50,20 @@ def test_raw_aiortc_takes_the_scenario_path(make_bed, name):
     assert scenario.raw_outcome_ok(result), f"{name}: {result.summary()}; expected {scenario.expected}"
 
 
+def test_bare_conntrack_flush_keeps_the_path_behind_a_port_preserving_nat(make_bed):
+    """Why the mapping-dropped scenario rebinds: after a plain flush Linux recreates the same mapping."""
+    scenario = SCENARIOS["mapping-dropped"]
+    bed = make_bed(scenario)
+
+    def flush(b: Bed) -> None:
+        # conntrack -D exits non-zero when it deleted nothing: check=True proves the flush happened
+        b.exec("A", ["conntrack", "-D", "-p", "udp"], check=True)
+
+    result = run_raw_probe(bed, scenario, connect_timeout=6.0, drop=flush)
+    assert result.connected and result.echo_before_drop is True
+    assert result.echo_after_drop is True, result.summary()
+
+
 def test_bed_removes_everything_and_never_touches_the_host_network():
     host_before = _host_network()
     with Bed(
