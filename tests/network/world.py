@@ -140,7 +140,7 @@ def start_server(bed: Bed, scenario: Scenario) -> str:
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
-    def pump() -> None:
+    def pump() -> None:  # drains the server's output for its whole life: it never blocks on a pipe
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.put(line)
@@ -159,8 +159,6 @@ def start_server(bed: Bed, scenario: Scenario) -> str:
         seen.append(line.rstrip())
         match = LISTENING.match(line)
         if match:
-            # keep draining its output so it never blocks on a full pipe
-            threading.Thread(target=lambda: [None for _ in iter(lines.get, None)], daemon=True).start()
             return match.group(1)
 
 
