@@ -152,6 +152,19 @@ class HubSession:
                 await self._refresh_or_end()
             raise
         self._ws = ws
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await self._read(ws)  # the close code below says what to do next
+        code = ws.close_code
+        if code in (CloseCode.ACCOUNT_GONE, CloseCode.REPLACED):
+            raise SessionEnded(
+                "logged out or account deleted"
+                if code == CloseCode.ACCOUNT_GONE
+                else "another session for this device took over"
+            )
+        if code == CloseCode.UNAUTHORIZED:
+            await self._refresh_or_end()
+
+    async def _read(self, ws: ClientConnection) -> None:
         try:
             async for raw in ws:
                 try:
@@ -181,15 +194,6 @@ class HubSession:
             self._connected.clear()
             if was_up:
                 await self._on_status(False, "connection to the server lost")
-        code = ws.close_code
-        if code in (CloseCode.ACCOUNT_GONE, CloseCode.REPLACED):
-            raise SessionEnded(
-                "logged out or account deleted"
-                if code == CloseCode.ACCOUNT_GONE
-                else "another session for this device took over"
-            )
-        if code == CloseCode.UNAUTHORIZED:
-            await self._refresh_or_end()
 
     async def _refresh_or_end(self) -> None:
         try:

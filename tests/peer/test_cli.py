@@ -13,7 +13,9 @@ from tests.peer.conftest import PASSWORD
 from tests.support.server import REPO_ROOT
 
 
-def peerpost(server, profile: Path, *args: str, password: str = PASSWORD, check: bool = True):
+def peerpost(
+    server, profile: Path, *args: str, password: str = PASSWORD, check: bool = True, stdin: str = ""
+):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -28,6 +30,7 @@ def peerpost(server, profile: Path, *args: str, password: str = PASSWORD, check:
         env=env,
         capture_output=True,
         text=True,
+        input=stdin,
         timeout=60,
     )
     if check:
@@ -58,6 +61,12 @@ async def test_cli_register_contacts_send_and_history_unattended(peer_server, tm
     texts = [m["text"] for m in history]
     assert "hello from the shell" in texts and "hi back" in texts
     assert all(m["conversation"] == f"u:{alice_id}" for m in history)
+
+    # `chat` reads lines from stdin and sends each; end of input ends it.
+    chat = await run(alice, "chat", "bob", stdin="typed in chat\n")
+    assert "sent" in chat.stdout
+    texts = [m["text"] for m in json.loads((await run(alice, "history", "bob")).stdout)]
+    assert texts[-1] == "typed in chat"
 
     safety_a = json.loads((await run(alice, "safety-number", "bob")).stdout)
     safety_b = json.loads((await run(bob, "safety-number", "alice")).stdout)

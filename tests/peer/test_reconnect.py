@@ -6,7 +6,8 @@ import asyncio
 import random
 
 from peer.session import Backoff
-from tests.peer.conftest import World
+from tests.peer.conftest import SERVER_ENV, World
+from tests.support.server import RunningServer
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():
@@ -45,3 +46,30 @@ async def test_message_sent_while_server_is_down_is_delivered_after_reconnect(wo
     )
     assert alice.session.connects > connects_before
     assert {m.state for m in await alice.history(bob.me.user_id)} <= {"sent", "delivered"}
+
+
+async def test_expired_access_token_is_refreshed_for_rest_and_for_the_socket(tmp_path):
+    server = RunningServer(tmp_path / "server", env={**SERVER_ENV, "PEERPOST_ACCESS_TOKEN_TTL_SECONDS": "1"})
+    await asyncio.to_thread(server.start)
+    world = World(server, tmp_path / "peers")
+    try:
+        alice, bob = await world.pair()
+        alice_events = world.record(alice)
+        first = alice._client.tokens.access_token
+        # Let the one-second token expire: a clock, not a sync point. JWT times are whole seconds
+        # (exp = iat + 1, checked against the current whole second), so it can live almost 2 s.
+        await asyncio.sleep(2.2)
+        assert [c.username for c in await alice.contacts()] == ["bob"]  # 401 -> refresh -> retried
+        assert alice._client.tokens.access_token != first
+        connects = alice.session.connects
+        stale = alice._client.tokens.access_token
+        await asyncio.sleep(2.2)
+        await alice.session.drop()  # the socket must come back with a fresh token
+        await alice_events.wait_for(lambda e: e.type == "connection" and e.online, within=15)
+        assert alice.session.connects > connects and alice._client.tokens.access_token != stale
+        bob_events = world.record(bob)
+        await alice.send_text(bob.me.user_id, "after refresh")
+        await bob_events.wait_for(lambda e: e.type == "message")
+    finally:
+        await world.close()
+        await asyncio.to_thread(server.stop)
