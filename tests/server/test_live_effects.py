@@ -170,7 +170,7 @@ async def test_contact_list_shows_a_live_socket_as_online_then_offline_after_the
 
 
 async def test_logins_do_not_block_the_event_loop(tmp_path: Path) -> None:
-    """A WebSocket ping round trip stays under 50 ms while 5 logins (bcrypt cost 12) run at once."""
+    """WebSocket ping round trips stay under 50 ms while 5 logins (bcrypt cost 12) run at once."""
     env = {"PEERPOST_BCRYPT_ROUNDS": "12"}
     async with RunningServer(tmp_path / "server", env=env) as server:  # noqa: SIM117 - the client needs .url
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -196,7 +196,15 @@ async def test_logins_do_not_block_the_event_loop(tmp_path: Path) -> None:
     assert [status for status, _ in results] == [200] * 5
     # the logins really did take bcrypt time, and the pings ran all through it
     assert min(elapsed for _, elapsed in results) > 0.15
-    assert len(rtts) >= 10
-    median_ms, max_ms = statistics.median(rtts) * 1000, max(rtts) * 1000
-    print(f"ping during logins: n={len(rtts)} median={median_ms:.1f} ms max={max_ms:.1f} ms")
-    assert max(rtts) < 0.050, f"slowest ping {max(rtts) * 1000:.1f} ms"
+    assert len(rtts) >= 20
+    ordered = sorted(rtts)
+    p95_ms, max_ms = ordered[int(len(ordered) * 0.95)] * 1000, ordered[-1] * 1000
+    median_ms = statistics.median(rtts) * 1000
+    print(
+        f"ping during logins: n={len(rtts)} median={median_ms:.1f} ms p95={p95_ms:.1f} ms max={max_ms:.1f} ms"
+    )
+    # Under 50 ms: the 95th percentile, so one scheduling hiccup of a loaded shared machine (seen at
+    # 100 ms with no logins at all) does not decide; and no ping waited for a whole hash (one cost-12
+    # bcrypt on the loop would hold every ping for 230 ms or more).
+    assert p95_ms < 50, f"95th percentile ping {p95_ms:.1f} ms"
+    assert max_ms < 200, f"slowest ping {max_ms:.1f} ms: the loop waited for a hash"
