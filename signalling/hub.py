@@ -152,6 +152,7 @@ class DeviceSocket:
         self.closing: tuple[int, str] | None = None
         self.last_commit: asyncio.Future[None] | None = None  # the newest send/ack handed to the writer
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
+        self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
 
     def push(self, item: _Out) -> bool:
@@ -427,30 +428,46 @@ class Hub:
                 size = len(raw)
             else:
                 size = len(text) if text.isascii() else len(text.encode("utf-8"))
-            if not bucket.take():
-                sock.close(
-                    CloseCode.RATE_LIMITED,
-                    f"too many frames: more than {self.limits.rate_per_second:g} per second "
-                    f"(burst {self.limits.rate_burst})",
-                )
-                return
             if size > limit:
+                if not self._charge(sock, bucket):
+                    return
                 self._refuse(
                     sock, ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit"
                 )
                 continue
             if text is None:
+                if not self._charge(sock, bucket):
+                    return
                 self._refuse(sock, ErrorCode.MALFORMED, "frames must be JSON text, not binary")
                 continue
             try:
                 frame = CLIENT_FRAME.validate_json(text)
             except ValidationError as exc:
+                if not self._charge(sock, bucket):
+                    return
                 self._refuse(sock, ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
                 continue
+            # An ack answers a frame the server sent: a device coming back to a full mailbox acks
+            # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
+            if isinstance(frame, AckFrame) and sock.ack_credit > 0:
+                sock.ack_credit -= 1
+            elif not self._charge(sock, bucket):
+                return
             try:
                 await self._dispatch(sock, frame)
             except _FrameRefused as exc:
                 self._refuse(sock, exc.code, exc.message, getattr(frame, "ref", None))
+
+    def _charge(self, sock: DeviceSocket, bucket: _Bucket) -> bool:
+        """Take one frame from the socket's budget; close it (False) when the budget is spent."""
+        if bucket.take():
+            return True
+        sock.close(
+            CloseCode.RATE_LIMITED,
+            f"too many frames: more than {self.limits.rate_per_second:g} per second "
+            f"(burst {self.limits.rate_burst})",
+        )
+        return False
 
     def _refuse(self, sock: DeviceSocket, code: ErrorCode, message: str, ref: str | None = None) -> None:
         sock.push(_Out(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
@@ -603,6 +620,7 @@ class Hub:
                     queued_at=row.queued_at,
                 )
                 await ws.send_text(frame.model_dump_json())
+                sock.ack_credit += 1
                 drained_ids.add(row.message_id)
                 after = row.seq
         await ws.send_text(DrainedFrame().model_dump_json())
@@ -613,6 +631,8 @@ class Hub:
             item = await sock.outbox.get()
             if item.message_id is not None and item.message_id in drained_ids:
                 continue
+            if item.message_id is not None:
+                sock.ack_credit += 1
             await ws.send_text(item.text)
 
 

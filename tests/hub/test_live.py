@@ -249,6 +249,30 @@ async def test_a_flood_closes_the_socket_with_rate_limited(tmp_path) -> None:
         await calm.close()
 
 
+async def test_acking_a_large_backlog_at_once_is_not_a_flood(tmp_path) -> None:
+    env = {"PEERPOST_WS_RATE_PER_SECOND": "20", "PEERPOST_WS_RATE_BURST": "40"}
+    async with RunningServer(tmp_path / "acks", env=env) as server, World(server.url, server.ws_url) as world:
+        bob, senders = await world.account(), [await world.account() for _ in range(2)]
+        for sender in senders:  # two senders, each within its own budget: 70 rows for bob
+            await world.befriend(sender, bob)
+            s = await world.connect(sender)
+            for _ in range(35):
+                await s.send(s.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(64)))
+            for _ in range(35):
+                await s.expect("accepted")
+            await s.close()
+        b = await world.connect(bob, wait_drained=False)
+        assert b.ready["pending"] == 70
+        for _ in range(70):  # 70 acks as fast as they come: past the burst of 40, yet legitimate
+            frame = await b.expect("deliver")
+            await b.send({"type": "ack", "message_id": frame["message_id"]})
+        await b.send({"type": "ping", "nonce": "done"})
+        assert (await b.expect("pong"))["nonce"] == "done"
+        for _ in range(45):  # acks of nothing delivered are charged like any frame
+            await b.send({"type": "ack", "message_id": "0" * 32})
+        assert (await b.closed())[0] == CloseCode.RATE_LIMITED
+
+
 async def _raw_connect(world: World, device_id: str | None = None, token: str | None = None):
     import websockets
 
