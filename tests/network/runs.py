@@ -39,6 +39,7 @@ class Outcome:
     detect_ms: float | None = None  # mapping-dropped: drop -> link failed/closed
     paths_after_drop: list[str | None] = field(default_factory=list)
     link_states: list[str] = field(default_factory=list)  # alice's link events, in order
+    user_ids: tuple[int, int] = (0, 0)  # alice's and bob's account ids on the server
 
     @property
     def lost(self) -> list[str]:
@@ -86,6 +87,7 @@ def _collect_receipts(outcome: Outcome, pair: Pair, views: list[dict], timeout: 
 
 
 def _finish(outcome: Outcome, pair: Pair) -> Outcome:
+    outcome.user_ids = (pair.alice.user_id, pair.bob.user_id)
     outcome.link_states = [e["state"] for e in pair.alice.events("link")]
     outcome.received = [e["message"]["text"] for e in pair.bob.events("message")]
     outcome.history = [m["text"] for m in pair.bob.call("history", to=pair.alice.user_id)]

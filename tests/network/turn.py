@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class TurnConfig:
             f"log-file={self.log_path}",
             "simple-log",
             "new-log-timestamp",
+            "verbose",  # session lines (who allocated, with which username): tests read them
         ]
         return "\n".join(lines) + "\n"
 
@@ -77,6 +79,13 @@ class TurnConfig:
         self.config_path.write_text(self.render())
         self.config_path.chmod(0o600)  # holds the shared secret
         return self.config_path
+
+    def allocation_usernames(self) -> list[str]:
+        """The username of every allocation coturn granted so far, from its log."""
+        names = []
+        for log in sorted(self.workdir.glob("turnserver*.log")):
+            names += re.findall(r": new, realm=<[^>]*>, username=<([^>]*)>", log.read_text())
+        return names
 
     def argv(self) -> list[str]:
         return ["turnserver", "-c", str(self.config_path), "--no-stdout-log"]
