@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -49,6 +50,15 @@ class MessageStateChanged(Event):
     state: str
     path: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DuplicateDropped(Event):
+    """An envelope came again (the other path, a resend) and was acknowledged, not shown."""
+
+    type: ClassVar[str] = "duplicate"
+    message_id: str
+    via: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class FileProgress(Event):
     done: int
     total: int
     via: str
+    at_ns: int = field(default_factory=time.time_ns)  # when (wall clock), for speed readouts
 
 
 @dataclass(frozen=True)

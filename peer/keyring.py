@@ -12,6 +12,7 @@ verified bundle it sees for each device and never silently replaces it:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class Keyring:
         self._pinned: dict[tuple[int, str], PinnedDevice] = {}
         self._verified: set[int] = set()
         self._refreshed: dict[int, float] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
 
     async def load(self) -> None:
         for device in await self._store.pinned_devices():
@@ -76,18 +78,22 @@ class Keyring:
 
     async def refresh(self, user_id: int, force: bool = False) -> list[PinnedDevice]:
         """Fetch the user's bundles, verify and pin them; raises ServerError when unreachable."""
-        last = self._refreshed.get(user_id)
-        if not force and last is not None and time.monotonic() - last < self._refresh_after:
+        # One refresh per user at a time: a second caller waits and sees the finished result
+        # (a message arriving while one is being sent fetches the same user's keys).
+        lock = self._locks.setdefault(user_id, asyncio.Lock())
+        async with lock:
+            last = self._refreshed.get(user_id)
+            if not force and last is not None and time.monotonic() - last < self._refresh_after:
+                return self.devices_of(user_id)
+            try:
+                published = await self._client.devices(user_id)
+            except ServerUnavailable:
+                if self.devices_of(user_id):
+                    return self.devices_of(user_id)  # the pinned keys are what we trust anyway
+                raise
+            await self._absorb(user_id, published)
+            self._refreshed[user_id] = time.monotonic()
             return self.devices_of(user_id)
-        try:
-            published = await self._client.devices(user_id)
-        except ServerUnavailable:
-            if self.devices_of(user_id):
-                return self.devices_of(user_id)  # the pinned keys are what we trust anyway
-            raise
-        self._refreshed[user_id] = time.monotonic()
-        await self._absorb(user_id, published)
-        return self.devices_of(user_id)
 
     async def _absorb(self, user_id: int, published: list[DeviceOut]) -> None:
         known_user = any(u == user_id for (u, _) in self._pinned)

@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS transfers (
     local_path TEXT NOT NULL,
     next_index INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
-    blob_id TEXT
+    blob_id TEXT,
+    export_path TEXT
 );
 """
 
@@ -134,6 +135,7 @@ class TransferRecord:
     next_index: int
     state: str
     blob_id: str | None
+    export_path: str | None = None  # the decrypted copy in the downloads folder, if any
 
 
 class LocalStore:
@@ -513,8 +515,7 @@ class LocalStore:
         def _save() -> None:
             self.db.execute(
                 "INSERT OR REPLACE INTO transfers (transfer_id, outgoing, conversation, manifest, "
-                "local_path, "
-                "next_index, state, blob_id) VALUES (?,?,?,?,?,?,?,?)",
+                "local_path, next_index, state, blob_id, export_path) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     t.transfer_id,
                     int(t.outgoing),
@@ -524,6 +525,7 @@ class LocalStore:
                     t.next_index,
                     t.state,
                     t.blob_id,
+                    t.export_path,
                 ),
             )
 
@@ -533,14 +535,16 @@ class LocalStore:
         def _get() -> TransferRecord | None:
             row = self.db.execute(
                 "SELECT transfer_id, outgoing, conversation, manifest, local_path, next_index, state, "
-                "blob_id "
+                "blob_id, export_path "
                 "FROM transfers WHERE transfer_id = ?",
                 (transfer_id,),
             ).fetchone()
             if row is None:
                 return None
             manifest = json.loads(open_at_rest(self._key, row[3], aad=row[0].encode()))
-            return TransferRecord(row[0], bool(row[1]), row[2], manifest, row[4], row[5], row[6], row[7])
+            return TransferRecord(
+                row[0], bool(row[1]), row[2], manifest, row[4], row[5], row[6], row[7], row[8]
+            )
 
         return await self._run(_get)
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from aiortc import RTCIceServer
 
 from crypto.atrest import open_at_rest, seal_at_rest
@@ -61,6 +62,7 @@ from peer.errors import (
 )
 from peer.events import (
     ConnectionChanged,
+    DuplicateDropped,
     ErrorEvent,
     Event,
     EventBus,
@@ -81,7 +83,7 @@ from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, RoutePolicy, Router
 from peer.session import Backoff, HubSession
-from peer.transfer import FileTransfers
+from peer.transfer import FileTransfers, export_sealed
 from signalling.protocol import (
     ContactOut,
     ContactStatus,
@@ -121,9 +123,11 @@ class PeerSettings:
     direct: bool = True  # False: never try links (server only)
     answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
     receipts: bool = True
-    download_dir: Path | None = None
+    download_dir: Path | None = None  # None: the platform's downloads folder, "PeerPost" in it
+    auto_export: bool = True  # put a decrypted copy of each received file in download_dir
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
     scrypt_n: int = DEFAULT_SCRYPT_N
+    key_refresh_after: float = 30.0  # seconds a user's fetched device list is reused before sending
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,8 @@ class Peer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._transfers is not None:
+            self._transfers.close()
         if self._store is not None:
             await self._store.close()
         await self._client.aclose()
@@ -449,18 +455,21 @@ class Peer:
         store = LocalStore(self.profile.db_path, self._keystore.storage_key)
         await store.open()
         self._store = store
-        keyring = Keyring(store, self._client, self._me.user_id, self._me.device_id, self._key_warning)
+        keyring = Keyring(
+            store,
+            self._client,
+            self._me.user_id,
+            self._me.device_id,
+            self._key_warning,
+            refresh_after=self.settings.key_refresh_after,
+        )
         await keyring.load()
         self._keyring = keyring
         await self._ensure_published()
 
         ice = self.settings.ice_servers
         if ice is None:
-            config = await self._client.ice()
-            ice = tuple(
-                RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-                for s in config.ice_servers
-            )
+            ice = await self._server_ice()
         link_settings = LinkSettings(
             ice_servers=tuple(ice),
             host_addresses=self.settings.host_addresses,
@@ -502,11 +511,20 @@ class Peer:
             self._publish,
             link_deadline=self.settings.link_deadline,
             stall_after=self.settings.dead_after,
-            download_dir=self.settings.download_dir,
+            download_dir=self.download_dir if self.settings.auto_export else None,
+            device_online=self._device_online,
         )
         self._spawn(self._process_inbox(), "inbox")
         if self.settings.online:
             self._session.start()
+
+    async def _server_ice(self) -> tuple[RTCIceServer, ...]:
+        """The server's STUN/TURN list (TURN credentials expire: fetched again on every connect)."""
+        config = await self._client.ice()
+        return tuple(
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in config.ice_servers
+        )
 
     async def _ensure_published(self) -> None:
         assert self._keystore is not None
@@ -554,7 +572,12 @@ class Peer:
             self._spawn(self._after_connect(), "after-connect")
 
     async def _after_connect(self) -> None:
-        store, _, _, router, _, _ = self._need()
+        store, keyring, links, router, _, _ = self._need()
+        if self.settings.ice_servers is None:
+            with contextlib.suppress(ServerError):
+                links.settings = replace(links.settings, ice_servers=await self._server_ice())
+        with contextlib.suppress(ServerError):
+            await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
             contacts = await self._client.contacts()
             self._offline_users = {
@@ -582,6 +605,10 @@ class Peer:
         elif isinstance(frame, PresenceFrame):
             if frame.device_id is not None:
                 self._device_presence[frame.device_id] = frame.online
+                keyring = self._need()[1]
+                if frame.online and keyring.identity_key(frame.user_id, frame.device_id) is None:
+                    # A device we have not pinned came online: fetch its bundle (and warn) now.
+                    self._spawn(keyring.refresh(frame.user_id, force=True), "refresh-keys")
                 if not frame.online:
                     self._spawn(links.drop(frame.device_id), "drop-link")
             if frame.online:
@@ -661,6 +688,7 @@ class Peer:
             opened = open_envelope(raw, self.local_device, keyring.identity_key, store)
         except ReplayDetected:
             await self._ack(header.message_id, link)  # shown once; the other path is done too
+            self._publish(DuplicateDropped(header.message_id, via))
             return
         except CryptoError as e:
             self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
@@ -844,8 +872,19 @@ class Peer:
             )
             failures = [str(r) for r in results if isinstance(r, BaseException)]
             if failures:
-                await store.set_message_state(message_id, FAILED, reason=failures[0])
-                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, failures[0]))
+                # The direct path gave out for good: the file goes again as a blob, in a new
+                # message (the first one stays, marked failed, pointing at the second).
+                readers = sorted({r.user_id for r in recipients} - {self.me.user_id}) or [self.me.user_id]
+                again_id = os.urandom(16).hex()
+                blob_id = await transfers.upload_blob(manifest, source, readers, again_id)
+                again = await self._send(conversation, FileOffer(manifest, blob_id), message_id=again_id)
+                reason = (
+                    f"direct transfer failed ({failures[0]}); sent again through the server as {again_id}"
+                )
+                await store.set_message_state(message_id, FAILED, reason=reason)
+                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, reason))
+                assert again is not None
+                return again
         return await self.message(message_id) or view
 
     async def _try_link(self, user_id: int, device_id: str) -> Link:
@@ -857,12 +896,29 @@ class Peer:
             raise LinkFailed(f"device {device_id} is offline")
         return await links.connect(user_id, device_id, within=self.settings.link_deadline)
 
+    @property
+    def download_dir(self) -> Path:
+        if self.settings.download_dir is not None:
+            return Path(self.settings.download_dir)
+        return Path(platformdirs.user_downloads_dir()) / "PeerPost"
+
     async def wait_file(self, message_id: str, within: float = 60.0) -> Path:
-        """Wait until an incoming file is complete and checked; its path in the downloads folder."""
+        """Wait until an incoming file is complete and checked; its decrypted copy's path."""
         record = await self._need()[5].wait_received(message_id, within)
         if record is None or record.state != "done":
             raise PeerError(f"file {message_id} did not arrive: {record.state if record else 'unknown'}")
-        return Path(record.local_path)
+        if record.export_path:
+            return Path(record.export_path)
+        return await self.export_file(message_id)
+
+    async def export_file(self, message_id: str, folder: str | os.PathLike[str] | None = None) -> Path:
+        """Decrypt a received file (kept sealed in the profile) into `folder` (default: download_dir)."""
+        record = await self._need()[0].get_transfer(message_id)
+        if record is None or record.outgoing or record.state != "done":
+            raise PeerError(f"there is no received file {message_id}")
+        manifest = FileManifest.from_dict(record.manifest)
+        target = Path(folder) if folder is not None else self.download_dir
+        return await asyncio.to_thread(export_sealed, manifest, Path(record.local_path), target, message_id)
 
     # ---------------------------------------------------------------------------------------------
     # history
@@ -877,11 +933,15 @@ class Peer:
             transfer = await store.get_transfer(m.message_id)
             if transfer is not None and not transfer.outgoing:
                 file["state"] = transfer.state
-                file["path"] = transfer.local_path if transfer.state == "done" else None
-        devices = [
-            {"user_id": u, "device_id": d, "path": p, "state": s}
-            for u, d, p, s in await store.deliveries(m.message_id)
-        ]
+                file["path"] = transfer.export_path if transfer.state == "done" else None
+        devices = (
+            [
+                {"user_id": u, "device_id": d, "path": p, "state": s}
+                for u, d, p, s in await store.deliveries(m.message_id)
+            ]
+            if m.outgoing and m.sender_device == self.me.device_id
+            else []
+        )
         return MessageView(
             message_id=m.message_id,
             conversation=m.conversation,

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crypto.errors import FileStreamError
-from crypto.filestream import FileManifest, decrypt_chunk, encrypt_chunks, verify_file
+from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encrypt_chunks
 from peer import frames
 from peer.client import ServerClient
 from peer.errors import LinkFailed, TransferFailed
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 64  # chunks in flight without an ack (4 MiB at the default chunk size)
 PERSIST_EVERY = 16
+ACK_EVERY = 4  # chunks per acknowledgement (the last chunk is always acknowledged)
 
 
 @dataclass
@@ -54,6 +57,21 @@ class _Incoming:
     partial: Path
     sender_device: str
     message_id: str
+    fd: int | None = None  # the partial file, open while chunks arrive
+    digest: Any = None  # running SHA-256 while every chunk so far came through this process
+
+    def write(self, index: int, sealed: bytes, plain: bytes) -> None:
+        """Keep chunk `index` as it came (still encrypted: attachments stay sealed at rest)."""
+        if self.fd is None:
+            self.fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.pwrite(self.fd, sealed, index * self.manifest.encrypted_chunk_length(0))
+        if self.digest is not None:
+            self.digest.update(plain)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class FileTransfers:
@@ -67,7 +85,9 @@ class FileTransfers:
         link_deadline: float,
         stall_after: float,
         download_dir: Path | None = None,
+        device_online: Callable[[int, str], bool] | None = None,
     ) -> None:
+        self._device_online = device_online
         self._store = store
         self._client = client
         self._links = links
@@ -75,7 +95,7 @@ class FileTransfers:
         self._publish = publish
         self._link_deadline = link_deadline
         self._stall_after = stall_after
-        self._download_dir = download_dir or profile.downloads
+        self._download_dir = download_dir
         self._out: dict[str, _Outgoing] = {}
         self._in: dict[str, _Incoming] = {}
         self._completed: dict[str, asyncio.Event] = {}
@@ -116,6 +136,8 @@ class FileTransfers:
                 try:
                     link = self._links.open_link(device_id)
                     if link is None:
+                        if self._device_online is not None and not self._device_online(user_id, device_id):
+                            raise TransferFailed(f"device {device_id} went offline")
                         if links_used >= max_links:
                             raise TransferFailed(
                                 f"no direct link to device {device_id} after {max_links} tries"
@@ -134,7 +156,7 @@ class FileTransfers:
         last = manifest.chunk_count - 1
         start = out.acked.get(device_id, -1) + 1
         total = manifest.encrypted_size
-        for index, data in enumerate(encrypt_chunks(manifest, path, start), start):
+        async for index, data in _sealed_batches(manifest, path, start):
             while index - out.acked.get(device_id, -1) > WINDOW:
                 await self._await_progress(out, link)
             await link.send_paced(frames.Chunk(transfer_id, index, data))
@@ -222,7 +244,10 @@ class FileTransfers:
             return
         # What is on disk is the truth: whole chunks only (a crash may leave a torn tail).
         next_index = _whole_chunks(partial, manifest)
-        self._in[message_id] = _Incoming(record, manifest, next_index, partial, sender_device, message_id)
+        incoming = _Incoming(record, manifest, next_index, partial, sender_device, message_id)
+        if next_index == 0:
+            incoming.digest = hashlib.sha256()  # whole file seen here: no re-read at the end
+        self._in[message_id] = incoming
         self._completed.setdefault(message_id, asyncio.Event())
 
     async def on_chunk(self, link: Link, chunk: frames.Chunk) -> None:
@@ -242,11 +267,12 @@ class FileTransfers:
                 link.send(frames.FileAbort(chunk.transfer_id, str(e)))
             await self._fail(incoming, str(e))
             return
-        _write_at(incoming.partial, chunk.index * incoming.manifest.chunk_size, plain)
+        incoming.write(chunk.index, chunk.data, plain)
         incoming.next_index += 1
-        with contextlib.suppress(LinkFailed):
-            link.send(frames.ChunkAck(chunk.transfer_id, chunk.index))
         manifest = incoming.manifest
+        if chunk.index % ACK_EVERY == ACK_EVERY - 1 or incoming.next_index == manifest.chunk_count:
+            with contextlib.suppress(LinkFailed):
+                link.send(frames.ChunkAck(chunk.transfer_id, chunk.index))
         if incoming.next_index % PERSIST_EVERY == 0 or incoming.next_index == manifest.chunk_count:
             await self._store.transfer_progress(chunk.transfer_id, incoming.next_index)
             done = min(incoming.next_index * manifest.chunk_size, manifest.size)
@@ -262,13 +288,15 @@ class FileTransfers:
         buffer = bytearray()
         index = 0
         incoming.partial.unlink(missing_ok=True)
-        with incoming.partial.open("wb") as f:
+        incoming.digest = hashlib.sha256()
+        with contextlib.closing(_Closer(incoming)):
             async for piece in self._client.download_blob(incoming.record.blob_id):
                 buffer += piece
                 while index < manifest.chunk_count and len(buffer) >= manifest.encrypted_chunk_length(index):
                     size = manifest.encrypted_chunk_length(index)
                     try:
-                        f.write(decrypt_chunk(manifest, index, bytes(buffer[:size])))
+                        sealed = bytes(buffer[:size])
+                        incoming.write(index, sealed, decrypt_chunk(manifest, index, sealed))
                     except FileStreamError as e:
                         await self._fail(incoming, str(e))
                         return
@@ -290,14 +318,29 @@ class FileTransfers:
         await self._finish(incoming)
 
     async def _finish(self, incoming: _Incoming) -> None:
+        incoming.release()
+        manifest = incoming.manifest
         try:
-            await asyncio.to_thread(verify_file, incoming.manifest, incoming.partial)
-        except FileStreamError as e:
+            if incoming.digest is not None:
+                await asyncio.to_thread(_fsync, incoming.partial)
+                if incoming.digest.hexdigest() != manifest.sha256:
+                    raise FileStreamError(f"file {manifest.name!r} does not match its manifest's SHA-256")
+            else:  # resumed from a partial file on disk: check the assembled whole
+                await asyncio.to_thread(_check_sealed, manifest, incoming.partial)
+        except (FileStreamError, OSError) as e:
             await self._fail(incoming, str(e))
             return
-        target = _unique(self._download_dir, incoming.manifest.name, incoming.message_id)
-        self._download_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(incoming.partial, target)  # atomic: the file appears whole and checked, or not at all
+        sealed = self._profile.downloads / f"{incoming.message_id}.sealed"
+        # Atomic: the stored file appears whole and checked, or not at all.
+        await asyncio.to_thread(os.replace, incoming.partial, sealed)
+        export = None
+        if self._download_dir is not None:
+            try:
+                export = await asyncio.to_thread(
+                    export_sealed, manifest, sealed, self._download_dir, incoming.message_id
+                )
+            except OSError as e:
+                log.warning("could not copy file %s to %s: %s", incoming.message_id, self._download_dir, e)
         record = incoming.record
         await self._store.save_transfer(
             TransferRecord(
@@ -305,24 +348,36 @@ class FileTransfers:
                 False,
                 record.conversation,
                 record.manifest,
-                str(target),
+                str(sealed),
                 incoming.manifest.chunk_count,
                 "done",
                 record.blob_id,
+                str(export) if export else None,
             )
         )
         self._in.pop(incoming.message_id, None)
         self._publish(
-            FileReceived(incoming.message_id, str(target), incoming.manifest.name, incoming.manifest.size)
+            FileReceived(
+                incoming.message_id,
+                str(export) if export else "",
+                incoming.manifest.name,
+                incoming.manifest.size,
+            )
         )
         self._completed.setdefault(incoming.message_id, asyncio.Event()).set()
 
     async def _fail(self, incoming: _Incoming, reason: str) -> None:
         log.warning("file %s failed: %s", incoming.message_id, reason)
+        incoming.release()
         incoming.partial.unlink(missing_ok=True)
         await self._store.transfer_progress(incoming.message_id, 0, state=f"failed: {reason}"[:200])
         self._in.pop(incoming.message_id, None)
         self._completed.setdefault(incoming.message_id, asyncio.Event()).set()
+
+    def close(self) -> None:
+        """Release open partial files (the partial data stays: a later run resumes from it)."""
+        for incoming in self._in.values():
+            incoming.release()
 
     async def wait_received(self, message_id: str, within: float) -> TransferRecord | None:
         event = self._completed.setdefault(message_id, asyncio.Event())
@@ -331,12 +386,55 @@ class FileTransfers:
         return await self._store.get_transfer(message_id)
 
 
+async def _sealed_batches(manifest: FileManifest, path: Path, start: int) -> AsyncIterator[tuple[int, bytes]]:
+    """Chunks `start..` read and encrypted in a worker thread, 16 at a time (disk and AES off the loop)."""
+    chunks = encrypt_chunks(manifest, path, start)
+    index = start
+    try:
+        while batch := await asyncio.to_thread(_take, chunks, 16):
+            for data in batch:
+                yield index, data
+                index += 1
+    finally:
+        with contextlib.suppress(ValueError):  # still running in the worker after a cancel
+            chunks.close()
+
+
 def _whole_chunks(partial: Path, manifest: FileManifest) -> int:
     try:
         size = partial.stat().st_size
     except FileNotFoundError:
         return 0
-    return min(size // manifest.chunk_size, manifest.chunk_count)
+    return min(size // manifest.encrypted_chunk_length(0), manifest.chunk_count)
+
+
+def _sealed_chunks(manifest: FileManifest, path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for index in range(manifest.chunk_count):
+            yield f.read(manifest.encrypted_chunk_length(index))
+
+
+def _check_sealed(manifest: FileManifest, path: Path) -> None:
+    for _ in decrypt_chunks(manifest, _sealed_chunks(manifest, path)):
+        pass  # decrypt_chunks checks every chunk, the count and the SHA-256
+
+
+def export_sealed(manifest: FileManifest, sealed: Path, folder: Path, message_id: str) -> Path:
+    """Decrypt a stored file into `folder` (atomically, under a free name); blocking."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _unique(folder, manifest.name, message_id)
+    tmp = folder / f".{message_id}.part"
+    try:
+        with tmp.open("wb") as out:
+            for plain in decrypt_chunks(manifest, _sealed_chunks(manifest, sealed)):
+                out.write(plain)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 def _take(iterator, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
@@ -354,10 +452,18 @@ def _done_bytes(manifest: FileManifest, acked: int) -> int:
     )
 
 
-def _write_at(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+class _Closer:
+    def __init__(self, incoming: _Incoming) -> None:
+        self._incoming = incoming
+
+    def close(self) -> None:
+        self._incoming.release()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.pwrite(fd, data, offset)
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -21,7 +21,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +39,7 @@ from signalling.backplane import Backplane, InProcessBackplane
 from signalling.presence import Presence
 from signalling.protocol import (
     CLIENT_FRAME,
-    AcceptedFrame,
+    DEVICE_ID_PATTERN,
     AckFrame,
     AuthFrame,
     CloseCode,
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 Authenticator = Callable[[str], Awaitable[int]]
 
 CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
+_REACH_CACHE_MAX = 100_000
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 class HubError(Exception):
@@ -190,6 +194,8 @@ class _ReachCache:
         return hit[0]
 
     def remember_owner(self, device_id: str, user_id: int) -> None:
+        if len(self._owners) >= _REACH_CACHE_MAX:
+            self._owners.clear()  # crude but bounded: a refill costs one query per active pair
         self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
 
     def contacts(self, a: int, b: int) -> bool:
@@ -197,6 +203,8 @@ class _ReachCache:
         return until is not None and until >= time.monotonic()
 
     def remember_contacts(self, a: int, b: int) -> None:
+        if len(self._contacts) >= _REACH_CACHE_MAX:
+            self._contacts.clear()
         self._contacts[(a, b)] = time.monotonic() + self._ttl
 
     def clear(self) -> None:
@@ -383,6 +391,8 @@ class Hub:
             except ValidationError as exc:
                 raise HubAuthError("the first frame must be an auth frame with token and device_id") from exc
             token, device_id = frame.token, frame.device_id
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise HubAuthError("device_id must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
         try:
             user_id = await self._authenticate(token)
         except Exception as exc:
@@ -536,13 +546,7 @@ class Hub:
         # Pushed live now, before the commit: the recipient may even ack before it, which is safe
         # because the writer applies this insert before any later ack. `accepted` still waits for
         # the commit (a callback on it, below), so what the sender hears stays true after a crash.
-        deliver = DeliverFrame(
-            message_id=frame.message_id,
-            sender_user=sock.user_id,
-            sender_device=sock.device_id,
-            envelope=frame.envelope,
-            queued=False,
-        ).model_dump_json()
+        deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         live = [
             row.recipient_device
             for row in rows
@@ -574,13 +578,9 @@ class Hub:
                 sock, ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref
             )
         else:
-            accepted = AcceptedFrame(
-                ref=frame.ref,
-                message_id=frame.message_id,
-                live=live,
-                queued=[r.recipient_device for r in rows],
+            sock.push(
+                _Out(accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]))
             )
-            sock.push(_Out(accepted.model_dump_json()))
 
     def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], message_id: str) -> None:
         if future.cancelled() or future.exception() is None:
@@ -636,6 +636,44 @@ class Hub:
             await ws.send_text(item.text)
 
 
+# The two frames of every envelope, written by hand: pydantic's construct-and-dump was ~8 % of the
+# hub's event loop at load. Every field is pattern-checked before it gets here (hex message id,
+# device ids of [A-Za-z0-9_-], base64url envelope), so none needs escaping except `ref`.
+# tests/hub/test_frames.py holds them equal to the protocol models.
+
+
+def deliver_json(message_id: str, sender_user: int, sender_device: str, envelope: str) -> str:
+    return (
+        '{"type":"deliver","message_id":"'
+        + message_id
+        + '","sender_user":'
+        + str(int(sender_user))
+        + ',"sender_device":"'
+        + sender_device
+        + '","envelope":"'
+        + envelope
+        + '","queued":false,"queued_at":null}'
+    )
+
+
+def accepted_json(ref: str, message_id: str, live: list[str], queued: list[str]) -> str:
+    return (
+        '{"type":"accepted","ref":'
+        + json.dumps(ref)
+        + ',"message_id":"'
+        + message_id
+        + '","live":'
+        + _id_list(live)
+        + ',"queued":'
+        + _id_list(queued)
+        + "}"
+    )
+
+
+def _id_list(ids: list[str]) -> str:
+    return '["' + '","'.join(ids) + '"]' if ids else "[]"
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors()[:3]:
@@ -646,8 +684,6 @@ def _describe(exc: ValidationError) -> str:
 
 def _ref_of(text: str) -> str | None:
     """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
-    import json
-
     try:
         value = json.loads(text)
     except ValueError:

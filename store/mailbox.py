@@ -158,6 +158,7 @@ async def count_all(conn: AsyncConnection) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+_USAGE_RELOAD_AFTER_DELETE = 1.0  # seconds
 _SQLITE_INSERT_ROWS = 1000  # 9 parameters a row, well under SQLite's 32766
 _SQLITE_DELETE_ROWS = 4000
 _SQLITE_INSERT = (
@@ -225,7 +226,7 @@ class MailboxWriter:
         retention: timedelta,
         device_quota_bytes: int,
         device_quota_messages: int,
-        max_batch: int = 1024,
+        max_batch: int = 8192,
         max_queue: int = 20_000,
         quota_cache_ttl: float = 60.0,
     ) -> None:
@@ -236,6 +237,9 @@ class MailboxWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()  # set while the writer waits for work
         self._usage: dict[str, _Usage] = {}
         self._usage_ttl = quota_cache_ttl
         dialect = engine.dialect.name
@@ -249,13 +253,24 @@ class MailboxWriter:
         self.rows_cancelled = 0
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="mailbox-writer")
 
-    async def close(self) -> None:
+    async def close(self, deadline: float = 5.0) -> None:
+        """Commit what is already queued (for at most `deadline` seconds), then stop.
+
+        Jobs that do not make it hear MailboxClosed: their senders never got `accepted`.
+        """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping = True
+            if self._idle.is_set() and self._queue.empty():
+                task.cancel()  # waiting for work: nothing to finish
+            else:
+                finished, _ = await asyncio.wait({task}, timeout=deadline)
+                if not finished:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
@@ -273,30 +288,31 @@ class MailboxWriter:
 
     async def submit_store(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
         """Queue rows and return at once with the future of their commit (for pipelining callers)."""
-        return await self._submit(_Job(messages, (), self._loop().create_future()))
+        return await self._submit(self._job(messages, ()))
 
     async def submit_ack(self, device_id: str, message_ids: Sequence[str]) -> asyncio.Future[None]:
-        return await self._submit(
-            _Job((), [(device_id, m) for m in message_ids], self._loop().create_future())
-        )
+        return await self._submit(self._job((), [(device_id, m) for m in message_ids]))
 
     def forget_usage(self) -> None:
         """Drop the quota cache (after a purge or an account deletion changed the table)."""
         self._usage.clear()
 
-    @staticmethod
-    def _loop() -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
+    def _job(self, messages: Sequence[NewMessage], acks: Sequence[tuple[str, str]]) -> _Job:
+        if self._task is None or self._stopping or self._loop is None:
+            raise MailboxClosed()
+        return _Job(messages, acks, self._loop.create_future())
 
     async def _submit(self, job: _Job) -> asyncio.Future[None]:
-        if self._task is None:
-            raise MailboxClosed()
         await self._queue.put(job)  # waits only when the writer is max_queue jobs behind
         return job.done
 
     async def _run(self) -> None:
         while True:
+            if self._stopping and self._queue.empty():
+                return
+            self._idle.set()
             batch = [await self._queue.get()]
+            self._idle.clear()
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -349,13 +365,19 @@ class MailboxWriter:
                         ),
                         [{"device": d, "mid": m} for d, m in deletes],
                     )
-        # Committed: only now do the callers hear success, and the quota cache move.
-        for device, (size, rows_added) in pending_usage.items():
-            if device in self._usage:
-                self._usage[device].size += size
-                self._usage[device].rows += rows_added
-        for device in {d for d, _ in acks}:
-            self._usage.pop(device, None)  # reload from the table next time
+        # Committed: only now do the callers hear success, and the quota cache move. Only rows that
+        # were written count; a device with deleted rows is re-read, at most once a second (under
+        # live traffic every batch has acks, and a SUM over the device's rows per batch is waste).
+        stamp = time.monotonic()
+        for m in inserts.values():
+            known = self._usage.get(m.recipient_device)
+            if known is not None:
+                known.size += len(m.envelope)
+                known.rows += 1
+        for device in {d for d, _ in deletes}:
+            known = self._usage.get(device)
+            if known is not None:
+                known.loaded = min(known.loaded, stamp - self._usage_ttl + _USAGE_RELOAD_AFTER_DELETE)
         self.batches += 1
         self.rows_written += len(inserts)
         self.rows_cancelled += len(acks) - len(deletes)

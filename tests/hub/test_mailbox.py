@@ -3,9 +3,13 @@ disk, quotas, and the REST fetch/ack twin of the socket."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import sqlite3
 from pathlib import Path
+
+import websockets
 
 from crypto.envelope import LocalDevice, MemorySeenIds, Recipient, open_envelope, peek_header, seal
 from crypto.payload import Text
@@ -13,7 +17,7 @@ from signalling.protocol import b64decode
 from tests.hub.world import World, committed_keys, opaque_envelope
 from tests.support.server import RunningServer
 
-OFFLINE_ENV = {"PEERPOST_WS_RATE_BURST": "2000", "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
+OFFLINE_ENV = {"PEERPOST_WS_RATE_BURST": "4000", "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
 
 
 def _mailbox_rows(database: Path) -> int:
@@ -64,6 +68,48 @@ async def test_offline_delivery_survives_sigkill_in_order_exactly_once(tmp_path:
             assert r.json() == []
         server.stop()
         assert _mailbox_rows(server.database_path) == 0
+
+
+async def test_a_kill_in_mid_stream_keeps_every_accepted_envelope(tmp_path: Path) -> None:
+    """SIGKILL while sends keep coming: whatever was `accepted` comes back, in send order, once."""
+    server = RunningServer(tmp_path / "srv", env={**OFFLINE_ENV, "PEERPOST_WS_RATE_BURST": "100000"})
+    async with server:
+        async with World(server.url, server.ws_url) as world:
+            alice, bob = await world.account(), await world.account()
+            await world.befriend(alice, bob)
+            a = await world.connect(alice)
+            order: list[str] = []
+
+            async def pump() -> None:  # still sending when the server dies
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for i in range(50_000):
+                        frame = a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(128), ref=str(i))
+                        order.append(frame["message_id"])
+                        await a.send(frame)
+
+            sender = asyncio.create_task(pump())
+            try:
+                accepted: list[str] = []
+                while len(accepted) < 300:
+                    accepted.append((await a.expect("accepted", deadline=20))["message_id"])
+                server.kill()
+                with contextlib.suppress(Exception):
+                    while True:  # `accepted` frames already on the wire count too
+                        accepted.append((await a.expect("accepted", deadline=2))["message_id"])
+                async with asyncio.timeout(10):
+                    await sender
+            finally:
+                sender.cancel()
+        server.restart()
+        async with World(server.url, server.ws_url) as world:
+            b = await world.connect(bob, wait_drained=False)
+            got = [(await b.expect("deliver", deadline=20))["message_id"] for _ in range(b.ready["pending"])]
+            await b.expect("drained")
+            await b.close()
+    assert len(got) < len(order), "the kill came after the last write: nothing was in flight"
+    assert set(accepted) <= set(got), "an accepted envelope was lost"
+    positions = [order.index(m) for m in got]
+    assert positions == sorted(positions) and len(set(got)) == len(got)  # send order, each once
 
 
 async def test_the_database_holds_ciphertext_but_never_the_plaintext(tmp_path: Path) -> None:

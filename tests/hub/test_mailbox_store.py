@@ -111,3 +111,14 @@ async def test_expired_rows_are_not_drained_and_are_purged(engine: AsyncEngine) 
         assert await mailbox.purge_expired(conn, datetime.now(UTC)) == 1
         assert await mailbox.count_all(conn) == 0
     await writer.close()
+
+
+async def test_closing_commits_what_is_queued_and_refuses_what_comes_after(engine: AsyncEngine) -> None:
+    writer = await _writer(engine)
+    futures = [await writer.submit_store([_message()]) for _ in range(50)]
+    await writer.close()
+    await asyncio.gather(*futures)  # every queued job committed, none was dropped
+    async with engine.connect() as conn:
+        assert await mailbox.count_all(conn) == 50
+    with pytest.raises(mailbox.MailboxClosed):
+        await writer.store([_message()])

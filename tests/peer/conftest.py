@@ -139,6 +139,7 @@ class World:
         self.recorders: list[Recorder] = []
 
     def peer(self, name: str, n: int, **overrides) -> Peer:
+        overrides.setdefault("download_dir", self.root / f"{name}-downloads")
         p = Peer(Profile.at(self.root / name), self.server.url, settings=loopback_settings(n, **overrides))
         self.peers.append(p)
         return p
@@ -148,9 +149,9 @@ class World:
         self.recorders.append(r)
         return r
 
-    async def pair(self, **overrides_b) -> tuple[Peer, Peer]:
-        """alice and bob, registered, online, accepted contacts."""
-        alice = self.peer("alice", 0)
+    async def pair(self, alice_settings: dict | None = None, **overrides_b) -> tuple[Peer, Peer]:
+        """alice and bob, registered, online, accepted contacts (overrides go to bob's settings)."""
+        alice = self.peer("alice", 0, **(alice_settings or {}))
         bob = self.peer("bob", 1, **overrides_b)
         await alice.register("alice", "alice@example.org", PASSWORD)
         await bob.register("bob", "bob@example.org", PASSWORD)

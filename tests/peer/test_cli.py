@@ -71,6 +71,17 @@ async def test_cli_register_contacts_send_and_history_unattended(peer_server, tm
     safety_a = json.loads((await run(alice, "safety-number", "bob")).stdout)
     safety_b = json.loads((await run(bob, "safety-number", "alice")).stdout)
     assert safety_a["digits"] == safety_b["digits"] and len(safety_a["digits"]) == 60
+    assert not safety_a["verified"]
+    assert json.loads((await run(alice, "verify", "bob", "--yes")).stdout)["verified"] is True
+    assert json.loads((await run(alice, "safety-number", "bob")).stdout)["verified"] is True
+
+    grouped = json.loads((await run(alice, "contacts", "group", "bob", "work")).stdout)
+    remarked = json.loads((await run(alice, "contacts", "remark", "bob", "met at the conference")).stdout)
+    assert grouped["group"] == "work" and remarked["remark"] == "met at the conference"
+    devices = json.loads((await run(alice, "devices", "bob")).stdout)
+    assert len(devices) == 1 and devices[0]["confirmed"] and not devices[0]["key_changed"]
+    mine = json.loads((await run(alice, "devices")).stdout)
+    assert [d["this_device"] for d in mine] == [True]
 
 
 async def test_cli_errors_are_one_line_without_traceback(peer_server, tmp_path):
@@ -86,6 +97,23 @@ async def test_cli_errors_are_one_line_without_traceback(peer_server, tmp_path):
     )
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1 and "nobody-here" in unknown.stderr
+    await asyncio.to_thread(peerpost, peer_server, profile, "logout")
+    after = await asyncio.to_thread(peerpost, peer_server, profile, "whoami", check=False)
+    assert after.returncode == 1 and after.stderr.strip() == "error: logged out: run `peerpost login` again"
+    await asyncio.to_thread(peerpost, peer_server, profile, "login", "carol")
+    again = await asyncio.to_thread(peerpost, peer_server, profile, "whoami")
+    assert json.loads(again.stdout)["username"] == "carol"
+    nowhere = await asyncio.to_thread(
+        peerpost,
+        peer_server,
+        tmp_path / "dave",
+        "--server",
+        "http://127.0.0.1:9",
+        "login",
+        "dave",
+        check=False,
+    )
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: cannot reach the server")
 
 
 async def test_cli_listen_prints_each_event_as_a_json_line(peer_server, tmp_path):
@@ -121,3 +149,24 @@ async def test_cli_listen_prints_each_event_as_a_json_line(peer_server, tmp_path
         listener.terminate()
         code = await asyncio.wait_for(listener.wait(), 15)
     assert code == 0
+
+
+def test_cli_serve_and_db_run_the_server_module_as_a_child_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for args in (["serve", "--help"], ["db", "upgrade", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "peer", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "usage" in result.stdout.lower()
+    # the peer package itself never imports the server
+    probe = "import sys, peer.cli; print(any(m.startswith(('signalling.app', 'store')) for m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "False", result.stderr

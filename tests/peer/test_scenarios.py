@@ -6,7 +6,6 @@ Every peer uses explicit empty iceServers and host candidates on 127.0.0.1 only 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import sqlite3
@@ -163,20 +162,10 @@ async def test_envelope_delivered_both_ways_is_shown_once(world: World):
     sent = await alice.send_text(bob.me.user_id, "twice")
     assert sent.message_id in set(alice.session.sent_ids)  # it did go both ways
     await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "twice")
-    await asyncio.wait_for(_until_delivered_via_server(bob, sent.message_id), 5)
+    duplicate = await bob_events.wait_for(lambda e: e.type == "duplicate" and e.message_id == sent.message_id)
+    assert duplicate.via == "relayed"
     assert [e.message["text"] for e in bob_events.of("message")] == ["twice"]
     assert [m.text for m in await bob.history(alice.me.user_id)].count("twice") == 1
-
-
-async def _until_delivered_via_server(peer: Peer, message_id: str) -> None:
-    events = peer.subscribe()  # the server copy is dropped silently; watch the socket's record
-    try:
-        while message_id not in set(peer.session.delivered_ids):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):
-                    await events.get()
-    finally:
-        peer.unsubscribe(events)
 
 
 async def test_file_interrupted_at_half_resumes_and_matches(world: World, tmp_path):
@@ -304,11 +293,19 @@ async def test_closing_peers_leaves_no_task_socket_or_connection(peer_server, tm
     assert len(os.listdir("/proc/self/fd")) <= before_fds
 
 
-async def test_profile_copied_without_password_reveals_no_history(world: World):
+async def test_profile_copied_without_password_reveals_no_history(world: World, tmp_path):
     alice, bob = await world.pair()
     await alice.send_text(bob.me.user_id, "very private words")
+    attachment = tmp_path / "note.txt"
+    attachment.write_bytes(b"attachment secret " * 4000)
+    offer = await alice.send_file(bob.me.user_id, attachment)
+    exported = await bob.wait_file(offer.message_id)
+    assert exported.read_bytes() == attachment.read_bytes()
+    assert bob.profile.path not in exported.parents  # the decrypted copy lives outside the profile
     raw = b"".join(p.read_bytes() for p in bob.profile.path.rglob("*") if p.is_file())
-    assert b"very private words" not in raw
+    assert b"very private words" not in raw and b"attachment secret" not in raw
+    again = await bob.export_file(offer.message_id, tmp_path / "export")
+    assert again.read_bytes() == attachment.read_bytes()
     again = Peer(Profile.at(bob.profile.path), world.server.url, settings=loopback_settings(1, online=False))
     with pytest.raises(Exception, match="wrong password"):
         await again.unlock("not the password")
@@ -332,3 +329,63 @@ async def test_typing_and_read_receipts_reach_the_other_side(world: World):
     assert await bob.history(alice.me.user_id) and not [
         e for e in bob_events.of("message") if e.message["kind"] != "text"
     ]
+
+
+async def test_file_whose_receiver_vanishes_mid_transfer_is_sent_again_as_a_blob(world: World, tmp_path):
+    alice, bob = await world.pair()
+    bob_events = world.record(bob)
+    await alice.send_text(bob.me.user_id, "file coming")
+    source = tmp_path / "three.bin"
+    digest = make_file(source, 3 * 1024 * 1024)
+    size = source.stat().st_size
+
+    async def vanish_at_half() -> None:
+        await bob_events.wait_for(
+            lambda e: e.type == "file_progress" and not e.outgoing and e.done >= size // 2
+        )
+        await bob.close()
+
+    vanisher = asyncio.ensure_future(vanish_at_half())
+    again = await alice.send_file(bob.me.user_id, source)
+    await vanisher
+    assert again.file["blob_id"] and again.path == "queued"
+    first = [
+        m
+        for m in await alice.history(bob.me.user_id)
+        if m.kind == "file" and m.message_id != again.message_id
+    ]
+    assert first[0].state == "failed" and again.message_id in first[0].reason
+
+    back = world.peer("bob", 1)
+    await back.unlock(PASSWORD)
+    received = await back.wait_file(again.message_id, within=30)
+    assert sha256_of(received) == digest
+
+
+async def test_own_second_device_gets_a_copy_and_the_contact_is_warned(world: World):
+    alice, bob = await world.pair(alice_settings={"key_refresh_after": 0.0}, key_refresh_after=0.0)
+    alice_events = world.record(alice)
+    bob_events = world.record(bob)
+    await alice.send_text(bob.me.user_id, "from the first device")
+    await bob_events.wait_for(lambda e: e.type == "message")
+    laptop = world.peer("alice-laptop", 2, key_refresh_after=0.0)
+    laptop_events = world.record(laptop)
+    await laptop.login("alice", PASSWORD)
+    assert laptop.me.user_id == alice.me.user_id and laptop.me.device_id != alice.me.device_id
+    await laptop.wait_online(10)
+
+    # bob learns of the new device (presence or refresh) and is told about it
+    warning = await bob_events.wait_for(lambda e: e.type == "key_warning", within=10)
+    assert warning.change == "new_device" and warning.device_id == laptop.me.device_id
+    reply = await bob.send_text(alice.me.user_id, "to both of your devices")
+    for events in (alice_events, laptop_events):
+        got = await events.wait_for(
+            lambda e: e.type == "message" and e.message["text"] == "to both of your devices"
+        )
+        assert got.message["conversation"] == f"u:{bob.me.user_id}"
+    assert {d["device_id"] for d in reply.devices} == {alice.me.device_id, laptop.me.device_id}
+
+    # what the first device sends shows on the second as its own message
+    await alice.send_text(bob.me.user_id, "sync me")
+    mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "sync me")
+    assert mine.message["outgoing"] and mine.message["conversation"] == f"u:{bob.me.user_id}"
