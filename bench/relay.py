@@ -373,6 +373,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_saturation_msgs_per_s": round(base_sat),
         "hub_saturation_msgs_per_s": round(saturation),
         "hub_to_baseline": round(saturation / base_sat, 3),
+        # Frames the server handles per message: forwarder 2 (in, out); hub 4 (send, deliver, ack, accepted).
+        "hub_to_baseline_frames": round(4 * saturation / (2 * base_sat), 3),
         "hub_p99_ms_at_half_saturation": round(half.p99_ms, 2),
         "mailbox_writes_per_s": round(mailbox["per_second"]),
         "targets": {

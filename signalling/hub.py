@@ -550,11 +550,19 @@ class Hub:
         live = [
             row.recipient_device
             for row in rows
-            if await self.backplane.send_to_device(row.recipient_device, deliver, frame.message_id)
+            if await self._push_live(row.recipient_device, deliver, frame)
         ]
 
         sock.last_commit = future
         future.add_done_callback(lambda f: self._after_store(sock, f, frame, live, rows))
+
+    async def _push_live(self, device_id: str, deliver: str, frame: SendFrame) -> bool:
+        """Best effort: the row is stored either way, so a backplane outage only costs latency."""
+        try:
+            return await self.backplane.send_to_device(device_id, deliver, frame.message_id)
+        except Exception as exc:
+            log.warning("live push to %s failed, it stays queued: %s", device_id, exc)
+            return False
 
     def _after_store(
         self,

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     backplane_prefix: str = Field(
         default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"
     )
+    backplane_ttl_seconds: float = Field(
+        default=30.0, gt=0, description="a dead instance's devices count as online for at most this long"
+    )
     mailbox_purge_interval_seconds: float = Field(default=300.0, gt=0)
 
     # --- ICE servers handed to peers -----------------------------------------------------------

@@ -22,7 +22,9 @@ GC_YOUNG_THRESHOLD = 50_000
 
 def make_backplane(settings: Settings) -> Backplane:
     if settings.backplane_url:
-        return RedisBackplane(settings.backplane_url, prefix=settings.backplane_prefix)
+        return RedisBackplane(
+            settings.backplane_url, prefix=settings.backplane_prefix, ttl=settings.backplane_ttl_seconds
+        )
     return InProcessBackplane()
 
 

@@ -6,6 +6,8 @@ Each Redis run gets its own key/channel prefix, each two-instance run its own Po
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -54,6 +56,19 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async with RunningServer(tmp_path / "one", env=env) as one:
             yield Cluster(one, one)
         return
+    async with two_instances(tmp_path, {}) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path: Path, extra_env: dict[str, str]) -> AsyncIterator[Cluster]:
+    """Two servers on one fresh PostgreSQL database and one Redis prefix, as behind a load balancer."""
+    env = {
+        **ENV,
+        "PEERPOST_BACKPLANE_URL": REDIS_URL,
+        "PEERPOST_BACKPLANE_PREFIX": f"pp-test-{secrets.token_hex(6)}",
+        **extra_env,
+    }
     database = f"peerpost_test_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(POSTGRES_DSN)
     await admin.execute(f'CREATE DATABASE "{database}"')
@@ -156,3 +171,28 @@ async def test_stored_messages_drain_on_whichever_instance_the_device_comes_back
         await b.expect("drained")
         await a.close()
         await b.close()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_a_killed_instance_s_devices_go_offline_when_their_keys_expire(tmp_path: Path) -> None:
+    """Presence lives in Redis with expiry: nobody is left to say goodbye for a SIGKILLed instance."""
+    async with two_instances(tmp_path, {"PEERPOST_BACKPLANE_TTL_SECONDS": "1.5"}) as cluster:
+        near, far, alice, bob = await _pair(cluster)
+        async with near, far:
+            b = await far.connect(bob)
+
+            async def bob_online() -> bool:
+                listed = (await near.http.get("/me/contacts/", headers=alice.auth)).json()
+                return [c["online"] for c in listed if c["user_id"] == bob.user_id] == [True]
+
+            assert await bob_online()
+            cluster.far.kill()
+            for _ in range(50):  # polling the state the dead process left behind: at most ~10 s
+                if not await bob_online():
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                pytest.fail("bob still shows online long after his instance died")
+            with contextlib.suppress(Exception):
+                await b.close()
