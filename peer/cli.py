@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -156,6 +157,7 @@ class OneLineErrors(click.Group):
     "--ice-server", "ice_servers", multiple=True, help="STUN/TURN URL (repeat); default: the server's"
 )
 @click.option("--no-direct", is_flag=True, help="never try direct links (server only)")
+@click.option("-v", "--verbose", count=True, help="log to stderr (-v: info, -vv: debug)")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -167,8 +169,15 @@ def main(
     host_addresses: tuple[str, ...],
     ice_servers: tuple[str, ...],
     no_direct: bool,
+    verbose: int,
 ) -> None:
     """PeerPost: end-to-end encrypted messages, direct when possible, through the server when not."""
+    # Quiet by default: warnings the user should see arrive as events or as the one error line.
+    level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("aioice", "aiortc", "websockets", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if isinstance(host_addresses, str):
         host_addresses = tuple(host_addresses.split())
     ctx.obj = Options(

@@ -251,6 +251,10 @@ class Peer:
     async def close(self) -> None:
         if self._closed:
             return
+        # Receipts still on their way get a moment (a short CLI command would otherwise drop them).
+        pending = [t for t in self._tasks if t.get_name() == "receipt" and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
         self._closed = True
         if self._session is not None:
             await self._session.close()

@@ -37,6 +37,10 @@ class LocalSockets(Protocol):
 
     def close_user(self, user_id: int, code: int, reason: str) -> None: ...
 
+    async def device_vanished(self, user_id: int, device_id: str) -> None:
+        """A device's instance died without saying goodbye; tell its contacts it is gone."""
+        ...
+
 
 class Backplane(ABC):
     """Routing and presence across instances. Every method is safe to call from the event loop."""
@@ -163,11 +167,25 @@ return 0
 """
 
 
+# Removes (and returns) the members of a user's device set whose `dev:` key has expired.
+_SWEEP_LUA = """
+local gone = {}
+for _, device in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. device) == 0 then
+    redis.call('SREM', KEYS[1], device)
+    table.insert(gone, device)
+  end
+end
+return gone
+"""
+
+
 class RedisBackplane(Backplane):
     """Several instances, one Redis: device presence in expiring keys, frames over pub/sub.
 
     Keys (all under `prefix`): `dev:<device>` → "<instance>|<conn>|<user>" (expires after `ttl`
-    unless refreshed), `user:<id>` → set of device ids (members checked against `dev:` keys),
+    unless refreshed), `user:<id>` → set of device ids (members checked against `dev:` keys; members
+    whose key expired are swept on every heartbeat and reported as vanished),
     `leaving:<device>` (the reconnect grace). Channels: `inst:<instance>` for frames to one
     instance, `all` for what every instance must act on (claims, disconnects).
     """
@@ -184,6 +202,7 @@ class RedisBackplane(Backplane):
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self._detach = self._redis.register_script(_DETACH_LUA)
+        self._sweep_user = self._redis.register_script(_SWEEP_LUA)
         self._subscribed = asyncio.Event()
 
     def _k(self, *parts: object) -> str:
@@ -224,7 +243,6 @@ class RedisBackplane(Backplane):
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._k("dev", device_id), self._holder(user_id, conn_id), px=int(self._ttl * 1000))
             pipe.sadd(self._k("user", user_id), device_id)
-            pipe.pexpire(self._k("user", user_id), int(self._ttl * 1000))
             await pipe.execute()
         claim = {"op": "claim", "device": device_id, "conn": conn_id, "code": replace_code}
         await self._publish(self._k("all"), claim)
@@ -266,10 +284,24 @@ class RedisBackplane(Backplane):
                             px=int(self._ttl * 1000),
                         )
                         pipe.sadd(self._k("user", user_id), device_id)
-                        pipe.pexpire(self._k("user", user_id), int(self._ttl * 1000))
                     await pipe.execute()
+                await self._sweep()
             except Exception as exc:  # Redis away for a moment: keys expire, sockets stay; retry next beat
                 log.warning("backplane heartbeat failed: %s", exc)
+
+    async def _sweep(self) -> None:
+        """Find devices whose instance died (key expired, still in the user's set) and report them.
+
+        The Lua script removes the stale members atomically, so when several instances sweep at
+        once exactly one of them reports each device.
+        """
+        prefix = self._k("user", "")
+        async for key in self._redis.scan_iter(match=prefix + "*", count=500):
+            gone = await self._sweep_user(keys=[key], args=[self._k("dev", "")])
+            if gone:
+                user_id = int(key[len(prefix) :])
+                for device_id in gone:
+                    await self._sockets().device_vanished(user_id, device_id)
 
     # -- routing -----------------------------------------------------------------------------------
 

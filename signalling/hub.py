@@ -315,6 +315,9 @@ class Hub:
         if sock is not None and sock.conn_id != unless_conn:
             sock.close(code, reason)
 
+    async def device_vanished(self, user_id: int, device_id: str) -> None:
+        await self.presence.device_vanished(user_id, device_id)
+
     def close_user(self, user_id: int, code: int, reason: str) -> None:
         for device_id in list(self._by_user.get(user_id, ())):
             self._sockets[device_id].close(code, reason)

@@ -130,6 +130,10 @@ class Presence:
             self._after_grace(user_id, device_id), name=f"presence-grace-{device_id}"
         )
 
+    async def device_vanished(self, user_id: int, device_id: str) -> None:
+        """Its instance died (Redis key expired): the grace has long passed, announce it now."""
+        await self._gone(user_id, device_id)
+
     async def _after_grace(self, user_id: int, device_id: str) -> None:
         try:
             await asyncio.sleep(self._grace)

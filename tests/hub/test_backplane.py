@@ -176,11 +176,14 @@ async def test_stored_messages_drain_on_whichever_instance_the_device_comes_back
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_a_killed_instance_s_devices_go_offline_when_their_keys_expire(tmp_path: Path) -> None:
-    """Presence lives in Redis with expiry: nobody is left to say goodbye for a SIGKILLed instance."""
+    """Presence lives in Redis with expiry: a SIGKILLed instance's devices go offline for everyone,
+    and the surviving instance tells their contacts."""
     async with two_instances(tmp_path, {"PEERPOST_BACKPLANE_TTL_SECONDS": "1.5"}) as cluster:
         near, far, alice, bob = await _pair(cluster)
         async with near, far:
+            a = await near.connect(alice)
             b = await far.connect(bob)
+            assert (await a.expect("presence"))["online"] is True
 
             async def bob_online() -> bool:
                 listed = (await near.http.get("/me/contacts/", headers=alice.auth)).json()
@@ -194,5 +197,9 @@ async def test_a_killed_instance_s_devices_go_offline_when_their_keys_expire(tmp
                 await asyncio.sleep(0.2)
             else:
                 pytest.fail("bob still shows online long after his instance died")
+            gone = await a.expect("presence", deadline=5)
+            assert gone["user_id"] == bob.user_id and gone["device_id"] == bob.device_id
+            assert gone["online"] is False
+            await a.close()
             with contextlib.suppress(Exception):
                 await b.close()

@@ -1,29 +1,28 @@
-"""Fixtures for the peer's tests: device keys made once per session, links over 127.0.0.1 only."""
+"""Fixtures for the peer's tests: committed device keys, a real server, peers on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 from aiortc import RTCPeerConnection
 
-from crypto.keys import DeviceKeys, generate_device_keys
-
-
-def _keys(n: int) -> list[DeviceKeys]:
-    try:
-        from tests.support.keys import device_keys  # fixed keys from the crypto helper, when present
-
-        return [device_keys(i) for i in range(n)]
-    except ImportError:
-        return [generate_device_keys() for _ in range(n)]
+from crypto.keys import DeviceKeys
+from peer import Peer, PeerSettings, Profile
+from peer.events import Event
+from tests.support.keys import fixed_device_keys
+from tests.support.server import RunningServer
 
 
 @pytest.fixture(scope="session")
 def keyring() -> list[DeviceKeys]:
-    """Four device key pairs (RSA-4096 keygen is slow: once per session)."""
-    return _keys(4)
+    """Four committed test devices' keys (no RSA-4096 generation in tests)."""
+    return [fixed_keys(i) for i in range(4)]
 
 
 def live_peer_connections() -> list[RTCPeerConnection]:
@@ -40,22 +39,12 @@ def foreign_tasks(before: set[asyncio.Task]) -> list[asyncio.Task]:
 # A real server and real peers
 # ------------------------------------------------------------------------------------------------
 
-import contextlib  # noqa: E402
-from collections.abc import AsyncIterator, Callable  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from peer import Peer, PeerSettings, Profile  # noqa: E402
-from peer.events import Event  # noqa: E402
-from tests.support.server import RunningServer  # noqa: E402
 
 PASSWORD = "correct horse battery"
 SERVER_ENV = {"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
 
 
 def fixed_keys(n: int) -> DeviceKeys:
-    from tests.support.keys import fixed_device_keys
-
     return fixed_device_keys(n)
 
 

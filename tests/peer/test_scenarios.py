@@ -79,7 +79,15 @@ async def test_both_online_messages_and_10mb_file_go_direct_and_server_relays_no
                 e.type == "message_state" and e.message_id == mid and e.state == "delivered"
             )
         )
-    assert len([e for e in bob_events.of("message")]) == 6
+    assert len(bob_events.of("message")) == 6
+    # The server's own files: a relayed message leaves its id there (control); the direct ones do not.
+    await alice.set_direct(False)
+    control = await alice.send_text(bob.me.user_id, "control, through the server")
+    assert control.path == "relayed"
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message["message_id"] == control.message_id)
+    server_bytes = b"".join(p.read_bytes() for p in world.server.data_dir.rglob("*") if p.is_file())
+    assert control.message_id.encode() in server_bytes
+    assert not [i for i in ids if i.encode() in server_bytes]
 
 
 async def test_callee_ignoring_offers_gets_the_message_through_the_server_within_deadline(world: World):
@@ -389,3 +397,31 @@ async def test_own_second_device_gets_a_copy_and_the_contact_is_warned(world: Wo
     await alice.send_text(bob.me.user_id, "sync me")
     mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "sync me")
     assert mine.message["outgoing"] and mine.message["conversation"] == f"u:{bob.me.user_id}"
+
+
+async def test_both_sides_sending_at_once_settle_on_one_link(world: World):
+    alice, bob = await world.pair()
+    a, b = await asyncio.gather(
+        alice.send_text(bob.me.user_id, "hi bob"), bob.send_text(alice.me.user_id, "hi alice")
+    )
+    assert a.path == "direct" and b.path == "direct"
+    assert [lk.state for lk in alice.linkset.links()] == ["open"]
+    assert [lk.state for lk in bob.linkset.links()] == ["open"]
+    assert [m.text for m in await alice.history(bob.me.user_id)] in (
+        ["hi bob", "hi alice"],
+        ["hi alice", "hi bob"],
+    )
+
+
+async def test_new_device_of_a_verified_contact_blocks_sending_until_confirmed(world: World):
+    alice, bob = await world.pair(key_refresh_after=0.0)
+    await bob.send_text(alice.me.user_id, "before")
+    await bob.verify_contact(alice.me.user_id)
+    laptop = world.peer("alice-laptop", 2)
+    await laptop.login("alice", PASSWORD)
+    with pytest.raises(KeyChanged) as blocked:
+        await bob.send_text(alice.me.user_id, "not yet")
+    assert blocked.value.device_id == laptop.me.device_id
+    await bob.accept_key_change(alice.me.user_id)
+    sent = await bob.send_text(alice.me.user_id, "now to both")
+    assert {d["device_id"] for d in sent.devices} == {alice.me.device_id, laptop.me.device_id}
