@@ -12,7 +12,7 @@ say() { printf '[bootstrap] %s\n' "$*"; }
 
 apt_packages=(python3-venv)
 if [ "$want_test" = 1 ]; then
-  apt_packages+=(chromium coturn iptables conntrack iproute2 fonts-dejavu-core)
+  apt_packages+=(chromium coturn iptables conntrack iproute2 procps fonts-dejavu-core)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
