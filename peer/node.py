@@ -118,6 +118,7 @@ class PeerSettings:
     ice_servers: tuple[RTCIceServer, ...] | None = None  # None: ask the server (GET /ice)
     host_addresses: tuple[str, ...] | None = None  # None: every interface aioice finds
     link_deadline: float = 5.0
+    link_retry_after: float = 10.0  # after a failed link attempt: server only, then retry in background
     ack_deadline: float = 2.0
     server_deadline: float = 15.0
     keepalive: float = 2.0
@@ -516,6 +517,7 @@ class Peer:
             ack_deadline=self.settings.ack_deadline,
             server_deadline=self.settings.server_deadline,
             direct=self.settings.direct,
+            retry_after=self.settings.link_retry_after,
         )
         self._router = Router(self._links, self._session, store, policy, self._device_online)
         self._transfers = FileTransfers(

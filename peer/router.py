@@ -7,6 +7,12 @@ offline device — goes to the server in one `send` frame, which the hub answers
 only after committing it. Until then the envelope sits in the local outbox and is sent again after
 every reconnect, so a message is never held back by a failing direct path, and never lost. A
 message that arrives both ways is dropped by the receiver's replay memory (same message id).
+
+Only a device with no failed attempt behind it makes a message wait for a link. After an attempt
+fails (a symmetric NAT without TURN, a peer that never answers) the device is backed off: messages
+go to the server at once, and when the back-off has run out the next message starts a new attempt
+in the background instead of waiting for it — so a path that keeps failing costs one deadline, not
+one deadline per message.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 
 from peer import frames
 from peer.errors import DeliveryTimeout, LinkFailed, ServerError, ServerUnavailable
+from peer.link import Link
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore
 from peer.session import HubSession
@@ -45,6 +52,14 @@ class RoutePolicy:
     ack_deadline: float = 2.0
     server_deadline: float = 15.0
     direct: bool = True
+    retry_after: float = 10.0  # seconds after a failed link attempt before the next one
+    retry_cap: float = 300.0  # the back-off doubles per failure up to this
+
+
+@dataclass
+class _Backoff:
+    next_try: float  # loop time
+    delay: float
 
 
 class Router:
@@ -63,11 +78,43 @@ class Router:
         self._device_online = device_online
         self._acks: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._flush_lock = asyncio.Lock()
+        self._backoff: dict[str, _Backoff] = {}
+        self._background: dict[str, asyncio.Task[None]] = {}
 
     def on_ack(self, device_id: str, message_id: str) -> None:
         future = self._acks.get((message_id, device_id))
         if future is not None and not future.done():
             future.set_result(None)
+
+    def backed_off(self, device_id: str) -> bool:
+        """True while a failed link attempt keeps this device on the server path."""
+        return device_id in self._backoff
+
+    async def _attempt(self, user_id: int, device_id: str) -> Link | None:
+        """One link attempt bounded by `link_deadline`; a failure backs the device off."""
+        try:
+            link = await self._links.connect(user_id, device_id, within=self.policy.link_deadline)
+        except LinkFailed as e:
+            previous = self._backoff.get(device_id)
+            delay = (
+                self.policy.retry_after
+                if previous is None
+                else min(previous.delay * 2, self.policy.retry_cap)
+            )
+            self._backoff[device_id] = _Backoff(asyncio.get_running_loop().time() + delay, delay)
+            log.info("no direct link to %s (next attempt in %.0f s): %s", device_id, delay, e)
+            return None
+        self._backoff.pop(device_id, None)
+        return link
+
+    def _retry_in_background(self, user_id: int, device_id: str) -> None:
+        """Start a new attempt once the back-off has run out, without anyone waiting for it."""
+        backoff = self._backoff[device_id]
+        if device_id in self._background or asyncio.get_running_loop().time() < backoff.next_try:
+            return
+        task = asyncio.create_task(self._attempt(user_id, device_id), name=f"link-retry-{device_id}")
+        self._background[device_id] = task  # owned: cancelled and awaited in close()
+        task.add_done_callback(lambda _t: self._background.pop(device_id, None))
 
     async def _direct(
         self, message_id: str, envelope: bytes, user_id: int, device_id: str, connect: bool
@@ -75,12 +122,13 @@ class Router:
         if not self.policy.direct:
             return False
         link = self._links.open_link(device_id)
-        if link is None and connect and self._device_online(user_id, device_id):
-            try:
-                link = await self._links.connect(user_id, device_id, within=self.policy.link_deadline)
-            except LinkFailed as e:
-                log.info("no direct link to %s: %s", device_id, e)
+        if link is not None:
+            self._backoff.pop(device_id, None)  # a link the other side opened ends the back-off
+        elif connect and self._device_online(user_id, device_id):
+            if device_id in self._backoff:
+                self._retry_in_background(user_id, device_id)
                 return False
+            link = await self._attempt(user_id, device_id)
         if link is None:
             return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -171,6 +219,13 @@ class Router:
         return done
 
     async def close(self) -> None:
+        background = list(self._background.values())
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
         for future in self._acks.values():
             with contextlib.suppress(asyncio.InvalidStateError):
                 future.cancel()

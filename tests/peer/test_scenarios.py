@@ -6,6 +6,7 @@ Every peer uses explicit empty iceServers and host candidates on 127.0.0.1 only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -100,6 +101,40 @@ async def test_callee_ignoring_offers_gets_the_message_through_the_server_within
     assert elapsed < alice.settings.link_deadline + 1.0
     assert sent.path == "relayed" and got.message["path"] == "relayed"
     assert got.message["text"] == "are you there?"
+
+
+async def test_after_a_failed_link_attempt_the_next_message_goes_to_the_server_at_once(world: World):
+    alice, bob = await world.pair(answer_offers=False)
+    first = await alice.send_text(bob.me.user_id, "one")
+    assert first.path == "relayed"
+    started = time.perf_counter()
+    second = await alice.send_text(bob.me.user_id, "two")
+    elapsed = time.perf_counter() - started
+    assert second.path == "relayed"
+    # No second wait for a link that just failed: well under one link deadline.
+    assert elapsed < alice.settings.link_deadline / 2, f"second message took {elapsed:.2f} s"
+    assert [m.text for m in await alice.history(bob.me.user_id)] == ["one", "two"]
+
+
+async def test_a_backed_off_device_gets_a_link_in_the_background_and_it_is_used_again(world: World):
+    alice, bob = await world.pair(alice_settings={"link_retry_after": 0.3})
+    await bob.set_direct(False)  # bob ignores offers for now
+    first = await alice.send_text(bob.me.user_id, "one")
+    assert first.path == "relayed"
+    await bob.set_direct(True)
+    alice_events = world.record(alice)
+    deadline = time.perf_counter() + 10
+    # Each send after the back-off may start the background attempt; none of them waits for it.
+    while not alice.linkset.open_link(bob.me.device_id):
+        assert time.perf_counter() < deadline, "no link came up in the background"
+        started = time.perf_counter()
+        sent = await alice.send_text(bob.me.user_id, "meanwhile")
+        assert sent.path == "relayed"
+        assert time.perf_counter() - started < alice.settings.link_deadline / 2
+        with contextlib.suppress(TimeoutError):
+            await alice_events.wait_for(lambda e: e.type == "link" and e.state == "open", within=0.5)
+    later = await alice.send_text(bob.me.user_id, "direct again")
+    assert later.path == "direct"
 
 
 async def test_offline_callee_gets_queued_message_exactly_once_on_next_login(world: World):
