@@ -463,7 +463,7 @@ class Hub:
             # An ack answers a frame the server sent: a device coming back to a full mailbox acks
             # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
             if isinstance(frame, AckFrame) and sock.ack_credit > 0:
-                sock.ack_credit -= 1
+                sock.ack_credit = max(0, sock.ack_credit - _ack_count(frame))
             elif not self._charge(sock, bucket):
                 return
             try:
@@ -498,9 +498,10 @@ class Hub:
         elif isinstance(frame, SendFrame):
             await self._on_send(sock, frame)
         elif isinstance(frame, AckFrame):
-            future = await self.writer.submit_ack(sock.device_id, [frame.message_id])
+            ids = frame.ids()
+            future = await self.writer.submit_ack(sock.device_id, ids)
             sock.last_commit = future
-            future.add_done_callback(lambda f: self._after_ack(sock, f, frame.message_id))
+            future.add_done_callback(lambda f: self._after_ack(sock, f, ids))
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
@@ -593,12 +594,13 @@ class Hub:
                 _Out(accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]))
             )
 
-    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], message_id: str) -> None:
+    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
         if future.cancelled() or future.exception() is None:
             return
-        log.error("deleting acked message failed: %s", future.exception())
+        log.error("deleting acked messages failed: %s", future.exception())
         if not sock.gone:
-            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {message_id} was not saved; ack it again")
+            named = ids[0] if len(ids) == 1 else f"{len(ids)} messages ({ids[0]}, ...)"
+            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {named} was not saved; ack it again")
 
     async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
         await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
@@ -685,11 +687,21 @@ def _id_list(ids: list[str]) -> str:
     return '["' + '","'.join(ids) + '"]' if ids else "[]"
 
 
+def _ack_count(frame: AckFrame) -> int:
+    return (frame.message_id is not None) + len(frame.message_ids or ())
+
+
 def _describe(exc: ValidationError) -> str:
+    """Name the field, what is wrong, and (for a short string) the value: in a batched ack,
+    `ack.message_ids.3: ... (got 'xyz')` says which id of the batch was refused."""
     problems = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
-        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        problem = f"{where}: {err.get('msg', 'invalid')}"
+        value = err.get("input")
+        if isinstance(value, str) and len(value) <= 64:
+            problem += f" (got {value!r})"
+        problems.append(problem)
     return "frame rejected: " + "; ".join(problems)
 
 
