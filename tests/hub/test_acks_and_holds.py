@@ -148,9 +148,12 @@ async def test_a_kill_while_live_traffic_flows_loses_no_accepted_envelope(tmp_pa
             await world.befriend(alice, bob)
             a, b = await world.connect(alice), await world.connect(bob)
 
+            window = asyncio.Semaphore(200)  # in flight: enough to keep the hub busy, not to flood Bob
+
             async def pump() -> None:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     for _ in range(50_000):
+                        await window.acquire()
                         await a.send(a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(128)))
 
             async def receive_and_ack() -> None:  # acks every few deliveries, in one frame
@@ -168,6 +171,7 @@ async def test_a_kill_while_live_traffic_flows_loses_no_accepted_envelope(tmp_pa
             try:
                 while len(accepted) < 500:
                     answer = await a.expect("accepted", deadline=20)
+                    window.release()
                     accepted.append(answer["message_id"])
                     without_row += answer["queued"] == []
                 server.kill()
