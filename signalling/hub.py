@@ -139,6 +139,7 @@ class _Bucket:
 class _Out:
     text: str
     message_id: str | None = None  # set on live `deliver` copies, for de-duplication with the drain
+    accepted: bool = False  # an `accepted` frame: may join others in one `accepted_batch`
 
 
 @dataclass(slots=True, eq=False)
@@ -192,6 +193,7 @@ class DeviceSocket:
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
+        self.accepted_batch = ws.query_params.get("accepted_batch") == "1"  # the client opted in
 
     def push(self, item: _Out) -> bool:
         if self.closing is not None:
@@ -646,7 +648,9 @@ class Hub:
                 held.acked.set_result(None)
             if not held.sock.gone:
                 devices = [t.device_id for t in held.targets]
-                held.sock.push(_Out(accepted_json(held.frame.ref, held.frame.message_id, devices, [])))
+                held.sock.push(
+                    _Out(accepted_json(held.frame.ref, held.frame.message_id, devices, []), accepted=True)
+                )
         return True
 
     def _holds_of(self, device_id: str) -> set[_Held]:
@@ -746,7 +750,10 @@ class Hub:
             )
         else:
             sock.push(
-                _Out(accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]))
+                _Out(
+                    accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]),
+                    accepted=True,
+                )
             )
 
     def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
@@ -794,14 +801,27 @@ class Hub:
                 after = row.seq
         await ws.send_text(DrainedFrame().model_dump_json())
         # Live copies queued while draining may repeat rows the drain already sent: skip those.
+        carry: _Out | None = None
         while True:
             if drained_ids and sock.outbox.empty():
                 drained_ids = set()
-            item = await sock.outbox.get()
+            item, carry = (carry, None) if carry is not None else (await sock.outbox.get(), None)
             if item.message_id is not None and item.message_id in drained_ids:
                 continue
             if item.message_id is not None:
                 sock.ack_credit += 1
+            if item.accepted and sock.accepted_batch and not sock.outbox.empty():
+                # Answers queued back to back go out as one frame: one write instead of many.
+                answers = [item.text]
+                while not sock.outbox.empty():
+                    carry = sock.outbox.get_nowait()
+                    if not carry.accepted:
+                        break
+                    answers.append(carry.text)
+                    carry = None
+                if len(answers) > 1:
+                    await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
+                    continue
             await ws.send_text(item.text)
 
 

@@ -316,6 +316,18 @@ class AcceptedFrame(_Model):
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
 
 
+class AcceptedBatchFrame(_Model):
+    """Several `accepted` answers in one frame, in the order they would have come one by one.
+
+    Only for sockets that asked for it with `?accepted_batch=1` on the /ws URL: a busy sender
+    then reads one frame per burst of commits or live acks instead of one per envelope. Other
+    sockets never see this frame.
+    """
+
+    type: Literal["accepted_batch"] = "accepted_batch"
+    items: list[AcceptedFrame] = Field(min_length=1)
+
+
 class DeliverFrame(_Model):
     type: Literal["deliver"] = "deliver"
     message_id: str
@@ -409,6 +421,7 @@ ClientFrame = Annotated[
 ServerFrame = Annotated[
     SignalFrame
     | AcceptedFrame
+    | AcceptedBatchFrame
     | DeliverFrame
     | PresenceFrame
     | ReadyFrame

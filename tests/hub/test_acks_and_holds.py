@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import sqlite3
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import websockets
 from pydantic import ValidationError
 
-from signalling.protocol import CLIENT_FRAME, AckFrame
+from signalling.protocol import CLIENT_FRAME, SERVER_FRAME, AcceptedBatchFrame, AcceptedFrame, AckFrame
 from tests.hub.world import Account, DeviceClient, World, opaque_envelope
 from tests.support.server import RunningServer
 
@@ -192,3 +193,30 @@ async def test_a_kill_while_live_traffic_flows_loses_no_accepted_envelope(tmp_pa
     assert without_row > 0, "no envelope took the live-hold path: the premise is not tested"
     missing = set(accepted) - set(received) - set(stored)
     assert not missing, f"{len(missing)} accepted envelopes were lost"
+
+
+async def test_a_socket_that_asked_for_accepted_batch_gets_every_answer_once_in_order(world: World) -> None:
+    alice, bob = await world.account(), await world.account()
+    await world.befriend(alice, bob)
+    a = DeviceClient(world.ws_url, alice, alice.device_id)
+    a.ws = await websockets.connect(
+        f"{world.ws_url}?device_id={alice.device_id}&accepted_batch=1", additional_headers=alice.auth
+    )
+    assert (await a.expect("ready"))["pending"] == 0
+    await a.expect("drained")
+    frames = [a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(64)) for _ in range(300)]
+    for frame in frames:  # pipelined to offline Bob: whole group commits answer at once
+        await a.send(frame)
+    answers: list[dict] = []
+    batches = 0
+    while len(answers) < len(frames):
+        parsed = SERVER_FRAME.validate_json(json.dumps(await a.recv()))  # each frame is a protocol frame
+        if isinstance(parsed, AcceptedBatchFrame):
+            batches += 1
+            answers += [item.model_dump() for item in parsed.items]
+        elif isinstance(parsed, AcceptedFrame):
+            answers.append(parsed.model_dump())
+    assert [x["message_id"] for x in answers] == [f["message_id"] for f in frames]
+    assert all(x["queued"] == [bob.device_id] for x in answers)
+    assert batches > 0, "no answers were batched: the premise is not tested"
+    await a.close()
