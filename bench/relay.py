@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import websockets
 
-from signalling.protocol import b64encode
+from signalling.protocol import MAX_ACK_IDS, b64encode
 from tests.hub.world import Account, World
 from tests.support.server import REPO_ROOT, RunningServer
 
@@ -53,7 +53,26 @@ HUB_ENV = {
     "PEERPOST_MAILBOX_QUOTA_MESSAGES": "1000000",
     "PEERPOST_PRESENCE_GRACE_SECONDS": "1",
 }
-LOADS = [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000, 28000, 32000, 40000, 48000]
+LOADS = [
+    1000,
+    2000,
+    4000,
+    6000,
+    8000,
+    10000,
+    12000,
+    14000,
+    16000,
+    20000,
+    24000,
+    28000,
+    32000,
+    40000,
+    48000,
+    56000,
+    64000,
+    80000,
+]
 ENVELOPE_BYTES = 512
 TICK = 0.005
 
@@ -81,8 +100,11 @@ class Link:
     sender: Any
     receiver: Any
     frame: Callable[[str], str]
-    ack: Callable[[str], str] | None = None
+    ack: Callable[[list[str]], str] | None = None
     sent_at: dict[str, float] = field(default_factory=dict)
+    unacked: list[str] = field(default_factory=list)
+    closed_by_relay: str | None = None  # the relay shed this link (e.g. 1013: client not reading)
+    ack_due: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Meter:
@@ -120,7 +142,20 @@ async def _receive(link: Link, meter_of: Callable[[], Meter]) -> None:
             if sent is not None:
                 meter_of().hit(sent)
             if link.ack is not None:
-                await link.receiver.send(link.ack(mid))
+                link.unacked.append(mid)
+                link.ack_due.set()
+
+
+async def _ack(link: Link) -> None:
+    """Acks what arrived since the last turn in one frame, as a receiver draining fast would."""
+    assert link.ack is not None
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await link.ack_due.wait()
+            link.ack_due.clear()
+            ids, link.unacked = link.unacked, []
+            for start in range(0, len(ids), MAX_ACK_IDS):
+                await link.receiver.send(link.ack(ids[start : start + MAX_ACK_IDS]))
 
 
 async def _drain(ws: Any) -> None:
@@ -140,7 +175,11 @@ async def _send_paced(link: Link, rate: float, duration: float) -> int:
         while sent < due:
             mid = secrets.token_hex(16)
             link.sent_at[mid] = time.perf_counter()
-            await link.sender.send(link.frame(mid))
+            try:
+                await link.sender.send(link.frame(mid))
+            except websockets.ConnectionClosed as exc:  # past saturation the hub sheds slow readers
+                link.closed_by_relay = str(exc)
+                return sent
             sent += 1
         await asyncio.sleep(TICK)
 
@@ -168,14 +207,35 @@ async def run_step(links: list[Link], offered: float, duration: float, meter_box
 async def step_up(
     name: str, links: list[Link], duration: float, meter_box: list[Meter], loads: list[int]
 ) -> list[StepResult]:
+    """Step the load up until two steps in a row fall below 80 % of what was offered.
+
+    Two, not one: on a shared machine a single step can be cut short by someone else's burst,
+    which would end the sweep early (for either relay) and leave its saturation understated.
+    """
     steps = []
+    missed = 0
     for offered in loads:
         result = await run_step(links, offered, duration, meter_box)
         print(result.row(name), flush=True)
         steps.append(result)
-        if result.achieved < 0.8 * offered:
+        missed = missed + 1 if result.achieved < 0.8 * offered else 0
+        shed = [link.closed_by_relay for link in links if link.closed_by_relay]
+        if shed:
+            print(f"{name}: the relay closed {len(shed)} link(s) at this load ({shed[0]}); sweep ends")
+            break
+        if missed == 2:
             break
     return steps
+
+
+def sustained(steps: list[StepResult]) -> float:
+    """Saturation: the highest rate a relay delivered while keeping up (>= 80 % of the offered load).
+
+    Overloaded steps are left out: their "achieved" counts a backlog drained after the step and
+    says nothing about a rate the relay can hold (half of it would not be a comfortable load).
+    """
+    kept = [s.achieved for s in steps if s.achieved >= 0.8 * s.offered]
+    return max(kept or [s.achieved for s in steps])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,10 +296,12 @@ async def hub_accounts(world: World, pairs: int) -> list[tuple[Account, Account]
     return out
 
 
+ACCEPTED_BATCH = True  # the bench's hub clients ask for `accepted_batch` (cli: --no-accepted-batch)
+
+
 async def _hub_socket(ws_url: str, account: Account) -> Any:
-    ws = await websockets.connect(
-        f"{ws_url}?device_id={account.device_id}", additional_headers=account.auth, max_size=None
-    )
+    query = f"device_id={account.device_id}" + ("&accepted_batch=1" if ACCEPTED_BATCH else "")
+    ws = await websockets.connect(f"{ws_url}?{query}", additional_headers=account.auth, max_size=None)
     while json.loads(await ws.recv())["type"] != "drained":
         pass
     return ws
@@ -257,7 +319,7 @@ async def hub_links(ws_url: str, accounts: list[tuple[Account, Account]], envelo
                 sender,
                 receiver,
                 lambda mid, p=prefix: p + mid + '"}',
-                ack=lambda mid: '{"type":"ack","message_id":"' + mid + '"}',
+                ack=lambda mids: '{"type":"ack","message_ids":["' + '","'.join(mids) + '"]}',
             )
         )
     return links
@@ -279,9 +341,11 @@ async def mailbox_writes(
         async def answers() -> None:
             got = 0
             async for text in ws:
-                if '"accepted"' in text:
-                    credit.release()
-                    got += 1
+                if '"accepted' in text:  # `accepted`, or `accepted_batch` carrying several
+                    answered = text.count('"type":"accepted"')
+                    for _ in range(answered):
+                        credit.release()
+                    got += answered
                     if got == per_sender:
                         return
                 elif '"error"' in text:
@@ -317,6 +381,7 @@ async def _with_receivers(links: list[Link], body: Callable[[list[Meter]], Await
     meter_box = [Meter()]
     tasks = [asyncio.create_task(_receive(link, lambda: meter_box[0])) for link in links]
     tasks += [asyncio.create_task(_drain(link.sender)) for link in links if link.ack is not None]
+    tasks += [asyncio.create_task(_ack(link)) for link in links if link.ack is not None]
     try:
         return await body(meter_box)
     finally:
@@ -355,7 +420,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             hub = await _with_receivers(
                 links, lambda box: step_up("hub", links, args.step_seconds, box, loads)
             )
-            saturation = max(s.achieved for s in hub)
+            saturation = sustained(hub)
             await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
             links = await hub_links(server.ws_url, accounts, envelope)
             half = await _with_receivers(
@@ -368,13 +433,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"({mailbox['envelopes']} in {mailbox['seconds']:.2f} s, group commit, synchronous=FULL)"
             )
 
-    base_sat = max(s.achieved for s in baseline)
+    base_sat = sustained(baseline)
     summary = {
         "baseline_saturation_msgs_per_s": round(base_sat),
         "hub_saturation_msgs_per_s": round(saturation),
         "hub_to_baseline": round(saturation / base_sat, 3),
-        # Frames the server handles per message: forwarder 2 (in, out); hub 4 (send, deliver, ack, accepted).
-        "hub_to_baseline_frames": round(4 * saturation / (2 * base_sat), 3),
         "hub_p99_ms_at_half_saturation": round(half.p99_ms, 2),
         "mailbox_writes_per_s": round(mailbox["per_second"]),
         "targets": {
@@ -403,6 +466,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "step_seconds": args.step_seconds,
             "loads": loads,
             "hub_env": HUB_ENV,
+            "hub_clients": {
+                "acks": "batched: what arrived per event-loop turn, one frame",
+                "accepted_batch": ACCEPTED_BATCH,
+            },
         },
         "baseline": [s.__dict__ for s in baseline],
         "hub": [s.__dict__ for s in hub],
@@ -423,7 +490,14 @@ def cli() -> None:
         "--mailbox-envelopes", type=int, default=20_000, help="envelopes for the mailbox phase"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--no-accepted-batch",
+        action="store_true",
+        help="hub clients take one `accepted` frame per envelope (the default asks for accepted_batch)",
+    )
     args = parser.parse_args()
+    global ACCEPTED_BATCH
+    ACCEPTED_BATCH = not args.no_accepted_batch
     # The load generator is Python too: keep its own collector from adding pauses to what it measures.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import collections
 import contextlib
 import json
 import logging
@@ -50,12 +50,13 @@ from signalling.protocol import (
     PingFrame,
     PongFrame,
     ReadyFrame,
+    RecipientDevice,
     SendFrame,
     SignalFrame,
     b64encode,
 )
 from store import mailbox, reach
-from store.mailbox import MailboxQuotaExceeded, MailboxWriter, NewMessage
+from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class HubLimits:
     mailbox_quota_bytes: int = 64 * 1024 * 1024
     mailbox_quota_messages: int = 10_000
     purge_interval: float = 300.0
+    # An envelope pushed live to every recipient is stored only if they have not all acked it
+    # within this many seconds (docs/hub.md "Live holds"). 0 stores every envelope at once.
+    live_hold: float = 0.05
 
     @classmethod
     def from_settings(cls, settings: Any) -> HubLimits:
@@ -135,6 +139,36 @@ class _Bucket:
 class _Out:
     text: str
     message_id: str | None = None  # set on live `deliver` copies, for de-duplication with the drain
+    accepted: bool = False  # an `accepted` frame: may join others in one `accepted_batch`
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A send pushed live to every recipient device and not stored yet.
+
+    It is answered `accepted` when every device has acked it (they saved it: no row is needed),
+    or, when `deadline` passes first, its rows for the devices still silent are handed to the
+    mailbox writer and it is answered after their commit, as any other send.
+    """
+
+    sock: DeviceSocket
+    frame: SendFrame
+    targets: list[RecipientDevice]  # checked and de-duplicated
+    waiting: set[str]  # recipient devices that have not acked yet
+    deadline: float
+    settled: bool = False  # out of the hold: acked by all, or handed to the writer
+    commit: asyncio.Future[None] | None = None  # the writer's future, once handed to it
+    acked: asyncio.Future[None] | None = None  # made only when a ping waits for this send
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """What a `ping` behind this send waits for (None: it is answered already)."""
+        if self.commit is not None:
+            return self.commit
+        if self.settled:
+            return None
+        if self.acked is None:
+            self.acked = asyncio.get_running_loop().create_future()
+        return self.acked
 
 
 class _Closing(Exception):
@@ -154,10 +188,12 @@ class DeviceSocket:
         self.conn_id = secrets.token_hex(8)
         self.outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_size)
         self.closing: tuple[int, str] | None = None
-        self.last_commit: asyncio.Future[None] | None = None  # the newest send/ack handed to the writer
+        # the newest send/ack handed to the writer, or the newest send held for live acks
+        self.last_commit: asyncio.Future[None] | _Held | None = None
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
+        self.accepted_batch = ws.query_params.get("accepted_batch") == "1"  # the client opted in
 
     def push(self, item: _Out) -> bool:
         if self.closing is not None:
@@ -237,6 +273,11 @@ class Hub:
         self._by_user: dict[int, set[str]] = {}
         self._reach = _ReachCache(self.limits.reach_cache_ttl)
         self._janitor: asyncio.Task[None] | None = None
+        self._held: dict[tuple[str, str], _Held] = {}  # (recipient device, message id) -> hold
+        self._hold_order: collections.deque[_Held] = collections.deque()  # by deadline
+        self._hurried: list[_Held] = []  # holds whose device's socket went away: store them now
+        self._hold_wakeup = asyncio.Event()
+        self._hold_keeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -244,6 +285,7 @@ class Hub:
         await self.writer.start()
         await self.backplane.start(self)
         self._janitor = asyncio.create_task(self._purge_periodically(), name="mailbox-janitor")
+        self._hold_keeper = asyncio.create_task(self._expire_holds(), name="live-holds")
 
     async def close(self) -> None:
         if self._janitor is not None:
@@ -251,6 +293,14 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
             self._janitor = None
+        if self._hold_keeper is not None:
+            self._hold_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hold_keeper
+            self._hold_keeper = None
+        # Held sends are not lost on a clean shutdown: their rows join the writer's last batches.
+        while self._hold_order:
+            await self._store_held(self._hold_order.popleft())
         for sock in list(self._sockets.values()):
             sock.close(CloseCode.SERVER_SHUTDOWN, "the server is shutting down")
         await self.presence.close()
@@ -378,6 +428,7 @@ class Hub:
         if self._sockets.get(sock.device_id) is not sock:
             return True
         del self._sockets[sock.device_id]
+        self._hurry_holds(sock.device_id)
         devices = self._by_user.get(sock.user_id)
         if devices is not None:
             devices.discard(sock.device_id)
@@ -476,7 +527,7 @@ class Hub:
             # An ack answers a frame the server sent: a device coming back to a full mailbox acks
             # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
             if isinstance(frame, AckFrame) and sock.ack_credit > 0:
-                sock.ack_credit -= 1
+                sock.ack_credit = max(0, sock.ack_credit - _ack_count(frame))
             elif not self._charge(sock, bucket):
                 return
             try:
@@ -504,6 +555,8 @@ class Hub:
             # writer commits in order, so waiting for the last one is waiting for all of them).
             pong = _Out(PongFrame(nonce=frame.nonce).model_dump_json())
             last = sock.last_commit
+            if isinstance(last, _Held):
+                last = last.barrier()
             if last is None or last.done():
                 sock.push(pong)
             else:
@@ -511,9 +564,11 @@ class Hub:
         elif isinstance(frame, SendFrame):
             await self._on_send(sock, frame)
         elif isinstance(frame, AckFrame):
-            future = await self.writer.submit_ack(sock.device_id, [frame.message_id])
-            sock.last_commit = future
-            future.add_done_callback(lambda f: self._after_ack(sock, f, frame.message_id))
+            ids = [m for m in frame.ids() if not self._release_hold(sock.device_id, m)]
+            if ids:  # the rest have (or may have) rows: delete them, after their insert
+                future = await self.writer.submit_ack(sock.device_id, ids)
+                sock.last_commit = future
+                future.add_done_callback(lambda f: self._after_ack(sock, f, ids))
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
@@ -544,33 +599,138 @@ class Hub:
         self._reach.remember_contacts(sender, user_id)
 
     async def _on_send(self, sock: DeviceSocket, frame: SendFrame) -> None:
-        try:  # the alphabet was checked by the frame's validator; only the length can be wrong
-            envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
-        except binascii.Error as exc:
-            raise _FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url") from exc
+        # The alphabet was checked by the frame's validator; only the length can be wrong.
+        if len(frame.envelope) % 4 == 1:
+            raise _FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
         seen: set[str] = set()
-        rows: list[NewMessage] = []
+        targets: list[RecipientDevice] = []
         for r in frame.recipients:
             if r.device_id in seen:
                 continue
             seen.add(r.device_id)
             await self._may_reach(sock.user_id, r.user_id, r.device_id)
-            rows.append(
-                NewMessage(r.user_id, r.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
-            )
-        future = await self.writer.submit_store(rows)
-        # Pushed live now, before the commit: the recipient may even ack before it, which is safe
-        # because the writer applies this insert before any later ack. `accepted` still waits for
-        # the commit (a callback on it, below), so what the sender hears stays true after a crash.
+            targets.append(r)
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
-        live = [
-            row.recipient_device
-            for row in rows
-            if await self._push_live(row.recipient_device, deliver, frame)
-        ]
+        if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
+            # Every recipient has a socket here: push now, store only if they do not all ack
+            # within the hold (most live traffic then never touches the disk).
+            mid = frame.message_id
+            live = [t.device_id for t in targets if self.deliver_to_device(t.device_id, deliver, mid)]
+            if len(live) == len(targets):
+                self._hold(sock, frame, targets)
+                return
+            rows = _rows(sock, frame, targets)
+            future = await self.writer.submit_store(rows)
+        else:
+            rows = _rows(sock, frame, targets)
+            future = await self.writer.submit_store(rows)
+            # Pushed live now, before the commit: the recipient may even ack before it, which is
+            # safe because the writer applies this insert before any later ack. `accepted` still
+            # waits for the commit (a callback on it, below), so what the sender hears stays true
+            # after a crash.
+            live = [
+                row.recipient_device
+                for row in rows
+                if await self._push_live(row.recipient_device, deliver, frame)
+            ]
 
         sock.last_commit = future
         future.add_done_callback(lambda f: self._after_store(sock, f, frame, live, rows))
+
+    # Live holds: an envelope every recipient got live waits up to `live_hold` for their acks.
+
+    def _hold(self, sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) -> None:
+        deadline = time.monotonic() + self.limits.live_hold
+        held = _Held(sock, frame, targets, {t.device_id for t in targets}, deadline)
+        for t in targets:
+            self._held[(t.device_id, frame.message_id)] = held
+        self._hold_order.append(held)
+        if len(self._hold_order) == 1:
+            self._hold_wakeup.set()  # the keeper sleeps without a deadline while there is none
+        sock.last_commit = held
+
+    def _release_hold(self, device_id: str, message_id: str) -> bool:
+        """An ack of a held envelope: True when it was held (then it has no row to delete)."""
+        held = self._held.pop((device_id, message_id), None)
+        if held is None:
+            return False
+        held.waiting.discard(device_id)
+        if not held.waiting:
+            held.settled = True
+            if held.acked is not None:
+                held.acked.set_result(None)
+            if not held.sock.gone:
+                devices = [t.device_id for t in held.targets]
+                held.sock.push(
+                    _Out(accepted_json(held.frame.ref, held.frame.message_id, devices, []), accepted=True)
+                )
+        return True
+
+    def _holds_of(self, device_id: str) -> set[_Held]:
+        return {held for (device, _), held in self._held.items() if device == device_id}
+
+    def _hurry_holds(self, device_id: str) -> None:
+        """The device's socket went away: what it had not acked is stored now, not at the deadline."""
+        hurried = self._holds_of(device_id)
+        if hurried:
+            self._hurried.extend(hurried)
+            self._hold_wakeup.set()
+
+    async def _settle_holds_of(self, device_id: str) -> None:
+        """Before a socket drains: store what earlier sockets of the device were pushed and did not
+        ack, and wait until everything already handed to the writer is committed, so the drain sees
+        every row (a live push to a dying socket comes back from the mailbox at once, not on the
+        next connect)."""
+        for held in self._holds_of(device_id):
+            await self._store_held(held)
+        try:
+            async with asyncio.timeout(self.limits.auth_timeout):
+                await (await self.writer.submit_ack(device_id, []))  # a barrier: an empty job
+        except (TimeoutError, MailboxError) as exc:
+            log.warning("draining %s without waiting for queued commits: %s", device_id, exc)
+
+    async def _expire_holds(self) -> None:
+        """Owned by the hub: hands expired (or hurried) holds to the writer, in deadline order."""
+        while True:
+            now = time.monotonic()
+            due, self._hurried = self._hurried, []
+            while self._hold_order and (self._hold_order[0].settled or self._hold_order[0].deadline <= now):
+                held = self._hold_order.popleft()
+                if not held.settled:
+                    due.append(held)
+            for held in due:
+                await self._store_held(held)
+            self._hold_wakeup.clear()
+            if self._hurried:
+                continue
+            if not self._hold_order:
+                await self._hold_wakeup.wait()  # until the next hold; cancelled by close()
+                continue
+            wait = max(self._hold_order[0].deadline - time.monotonic(), 0.005)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._hold_wakeup.wait()
+
+    async def _store_held(self, held: _Held) -> None:
+        """The hold ran out: store the rows of the devices that did not ack, answer after the commit."""
+        if held.settled:
+            return
+        held.settled = True
+        silent = [t for t in held.targets if t.device_id in held.waiting]
+        for t in silent:
+            self._held.pop((t.device_id, held.frame.message_id), None)
+        live = [t.device_id for t in held.targets]
+        rows = _rows(held.sock, held.frame, silent)
+        acked = held.acked
+        try:
+            held.commit = future = await self.writer.submit_store(rows)
+        except MailboxClosed:
+            if acked is not None:  # never answered: the sender resends what it did not see accepted
+                acked.set_result(None)
+            return
+        if acked is not None:
+            future.add_done_callback(lambda _f: acked.done() or acked.set_result(None))
+        future.add_done_callback(lambda f: self._after_store(held.sock, f, held.frame, live, rows))
 
     async def _push_live(self, device_id: str, deliver: str, frame: SendFrame) -> bool:
         """Best effort: the row is stored either way, so a backplane outage only costs latency."""
@@ -603,15 +763,19 @@ class Hub:
             )
         else:
             sock.push(
-                _Out(accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]))
+                _Out(
+                    accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]),
+                    accepted=True,
+                )
             )
 
-    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], message_id: str) -> None:
+    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
         if future.cancelled() or future.exception() is None:
             return
-        log.error("deleting acked message failed: %s", future.exception())
+        log.error("deleting acked messages failed: %s", future.exception())
         if not sock.gone:
-            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {message_id} was not saved; ack it again")
+            named = ids[0] if len(ids) == 1 else f"{len(ids)} messages ({ids[0]}, ...)"
+            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {named} was not saved; ack it again")
 
     async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
         await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
@@ -623,6 +787,7 @@ class Hub:
 
     async def _write(self, sock: DeviceSocket) -> None:
         ws = sock.ws
+        await self._settle_holds_of(sock.device_id)
         async with self._engine.connect() as conn:
             pending = await mailbox.pending_count(conn, sock.device_id)
         ready = ReadyFrame(user_id=sock.user_id, device_id=sock.device_id, pending=pending)
@@ -649,14 +814,27 @@ class Hub:
                 after = row.seq
         await ws.send_text(DrainedFrame().model_dump_json())
         # Live copies queued while draining may repeat rows the drain already sent: skip those.
+        carry: _Out | None = None
         while True:
             if drained_ids and sock.outbox.empty():
                 drained_ids = set()
-            item = await sock.outbox.get()
+            item, carry = (carry, None) if carry is not None else (await sock.outbox.get(), None)
             if item.message_id is not None and item.message_id in drained_ids:
                 continue
             if item.message_id is not None:
                 sock.ack_credit += 1
+            if item.accepted and sock.accepted_batch and not sock.outbox.empty():
+                # Answers queued back to back go out as one frame: one write instead of many.
+                answers = [item.text]
+                while not sock.outbox.empty():
+                    carry = sock.outbox.get_nowait()
+                    if not carry.accepted:
+                        break
+                    answers.append(carry.text)
+                    carry = None
+                if len(answers) > 1:
+                    await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
+                    continue
             await ws.send_text(item.text)
 
 
@@ -698,11 +876,30 @@ def _id_list(ids: list[str]) -> str:
     return '["' + '","'.join(ids) + '"]' if ids else "[]"
 
 
+def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) -> list[NewMessage]:
+    """The mailbox rows of a send (decoding the envelope only now: held sends never need it)."""
+    envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
+    return [
+        NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
+        for t in targets
+    ]
+
+
+def _ack_count(frame: AckFrame) -> int:
+    return (frame.message_id is not None) + len(frame.message_ids or ())
+
+
 def _describe(exc: ValidationError) -> str:
+    """Name the field, what is wrong, and (for a short string) the value: in a batched ack,
+    `ack.message_ids.3: ... (got 'xyz')` says which id of the batch was refused."""
     problems = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
-        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        problem = f"{where}: {err.get('msg', 'invalid')}"
+        value = err.get("input")
+        if isinstance(value, str) and len(value) <= 64:
+            problem += f" (got {value!r})"
+        problems.append(problem)
     return "frame rejected: " + "; ".join(problems)
 
 

@@ -17,7 +17,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -307,6 +316,18 @@ class AcceptedFrame(_Model):
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
 
 
+class AcceptedBatchFrame(_Model):
+    """Several `accepted` answers in one frame, in the order they would have come one by one.
+
+    Only for sockets that asked for it with `?accepted_batch=1` on the /ws URL: a busy sender
+    then reads one frame per burst of commits or live acks instead of one per envelope. Other
+    sockets never see this frame.
+    """
+
+    type: Literal["accepted_batch"] = "accepted_batch"
+    items: list[AcceptedFrame] = Field(min_length=1)
+
+
 class DeliverFrame(_Model):
     type: Literal["deliver"] = "deliver"
     message_id: str
@@ -317,11 +338,40 @@ class DeliverFrame(_Model):
     queued_at: datetime | None = None
 
 
+MAX_ACK_IDS = 1000
+
+
 class AckFrame(_Model):
-    """The receiving device has stored the message: the server may delete its mailbox row."""
+    """The receiving device has stored these messages: the server may delete their mailbox rows.
+
+    `message_id` acks one; `message_ids` (added later, up to MAX_ACK_IDS) acks many in one frame,
+    as a device draining a backlog or a busy live stream does; a frame may carry both. A frame
+    with a bad id is refused whole (nothing deleted) with an error naming it. Fields left out are
+    not written, so a single-id ack is the same JSON as before `message_ids` existed.
+    """
 
     type: Literal["ack"] = "ack"
-    message_id: MessageId
+    message_id: MessageId | None = None
+    message_ids: list[MessageId] | None = Field(default=None, min_length=1, max_length=MAX_ACK_IDS)
+
+    @model_validator(mode="after")
+    def _some_id(self) -> AckFrame:
+        if self.message_id is None and not self.message_ids:
+            raise ValueError("an ack needs message_id or message_ids")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_ids(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("message_id", "message_ids"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def ids(self) -> list[str]:
+        """Every acked id, single and batched, in frame order."""
+        ids = [self.message_id] if self.message_id is not None else []
+        return ids + list(self.message_ids or ())
 
 
 class PresenceFrame(_Model):
@@ -399,6 +449,7 @@ ClientFrame = Annotated[
 ServerFrame = Annotated[
     SignalFrame
     | AcceptedFrame
+    | AcceptedBatchFrame
     | DeliverFrame
     | PresenceFrame
     | ReadyFrame
