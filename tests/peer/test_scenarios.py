@@ -81,11 +81,13 @@ async def test_both_online_messages_and_10mb_file_go_direct_and_server_relays_no
             )
         )
     assert len(bob_events.of("message")) == 6
-    # The server's own files: a relayed message leaves its id there (control); the direct ones do not.
-    await alice.set_direct(False)
-    control = await alice.send_text(bob.me.user_id, "control, through the server")
-    assert control.path == "relayed"
-    await bob_events.wait_for(lambda e: e.type == "message" and e.message["message_id"] == control.message_id)
+    # The server's own files: a message it stores leaves its id there (control: bob is offline, so
+    # it is queued; a live-acked relay may never touch the disk); the direct ones leave nothing.
+    bob_device = bob.me.device_id
+    await bob.close()
+    await alice_events.wait_for(lambda e: e.type == "presence" and e.device_id == bob_device and not e.online)
+    control = await alice.send_text(bob.me.user_id, "control, stored by the server")
+    assert control.path == "queued"
     server_bytes = b"".join(p.read_bytes() for p in world.server.data_dir.rglob("*") if p.is_file())
     assert control.message_id.encode() in server_bytes
     assert not [i for i in ids if i.encode() in server_bytes]
