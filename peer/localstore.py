@@ -105,7 +105,7 @@ class StoredMessage:
     sender_device: str
     outgoing: bool
     content_type: str
-    payload: dict[str, Any]  # the decoded payload as plain data (see peer.node.payload_record)
+    payload: dict[str, Any]  # the decoded payload as plain data (see peer.views.payload_record)
     sent_at_ms: int
     stored_at_ms: int
     path: str | None

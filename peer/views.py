@@ -1,0 +1,124 @@
+"""What a `Peer` hands out and is configured with: its settings and the plain views of the user,
+devices, safety numbers and messages that the CLI, the UI and tests read.
+
+Plain data only: nothing here talks to the network, the store or the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiortc import RTCIceServer
+
+from crypto.keys import DeviceKeys
+from crypto.keystore import DEFAULT_SCRYPT_N
+from crypto.payload import FileOffer, Payload, Text
+from peer.errors import ConfigError
+
+# How far a message has got; a receipt only ever moves it forward.
+STATE_RANK = {"sending": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    online: bool = True  # connect the hub socket (False: REST-only commands)
+    ice_servers: tuple[RTCIceServer, ...] | None = None  # None: ask the server (GET /ice)
+    host_addresses: tuple[str, ...] | None = None  # None: every interface aioice finds
+    link_deadline: float = 5.0
+    link_retry_after: float = 10.0  # after a failed link attempt: server only, then retry in background
+    ack_deadline: float = 2.0
+    server_deadline: float = 15.0
+    keepalive: float = 2.0
+    dead_after: float = 10.0
+    reconnect_base: float = 0.5
+    reconnect_cap: float = 30.0
+    direct: bool = True  # False: never try links (server only)
+    answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
+    receipts: bool = True
+    download_dir: Path | None = None  # None: the platform's downloads folder, "PeerPost" in it
+    auto_export: bool = True  # put a decrypted copy of each received file in download_dir
+    device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
+    scrypt_n: int = DEFAULT_SCRYPT_N
+    key_refresh_after: float = 30.0  # seconds a user's fetched device list is reused before sending
+
+
+@dataclass(frozen=True)
+class Me:
+    user_id: int
+    username: str
+    device_id: str
+    server_url: str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    user_id: int
+    device_id: str
+    fingerprint: str
+    confirmed: bool
+    revoked: bool
+    key_changed: bool
+    this_device: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SafetyNumber:
+    user_id: int
+    digits: str
+    formatted: str
+    qr_text: str
+    qr_svg: str
+    verified: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message_id: str
+    conversation: str
+    sender_user: int
+    sender_device: str
+    outgoing: bool
+    kind: str
+    text: str | None
+    file: dict[str, Any] | None
+    sent_at_ms: int
+    path: str | None
+    state: str
+    reason: str | None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def conversation_of(to: int | str) -> str:
+    if isinstance(to, int):
+        return f"u:{to}"
+    if to.startswith(("u:", "g:")):
+        return to
+    if to.isdigit():
+        return f"u:{to}"
+    raise ConfigError(f"{to!r} is not a conversation (u:<user id>) or a user id")
+
+
+def payload_record(payload: Payload) -> dict[str, Any]:
+    if isinstance(payload, Text):
+        return {"type": "text", "body": payload.body}
+    if isinstance(payload, FileOffer):
+        m = payload.manifest
+        return {
+            "type": "file",
+            "name": m.name,
+            "size": m.size,
+            "sha256": m.sha256,
+            "blob_id": payload.blob_id,
+        }
+    raise TypeError(f"{payload.kind} payloads are not stored as messages")
