@@ -77,6 +77,7 @@ from peer.events import (
     SignalRejectedEvent,
     TypingChanged,
 )
+from peer.history import History
 from peer.keyring import Keyring
 from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
@@ -140,6 +141,7 @@ class Peer:
         self._router: Router | None = None
         self._session: HubSession | None = None
         self._transfers: FileTransfers | None = None
+        self._history: History | None = None
         self._inbox: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
         # Envelope v2 session keys, in memory for this peer's lifetime only (never on disk): the
         # sender reuses one RSA-wrapped key per remote device, the receiver skips RSA for known ones.
@@ -385,6 +387,7 @@ class Peer:
         )
         await keyring.load()
         self._keyring = keyring
+        self._history = History(store, self._me.device_id)
         await self._ensure_published()
 
         ice = self.settings.ice_servers
@@ -475,6 +478,11 @@ class Peer:
         ):
             raise NotLoggedIn("not logged in: run `peerpost login` first")
         return self._store, self._keyring, self._links, self._router, self._session, self._transfers
+
+    def _need_history(self) -> History:
+        self._need()  # ready only once the whole start-up is done, as before
+        assert self._history is not None
+        return self._history
 
     # ---------------------------------------------------------------------------------------------
     # presence and connection
@@ -668,7 +676,7 @@ class Peer:
             )
             fresh = await store.save_message(message)
             if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
-                self._publish(MessageReceived((await self._view(message)).to_dict()))
+                self._publish(MessageReceived((await self._need_history().view(message)).to_dict()))
             await self._ack(h.message_id, link)
             if not fresh:
                 return
@@ -884,53 +892,18 @@ class Peer:
     # history
     # ---------------------------------------------------------------------------------------------
 
-    async def _view(self, m: StoredMessage) -> MessageView:
-        store = self._need()[0]
-        file = None
-        if m.content_type == "file":
-            file = dict(m.payload)
-            file.pop("type", None)
-            transfer = await store.get_transfer(m.message_id)
-            if transfer is not None and not transfer.outgoing:
-                file["state"] = transfer.state
-                file["path"] = transfer.export_path if transfer.state == "done" else None
-        devices = (
-            [
-                {"user_id": u, "device_id": d, "path": p, "state": s}
-                for u, d, p, s in await store.deliveries(m.message_id)
-            ]
-            if m.outgoing and m.sender_device == self.me.device_id
-            else []
-        )
-        return MessageView(
-            message_id=m.message_id,
-            conversation=m.conversation,
-            sender_user=m.sender_user,
-            sender_device=m.sender_device,
-            outgoing=m.outgoing,
-            kind=m.content_type,
-            text=m.payload.get("body") if m.content_type == "text" else None,
-            file=file,
-            sent_at_ms=m.sent_at_ms,
-            path=m.path,
-            state=m.state,
-            reason=m.reason,
-            devices=devices,
-        )
-
     async def history(
         self, to: int | str | None = None, limit: int = 100, before_ms: int | None = None
     ) -> list[MessageView]:
-        store = self._need()[0]
+        history = self._need_history()
         conversation = conversation_of(to) if to is not None else None
-        return [await self._view(m) for m in await store.history(conversation, limit, before_ms)]
+        return await history.history(conversation, limit, before_ms)
 
     async def message(self, message_id: str) -> MessageView | None:
-        m = await self._need()[0].get_message(message_id)
-        return await self._view(m) if m is not None else None
+        return await self._need_history().message(message_id)
 
     async def conversations(self) -> list[tuple[str, int]]:
-        return await self._need()[0].conversations()
+        return await self._need_history().conversations()
 
     # ---------------------------------------------------------------------------------------------
     # contacts, devices, trust
