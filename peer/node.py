@@ -28,7 +28,7 @@ from aiortc import RTCIceServer
 
 from crypto.atrest import open_at_rest, seal_at_rest
 from crypto.bundle import make_bundle
-from crypto.envelope import LocalDevice, open_envelope, peek_header, seal
+from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import (
     AtRestError,
     CryptoError,
@@ -37,7 +37,7 @@ from crypto.errors import (
     KeystoreLocked,
     ReplayDetected,
 )
-from crypto.filestream import FileManifest, prepare_file
+from crypto.filestream import FileManifest
 from crypto.keys import generate_device_keys
 from crypto.keystore import (
     Keystore,
@@ -45,7 +45,7 @@ from crypto.keystore import (
     create_keystore,
     load_keystore,
 )
-from crypto.payload import FileOffer, Payload, Receipt, Text, Typing
+from crypto.payload import FileOffer, Receipt, Text, Typing
 from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import frames
@@ -82,8 +82,9 @@ from peer.keyring import Keyring
 from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.outbox import Outbox
 from peer.profile import Profile, ProfileMeta, write_private
-from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, RoutePolicy, Router
+from peer.router import DIRECT, QUEUED, RELAYED, RoutePolicy, Router
 from peer.session import Backoff, HubSession
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
@@ -142,6 +143,7 @@ class Peer:
         self._session: HubSession | None = None
         self._transfers: FileTransfers | None = None
         self._history: History | None = None
+        self._outbox: Outbox | None = None
         self._inbox: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
         # Envelope v2 session keys, in memory for this peer's lifetime only (never on disk): the
         # sender reuses one RSA-wrapped key per remote device, the receiver skips RSA for known ones.
@@ -438,6 +440,21 @@ class Peer:
             download_dir=self.download_dir if self.settings.auto_export else None,
             device_online=self._device_online,
         )
+        self._outbox = Outbox(
+            me=self._me,
+            local_device=self.local_device,
+            store=store,
+            keyring=keyring,
+            links=self._links,
+            router=self._router,
+            transfers=self._transfers,
+            history=self._history,
+            session_keys=self._session_keys,
+            publish=self._publish,
+            device_online=self._device_online,
+            direct=self.settings.direct,
+            link_deadline=self.settings.link_deadline,
+        )
         self._spawn(self._process_inbox(), "inbox")
         if self.settings.online:
             self._session.start()
@@ -479,6 +496,11 @@ class Peer:
             raise NotLoggedIn("not logged in: run `peerpost login` first")
         return self._store, self._keyring, self._links, self._router, self._session, self._transfers
 
+    def _need_outbox(self) -> Outbox:
+        self._need()
+        assert self._outbox is not None
+        return self._outbox
+
     def _need_history(self) -> History:
         self._need()  # ready only once the whole start-up is done, as before
         assert self._history is not None
@@ -510,7 +532,7 @@ class Peer:
         with contextlib.suppress(ServerError):
             await self._reload_contacts()
         for message_id, _ in await router.flush_outbox():
-            await self._refresh_state(message_id)
+            await self._need_outbox().refresh_state(message_id)
 
     async def _reload_contacts(self) -> None:
         """The contacts cache and who is offline, from the server's list (raises ServerError)."""
@@ -704,165 +726,30 @@ class Peer:
             self._publish(MessageStateChanged(message_id, status, message.path, None))
 
     async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
-        await self._send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)
+        await self._need_outbox().send(
+            f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False
+        )
 
     # ---------------------------------------------------------------------------------------------
     # sending
     # ---------------------------------------------------------------------------------------------
 
-    def _target_user(self, conversation: str) -> int:
-        if conversation.startswith("g:"):
-            raise ConfigError("group conversations are not supported by this peer yet")
-        try:
-            return int(conversation[2:])
-        except ValueError as e:
-            raise ConfigError(f"{conversation!r} is not a conversation") from e
-
-    async def _send(
-        self,
-        conversation: str,
-        payload: Payload,
-        *,
-        record: bool = True,
-        own_devices: bool = True,
-        connect: bool = True,
-        persistent: bool = True,
-        message_id: str | None = None,
-    ) -> MessageView | None:
-        store, keyring, _, router, _, _ = self._need()
-        user_id = self._target_user(conversation)
-        recipients = list(await keyring.recipients(user_id))
-        if own_devices and user_id != self.me.user_id:
-            recipients += await keyring.recipients(self.me.user_id)
-        if not recipients:
-            raise UnknownContact(f"user {user_id} has no device this peer can send to")
-        message_id = message_id or os.urandom(16).hex()
-        sent_at_ms = now_ms()
-        envelope = seal(
-            payload,
-            self.local_device,
-            recipients,
-            conversation,
-            message_id,
-            sent_at_ms=sent_at_ms,
-            session_keys=self._session_keys,
-        )
-        if record:
-            message = StoredMessage(
-                message_id=message_id,
-                conversation=conversation,
-                sender_user=self.me.user_id,
-                sender_device=self.me.device_id,
-                outgoing=True,
-                content_type=payload.kind,
-                payload=payload_record(payload),
-                sent_at_ms=sent_at_ms,
-                stored_at_ms=sent_at_ms,
-                path=None,
-                state="sending",
-                reason=None,
-            )
-            # Committed before the envelope leaves. (Overlapping the two was measured: no gain on
-            # this 2-core box, where the writer thread competes with aiortc for the CPU and the GIL.)
-            await store.save_message(message)
-        outcomes = await router.deliver(
-            message_id,
-            envelope,
-            [(r.user_id, r.device_id) for r in recipients],
-            connect=connect,
-            persistent=persistent and record,
-        )
-        if not record:
-            return None
-        state, path, reason = _summary(outcomes, user_id)
-        await store.set_message_state(message_id, state, path, reason)
-        self._publish(MessageStateChanged(message_id, state, path, reason))
-        return await self.message(message_id)
-
-    async def _refresh_state(self, message_id: str) -> None:
-        store = self._need()[0]
-        message = await store.get_message(message_id)
-        if message is None or STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
-            return
-        rows = await store.deliveries(message_id)
-        outcomes = [DeviceOutcome(u, d, p, s) for u, d, p, s in rows]
-        state, path, reason = _summary(outcomes, self._target_user(message.conversation))
-        await store.set_message_state(message_id, state, path, reason)
-        self._publish(MessageStateChanged(message_id, state, path, reason))
-
     async def send_text(self, to: int | str, body: str) -> MessageView:
-        view = await self._send(conversation_of(to), Text(body))
-        assert view is not None
-        return view
+        conversation = conversation_of(to)
+        return await self._need_outbox().send_text(conversation, body)
 
     async def send_typing(self, to: int | str, active: bool) -> None:
-        await self._send(conversation_of(to), Typing(active), record=False, connect=False, persistent=False)
+        conversation = conversation_of(to)
+        await self._need_outbox().send_typing(conversation, active)
 
     async def mark_read(self, to: int | str, message_ids: list[str]) -> None:
         conversation = conversation_of(to)
-        await self._send(conversation, Receipt("read", message_ids), record=False, own_devices=False)
+        await self._need_outbox().mark_read(conversation, message_ids)
 
     async def send_file(self, to: int | str, path: str | os.PathLike[str]) -> MessageView:
         """Offer a file and move it: direct over links when every device has one, else a blob."""
-        store, keyring, _, _, _, transfers = self._need()
-        conversation = conversation_of(to)
-        user_id = self._target_user(conversation)
-        source = Path(path)
-        try:
-            manifest: FileManifest = await asyncio.to_thread(prepare_file, source)
-        except OSError as e:
-            raise ConfigError(f"cannot read {source}: {e.strerror or e}") from e
-        recipients = list(await keyring.recipients(user_id))
-        if user_id != self.me.user_id:
-            recipients += await keyring.recipients(self.me.user_id)
-        if not recipients:
-            raise UnknownContact(f"user {user_id} has no device this peer can send to")
-        message_id = os.urandom(16).hex()
-        direct = False
-        if self.settings.direct:
-            attempts = await asyncio.gather(
-                *(self._try_link(r.user_id, r.device_id) for r in recipients), return_exceptions=True
-            )
-            direct = all(isinstance(a, Link) for a in attempts)
-        blob_id = None
-        if not direct:
-            readers = sorted({r.user_id for r in recipients} - {self.me.user_id}) or [self.me.user_id]
-            blob_id = await transfers.upload_blob(manifest, source, readers, message_id)
-        view = await self._send(conversation, FileOffer(manifest, blob_id), message_id=message_id)
-        assert view is not None
-        if direct:
-            results = await asyncio.gather(
-                *(
-                    transfers.send_direct(message_id, manifest, source, r.user_id, r.device_id)
-                    for r in recipients
-                ),
-                return_exceptions=True,
-            )
-            failures = [str(r) for r in results if isinstance(r, BaseException)]
-            if failures:
-                # The direct path gave out for good: the file goes again as a blob, in a new
-                # message (the first one stays, marked failed, pointing at the second).
-                readers = sorted({r.user_id for r in recipients} - {self.me.user_id}) or [self.me.user_id]
-                again_id = os.urandom(16).hex()
-                blob_id = await transfers.upload_blob(manifest, source, readers, again_id)
-                again = await self._send(conversation, FileOffer(manifest, blob_id), message_id=again_id)
-                reason = (
-                    f"direct transfer failed ({failures[0]}); sent again through the server as {again_id}"
-                )
-                await store.set_message_state(message_id, FAILED, reason=reason)
-                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, reason))
-                assert again is not None
-                return again
-        return await self.message(message_id) or view
-
-    async def _try_link(self, user_id: int, device_id: str) -> Link:
-        links = self._need()[2]
-        link = links.open_link(device_id)
-        if link is not None:
-            return link
-        if not self._device_online(user_id, device_id):
-            raise LinkFailed(f"device {device_id} is offline")
-        return await links.connect(user_id, device_id, within=self.settings.link_deadline)
+        outbox = self._need_outbox()
+        return await outbox.send_file(conversation_of(to), path)
 
     @property
     def download_dir(self) -> Path:
@@ -1013,6 +900,8 @@ class Peer:
         self.settings = replace(self.settings, direct=enabled)
         if self._router is not None:
             self._router.policy = replace(self._router.policy, direct=enabled)
+        if self._outbox is not None:
+            self._outbox.direct = enabled
         if self._links is not None:
             self._links.ignore_signals = not (enabled and self.settings.answer_offers)
             if not enabled:
@@ -1033,20 +922,3 @@ class Peer:
     @property
     def session(self) -> HubSession:
         return self._need()[4]
-
-
-def _summary(outcomes: list[DeviceOutcome], peer_user: int) -> tuple[str, str | None, str | None]:
-    """One state and path for a message from its per-device outcomes."""
-    if not outcomes:
-        return FAILED, None, "no recipient device"
-    theirs = [o for o in outcomes if o.user_id == peer_user] or outcomes
-    if all(o.state == FAILED for o in theirs):
-        return FAILED, None, theirs[0].reason
-    state = "sent" if all(o.state == SENT for o in theirs) else "sending"
-    paths = {o.path for o in theirs if o.path}
-    path = QUEUED if QUEUED in paths else RELAYED if RELAYED in paths else DIRECT if paths else None
-    reason = next((o.reason for o in theirs if o.state in (FAILED, PENDING) and o.reason), None)
-    return state, path, reason
-
-
-__all__ = ["DeviceInfo", "Me", "MessageView", "Peer", "PeerSettings", "SafetyNumber", "conversation_of"]
