@@ -5,10 +5,11 @@ session (WebSocket with reconnects), the direct links, the local store, the inbo
 processes what arrives, and every helper task (receipts, outbox flushes, blob downloads). Leaving
 the block closes all of them; no task, socket or RTCPeerConnection survives it.
 
-Receiving is the same whichever way an envelope came: peek the header, make sure the sender's
-device key is pinned, open (verify, decrypt, replay check), store, acknowledge on the path it came
-by, emit an event. Sending seals once for every device of the recipient and of the sender's other
-devices, and lets `peer.router` pick the path per device.
+The work itself lives in parts the Peer builds at start-up and hands what they need:
+`peer.inbox` receives (whichever way an envelope came), `peer.outbox` sends (seal once for every
+device, `peer.router` picks the path per device), `peer.history` reads stored messages back as
+views. The Peer keeps the lifetime, the login, presence and contacts, and the public API; the
+plain data it hands out lives in `peer.views` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -28,14 +29,11 @@ from aiortc import RTCIceServer
 
 from crypto.atrest import open_at_rest, seal_at_rest
 from crypto.bundle import make_bundle
-from crypto.envelope import LocalDevice, open_envelope, peek_header
+from crypto.envelope import LocalDevice
 from crypto.errors import (
     AtRestError,
-    CryptoError,
-    EnvelopeError,
     KeystoreCorrupt,
     KeystoreLocked,
-    ReplayDetected,
 )
 from crypto.filestream import FileManifest
 from crypto.keys import generate_device_keys
@@ -45,7 +43,6 @@ from crypto.keystore import (
     create_keystore,
     load_keystore,
 )
-from crypto.payload import FileOffer, Receipt, Text, Typing
 from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import frames
@@ -53,7 +50,6 @@ from peer.client import ServerClient, normalise_server_url
 from peer.errors import (
     AuthFailed,
     ConfigError,
-    LinkFailed,
     NotLoggedIn,
     PeerError,
     ServerError,
@@ -63,39 +59,33 @@ from peer.errors import (
 from peer.events import (
     ConnectionChanged,
     ContactChanged,
-    DuplicateDropped,
     ErrorEvent,
     Event,
     EventBus,
     KeygenProgress,
     KeyWarning,
     LinkChanged,
-    MessageReceived,
-    MessageStateChanged,
     PresenceChanged,
-    ReceiptReceived,
     SignalRejectedEvent,
-    TypingChanged,
 )
 from peer.history import History
+from peer.inbox import Inbox
 from peer.keyring import Keyring
 from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
-from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.localstore import LocalStore
 from peer.outbox import Outbox
 from peer.profile import Profile, ProfileMeta, write_private
-from peer.router import DIRECT, QUEUED, RELAYED, RoutePolicy, Router
+from peer.router import QUEUED, RELAYED, RoutePolicy, Router
 from peer.session import Backoff, HubSession
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
-    STATE_RANK,
     DeviceInfo,
     Me,
     MessageView,
     PeerSettings,
     SafetyNumber,
     conversation_of,
-    payload_record,
 )
 from signalling.protocol import (
     ContactEvent,
@@ -114,7 +104,6 @@ from signalling.protocol import (
     TokenPair,
     UserPublic,
     UserUpdate,
-    b64decode,
     b64encode,
 )
 
@@ -144,7 +133,7 @@ class Peer:
         self._transfers: FileTransfers | None = None
         self._history: History | None = None
         self._outbox: Outbox | None = None
-        self._inbox: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        self._inbox: Inbox | None = None
         # Envelope v2 session keys, in memory for this peer's lifetime only (never on disk): the
         # sender reuses one RSA-wrapped key per remote device, the receiver skips RSA for known ones.
         self._session_keys = SessionKeyCache()
@@ -180,7 +169,8 @@ class Peer:
             await self._links.close()
         if self._router is not None:
             await self._router.close()
-        self._inbox.put_nowait(None)
+        if self._inbox is not None:
+            self._inbox.close()
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
@@ -416,7 +406,7 @@ class Peer:
             settings=link_settings,
             send_signal=self._session.send_signal,
             pinned_identity=keyring.ensure_sender,
-            on_frame=self._on_link_frame,
+            on_frame=self._on_link_frame,  # the inbox, made below before any await
             on_link_state=self._on_link_state,
             on_rejected=lambda u, d, why: self._publish(SignalRejectedEvent(u, d, why)),
         )
@@ -455,7 +445,22 @@ class Peer:
             direct=self.settings.direct,
             link_deadline=self.settings.link_deadline,
         )
-        self._spawn(self._process_inbox(), "inbox")
+        self._inbox = Inbox(
+            me=self._me,
+            local_device=self.local_device,
+            store=store,
+            keyring=keyring,
+            router=self._router,
+            session=self._session,
+            transfers=self._transfers,
+            history=self._history,
+            outbox=self._outbox,
+            unwrap_cache=self._unwrap_cache,
+            publish=self._publish,
+            spawn=self._spawn,
+            receipts=self.settings.receipts,
+        )
+        self._spawn(self._inbox.run(), "inbox")
         if self.settings.online:
             self._session.start()
 
@@ -495,6 +500,11 @@ class Peer:
         ):
             raise NotLoggedIn("not logged in: run `peerpost login` first")
         return self._store, self._keyring, self._links, self._router, self._session, self._transfers
+
+    def _need_inbox(self) -> Inbox:
+        self._need()
+        assert self._inbox is not None
+        return self._inbox
 
     def _need_outbox(self) -> Outbox:
         self._need()
@@ -562,6 +572,10 @@ class Peer:
             news = ContactChanged(frame.event.value, frame.user_id, frame.username, frame.by_me, contact)
             self._publish(news)
 
+    def _on_link_frame(self, link: Link, frame: frames.Frame) -> None:
+        if self._inbox is not None:
+            self._inbox.on_link_frame(link, frame)
+
     def _on_link_state(self, link: Link, state: LinkState, user_id: int) -> None:
         if state is not LinkState.NEW:
             self._publish(LinkChanged(user_id, link.remote_device, str(state)))
@@ -572,7 +586,7 @@ class Peer:
     async def _on_server_frame(self, frame: ServerFrame) -> None:
         links = self._need()[2]
         if isinstance(frame, DeliverFrame):
-            await self._receive(
+            await self._need_inbox().receive(
                 frame.envelope, via=QUEUED if frame.queued else RELAYED, link=None, server_id=frame.message_id
             )
         elif isinstance(frame, SignalFrame):
@@ -604,131 +618,6 @@ class Peer:
             self._spawn(self._on_contact(frame), "contact")
         elif isinstance(frame, ReadyFrame):
             pass
-
-    # ---------------------------------------------------------------------------------------------
-    # receiving
-    # ---------------------------------------------------------------------------------------------
-
-    def _on_link_frame(self, link: Link, frame: frames.Frame) -> None:
-        """Runs inside aiortc's callback: quick things now, the rest in order on the inbox task."""
-        if isinstance(frame, frames.Ack):
-            if self._router is not None:
-                self._router.on_ack(link.remote_device, frame.message_id)
-        elif isinstance(frame, frames.ChunkAck):
-            if self._transfers is not None:
-                self._transfers.on_chunk_ack(link.remote_device, frame)
-        elif isinstance(frame, frames.FileAbort):
-            if self._transfers is not None:
-                self._transfers.on_abort(link.remote_device, frame)
-        else:
-            self._inbox.put_nowait((link, frame))
-
-    async def _process_inbox(self) -> None:
-        while (item := await self._inbox.get()) is not None:
-            link, frame = item
-            try:
-                if isinstance(frame, frames.Envelope):
-                    await self._receive(frame.data, via=DIRECT, link=link, server_id=None)
-                elif isinstance(frame, frames.Chunk) and self._transfers is not None:
-                    await self._transfers.on_chunk(link, frame)
-            except Exception:
-                log.exception("processing a frame from %s failed", link.remote_device)
-
-    async def _ack(self, message_id: str, link: Link | None) -> None:
-        if link is not None:
-            with contextlib.suppress(LinkFailed):
-                link.send(frames.Ack(message_id))
-        elif self._session is not None:
-            with contextlib.suppress(ServerError):
-                await self._session.ack(message_id)
-
-    async def _receive(
-        self, data: bytes | str, *, via: str, link: Link | None, server_id: str | None
-    ) -> None:
-        store, keyring, _, _, _, transfers = self._need()
-        try:
-            raw = b64decode(data) if isinstance(data, str) else data
-            header = peek_header(raw)
-        except (ValueError, EnvelopeError) as e:
-            self._publish(ErrorEvent(f"a message that is not a valid envelope was dropped: {e}"))
-            if server_id is not None:
-                await self._ack(server_id, None)
-            return
-        who = f"user {header.sender_user}"
-        try:
-            await keyring.ensure_sender(header.sender_user, header.sender_device)
-        except ServerError as e:
-            # Cannot verify now: not acknowledged, so it comes again (mailbox) or goes to the server.
-            log.info("cannot fetch keys of %s now: %s", who, e)
-            return
-        try:
-            opened = open_envelope(
-                raw, self.local_device, keyring.identity_key, store, unwrap_cache=self._unwrap_cache
-            )
-        except ReplayDetected:
-            await self._ack(header.message_id, link)  # shown once; the other path is done too
-            self._publish(DuplicateDropped(header.message_id, via))
-            return
-        except CryptoError as e:
-            self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
-            await self._ack(header.message_id, link)
-            return
-        h, payload = opened.header, opened.payload
-        conversation = h.conversation
-        if h.sender_user != self.me.user_id and conversation == f"u:{self.me.user_id}":
-            conversation = f"u:{h.sender_user}"
-        if isinstance(payload, Text | FileOffer):
-            if isinstance(payload, FileOffer):
-                await transfers.expect(
-                    h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
-                )
-            message = StoredMessage(
-                message_id=h.message_id,
-                conversation=conversation,
-                sender_user=h.sender_user,
-                sender_device=h.sender_device,
-                outgoing=h.sender_user == self.me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
-                sent_at_ms=h.sent_at_ms,
-                stored_at_ms=now_ms(),
-                path=via,
-                state="received",
-                reason=None,
-            )
-            fresh = await store.save_message(message)
-            if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
-                self._publish(MessageReceived((await self._need_history().view(message)).to_dict()))
-            await self._ack(h.message_id, link)
-            if not fresh:
-                return
-            if isinstance(payload, FileOffer) and payload.blob_id is not None:
-                self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
-            if self.settings.receipts and h.sender_user != self.me.user_id:
-                self._spawn(self._send_receipt(h.sender_user, "delivered", [h.message_id]), "receipt")
-            return
-        await store.mark_seen(h.sender_device, h.message_id)
-        await self._ack(h.message_id, link)
-        if isinstance(payload, Receipt):
-            for message_id in payload.message_ids:
-                await self._apply_receipt(message_id, payload.status, h.sender_user)
-            self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
-        elif isinstance(payload, Typing):
-            self._publish(TypingChanged(h.sender_user, conversation, payload.active))
-
-    async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
-        store = self._need()[0]
-        message = await store.get_message(message_id)
-        if message is None or not message.outgoing:
-            return
-        if STATE_RANK.get(status, 0) > STATE_RANK.get(message.state, 0):
-            await store.set_message_state(message_id, status, reason=None)
-            self._publish(MessageStateChanged(message_id, status, message.path, None))
-
-    async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
-        await self._need_outbox().send(
-            f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False
-        )
 
     # ---------------------------------------------------------------------------------------------
     # sending

@@ -1,0 +1,199 @@
+"""`Inbox`: how a logged-in peer receives — the same whichever way an envelope came.
+
+Peek the header, make sure the sender's device key is pinned, open (verify, decrypt, replay
+check), store, acknowledge on the path it came by, emit an event; receipts move an outgoing
+message's state forward, and a delivered message is answered with a receipt.
+
+Link frames arrive inside aiortc's callbacks: acks are handled there, everything else is queued
+and processed in order by `run`, which the Peer owns as its "inbox" task. It never sends a
+message of its own except receipts (through the `Outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from crypto.envelope import LocalDevice, open_envelope, peek_header
+from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
+from crypto.payload import FileOffer, Receipt, Text, Typing
+from crypto.sessionkeys import UnwrapCache
+from peer import frames
+from peer.errors import LinkFailed, ServerError
+from peer.events import (
+    DuplicateDropped,
+    ErrorEvent,
+    Event,
+    MessageReceived,
+    MessageStateChanged,
+    ReceiptReceived,
+    TypingChanged,
+)
+from peer.history import History
+from peer.keyring import Keyring
+from peer.link import Link
+from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.outbox import Outbox
+from peer.router import DIRECT, Router
+from peer.session import HubSession
+from peer.transfer import FileTransfers
+from peer.views import STATE_RANK, Me, payload_record
+from signalling.protocol import b64decode
+
+log = logging.getLogger(__name__)
+
+
+class Inbox:
+    def __init__(
+        self,
+        *,
+        me: Me,
+        local_device: LocalDevice,
+        store: LocalStore,
+        keyring: Keyring,
+        router: Router,
+        session: HubSession,
+        transfers: FileTransfers,
+        history: History,
+        outbox: Outbox,
+        unwrap_cache: UnwrapCache,
+        publish: Callable[[Event], None],
+        spawn: Callable[[Coroutine[Any, Any, Any], str], object],
+        receipts: bool,
+    ) -> None:
+        self._me = me
+        self._local_device = local_device
+        self._store = store
+        self._keyring = keyring
+        self._router = router
+        self._session = session
+        self._transfers = transfers
+        self._history = history
+        self._outbox = outbox
+        self._unwrap_cache = unwrap_cache
+        self._publish = publish
+        self._spawn = spawn  # the Peer's: its tasks are owned (and cancelled) by the Peer
+        self._receipts = receipts
+        self._queue: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+
+    def close(self) -> None:
+        """Stop `run` when it reaches this point of the queue (the Peer cancels it right after)."""
+        self._queue.put_nowait(None)
+
+    def on_link_frame(self, link: Link, frame: frames.Frame) -> None:
+        """Runs inside aiortc's callback: quick things now, the rest in order on the inbox task."""
+        if isinstance(frame, frames.Ack):
+            self._router.on_ack(link.remote_device, frame.message_id)
+        elif isinstance(frame, frames.ChunkAck):
+            self._transfers.on_chunk_ack(link.remote_device, frame)
+        elif isinstance(frame, frames.FileAbort):
+            self._transfers.on_abort(link.remote_device, frame)
+        else:
+            self._queue.put_nowait((link, frame))
+
+    async def run(self) -> None:
+        """Process queued link frames in order until `close` (the Peer runs this as its inbox task)."""
+        while (item := await self._queue.get()) is not None:
+            link, frame = item
+            try:
+                if isinstance(frame, frames.Envelope):
+                    await self.receive(frame.data, via=DIRECT, link=link, server_id=None)
+                elif isinstance(frame, frames.Chunk):
+                    await self._transfers.on_chunk(link, frame)
+            except Exception:
+                log.exception("processing a frame from %s failed", link.remote_device)
+
+    async def ack(self, message_id: str, link: Link | None) -> None:
+        if link is not None:
+            with contextlib.suppress(LinkFailed):
+                link.send(frames.Ack(message_id))
+        else:
+            with contextlib.suppress(ServerError):
+                await self._session.ack(message_id)
+
+    async def receive(self, data: bytes | str, *, via: str, link: Link | None, server_id: str | None) -> None:
+        store, keyring, transfers = self._store, self._keyring, self._transfers
+        try:
+            raw = b64decode(data) if isinstance(data, str) else data
+            header = peek_header(raw)
+        except (ValueError, EnvelopeError) as e:
+            self._publish(ErrorEvent(f"a message that is not a valid envelope was dropped: {e}"))
+            if server_id is not None:
+                await self.ack(server_id, None)
+            return
+        who = f"user {header.sender_user}"
+        try:
+            await keyring.ensure_sender(header.sender_user, header.sender_device)
+        except ServerError as e:
+            # Cannot verify now: not acknowledged, so it comes again (mailbox) or goes to the server.
+            log.info("cannot fetch keys of %s now: %s", who, e)
+            return
+        try:
+            opened = open_envelope(
+                raw, self._local_device, keyring.identity_key, store, unwrap_cache=self._unwrap_cache
+            )
+        except ReplayDetected:
+            await self.ack(header.message_id, link)  # shown once; the other path is done too
+            self._publish(DuplicateDropped(header.message_id, via))
+            return
+        except CryptoError as e:
+            self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
+            await self.ack(header.message_id, link)
+            return
+        h, payload = opened.header, opened.payload
+        conversation = h.conversation
+        if h.sender_user != self._me.user_id and conversation == f"u:{self._me.user_id}":
+            conversation = f"u:{h.sender_user}"
+        if isinstance(payload, Text | FileOffer):
+            if isinstance(payload, FileOffer):
+                await transfers.expect(
+                    h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
+                )
+            message = StoredMessage(
+                message_id=h.message_id,
+                conversation=conversation,
+                sender_user=h.sender_user,
+                sender_device=h.sender_device,
+                outgoing=h.sender_user == self._me.user_id,
+                content_type=payload.kind,
+                payload=payload_record(payload),
+                sent_at_ms=h.sent_at_ms,
+                stored_at_ms=now_ms(),
+                path=via,
+                state="received",
+                reason=None,
+            )
+            fresh = await store.save_message(message)
+            if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
+                self._publish(MessageReceived((await self._history.view(message)).to_dict()))
+            await self.ack(h.message_id, link)
+            if not fresh:
+                return
+            if isinstance(payload, FileOffer) and payload.blob_id is not None:
+                self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
+            if self._receipts and h.sender_user != self._me.user_id:
+                self._spawn(self.send_receipt(h.sender_user, "delivered", [h.message_id]), "receipt")
+            return
+        await store.mark_seen(h.sender_device, h.message_id)
+        await self.ack(h.message_id, link)
+        if isinstance(payload, Receipt):
+            for message_id in payload.message_ids:
+                await self.apply_receipt(message_id, payload.status, h.sender_user)
+            self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
+        elif isinstance(payload, Typing):
+            self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+
+    async def apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
+        store = self._store
+        message = await store.get_message(message_id)
+        if message is None or not message.outgoing:
+            return
+        if STATE_RANK.get(status, 0) > STATE_RANK.get(message.state, 0):
+            await store.set_message_state(message_id, status, reason=None)
+            self._publish(MessageStateChanged(message_id, status, message.path, None))
+
+    async def send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
+        await self._outbox.send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)
