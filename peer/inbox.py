@@ -106,7 +106,7 @@ class Inbox:
             except Exception:
                 log.exception("processing a frame from %s failed", link.remote_device)
 
-    async def ack(self, message_id: str, link: Link | None) -> None:
+    async def _ack(self, message_id: str, link: Link | None) -> None:
         if link is not None:
             with contextlib.suppress(LinkFailed):
                 link.send(frames.Ack(message_id))
@@ -122,7 +122,7 @@ class Inbox:
         except (ValueError, EnvelopeError) as e:
             self._publish(ErrorEvent(f"a message that is not a valid envelope was dropped: {e}"))
             if server_id is not None:
-                await self.ack(server_id, None)
+                await self._ack(server_id, None)
             return
         who = f"user {header.sender_user}"
         try:
@@ -136,12 +136,12 @@ class Inbox:
                 raw, self._local_device, keyring.identity_key, store, unwrap_cache=self._unwrap_cache
             )
         except ReplayDetected:
-            await self.ack(header.message_id, link)  # shown once; the other path is done too
+            await self._ack(header.message_id, link)  # shown once; the other path is done too
             self._publish(DuplicateDropped(header.message_id, via))
             return
         except CryptoError as e:
             self._publish(ErrorEvent(f"message {header.message_id} from {who} could not be verified: {e}"))
-            await self.ack(header.message_id, link)
+            await self._ack(header.message_id, link)
             return
         h, payload = opened.header, opened.payload
         conversation = h.conversation
@@ -169,24 +169,24 @@ class Inbox:
             fresh = await store.save_message(message)
             if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
                 self._publish(MessageReceived((await self._history.view(message)).to_dict()))
-            await self.ack(h.message_id, link)
+            await self._ack(h.message_id, link)
             if not fresh:
                 return
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
             if self._receipts and h.sender_user != self._me.user_id:
-                self._spawn(self.send_receipt(h.sender_user, "delivered", [h.message_id]), "receipt")
+                self._spawn(self._send_receipt(h.sender_user, "delivered", [h.message_id]), "receipt")
             return
         await store.mark_seen(h.sender_device, h.message_id)
-        await self.ack(h.message_id, link)
+        await self._ack(h.message_id, link)
         if isinstance(payload, Receipt):
             for message_id in payload.message_ids:
-                await self.apply_receipt(message_id, payload.status, h.sender_user)
+                await self._apply_receipt(message_id, payload.status, h.sender_user)
             self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(h.sender_user, conversation, payload.active))
 
-    async def apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
+    async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
         store = self._store
         message = await store.get_message(message_id)
         if message is None or not message.outgoing:
@@ -195,5 +195,5 @@ class Inbox:
             await store.set_message_state(message_id, status, reason=None)
             self._publish(MessageStateChanged(message_id, status, message.path, None))
 
-    async def send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
+    async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
         await self._outbox.send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)

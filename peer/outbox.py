@@ -60,7 +60,7 @@ class Outbox:
         self.direct = direct  # files: try links first (Peer.set_direct changes it while running)
         self._link_deadline = link_deadline
 
-    def target_user(self, conversation: str) -> int:
+    def _target_user(self, conversation: str) -> int:
         if conversation.startswith("g:"):
             raise ConfigError("group conversations are not supported by this peer yet")
         try:
@@ -80,7 +80,7 @@ class Outbox:
         message_id: str | None = None,
     ) -> MessageView | None:
         store, keyring, router = self._store, self._keyring, self._router
-        user_id = self.target_user(conversation)
+        user_id = self._target_user(conversation)
         recipients = list(await keyring.recipients(user_id))
         if own_devices and user_id != self._me.user_id:
             recipients += await keyring.recipients(self._me.user_id)
@@ -136,7 +136,7 @@ class Outbox:
             return
         rows = await store.deliveries(message_id)
         outcomes = [DeviceOutcome(u, d, p, s) for u, d, p, s in rows]
-        state, path, reason = _summary(outcomes, self.target_user(message.conversation))
+        state, path, reason = _summary(outcomes, self._target_user(message.conversation))
         await store.set_message_state(message_id, state, path, reason)
         self._publish(MessageStateChanged(message_id, state, path, reason))
 
@@ -154,7 +154,7 @@ class Outbox:
     async def send_file(self, conversation: str, path: str | os.PathLike[str]) -> MessageView:
         """Offer a file and move it: direct over links when every device has one, else a blob."""
         store, keyring, transfers = self._store, self._keyring, self._transfers
-        user_id = self.target_user(conversation)
+        user_id = self._target_user(conversation)
         source = Path(path)
         try:
             manifest: FileManifest = await asyncio.to_thread(prepare_file, source)
@@ -169,7 +169,7 @@ class Outbox:
         direct = False
         if self.direct:
             attempts = await asyncio.gather(
-                *(self.try_link(r.user_id, r.device_id) for r in recipients), return_exceptions=True
+                *(self._try_link(r.user_id, r.device_id) for r in recipients), return_exceptions=True
             )
             direct = all(isinstance(a, Link) for a in attempts)
         blob_id = None
@@ -203,7 +203,7 @@ class Outbox:
                 return again
         return await self._history.message(message_id) or view
 
-    async def try_link(self, user_id: int, device_id: str) -> Link:
+    async def _try_link(self, user_id: int, device_id: str) -> Link:
         links = self._links
         link = links.open_link(device_id)
         if link is not None:
