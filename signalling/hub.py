@@ -24,11 +24,9 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from signalling.backplane import Backplane, InProcessBackplane
+from signalling.device_socket import CLOSE_TOO_SLOW, DeviceSocket, Outgoing
+from signalling.errors import FrameRefused, HubAuthError, HubError
+from signalling.limits import HubLimits
 from signalling.presence import Presence
 from signalling.protocol import (
     CLIENT_FRAME,
@@ -46,7 +47,6 @@ from signalling.protocol import (
     DeliverFrame,
     DrainedFrame,
     ErrorCode,
-    ErrorFrame,
     PingFrame,
     PongFrame,
     ReadyFrame,
@@ -55,91 +55,30 @@ from signalling.protocol import (
     SignalFrame,
     b64encode,
 )
+from signalling.ratelimit import TokenBucket
+from signalling.reach import Reach
 from store import mailbox, reach
 from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+
+# Names other modules (routes, tests) import from here.
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "Authenticator",
+    "DeviceSocket",
+    "Hub",
+    "HubAuthError",
+    "HubError",
+    "HubLimits",
+    "accepted_json",
+    "deliver_json",
+]
 
 log = logging.getLogger(__name__)
 
 # Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
 Authenticator = Callable[[str], Awaitable[int]]
 
-CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
-_REACH_CACHE_MAX = 100_000
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
-
-
-class HubError(Exception):
-    """Base of the hub's own failures."""
-
-
-class HubAuthError(HubError):
-    pass
-
-
-class _FrameRefused(HubError):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class HubLimits:
-    max_frame_bytes: int = 1024 * 1024
-    rate_per_second: float = 200.0
-    rate_burst: int = 400
-    presence_grace: float = 5.0
-    auth_timeout: float = 10.0
-    drain_page: int = 256
-    outbox_size: int = 4096
-    reach_cache_ttl: float = 5.0
-    mailbox_retention: timedelta = timedelta(days=30)
-    mailbox_quota_bytes: int = 64 * 1024 * 1024
-    mailbox_quota_messages: int = 10_000
-    purge_interval: float = 300.0
-    # An envelope pushed live to every recipient is stored only if they have not all acked it
-    # within this many seconds (docs/hub.md "Live holds"). 0 stores every envelope at once.
-    live_hold: float = 0.05
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> HubLimits:
-        """Read the hub's knobs from the server's Settings (names in signalling.settings)."""
-        return cls(
-            max_frame_bytes=settings.max_frame_bytes,
-            rate_per_second=settings.ws_rate_per_second,
-            rate_burst=settings.ws_rate_burst,
-            presence_grace=settings.presence_grace_seconds,
-            mailbox_retention=timedelta(days=settings.mailbox_retention_days),
-            mailbox_quota_bytes=settings.mailbox_quota_bytes,
-            mailbox_quota_messages=settings.mailbox_quota_messages,
-            purge_interval=settings.mailbox_purge_interval_seconds,
-        )
-
-
-class _Bucket:
-    """Token bucket: `rate` frames a second sustained, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-@dataclass(slots=True)
-class _Out:
-    text: str
-    message_id: str | None = None  # set on live `deliver` copies, for de-duplication with the drain
-    accepted: bool = False  # an `accepted` frame: may join others in one `accepted_batch`
 
 
 @dataclass(slots=True, eq=False)
@@ -178,76 +117,6 @@ class _Closing(Exception):
         self.reason = reason
 
 
-class DeviceSocket:
-    """One authenticated device's live socket and the queue of frames going out on it."""
-
-    def __init__(self, ws: WebSocket, user_id: int, device_id: str, outbox_size: int) -> None:
-        self.ws = ws
-        self.user_id = user_id
-        self.device_id = device_id
-        self.conn_id = secrets.token_hex(8)
-        self.outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_size)
-        self.closing: tuple[int, str] | None = None
-        # the newest send/ack handed to the writer, or the newest send held for live acks
-        self.last_commit: asyncio.Future[None] | _Held | None = None
-        self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
-        self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
-        self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
-        self.accepted_batch = ws.query_params.get("accepted_batch") == "1"  # the client opted in
-
-    def push(self, item: _Out) -> bool:
-        if self.closing is not None:
-            return False
-        try:
-            self.outbox.put_nowait(item)
-        except asyncio.QueueFull:
-            self.close(CLOSE_TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
-            return False
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closing is None:
-            self.closing = (code, reason)
-            self.closed.set()
-
-
-class _ReachCache:
-    """Positive answers of `store.reach` for a few seconds, so a busy sender costs no query per frame.
-
-    Only positive answers are kept: a new contact or device works at once, a removed one stops
-    within `ttl` seconds (at once when the server calls `Hub.forget_reach`).
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._owners: dict[str, tuple[int, float]] = {}
-        self._contacts: dict[tuple[int, int], float] = {}
-
-    def owner(self, device_id: str) -> int | None:
-        hit = self._owners.get(device_id)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def remember_owner(self, device_id: str, user_id: int) -> None:
-        if len(self._owners) >= _REACH_CACHE_MAX:
-            self._owners.clear()  # crude but bounded: a refill costs one query per active pair
-        self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
-
-    def contacts(self, a: int, b: int) -> bool:
-        until = self._contacts.get((a, b))
-        return until is not None and until >= time.monotonic()
-
-    def remember_contacts(self, a: int, b: int) -> None:
-        if len(self._contacts) >= _REACH_CACHE_MAX:
-            self._contacts.clear()
-        self._contacts[(a, b)] = time.monotonic() + self._ttl
-
-    def clear(self) -> None:
-        self._owners.clear()
-        self._contacts.clear()
-
-
 class Hub:
     """All live sockets of this instance. Created by the app factory; `start()`/`close()` in lifespan."""
 
@@ -271,7 +140,7 @@ class Hub:
         )
         self._sockets: dict[str, DeviceSocket] = {}
         self._by_user: dict[int, set[str]] = {}
-        self._reach = _ReachCache(self.limits.reach_cache_ttl)
+        self._reach = Reach(engine, self.limits.reach_cache_ttl)
         self._janitor: asyncio.Task[None] | None = None
         self._held: dict[tuple[str, str], _Held] = {}  # (recipient device, message id) -> hold
         self._hold_order: collections.deque[_Held] = collections.deque()  # by deadline
@@ -365,11 +234,11 @@ class Hub:
 
     def deliver_to_device(self, device_id: str, text: str, message_id: str | None) -> bool:
         sock = self._sockets.get(device_id)
-        return sock is not None and sock.push(_Out(text, message_id))
+        return sock is not None and sock.push(Outgoing(text, message_id))
 
     def deliver_to_user(self, user_id: int, text: str) -> None:
         for device_id in self._by_user.get(user_id, ()):
-            self._sockets[device_id].push(_Out(text))
+            self._sockets[device_id].push(Outgoing(text))
 
     def close_device(self, device_id: str, code: int, reason: str, unless_conn: str | None) -> None:
         if unless_conn is None:  # a revocation (possibly from another instance), not a replacement
@@ -493,7 +362,7 @@ class Hub:
     # The reader: validate, check permissions, hand work on. It never writes to the socket itself.
 
     async def _read(self, sock: DeviceSocket) -> None:
-        bucket = _Bucket(self.limits.rate_per_second, self.limits.rate_burst)
+        bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst)
         limit = self.limits.max_frame_bytes
         while True:
             message = await sock.ws.receive()
@@ -508,21 +377,19 @@ class Hub:
             if size > limit:
                 if not self._charge(sock, bucket):
                     return
-                self._refuse(
-                    sock, ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit"
-                )
+                sock.refuse(ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit")
                 continue
             if text is None:
                 if not self._charge(sock, bucket):
                     return
-                self._refuse(sock, ErrorCode.MALFORMED, "frames must be JSON text, not binary")
+                sock.refuse(ErrorCode.MALFORMED, "frames must be JSON text, not binary")
                 continue
             try:
                 frame = CLIENT_FRAME.validate_json(text)
             except ValidationError as exc:
                 if not self._charge(sock, bucket):
                     return
-                self._refuse(sock, ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
+                sock.refuse(ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
                 continue
             # An ack answers a frame the server sent: a device coming back to a full mailbox acks
             # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
@@ -532,10 +399,10 @@ class Hub:
                 return
             try:
                 await self._dispatch(sock, frame)
-            except _FrameRefused as exc:
-                self._refuse(sock, exc.code, exc.message, getattr(frame, "ref", None))
+            except FrameRefused as exc:
+                sock.refuse(exc.code, exc.message, getattr(frame, "ref", None))
 
-    def _charge(self, sock: DeviceSocket, bucket: _Bucket) -> bool:
+    def _charge(self, sock: DeviceSocket, bucket: TokenBucket) -> bool:
         """Take one frame from the socket's budget; close it (False) when the budget is spent."""
         if bucket.take():
             return True
@@ -546,14 +413,11 @@ class Hub:
         )
         return False
 
-    def _refuse(self, sock: DeviceSocket, code: ErrorCode, message: str, ref: str | None = None) -> None:
-        sock.push(_Out(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
-
     async def _dispatch(self, sock: DeviceSocket, frame: Any) -> None:
         if isinstance(frame, PingFrame):
             # A pong comes after every earlier send and ack of this socket has been committed (the
             # writer commits in order, so waiting for the last one is waiting for all of them).
-            pong = _Out(PongFrame(nonce=frame.nonce).model_dump_json())
+            pong = Outgoing(PongFrame(nonce=frame.nonce).model_dump_json())
             last = sock.last_commit
             if isinstance(last, _Held):
                 last = last.barrier()
@@ -572,43 +436,19 @@ class Hub:
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
-            raise _FrameRefused(ErrorCode.MALFORMED, "this socket is already authenticated")
-
-    async def _may_reach(self, sender: int, user_id: int, device_id: str) -> None:
-        """Raise _FrameRefused unless `sender` may send to `device_id` of `user_id`."""
-        owner = self._reach.owner(device_id)
-        if owner is None:
-            async with self._engine.connect() as conn:
-                found = await reach.device_owner(conn, device_id)
-            if found is None or not found.active:
-                raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}")
-            owner = found.user_id
-            self._reach.remember_owner(device_id, owner)
-        if owner != user_id:
-            raise _FrameRefused(
-                ErrorCode.UNKNOWN_DEVICE, f"device {device_id} does not belong to user {user_id}"
-            )
-        if user_id == sender or self._reach.contacts(sender, user_id):
-            return
-        async with self._engine.connect() as conn:
-            ok = await reach.is_accepted_contact(conn, sender, user_id)
-        if not ok:
-            raise _FrameRefused(
-                ErrorCode.NOT_A_CONTACT, f"user {user_id} is not an accepted contact of yours"
-            )
-        self._reach.remember_contacts(sender, user_id)
+            raise FrameRefused(ErrorCode.MALFORMED, "this socket is already authenticated")
 
     async def _on_send(self, sock: DeviceSocket, frame: SendFrame) -> None:
         # The alphabet was checked by the frame's validator; only the length can be wrong.
         if len(frame.envelope) % 4 == 1:
-            raise _FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
+            raise FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
         seen: set[str] = set()
         targets: list[RecipientDevice] = []
         for r in frame.recipients:
             if r.device_id in seen:
                 continue
             seen.add(r.device_id)
-            await self._may_reach(sock.user_id, r.user_id, r.device_id)
+            await self._reach.check(sock.user_id, r.user_id, r.device_id)
             targets.append(r)
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
@@ -662,7 +502,7 @@ class Hub:
             if not held.sock.gone:
                 devices = [t.device_id for t in held.targets]
                 held.sock.push(
-                    _Out(accepted_json(held.frame.ref, held.frame.message_id, devices, []), accepted=True)
+                    Outgoing(accepted_json(held.frame.ref, held.frame.message_id, devices, []), accepted=True)
                 )
         return True
 
@@ -755,15 +595,13 @@ class Hub:
             return
         exc = future.exception()
         if isinstance(exc, MailboxQuotaExceeded):
-            self._refuse(sock, ErrorCode.QUOTA, str(exc), frame.ref)
+            sock.refuse(ErrorCode.QUOTA, str(exc), frame.ref)
         elif exc is not None:
             log.error("mailbox write failed: %s", exc)
-            self._refuse(
-                sock, ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref
-            )
+            sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
         else:
             sock.push(
-                _Out(
+                Outgoing(
                     accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]),
                     accepted=True,
                 )
@@ -775,13 +613,13 @@ class Hub:
         log.error("deleting acked messages failed: %s", future.exception())
         if not sock.gone:
             named = ids[0] if len(ids) == 1 else f"{len(ids)} messages ({ids[0]}, ...)"
-            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {named} was not saved; ack it again")
+            sock.refuse(ErrorCode.INTERNAL, f"the ack of {named} was not saved; ack it again")
 
     async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
-        await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
+        await self._reach.check(sock.user_id, frame.to_user, frame.to_device)
         relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
         if not await self.backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
-            raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
+            raise FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
 
     # The writer: ready, drain, drained, then whatever is queued. The only task that sends.
 
@@ -814,7 +652,7 @@ class Hub:
                 after = row.seq
         await ws.send_text(DrainedFrame().model_dump_json())
         # Live copies queued while draining may repeat rows the drain already sent: skip those.
-        carry: _Out | None = None
+        carry: Outgoing | None = None
         while True:
             if drained_ids and sock.outbox.empty():
                 drained_ids = set()
