@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from signalling.protocol import ErrorCode, ErrorFrame
 
 if TYPE_CHECKING:
-    from signalling.hub import _Held as Held
+    from signalling.delivery import Held
 
 CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
 
