@@ -3,7 +3,8 @@
 Routes raise `ApiError` subclasses with a sentence for a person (`detail`) and a stable word for a
 program (`code`); the handlers installed by `install_error_handlers` turn them, FastAPI's own
 HTTPExceptions and request-validation failures into `{"detail": ..., "code": ...}`
-(`signalling.protocol.ErrorBody`). The hub raises `Unauthorized` from `authenticate_token` too.
+(`signalling.protocol.ErrorBody`). The hub raises `Unauthorized` from `authenticate_token` too;
+its own WebSocket-side failures (`HubError`) are at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from signalling.protocol import ErrorCode
 
 
 class SignallingError(Exception):
@@ -144,3 +147,24 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+# The hub's own failures (WebSocket side). They are not ApiErrors: none of them reaches a REST
+# client; the hub turns them into a close code (auth) or an `error` frame (a refused frame).
+
+
+class HubError(Exception):
+    """Base of the hub's own failures."""
+
+
+class HubAuthError(HubError):
+    """A socket could not be authenticated: closed with 4401 and this message as the reason."""
+
+
+class FrameRefused(HubError):
+    """A valid frame the hub will not act on: answered with an `error` frame, the socket stays up."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

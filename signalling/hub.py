@@ -1,16 +1,13 @@
-"""The hub: the live WebSocket of every connected device, and what happens to each frame.
+"""The hub: the live WebSocket of every connected device on this instance.
 
-One socket per device (a new one replaces the old with close code REPLACED). A socket's life:
-authenticate → `ready` → drain the device's mailbox in order (`deliver`, queued) → `drained` →
-live traffic until it closes. Per socket there are three tasks, owned by one TaskGroup: the reader
-(validates and dispatches client frames), the writer (the only one that writes to the socket), and a
-watcher (closes it when asked). A send's `accepted` is pushed by a callback on its commit; the
-mailbox writer commits in submission order, so answers keep the order of the frames.
+It owns the registry of sockets (one per device: a new one replaces the old with close code
+REPLACED), the lifecycle of the parts below, and what the REST routes and the backplane call.
+The work is in one module per job:
 
-Send semantics (docs/hub.md): every recipient device gets a mailbox row, committed, before the
-sender hears `accepted`; connected devices also get the envelope pushed at once; a row is deleted
-only when its device acks it. So a live push lost with a dropping socket comes back from the
-mailbox on the next connect, and a server killed at any moment has lost nothing it accepted.
+- `signalling.connection`: one socket from the auth handshake to its close (reader, writer, watcher)
+- `signalling.delivery`: send, live hold, ack, signal, ping and the drain (docs/hub.md)
+- `signalling.reach`: who may send to whom, with its short cache
+- `signalling.device_socket`: a socket's identity and outgoing queue, which anyone may push to
 
 The hub never decodes an envelope beyond base64url, and never logs one.
 """
@@ -18,234 +15,38 @@ The hub never decodes an envelope beyond base64url, and never logs one.
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
-import json
 import logging
-import re
-import secrets
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signalling.backplane import Backplane, InProcessBackplane
+from signalling.connection import Authenticator, Connection, authenticate_socket, close_quietly
+from signalling.delivery import Delivery, accepted_json, deliver_json
+from signalling.device_socket import CLOSE_TOO_SLOW, DeviceSocket, Outgoing
+from signalling.errors import HubAuthError, HubError
+from signalling.limits import HubLimits
 from signalling.presence import Presence
-from signalling.protocol import (
-    CLIENT_FRAME,
-    DEVICE_ID_PATTERN,
-    AckFrame,
-    AuthFrame,
-    CloseCode,
-    DeliverFrame,
-    DrainedFrame,
-    ErrorCode,
-    ErrorFrame,
-    PingFrame,
-    PongFrame,
-    ReadyFrame,
-    RecipientDevice,
-    SendFrame,
-    SignalFrame,
-    b64encode,
-)
-from store import mailbox, reach
-from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+from signalling.protocol import CloseCode
+from signalling.reach import Reach
+from store import mailbox
+from store.mailbox import MailboxWriter
+
+# Names other modules (routes, tests) have always imported from here.
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "Authenticator",
+    "DeviceSocket",
+    "Hub",
+    "HubAuthError",
+    "HubError",
+    "HubLimits",
+    "accepted_json",
+    "deliver_json",
+]
 
 log = logging.getLogger(__name__)
-
-# Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
-Authenticator = Callable[[str], Awaitable[int]]
-
-CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
-_REACH_CACHE_MAX = 100_000
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
-
-
-class HubError(Exception):
-    """Base of the hub's own failures."""
-
-
-class HubAuthError(HubError):
-    pass
-
-
-class _FrameRefused(HubError):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class HubLimits:
-    max_frame_bytes: int = 1024 * 1024
-    rate_per_second: float = 200.0
-    rate_burst: int = 400
-    presence_grace: float = 5.0
-    auth_timeout: float = 10.0
-    drain_page: int = 256
-    outbox_size: int = 4096
-    reach_cache_ttl: float = 5.0
-    mailbox_retention: timedelta = timedelta(days=30)
-    mailbox_quota_bytes: int = 64 * 1024 * 1024
-    mailbox_quota_messages: int = 10_000
-    purge_interval: float = 300.0
-    # An envelope pushed live to every recipient is stored only if they have not all acked it
-    # within this many seconds (docs/hub.md "Live holds"). 0 stores every envelope at once.
-    live_hold: float = 0.05
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> HubLimits:
-        """Read the hub's knobs from the server's Settings (names in signalling.settings)."""
-        return cls(
-            max_frame_bytes=settings.max_frame_bytes,
-            rate_per_second=settings.ws_rate_per_second,
-            rate_burst=settings.ws_rate_burst,
-            presence_grace=settings.presence_grace_seconds,
-            mailbox_retention=timedelta(days=settings.mailbox_retention_days),
-            mailbox_quota_bytes=settings.mailbox_quota_bytes,
-            mailbox_quota_messages=settings.mailbox_quota_messages,
-            purge_interval=settings.mailbox_purge_interval_seconds,
-        )
-
-
-class _Bucket:
-    """Token bucket: `rate` frames a second sustained, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-@dataclass(slots=True)
-class _Out:
-    text: str
-    message_id: str | None = None  # set on live `deliver` copies, for de-duplication with the drain
-    accepted: bool = False  # an `accepted` frame: may join others in one `accepted_batch`
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """A send pushed live to every recipient device and not stored yet.
-
-    It is answered `accepted` when every device has acked it (they saved it: no row is needed),
-    or, when `deadline` passes first, its rows for the devices still silent are handed to the
-    mailbox writer and it is answered after their commit, as any other send.
-    """
-
-    sock: DeviceSocket
-    frame: SendFrame
-    targets: list[RecipientDevice]  # checked and de-duplicated
-    waiting: set[str]  # recipient devices that have not acked yet
-    deadline: float
-    settled: bool = False  # out of the hold: acked by all, or handed to the writer
-    commit: asyncio.Future[None] | None = None  # the writer's future, once handed to it
-    acked: asyncio.Future[None] | None = None  # made only when a ping waits for this send
-
-    def barrier(self) -> asyncio.Future[None] | None:
-        """What a `ping` behind this send waits for (None: it is answered already)."""
-        if self.commit is not None:
-            return self.commit
-        if self.settled:
-            return None
-        if self.acked is None:
-            self.acked = asyncio.get_running_loop().create_future()
-        return self.acked
-
-
-class _Closing(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class DeviceSocket:
-    """One authenticated device's live socket and the queue of frames going out on it."""
-
-    def __init__(self, ws: WebSocket, user_id: int, device_id: str, outbox_size: int) -> None:
-        self.ws = ws
-        self.user_id = user_id
-        self.device_id = device_id
-        self.conn_id = secrets.token_hex(8)
-        self.outbox: asyncio.Queue[_Out] = asyncio.Queue(maxsize=outbox_size)
-        self.closing: tuple[int, str] | None = None
-        # the newest send/ack handed to the writer, or the newest send held for live acks
-        self.last_commit: asyncio.Future[None] | _Held | None = None
-        self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
-        self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
-        self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
-        self.accepted_batch = ws.query_params.get("accepted_batch") == "1"  # the client opted in
-
-    def push(self, item: _Out) -> bool:
-        if self.closing is not None:
-            return False
-        try:
-            self.outbox.put_nowait(item)
-        except asyncio.QueueFull:
-            self.close(CLOSE_TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
-            return False
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closing is None:
-            self.closing = (code, reason)
-            self.closed.set()
-
-
-class _ReachCache:
-    """Positive answers of `store.reach` for a few seconds, so a busy sender costs no query per frame.
-
-    Only positive answers are kept: a new contact or device works at once, a removed one stops
-    within `ttl` seconds (at once when the server calls `Hub.forget_reach`).
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._owners: dict[str, tuple[int, float]] = {}
-        self._contacts: dict[tuple[int, int], float] = {}
-
-    def owner(self, device_id: str) -> int | None:
-        hit = self._owners.get(device_id)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def remember_owner(self, device_id: str, user_id: int) -> None:
-        if len(self._owners) >= _REACH_CACHE_MAX:
-            self._owners.clear()  # crude but bounded: a refill costs one query per active pair
-        self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
-
-    def contacts(self, a: int, b: int) -> bool:
-        until = self._contacts.get((a, b))
-        return until is not None and until >= time.monotonic()
-
-    def remember_contacts(self, a: int, b: int) -> None:
-        if len(self._contacts) >= _REACH_CACHE_MAX:
-            self._contacts.clear()
-        self._contacts[(a, b)] = time.monotonic() + self._ttl
-
-    def clear(self) -> None:
-        self._owners.clear()
-        self._contacts.clear()
 
 
 class Hub:
@@ -271,13 +72,11 @@ class Hub:
         )
         self._sockets: dict[str, DeviceSocket] = {}
         self._by_user: dict[int, set[str]] = {}
-        self._reach = _ReachCache(self.limits.reach_cache_ttl)
+        self._reach = Reach(engine, self.limits.reach_cache_ttl)
+        self._delivery = Delivery(
+            engine, self.limits, self.writer, self.backplane, self._reach, self._sockets
+        )
         self._janitor: asyncio.Task[None] | None = None
-        self._held: dict[tuple[str, str], _Held] = {}  # (recipient device, message id) -> hold
-        self._hold_order: collections.deque[_Held] = collections.deque()  # by deadline
-        self._hurried: list[_Held] = []  # holds whose device's socket went away: store them now
-        self._hold_wakeup = asyncio.Event()
-        self._hold_keeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -285,7 +84,7 @@ class Hub:
         await self.writer.start()
         await self.backplane.start(self)
         self._janitor = asyncio.create_task(self._purge_periodically(), name="mailbox-janitor")
-        self._hold_keeper = asyncio.create_task(self._expire_holds(), name="live-holds")
+        self._delivery.start()
 
     async def close(self) -> None:
         if self._janitor is not None:
@@ -293,14 +92,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
             self._janitor = None
-        if self._hold_keeper is not None:
-            self._hold_keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._hold_keeper
-            self._hold_keeper = None
-        # Held sends are not lost on a clean shutdown: their rows join the writer's last batches.
-        while self._hold_order:
-            await self._store_held(self._hold_order.popleft())
+        await self._delivery.close()  # stops the hold keeper; held sends join the last batches
         for sock in list(self._sockets.values()):
             sock.close(CloseCode.SERVER_SHUTDOWN, "the server is shutting down")
         await self.presence.close()
@@ -365,11 +157,11 @@ class Hub:
 
     def deliver_to_device(self, device_id: str, text: str, message_id: str | None) -> bool:
         sock = self._sockets.get(device_id)
-        return sock is not None and sock.push(_Out(text, message_id))
+        return sock is not None and sock.push(Outgoing(text, message_id))
 
     def deliver_to_user(self, user_id: int, text: str) -> None:
         for device_id in self._by_user.get(user_id, ()):
-            self._sockets[device_id].push(_Out(text))
+            self._sockets[device_id].push(Outgoing(text))
 
     def close_device(self, device_id: str, code: int, reason: str, unless_conn: str | None) -> None:
         if unless_conn is None:  # a revocation (possibly from another instance), not a replacement
@@ -391,9 +183,11 @@ class Hub:
         """Run one client socket from accept to close. Never raises for client mistakes."""
         await ws.accept()
         try:
-            user_id, device_id = await self._authenticate_socket(ws)
+            user_id, device_id = await authenticate_socket(
+                ws, self._authenticate, self._engine, self.limits.auth_timeout
+            )
         except HubAuthError as exc:
-            await _close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
+            await close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
             return
         except WebSocketDisconnect:
             return
@@ -404,14 +198,14 @@ class Hub:
         try:
             await self.backplane.attach(user_id, device_id, sock.conn_id, CloseCode.REPLACED)
             await self.presence.device_came(user_id, device_id)
-            await self._run_socket(sock)
+            await Connection(sock, self.limits, self._delivery).run()
         finally:
             replaced = self._unregister(sock)
             with contextlib.suppress(Exception):
                 await self.backplane.detach(user_id, device_id, sock.conn_id)
             code, reason = sock.closing or (1000, "")
             if sock.closing is not None:
-                await _close_quietly(ws, code, reason)
+                await close_quietly(ws, code, reason)
             if not replaced and code != CloseCode.REPLACED:
                 with contextlib.suppress(Exception):
                     await self.presence.device_left(user_id, device_id)
@@ -428,493 +222,10 @@ class Hub:
         if self._sockets.get(sock.device_id) is not sock:
             return True
         del self._sockets[sock.device_id]
-        self._hurry_holds(sock.device_id)
+        self._delivery.hurry_holds(sock.device_id)
         devices = self._by_user.get(sock.user_id)
         if devices is not None:
             devices.discard(sock.device_id)
             if not devices:
                 del self._by_user[sock.user_id]
         return False
-
-    async def _authenticate_socket(self, ws: WebSocket) -> tuple[int, str]:
-        header = ws.headers.get("authorization", "")
-        if header:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                raise HubAuthError("the Authorization header must be 'Bearer <access token>'")
-            device_id = ws.query_params.get("device_id")
-            if not device_id:
-                raise HubAuthError("the device_id query parameter is missing")
-        else:
-            try:
-                async with asyncio.timeout(self.limits.auth_timeout):
-                    text = await ws.receive_text()
-            except TimeoutError as exc:
-                raise HubAuthError("no auth frame within the deadline") from exc
-            except (KeyError, RuntimeError) as exc:
-                raise HubAuthError("the first frame must be a text auth frame") from exc
-            try:
-                frame = AuthFrame.model_validate_json(text)
-            except ValidationError as exc:
-                raise HubAuthError("the first frame must be an auth frame with token and device_id") from exc
-            token, device_id = frame.token, frame.device_id
-        if not _DEVICE_ID.fullmatch(device_id):
-            raise HubAuthError("device_id must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
-        try:
-            user_id = await self._authenticate(token)
-        except Exception as exc:
-            raise HubAuthError("the access token is invalid, expired or revoked") from exc
-        async with self._engine.connect() as conn:
-            owner = await reach.device_owner(conn, device_id)
-        if owner is None or owner.user_id != user_id:
-            raise HubAuthError(f"device {device_id} is not a published device of this account")
-        if not owner.active:
-            raise HubAuthError(f"device {device_id} has been revoked")
-        return user_id, device_id
-
-    async def _run_socket(self, sock: DeviceSocket) -> None:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._read(sock))
-                tg.create_task(self._write(sock))
-                tg.create_task(self._watch(sock))
-        except* (_Closing, WebSocketDisconnect):
-            pass
-        finally:
-            # Sends already handed to the writer still commit; their `accepted` has nobody to go
-            # to, and the sender's client resends what it did not see accepted (idempotent).
-            sock.gone = True
-
-    async def _watch(self, sock: DeviceSocket) -> None:
-        await sock.closed.wait()
-        code, reason = sock.closing or (1000, "")
-        raise _Closing(code, reason)
-
-    # The reader: validate, check permissions, hand work on. It never writes to the socket itself.
-
-    async def _read(self, sock: DeviceSocket) -> None:
-        bucket = _Bucket(self.limits.rate_per_second, self.limits.rate_burst)
-        limit = self.limits.max_frame_bytes
-        while True:
-            message = await sock.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            text = message.get("text")
-            if text is None:
-                raw = message.get("bytes") or b""
-                size = len(raw)
-            else:
-                size = len(text) if text.isascii() else len(text.encode("utf-8"))
-            if size > limit:
-                if not self._charge(sock, bucket):
-                    return
-                self._refuse(
-                    sock, ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit"
-                )
-                continue
-            if text is None:
-                if not self._charge(sock, bucket):
-                    return
-                self._refuse(sock, ErrorCode.MALFORMED, "frames must be JSON text, not binary")
-                continue
-            try:
-                frame = CLIENT_FRAME.validate_json(text)
-            except ValidationError as exc:
-                if not self._charge(sock, bucket):
-                    return
-                self._refuse(sock, ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
-                continue
-            # An ack answers a frame the server sent: a device coming back to a full mailbox acks
-            # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
-            if isinstance(frame, AckFrame) and sock.ack_credit > 0:
-                sock.ack_credit = max(0, sock.ack_credit - _ack_count(frame))
-            elif not self._charge(sock, bucket):
-                return
-            try:
-                await self._dispatch(sock, frame)
-            except _FrameRefused as exc:
-                self._refuse(sock, exc.code, exc.message, getattr(frame, "ref", None))
-
-    def _charge(self, sock: DeviceSocket, bucket: _Bucket) -> bool:
-        """Take one frame from the socket's budget; close it (False) when the budget is spent."""
-        if bucket.take():
-            return True
-        sock.close(
-            CloseCode.RATE_LIMITED,
-            f"too many frames: more than {self.limits.rate_per_second:g} per second "
-            f"(burst {self.limits.rate_burst})",
-        )
-        return False
-
-    def _refuse(self, sock: DeviceSocket, code: ErrorCode, message: str, ref: str | None = None) -> None:
-        sock.push(_Out(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
-
-    async def _dispatch(self, sock: DeviceSocket, frame: Any) -> None:
-        if isinstance(frame, PingFrame):
-            # A pong comes after every earlier send and ack of this socket has been committed (the
-            # writer commits in order, so waiting for the last one is waiting for all of them).
-            pong = _Out(PongFrame(nonce=frame.nonce).model_dump_json())
-            last = sock.last_commit
-            if isinstance(last, _Held):
-                last = last.barrier()
-            if last is None or last.done():
-                sock.push(pong)
-            else:
-                last.add_done_callback(lambda _f: sock.push(pong))
-        elif isinstance(frame, SendFrame):
-            await self._on_send(sock, frame)
-        elif isinstance(frame, AckFrame):
-            ids = [m for m in frame.ids() if not self._release_hold(sock.device_id, m)]
-            if ids:  # the rest have (or may have) rows: delete them, after their insert
-                future = await self.writer.submit_ack(sock.device_id, ids)
-                sock.last_commit = future
-                future.add_done_callback(lambda f: self._after_ack(sock, f, ids))
-        elif isinstance(frame, SignalFrame):
-            await self._on_signal(sock, frame)
-        elif isinstance(frame, AuthFrame):
-            raise _FrameRefused(ErrorCode.MALFORMED, "this socket is already authenticated")
-
-    async def _may_reach(self, sender: int, user_id: int, device_id: str) -> None:
-        """Raise _FrameRefused unless `sender` may send to `device_id` of `user_id`."""
-        owner = self._reach.owner(device_id)
-        if owner is None:
-            async with self._engine.connect() as conn:
-                found = await reach.device_owner(conn, device_id)
-            if found is None or not found.active:
-                raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}")
-            owner = found.user_id
-            self._reach.remember_owner(device_id, owner)
-        if owner != user_id:
-            raise _FrameRefused(
-                ErrorCode.UNKNOWN_DEVICE, f"device {device_id} does not belong to user {user_id}"
-            )
-        if user_id == sender or self._reach.contacts(sender, user_id):
-            return
-        async with self._engine.connect() as conn:
-            ok = await reach.is_accepted_contact(conn, sender, user_id)
-        if not ok:
-            raise _FrameRefused(
-                ErrorCode.NOT_A_CONTACT, f"user {user_id} is not an accepted contact of yours"
-            )
-        self._reach.remember_contacts(sender, user_id)
-
-    async def _on_send(self, sock: DeviceSocket, frame: SendFrame) -> None:
-        # The alphabet was checked by the frame's validator; only the length can be wrong.
-        if len(frame.envelope) % 4 == 1:
-            raise _FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
-        seen: set[str] = set()
-        targets: list[RecipientDevice] = []
-        for r in frame.recipients:
-            if r.device_id in seen:
-                continue
-            seen.add(r.device_id)
-            await self._may_reach(sock.user_id, r.user_id, r.device_id)
-            targets.append(r)
-        deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
-        if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
-            # Every recipient has a socket here: push now, store only if they do not all ack
-            # within the hold (most live traffic then never touches the disk).
-            mid = frame.message_id
-            live = [t.device_id for t in targets if self.deliver_to_device(t.device_id, deliver, mid)]
-            if len(live) == len(targets):
-                self._hold(sock, frame, targets)
-                return
-            rows = _rows(sock, frame, targets)
-            future = await self.writer.submit_store(rows)
-        else:
-            rows = _rows(sock, frame, targets)
-            future = await self.writer.submit_store(rows)
-            # Pushed live now, before the commit: the recipient may even ack before it, which is
-            # safe because the writer applies this insert before any later ack. `accepted` still
-            # waits for the commit (a callback on it, below), so what the sender hears stays true
-            # after a crash.
-            live = [
-                row.recipient_device
-                for row in rows
-                if await self._push_live(row.recipient_device, deliver, frame)
-            ]
-
-        sock.last_commit = future
-        future.add_done_callback(lambda f: self._after_store(sock, f, frame, live, rows))
-
-    # Live holds: an envelope every recipient got live waits up to `live_hold` for their acks.
-
-    def _hold(self, sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) -> None:
-        deadline = time.monotonic() + self.limits.live_hold
-        held = _Held(sock, frame, targets, {t.device_id for t in targets}, deadline)
-        for t in targets:
-            self._held[(t.device_id, frame.message_id)] = held
-        self._hold_order.append(held)
-        if len(self._hold_order) == 1:
-            self._hold_wakeup.set()  # the keeper sleeps without a deadline while there is none
-        sock.last_commit = held
-
-    def _release_hold(self, device_id: str, message_id: str) -> bool:
-        """An ack of a held envelope: True when it was held (then it has no row to delete)."""
-        held = self._held.pop((device_id, message_id), None)
-        if held is None:
-            return False
-        held.waiting.discard(device_id)
-        if not held.waiting:
-            held.settled = True
-            if held.acked is not None:
-                held.acked.set_result(None)
-            if not held.sock.gone:
-                devices = [t.device_id for t in held.targets]
-                held.sock.push(
-                    _Out(accepted_json(held.frame.ref, held.frame.message_id, devices, []), accepted=True)
-                )
-        return True
-
-    def _holds_of(self, device_id: str) -> set[_Held]:
-        return {held for (device, _), held in self._held.items() if device == device_id}
-
-    def _hurry_holds(self, device_id: str) -> None:
-        """The device's socket went away: what it had not acked is stored now, not at the deadline."""
-        hurried = self._holds_of(device_id)
-        if hurried:
-            self._hurried.extend(hurried)
-            self._hold_wakeup.set()
-
-    async def _settle_holds_of(self, device_id: str) -> None:
-        """Before a socket drains: store what earlier sockets of the device were pushed and did not
-        ack, and wait until everything already handed to the writer is committed, so the drain sees
-        every row (a live push to a dying socket comes back from the mailbox at once, not on the
-        next connect)."""
-        for held in self._holds_of(device_id):
-            await self._store_held(held)
-        try:
-            async with asyncio.timeout(self.limits.auth_timeout):
-                await (await self.writer.submit_ack(device_id, []))  # a barrier: an empty job
-        except (TimeoutError, MailboxError) as exc:
-            log.warning("draining %s without waiting for queued commits: %s", device_id, exc)
-
-    async def _expire_holds(self) -> None:
-        """Owned by the hub: hands expired (or hurried) holds to the writer, in deadline order."""
-        while True:
-            now = time.monotonic()
-            due, self._hurried = self._hurried, []
-            while self._hold_order and (self._hold_order[0].settled or self._hold_order[0].deadline <= now):
-                held = self._hold_order.popleft()
-                if not held.settled:
-                    due.append(held)
-            for held in due:
-                await self._store_held(held)
-            self._hold_wakeup.clear()
-            if self._hurried:
-                continue
-            if not self._hold_order:
-                await self._hold_wakeup.wait()  # until the next hold; cancelled by close()
-                continue
-            wait = max(self._hold_order[0].deadline - time.monotonic(), 0.005)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._hold_wakeup.wait()
-
-    async def _store_held(self, held: _Held) -> None:
-        """The hold ran out: store the rows of the devices that did not ack, answer after the commit."""
-        if held.settled:
-            return
-        held.settled = True
-        silent = [t for t in held.targets if t.device_id in held.waiting]
-        for t in silent:
-            self._held.pop((t.device_id, held.frame.message_id), None)
-        live = [t.device_id for t in held.targets]
-        rows = _rows(held.sock, held.frame, silent)
-        acked = held.acked
-        try:
-            held.commit = future = await self.writer.submit_store(rows)
-        except MailboxClosed:
-            if acked is not None:  # never answered: the sender resends what it did not see accepted
-                acked.set_result(None)
-            return
-        if acked is not None:
-            future.add_done_callback(lambda _f: acked.done() or acked.set_result(None))
-        future.add_done_callback(lambda f: self._after_store(held.sock, f, held.frame, live, rows))
-
-    async def _push_live(self, device_id: str, deliver: str, frame: SendFrame) -> bool:
-        """Best effort: the row is stored either way, so a backplane outage only costs latency."""
-        try:
-            return await self.backplane.send_to_device(device_id, deliver, frame.message_id)
-        except Exception as exc:
-            log.warning("live push to %s failed, it stays queued: %s", device_id, exc)
-            return False
-
-    def _after_store(
-        self,
-        sock: DeviceSocket,
-        future: asyncio.Future[None],
-        frame: SendFrame,
-        live: list[str],
-        rows: list[NewMessage],
-    ) -> None:
-        """Runs when the send's batch has committed (or failed): now, and only now, answer it."""
-        if sock.gone:
-            return
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if isinstance(exc, MailboxQuotaExceeded):
-            self._refuse(sock, ErrorCode.QUOTA, str(exc), frame.ref)
-        elif exc is not None:
-            log.error("mailbox write failed: %s", exc)
-            self._refuse(
-                sock, ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref
-            )
-        else:
-            sock.push(
-                _Out(
-                    accepted_json(frame.ref, frame.message_id, live, [r.recipient_device for r in rows]),
-                    accepted=True,
-                )
-            )
-
-    def _after_ack(self, sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
-        if future.cancelled() or future.exception() is None:
-            return
-        log.error("deleting acked messages failed: %s", future.exception())
-        if not sock.gone:
-            named = ids[0] if len(ids) == 1 else f"{len(ids)} messages ({ids[0]}, ...)"
-            self._refuse(sock, ErrorCode.INTERNAL, f"the ack of {named} was not saved; ack it again")
-
-    async def _on_signal(self, sock: DeviceSocket, frame: SignalFrame) -> None:
-        await self._may_reach(sock.user_id, frame.to_user, frame.to_device)
-        relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
-        if not await self.backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
-            raise _FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
-
-    # The writer: ready, drain, drained, then whatever is queued. The only task that sends.
-
-    async def _write(self, sock: DeviceSocket) -> None:
-        ws = sock.ws
-        await self._settle_holds_of(sock.device_id)
-        async with self._engine.connect() as conn:
-            pending = await mailbox.pending_count(conn, sock.device_id)
-        ready = ReadyFrame(user_id=sock.user_id, device_id=sock.device_id, pending=pending)
-        await ws.send_text(ready.model_dump_json())
-        drained_ids: set[str] = set()
-        after = 0
-        while True:
-            async with self._engine.connect() as conn:
-                page = await mailbox.fetch_after(conn, sock.device_id, after, self.limits.drain_page)
-            if not page:
-                break
-            for row in page:
-                frame = DeliverFrame(
-                    message_id=row.message_id,
-                    sender_user=row.sender_user,
-                    sender_device=row.sender_device,
-                    envelope=b64encode(row.envelope),
-                    queued=True,
-                    queued_at=row.queued_at,
-                )
-                await ws.send_text(frame.model_dump_json())
-                sock.ack_credit += 1
-                drained_ids.add(row.message_id)
-                after = row.seq
-        await ws.send_text(DrainedFrame().model_dump_json())
-        # Live copies queued while draining may repeat rows the drain already sent: skip those.
-        carry: _Out | None = None
-        while True:
-            if drained_ids and sock.outbox.empty():
-                drained_ids = set()
-            item, carry = (carry, None) if carry is not None else (await sock.outbox.get(), None)
-            if item.message_id is not None and item.message_id in drained_ids:
-                continue
-            if item.message_id is not None:
-                sock.ack_credit += 1
-            if item.accepted and sock.accepted_batch and not sock.outbox.empty():
-                # Answers queued back to back go out as one frame: one write instead of many.
-                answers = [item.text]
-                while not sock.outbox.empty():
-                    carry = sock.outbox.get_nowait()
-                    if not carry.accepted:
-                        break
-                    answers.append(carry.text)
-                    carry = None
-                if len(answers) > 1:
-                    await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
-                    continue
-            await ws.send_text(item.text)
-
-
-# The two frames of every envelope, written by hand: pydantic's construct-and-dump was ~8 % of the
-# hub's event loop at load. Every field is pattern-checked before it gets here (hex message id,
-# device ids of [A-Za-z0-9_-], base64url envelope), so none needs escaping except `ref`.
-# tests/hub/test_frames.py holds them equal to the protocol models.
-
-
-def deliver_json(message_id: str, sender_user: int, sender_device: str, envelope: str) -> str:
-    return (
-        '{"type":"deliver","message_id":"'
-        + message_id
-        + '","sender_user":'
-        + str(int(sender_user))
-        + ',"sender_device":"'
-        + sender_device
-        + '","envelope":"'
-        + envelope
-        + '","queued":false,"queued_at":null}'
-    )
-
-
-def accepted_json(ref: str, message_id: str, live: list[str], queued: list[str]) -> str:
-    return (
-        '{"type":"accepted","ref":'
-        + json.dumps(ref)
-        + ',"message_id":"'
-        + message_id
-        + '","live":'
-        + _id_list(live)
-        + ',"queued":'
-        + _id_list(queued)
-        + "}"
-    )
-
-
-def _id_list(ids: list[str]) -> str:
-    return '["' + '","'.join(ids) + '"]' if ids else "[]"
-
-
-def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) -> list[NewMessage]:
-    """The mailbox rows of a send (decoding the envelope only now: held sends never need it)."""
-    envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
-    return [
-        NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
-        for t in targets
-    ]
-
-
-def _ack_count(frame: AckFrame) -> int:
-    return (frame.message_id is not None) + len(frame.message_ids or ())
-
-
-def _describe(exc: ValidationError) -> str:
-    """Name the field, what is wrong, and (for a short string) the value: in a batched ack,
-    `ack.message_ids.3: ... (got 'xyz')` says which id of the batch was refused."""
-    problems = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
-        problem = f"{where}: {err.get('msg', 'invalid')}"
-        value = err.get("input")
-        if isinstance(value, str) and len(value) <= 64:
-            problem += f" (got {value!r})"
-        problems.append(problem)
-    return "frame rejected: " + "; ".join(problems)
-
-
-def _ref_of(text: str) -> str | None:
-    """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    ref = value.get("ref") if isinstance(value, dict) else None
-    return ref if isinstance(ref, str) and len(ref) <= 64 else None
-
-
-async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:
-    if ws.application_state == WebSocketState.DISCONNECTED or ws.client_state == WebSocketState.DISCONNECTED:
-        return
-    with contextlib.suppress(Exception):
-        await ws.close(code=code, reason=reason[:120])

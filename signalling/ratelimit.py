@@ -1,8 +1,10 @@
-"""Sliding-window attempt counters (login throttling).
+"""Rate limits: sliding-window attempt counters (login throttling) and the token bucket of a socket.
 
-Per key (a username, a client address) it remembers the times of recent attempts and refuses once
-`limit` fall inside `window` seconds, saying how long until the oldest one leaves the window. State
-is per process: several instances behind a balancer each apply the limit on their own.
+`SlidingWindowLimiter`: per key (a username, a client address) it remembers the times of recent
+attempts and refuses once `limit` fall inside `window` seconds, saying how long until the oldest
+one leaves the window. State is per process: several instances behind a balancer each apply the
+limit on their own.
+`TokenBucket`: the frame budget of one hub socket (docs/hub.md, close 4429).
 """
 
 from __future__ import annotations
@@ -69,3 +71,22 @@ class SlidingWindowLimiter:
         if len(self._hits) >= self._max_keys:  # still full: drop the oldest keys
             for key in list(self._hits)[: len(self._hits) // 10 + 1]:
                 del self._hits[key]
+
+
+class TokenBucket:
+    """Token bucket (one per WebSocket): `rate` frames a second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

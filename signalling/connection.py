@@ -1,0 +1,228 @@
+"""One client socket from its first frame to its close: the auth handshake, then three tasks owned
+by one TaskGroup: the reader (size, rate limit, validation, then `Delivery.dispatch`), the writer
+(the drain, then the socket's queue; the only task that writes to the socket) and a watcher (closes
+it when something asks: replace, logout, revocation, flood).
+
+Bad input never closes the socket: it is answered with an `error` frame. Only a spent frame budget
+(4429), a client that stops reading (1013) or a close asked from outside does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from signalling.delivery import Delivery
+from signalling.device_socket import DeviceSocket, Outgoing
+from signalling.errors import FrameRefused, HubAuthError
+from signalling.limits import HubLimits
+from signalling.protocol import CLIENT_FRAME, DEVICE_ID_PATTERN, AckFrame, AuthFrame, CloseCode, ErrorCode
+from signalling.ratelimit import TokenBucket
+from store import reach
+
+# Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
+Authenticator = Callable[[str], Awaitable[int]]
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+async def authenticate_socket(
+    ws: WebSocket, authenticate: Authenticator, engine: AsyncEngine, auth_timeout: float
+) -> tuple[int, str]:
+    """The user and device of a socket just accepted, from its `Authorization` header and
+    `?device_id=`, or from a first `auth` frame within `auth_timeout`; HubAuthError says why not."""
+    header = ws.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HubAuthError("the Authorization header must be 'Bearer <access token>'")
+        device_id = ws.query_params.get("device_id")
+        if not device_id:
+            raise HubAuthError("the device_id query parameter is missing")
+    else:
+        try:
+            async with asyncio.timeout(auth_timeout):
+                text = await ws.receive_text()
+        except TimeoutError as exc:
+            raise HubAuthError("no auth frame within the deadline") from exc
+        except (KeyError, RuntimeError) as exc:
+            raise HubAuthError("the first frame must be a text auth frame") from exc
+        try:
+            frame = AuthFrame.model_validate_json(text)
+        except ValidationError as exc:
+            raise HubAuthError("the first frame must be an auth frame with token and device_id") from exc
+        token, device_id = frame.token, frame.device_id
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise HubAuthError("device_id must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    try:
+        user_id = await authenticate(token)
+    except Exception as exc:
+        raise HubAuthError("the access token is invalid, expired or revoked") from exc
+    async with engine.connect() as conn:
+        owner = await reach.device_owner(conn, device_id)
+    if owner is None or owner.user_id != user_id:
+        raise HubAuthError(f"device {device_id} is not a published device of this account")
+    if not owner.active:
+        raise HubAuthError(f"device {device_id} has been revoked")
+    return user_id, device_id
+
+
+class _Closing(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """The tasks of one authenticated socket. `run()` returns when the socket is done with."""
+
+    def __init__(self, sock: DeviceSocket, limits: HubLimits, delivery: Delivery) -> None:
+        self.sock = sock
+        self.limits = limits
+        self._delivery = delivery
+
+    async def run(self) -> None:
+        sock = self.sock
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(sock))
+                tg.create_task(self._write(sock))
+                tg.create_task(self._watch(sock))
+        except* (_Closing, WebSocketDisconnect):
+            pass
+        finally:
+            # Sends already handed to the writer still commit; their `accepted` has nobody to go
+            # to, and the sender's client resends what it did not see accepted (idempotent).
+            sock.gone = True
+
+    async def _watch(self, sock: DeviceSocket) -> None:
+        await sock.closed.wait()
+        code, reason = sock.closing or (1000, "")
+        raise _Closing(code, reason)
+
+    # The reader: validate, check the budget, hand on. It never writes to the socket itself.
+
+    async def _read(self, sock: DeviceSocket) -> None:
+        bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst)
+        limit = self.limits.max_frame_bytes
+        dispatch = self._delivery.dispatch
+        while True:
+            message = await sock.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            text = message.get("text")
+            if text is None:
+                raw = message.get("bytes") or b""
+                size = len(raw)
+            else:
+                size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            if size > limit:
+                if not self._charge(sock, bucket):
+                    return
+                sock.refuse(ErrorCode.TOO_LARGE, f"frame of {size} bytes is over the {limit}-byte limit")
+                continue
+            if text is None:
+                if not self._charge(sock, bucket):
+                    return
+                sock.refuse(ErrorCode.MALFORMED, "frames must be JSON text, not binary")
+                continue
+            try:
+                frame = CLIENT_FRAME.validate_json(text)
+            except ValidationError as exc:
+                if not self._charge(sock, bucket):
+                    return
+                sock.refuse(ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
+                continue
+            # An ack answers a frame the server sent: a device coming back to a full mailbox acks
+            # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
+            if isinstance(frame, AckFrame) and sock.ack_credit > 0:
+                sock.ack_credit = max(0, sock.ack_credit - _ack_count(frame))
+            elif not self._charge(sock, bucket):
+                return
+            try:
+                await dispatch(sock, frame)
+            except FrameRefused as exc:
+                sock.refuse(exc.code, exc.message, getattr(frame, "ref", None))
+
+    def _charge(self, sock: DeviceSocket, bucket: TokenBucket) -> bool:
+        """Take one frame from the socket's budget; close it (False) when the budget is spent."""
+        if bucket.take():
+            return True
+        sock.close(
+            CloseCode.RATE_LIMITED,
+            f"too many frames: more than {self.limits.rate_per_second:g} per second "
+            f"(burst {self.limits.rate_burst})",
+        )
+        return False
+
+    # The writer: ready, drain, drained, then whatever is queued. The only task that sends.
+
+    async def _write(self, sock: DeviceSocket) -> None:
+        ws = sock.ws
+        drained_ids = await self._delivery.drain(sock)
+        # Live copies queued while draining may repeat rows the drain already sent: skip those.
+        carry: Outgoing | None = None
+        while True:
+            if drained_ids and sock.outbox.empty():
+                drained_ids = set()
+            item, carry = (carry, None) if carry is not None else (await sock.outbox.get(), None)
+            if item.message_id is not None and item.message_id in drained_ids:
+                continue
+            if item.message_id is not None:
+                sock.ack_credit += 1
+            if item.accepted and sock.accepted_batch and not sock.outbox.empty():
+                # Answers queued back to back go out as one frame: one write instead of many.
+                answers = [item.text]
+                while not sock.outbox.empty():
+                    carry = sock.outbox.get_nowait()
+                    if not carry.accepted:
+                        break
+                    answers.append(carry.text)
+                    carry = None
+                if len(answers) > 1:
+                    await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
+                    continue
+            await ws.send_text(item.text)
+
+
+async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:
+    if ws.application_state == WebSocketState.DISCONNECTED or ws.client_state == WebSocketState.DISCONNECTED:
+        return
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, reason=reason[:120])
+
+
+def _ack_count(frame: AckFrame) -> int:
+    return (frame.message_id is not None) + len(frame.message_ids or ())
+
+
+def _describe(exc: ValidationError) -> str:
+    """Name the field, what is wrong, and (for a short string) the value: in a batched ack,
+    `ack.message_ids.3: ... (got 'xyz')` says which id of the batch was refused."""
+    problems = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
+        problem = f"{where}: {err.get('msg', 'invalid')}"
+        value = err.get("input")
+        if isinstance(value, str) and len(value) <= 64:
+            problem += f" (got {value!r})"
+        problems.append(problem)
+    return "frame rejected: " + "; ".join(problems)
+
+
+def _ref_of(text: str) -> str | None:
+    """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    ref = value.get("ref") if isinstance(value, dict) else None
+    return ref if isinstance(ref, str) and len(ref) <= 64 else None
