@@ -53,6 +53,7 @@ from peer.errors import (
     NotLoggedIn,
     PeerError,
     ServerError,
+    ServerUnavailable,
     UnknownContact,
     WrongPassword,
 )
@@ -320,9 +321,14 @@ class Peer:
         self._client.tokens = tokens
         try:
             account = await self._client.me()
+            user_id, username = account.id, account.username
         except AuthFailed as e:
             raise NotLoggedIn("the session expired: run `peerpost login` again") from e
-        self._me = Me(account.id, account.username, meta.device_id, self.server_url)
+        except ServerUnavailable:
+            # Offline start (the resident node): who we are is on disk; the hub session connects
+            # when the server is back, and history, contacts and the outbox work meanwhile.
+            user_id, username = meta.user_id, meta.username
+        self._me = Me(user_id, username, meta.device_id, self.server_url)
         await self._start()
         return self._me
 
@@ -380,11 +386,15 @@ class Peer:
         await keyring.load()
         self._keyring = keyring
         self._history = History(store, self._me.device_id)
-        await self._ensure_published()
+        with contextlib.suppress(ServerUnavailable):  # offline start: published after the connect
+            await self._ensure_published()
 
         ice = self.settings.ice_servers
         if ice is None:
-            ice = await self._server_ice()
+            try:
+                ice = await self._server_ice()
+            except ServerUnavailable:
+                ice = ()  # fetched again on every connect (_after_connect)
         link_settings = LinkSettings(
             ice_servers=tuple(ice),
             host_addresses=self.settings.host_addresses,
@@ -537,6 +547,8 @@ class Peer:
         if self.settings.ice_servers is None:
             with contextlib.suppress(ServerError):
                 links.settings = replace(links.settings, ice_servers=await self._server_ice())
+        with contextlib.suppress(ServerError):
+            await self._ensure_published()  # after an offline start
         with contextlib.suppress(ServerError):
             await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
