@@ -878,6 +878,7 @@ def history(opts: Options, who: str | None, limit: int) -> None:
 @click.pass_obj
 def listen(opts: Options) -> None:
     """Stay online and print every event as one JSON line (for scripts); Ctrl-C ends."""
+    signal.signal(signal.SIGTERM, _exit_quietly)
     node = node_for(opts)
     me = call(opts, "whoami", node)
     try:
@@ -892,6 +893,11 @@ def listen(opts: Options) -> None:
     finally:
         node.close()
     raise click.ClickException("the node stopped")
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    """SIGTERM ends a client command as Ctrl-D or Ctrl-C would: status 0 (the node keeps running)."""
+    sys.exit(0)
 
 
 def _contact_line(event: str, who: str) -> str | None:
@@ -943,6 +949,7 @@ def describe(event: dict[str, Any], transcript: Transcript, conversation: str) -
 @click.pass_obj
 def chat(opts: Options, who: str) -> None:
     """Interactive chat: type lines to send; live messages, presence, path and state. Ctrl-D ends."""
+    signal.signal(signal.SIGTERM, _exit_quietly)
     node = node_for(opts)
     printing = threading.Lock()
     try:
@@ -1010,7 +1017,7 @@ def ui(opts: Options, host: str, port: int, open_browser: bool) -> None:
     share the one node.
     """
     profile = opts.profile_obj()
-    if not opts.server and not _has_account(profile):
+    if not opts.server and not _has_account(profile) and not node_client.running(profile.path):
         raise click.ClickException(
             "no server configured: pass --server URL (or set PEERPOST_SERVER), or use `peerpost up`"
         )

@@ -234,11 +234,12 @@ class ResidentNode:
             return peer
         if self.state is NodeState.LOCKED:
             raise RpcError(ErrorCode.LOCKED, "the node is locked: unlock it with the password", "Locked")
-        raise RpcError(
-            ErrorCode.NOT_LOGGED_IN,
-            f"profile {self.profile.name!r} is not logged in: run `peerpost login`",
-            "NotLoggedIn",
+        message = (
+            "logged out: run `peerpost login` again"
+            if self.profile.load_meta() is not None
+            else f"profile {self.profile.name!r} has never logged in: run `peerpost login`"
         )
+        raise RpcError(ErrorCode.NOT_LOGGED_IN, message, "NotLoggedIn")
 
     async def unlock(self, password: str) -> None:
         async with self._peer_lock:
