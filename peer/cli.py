@@ -326,6 +326,24 @@ def _run_async(factory: Callable[[], Any]) -> Any:
         return uvloop.run(factory())
     except (PeerError, CryptoError) as e:
         raise click.ClickException(str(e)) from None
+    except ValueError as e:  # pydantic's ValidationError of a request body built here
+        errors = getattr(e, "errors", None)
+        if not callable(errors):
+            raise
+        raise click.ClickException(validation_sentence(errors())) from None
+
+
+def validation_sentence(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line a person reads: which field, what is wrong with it."""
+    parts = []
+    for err in errors:
+        field = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "input"
+        if err.get("type") == "string_pattern_mismatch" and field == "username":
+            what = "3 to 32 characters: letters, digits, '_', '.' or '-'"
+        else:
+            what = str(err.get("msg", "is not valid")).removeprefix("Value error, ")
+        parts.append(f"{field}: {what}")
+    return "; ".join(parts)
 
 
 def _guard_profile(profile: Profile, username: str, registering: bool) -> None:
@@ -1076,9 +1094,14 @@ def _signalling(args: list[str]) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     child = subprocess.Popen([sys.executable, "-m", "signalling", *args], env=env)  # noqa: S603
 
+    asked: list[int] = []
+
     def forward(signum: int, _frame: Any) -> None:
+        asked.append(signum)
+        # SIGTERM whatever came: the server's clean shutdown (a Ctrl-C in a terminal reaches
+        # the child by itself too, as the whole foreground process group gets it).
         with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+            child.send_signal(signal.SIGTERM)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -1091,6 +1114,8 @@ def _signalling(args: list[str]) -> None:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
+    if asked and code in (-signal.SIGTERM, 128 + signal.SIGTERM, 0):
+        sys.exit(0)  # we were asked to stop, and the server stopped: that is success
     sys.exit(128 - code if code < 0 else code)
 
 

@@ -116,6 +116,7 @@ class ResidentNode:
         self._stop = asyncio.Event()
         self._peer_lock = asyncio.Lock()
         self._ready_at = 0.0
+        self._settle = False  # the server answered at start: early sends wait for the hub session
         self._ui: Any = None  # peer.ui.server.UiServer, made on the first `ui.link`
         self._bridge: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -258,12 +259,16 @@ class ResidentNode:
             if self._bridge is not None:
                 self._bridge.adopt(peer)
             self.publish({"type": "node", "state": str(self.state)})
-            await peer.wait_online(5.0)  # best effort: the first send goes out at once
+            # Best effort, so the first send goes out at once, not via the outbox; not when the
+            # server is plainly down (an offline start answers at once and queues).
+            self._settle = bool(self.server_url) and await _healthy(peer.server_url)
+            if self._settle:
+                await peer.wait_online(5.0)
 
     async def settle_start(self) -> None:
         """Just after start the hub session may still be connecting: give it its few seconds."""
         peer = self.peer()
-        if peer is None or peer.online:
+        if peer is None or peer.online or not self._settle:
             return
         left = self._ready_at + START_SETTLE_S - asyncio.get_running_loop().time()
         if left > 0:

@@ -151,3 +151,35 @@ def test_lock_drops_the_keys_and_the_next_command_unlocks_with_the_password(pair
     assert pair.json("a", "whoami")["username"] == "alice"  # PEERPOST_PASSWORD unlocks it again
     assert pair.json("a", "status")["state"] == "ready"
     assert PASSWORD not in (pair.profile_dir("a") / rpc.LOG_NAME).read_text()
+
+
+def test_a_wrong_profile_login_or_register_sends_nothing_to_the_server(pair: Cli):
+    with socket.socket() as trap:  # stands where the server would be; any connection is a failure
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.setblocking(False)
+        url = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        login = pair.run("b", "--server", url, "login", "alice", check=False)
+        assert login.returncode == 1
+        assert login.stderr.strip() == (
+            "error: profile 'b' belongs to bob, not alice; pick another with --profile"
+        )
+        register = pair.run("b", "--server", url, "register", "bob2", "bob2@example.org", check=False)
+        assert register.returncode == 1 and "already belongs to bob" in register.stderr
+        try:
+            trap.accept()
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("a command on the wrong profile reached the server")
+    assert pair.json("b", "whoami")["username"] == "bob"  # bob is still logged in
+
+
+def test_registration_errors_are_one_line_and_show_no_key_bar(cli: Cli):
+    bad = cli.run("fresh", "--server", cli.server.url, "register", "x", "not-an-email", check=False)
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and "email" in bad.stderr.lower()
+    assert "generating" not in bad.stderr.lower() and "pydantic" not in bad.stderr.lower()
+    wrong = cli.run("fresh2", "--server", cli.server.url, "login", "nobody-at-all", check=False)
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
+    assert "generating" not in wrong.stderr.lower()
