@@ -31,7 +31,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from crypto.errors import CryptoError
-from peer.errors import PeerError
+from peer.errors import PeerError, advice
 from peer.events import Event
 from peer.node import MessageView, Peer, PeerSettings
 from peer.profile import DEFAULT_PROFILE, Profile
@@ -92,7 +92,10 @@ def run(coro_factory: Callable[[], Awaitable[T]]) -> T:
 
             return uvloop.run(coro_factory())  # type: ignore[arg-type]
         return asyncio.run(coro_factory())  # type: ignore[arg-type]
-    except (PeerError, CryptoError) as e:
+    except PeerError as e:
+        hint = advice(e)  # core errors say what is wrong; the CLI says what to type
+        raise click.ClickException(f"{e}: {hint}" if hint else str(e)) from None
+    except CryptoError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

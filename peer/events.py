@@ -2,16 +2,29 @@
 
 `EventBus` fans every event out to each subscriber's own bounded queue; a subscriber that stops
 reading loses its oldest events (and gets told so), it never stalls the peer.
+
+Readers dispatch by event *class*, as matrix-nio's callbacks do: `EventHandlers().on(MessageReceived,
+show)` calls `show(event)` for that class (and its subclasses), so no reader switches on
+`to_dict()["type"]` strings; `type` stays the wire name for JSON readers (the local API, scripts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from peer.vocab import DeliveryPath, KeyChange, MessageState, ReceiptStatus
+
+if TYPE_CHECKING:
+    from peer.views import MessageView
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    """The Peer's lifecycle moved (`peer.node.PeerState`: new, starting, running, closing, closed)."""
+
+    type: ClassVar[str] = "peer_state"
+    state: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,15 @@ class PresenceChanged(Event):
     user_id: int
     device_id: str | None
     online: bool
+
+
+@dataclass(frozen=True)
+class PresenceSnapshot(Event):
+    """Presence re-read from the server's list (after a (re)connect or a contact change): these
+    users are online, every other contact is not."""
+
+    type: ClassVar[str] = "presence_snapshot"
+    online_users: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -59,15 +89,15 @@ class ContactChanged(Event):
 @dataclass(frozen=True)
 class MessageReceived(Event):
     type: ClassVar[str] = "message"
-    message: dict[str, Any]  # MessageView.to_dict()
+    message: MessageView
 
 
 @dataclass(frozen=True)
 class MessageStateChanged(Event):
     type: ClassVar[str] = "message_state"
     message_id: str
-    state: str
-    path: str | None = None
+    state: MessageState
+    path: DeliveryPath | None = None
     reason: str | None = None
 
 
@@ -84,7 +114,7 @@ class DuplicateDropped(Event):
 class ReceiptReceived(Event):
     type: ClassVar[str] = "receipt"
     from_user: int
-    status: str
+    status: ReceiptStatus
     message_ids: list[str] = field(default_factory=list)
 
 
@@ -101,7 +131,7 @@ class KeyWarning(Event):
     type: ClassVar[str] = "key_warning"
     user_id: int
     device_id: str
-    change: str  # "new_device" | "key_changed"
+    change: KeyChange
     blocked: bool
 
 
@@ -191,3 +221,61 @@ class EventBus:
         for queue in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any], Awaitable[None] | None]
+
+
+class EventHandlers:
+    """Callbacks by event class (matrix-nio's `add_event_callback`): the typed way to read events.
+
+    `on(Cls, fn)` registers `fn` for `Cls` and its subclasses (`on(Event, fn)` sees everything);
+    `dispatch(event)` calls each matching handler in registration order, awaiting coroutines. A
+    handler that raises is logged and the others still run: one bad event never stops a reader.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[type[Event], Handler]] = []
+
+    def on(self, cls: type[E], handler: Callable[[E], Awaitable[None] | None]) -> EventHandlers:
+        self._handlers.append((cls, handler))
+        return self
+
+    async def dispatch(self, event: Event) -> None:
+        for cls, handler in self._handlers:
+            if not isinstance(event, cls):
+                continue
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a %s handler failed", type(event).__name__)
+
+    async def pump(self, queue: asyncio.Queue[Event | None]) -> None:
+        """Dispatch from a bus queue until the bus closes (None)."""
+        while (event := await queue.get()) is not None:
+            await self.dispatch(event)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, bus: EventBus) -> AsyncIterator[None]:
+        """Dispatch every event published from now on, until the block ends (then drain what is
+        already queued, so nothing published before the block's end is missed, and stop)."""
+        queue = bus.subscribe()
+        task = asyncio.get_running_loop().create_task(self.pump(queue), name="event-follow")
+        try:
+            yield
+        finally:
+            bus.unsubscribe(queue)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)  # ends the pump after what is already queued
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(task)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

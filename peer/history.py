@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from peer.localstore import LocalStore, StoredMessage
 from peer.views import MessageView
+from peer.vocab import ConversationId, DeliveryPath, MessageState
 
 
 class History:
@@ -34,7 +35,7 @@ class History:
         )
         return MessageView(
             message_id=m.message_id,
-            conversation=m.conversation,
+            conversation=ConversationId(m.conversation),
             sender_user=m.sender_user,
             sender_device=m.sender_device,
             outgoing=m.outgoing,
@@ -42,8 +43,8 @@ class History:
             text=m.payload.get("body") if m.content_type == "text" else None,
             file=file,
             sent_at_ms=m.sent_at_ms,
-            path=m.path,
-            state=m.state,
+            path=DeliveryPath(m.path) if m.path else None,
+            state=MessageState(m.state),
             reason=m.reason,
             devices=devices,
         )

@@ -29,20 +29,22 @@ from peer.link import Link
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore
 from peer.session import HubSession
+from peer.vocab import DeliveryPath, DeliveryState
 from signalling.protocol import RecipientDevice, b64encode
 
 log = logging.getLogger(__name__)
 
-DIRECT, RELAYED, QUEUED = "direct", "relayed", "queued"
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+# The vocabulary as short names (kept for readers of this module; the types live in peer.vocab).
+DIRECT, RELAYED, QUEUED = DeliveryPath.DIRECT, DeliveryPath.RELAYED, DeliveryPath.QUEUED
+PENDING, SENT, FAILED = DeliveryState.PENDING, DeliveryState.SENT, DeliveryState.FAILED
 
 
 @dataclass(frozen=True)
 class DeviceOutcome:
     user_id: int
     device_id: str
-    path: str | None  # direct / relayed / queued; None while pending
-    state: str  # sent / pending / failed
+    path: DeliveryPath | None  # None while pending
+    state: DeliveryState
     reason: str | None = None
 
 

@@ -15,10 +15,13 @@ from aiortc import RTCIceServer
 from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
-from peer.errors import ConfigError
+from peer.vocab import ConversationId, DeliveryPath, MessageState
 
-# How far a message has got; a receipt only ever moves it forward.
-STATE_RANK = {"sending": 0, "sent": 1, "delivered": 2, "read": 3}
+# How far a message has got; a receipt only ever moves it forward (see MessageState.rank).
+STATE_RANK = {
+    s.value: s.rank
+    for s in (MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ)
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class SafetyNumber:
 @dataclass(frozen=True)
 class MessageView:
     message_id: str
-    conversation: str
+    conversation: ConversationId
     sender_user: int
     sender_device: str
     outgoing: bool
@@ -90,23 +93,23 @@ class MessageView:
     text: str | None
     file: dict[str, Any] | None
     sent_at_ms: int
-    path: str | None
-    state: str
+    path: DeliveryPath | None
+    state: MessageState
     reason: str | None
     devices: list[dict[str, Any]] = field(default_factory=list)
+    unread: bool = False  # incoming and not yet marked read on this device
+
+    @property
+    def other_user(self) -> int | None:
+        """The other person of a one-to-one conversation (None in a group)."""
+        return self.conversation.user_id
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def conversation_of(to: int | str) -> str:
-    if isinstance(to, int):
-        return f"u:{to}"
-    if to.startswith(("u:", "g:")):
-        return to
-    if to.isdigit():
-        return f"u:{to}"
-    raise ConfigError(f"{to!r} is not a conversation (u:<user id>) or a user id")
+def conversation_of(to: int | str) -> ConversationId:
+    return ConversationId.of(to)
 
 
 def payload_record(payload: Payload) -> dict[str, Any]:

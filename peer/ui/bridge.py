@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -29,6 +28,7 @@ from starlette.datastructures import UploadFile
 
 from crypto import stego
 from crypto.errors import CryptoError, StegoError
+from peer.atomicfile import write_atomic
 from peer.errors import AuthFailed, KeyChanged, PeerError, ServerError, ServerUnavailable, WrongPassword
 from peer.ui.events import EventHub
 
@@ -86,9 +86,8 @@ class UiSettings:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"server_url": self.server_url, "ice_servers": self.ice_servers}), "utf-8")
-        os.replace(tmp, self.path)
+        data = json.dumps({"server_url": self.server_url, "ice_servers": self.ice_servers})
+        write_atomic(self.path, data.encode("utf-8"))
 
 
 def check_server_url(value: Any) -> str:
