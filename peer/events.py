@@ -102,6 +102,16 @@ class MessageStateChanged(Event):
 
 
 @dataclass(frozen=True)
+class ReadMarked(Event):
+    """Incoming messages were marked read on this device; `unread` is what is left unread."""
+
+    type: ClassVar[str] = "read_marked"
+    conversation: str
+    message_ids: tuple[str, ...]
+    unread: int
+
+
+@dataclass(frozen=True)
 class DuplicateDropped(Event):
     """An envelope came again (the other path, a resend) and was acknowledged, not shown."""
 

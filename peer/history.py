@@ -6,7 +6,7 @@ Read-only: it never writes to the store, sends or emits anything.
 from __future__ import annotations
 
 from peer.localstore import LocalStore, StoredMessage
-from peer.views import MessageView
+from peer.views import ConversationSummary, MessageView
 from peer.vocab import ConversationId, DeliveryPath, MessageState
 
 
@@ -47,6 +47,7 @@ class History:
             state=MessageState(m.state),
             reason=m.reason,
             devices=devices,
+            unread=not m.outgoing and m.state == MessageState.RECEIVED,
         )
 
     async def history(
@@ -60,3 +61,17 @@ class History:
 
     async def conversations(self) -> list[tuple[str, int]]:
         return await self._store.conversations()
+
+    async def summaries(self) -> list[ConversationSummary]:
+        """Every conversation with its last message and unread count, most recent first."""
+        result = []
+        for conversation, last_id, last_at_ms, unread in await self._store.conversation_summaries():
+            last = await self.message(last_id) if last_id else None
+            result.append(ConversationSummary(ConversationId(conversation), last, last_at_ms, unread))
+        return result
+
+    async def summary(self, conversation: ConversationId) -> ConversationSummary:
+        for found in await self.summaries():
+            if found.conversation == conversation:
+                return found
+        return ConversationSummary(conversation, None, 0, 0)

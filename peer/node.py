@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -61,6 +62,7 @@ from peer.errors import (
     PeerError,
     PeerStateError,
     ServerError,
+    ServerUnavailable,
     UnknownContact,
     WrongPassword,
 )
@@ -76,6 +78,7 @@ from peer.events import (
     LinkChanged,
     PresenceChanged,
     PresenceSnapshot,
+    ReadMarked,
     SignalRejectedEvent,
     StateChanged,
 )
@@ -92,6 +95,8 @@ from peer.router import RoutePolicy, Router
 from peer.session import Backoff, HubSession, SessionTap
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
+    ContactBook,
+    ConversationSummary,
     DeviceInfo,
     Me,
     MessageView,
@@ -101,6 +106,7 @@ from peer.views import (
 )
 from peer.vocab import DeliveryPath
 from signalling.protocol import (
+    ContactDirection,
     ContactEvent,
     ContactFrame,
     ContactOut,
@@ -121,6 +127,7 @@ from signalling.protocol import (
 )
 
 log = logging.getLogger(__name__)
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -749,15 +756,38 @@ class Peer:
         await self._parts().outbox.send_typing(conversation, active)
 
     @_mapped
-    async def mark_read(self, to: int | str, message_ids: list[str]) -> None:
+    async def mark_read(self, to: int | str, message_ids: list[str]) -> list[str]:
+        """Mark incoming messages read here and tell the sender; returns the ids newly read.
+
+        Only what changes is receipted (a message read twice is receipted once), and a file only
+        once it has arrived whole. The local mark stands even if the receipt cannot go now.
+        """
         conversation = conversation_of(to)
-        await self._parts().outbox.mark_read(conversation, message_ids)
+        parts = self._parts()
+        marked = await parts.store.mark_read(conversation, message_ids)
+        if not marked:
+            return []
+        unread = await parts.store.unread_count(conversation)
+        self._publish(ReadMarked(conversation, tuple(marked), unread))
+        await parts.outbox.mark_read(conversation, marked)
+        return marked
 
     @_mapped
-    async def send_file(self, to: int | str, path: str | os.PathLike[str]) -> MessageView:
-        """Offer a file and move it: direct over links when every device has one, else a blob."""
+    async def send_file(
+        self, to: int | str, path: str | os.PathLike[str], *, message_id: str | None = None
+    ) -> MessageView:
+        """Offer a file and move it: direct over links when every device has one, else a blob.
+
+        `message_id` (32 hex digits, fresh) lets a caller follow the transfer's `FileProgress`
+        events before this returns; by default a random one is made."""
+        if message_id is not None and not _MESSAGE_ID.fullmatch(message_id):
+            raise ConfigError(f"{message_id!r} is not a message id (32 hex digits)")
         outbox = self._parts().outbox
-        return await outbox.send_file(conversation_of(to), path)
+        return await outbox.send_file(conversation_of(to), path, message_id)
+
+    @staticmethod
+    def new_message_id() -> str:
+        return os.urandom(16).hex()
 
     @property
     def download_dir(self) -> Path:
@@ -802,6 +832,15 @@ class Peer:
         return await self._parts().history.message(message_id)
 
     @_mapped
+    async def conversation_summaries(self) -> list[ConversationSummary]:
+        """Every conversation with its last message and unread count, most recent first."""
+        return await self._parts().history.summaries()
+
+    @_mapped
+    async def unread(self, to: int | str) -> int:
+        return await self._parts().store.unread_count(conversation_of(to))
+
+    @_mapped
     async def conversations(self) -> list[tuple[str, int]]:
         return await self._parts().history.conversations()
 
@@ -818,6 +857,28 @@ class Peer:
             await self._running.store.cache_contacts([c.model_dump(mode="json") for c in result])
             self.presence.seed(result)
         return result
+
+    @_mapped
+    async def contact_book(self) -> ContactBook:
+        """Contacts, incoming and outgoing requests in two server calls (presence seeded from
+        them); from the local cache, marked `cached`, when the server cannot be reached."""
+        try:
+            own = await self.contacts()
+            incoming = await self._client.contact_requests("incoming")
+        except ServerUnavailable:
+            rows = [ContactOut.model_validate(r) for r in await self._parts().store.cached_contacts()]
+            accepted = [
+                c.model_copy(update={"online": self.presence.is_online(c.user_id)})
+                for c in rows
+                if c.status == ContactStatus.ACCEPTED
+            ]
+            outgoing = [c for c in rows if c.status == ContactStatus.PENDING]
+            return ContactBook(accepted, [], outgoing, cached=True)
+        accepted = [c for c in own if c.status == ContactStatus.ACCEPTED]
+        outgoing = [
+            c for c in own if c.status == ContactStatus.PENDING and c.direction == ContactDirection.OUTGOING
+        ]
+        return ContactBook(accepted, incoming, outgoing)
 
     @_mapped
     async def cached_contacts(self) -> list[dict[str, Any]]:

@@ -151,7 +151,9 @@ class Outbox:
     async def mark_read(self, conversation: str, message_ids: list[str]) -> None:
         await self.send(conversation, Receipt("read", message_ids), record=False, own_devices=False)
 
-    async def send_file(self, conversation: str, path: str | os.PathLike[str]) -> MessageView:
+    async def send_file(
+        self, conversation: str, path: str | os.PathLike[str], message_id: str | None = None
+    ) -> MessageView:
         """Offer a file and move it: direct over links when every device has one, else a blob."""
         store, keyring, transfers = self._store, self._keyring, self._transfers
         user_id = self._target_user(conversation)
@@ -165,7 +167,7 @@ class Outbox:
             recipients += await keyring.recipients(self._me.user_id)
         if not recipients:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
-        message_id = os.urandom(16).hex()
+        message_id = message_id or os.urandom(16).hex()
         direct = False
         if self.direct:
             attempts = await asyncio.gather(

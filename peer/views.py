@@ -16,6 +16,7 @@ from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
 from peer.vocab import ConversationId, DeliveryPath, MessageState
+from signalling.protocol import ContactOut
 
 # How far a message has got; a receipt only ever moves it forward (see MessageState.rank).
 STATE_RANK = {
@@ -35,8 +36,8 @@ class PeerSettings:
     server_deadline: float = 15.0
     keepalive: float = 2.0
     dead_after: float = 10.0
-    reconnect_base: float = 0.5
-    reconnect_cap: float = 30.0
+    reconnect_base: float = 0.25
+    reconnect_cap: float = 1.6  # back within 2 s of the server (a refused connect costs it little)
     direct: bool = True  # False: never try links (server only)
     answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
     receipts: bool = True
@@ -103,6 +104,30 @@ class MessageView:
     def other_user(self) -> int | None:
         """The other person of a one-to-one conversation (None in a group)."""
         return self.conversation.user_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ContactBook:
+    """This user's contacts and open requests, as the server last said (or the local cache, when
+    `cached`: the server could not be reached)."""
+
+    accepted: list[ContactOut]
+    incoming: list[ContactOut]
+    outgoing: list[ContactOut]
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One conversation at a glance: the contact list's line (last message, unread count)."""
+
+    conversation: ConversationId
+    last: MessageView | None
+    last_at_ms: int
+    unread: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
