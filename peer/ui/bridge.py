@@ -67,6 +67,7 @@ StartAction = Callable[["Peer"], Awaitable[Me]]
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
 LOGIN_DEADLINE_S = 120.0
+RETRY_WAIT_S = 3.0
 
 
 class UiError(Exception):
@@ -322,8 +323,11 @@ class PeerBridge:
             await self._stop_peer()
 
     async def reconnect(self) -> dict[str, Any]:
-        """ "Retry now": the peer tries the server at once instead of waiting out its back-off."""
-        self._require_peer().reconnect_now()
+        """The page's "Retry now": the peer tries the server at once instead of waiting out its
+        back-off; the answer comes when it is back, or after a short wait with why it is not."""
+        peer = self._require_peer()
+        peer.reconnect_now()
+        await peer.wait_online(RETRY_WAIT_S)
         return self.state()
 
     async def _cancel_pump(self) -> None:
@@ -389,7 +393,7 @@ class PeerBridge:
     def _preview(view: MessageView) -> dict[str, Any]:
         """The contact list's one line about a message."""
         if view.kind == "file":
-            text = f"📎 {(view.file or {}).get('name', 'file')}"
+            text = f"File: {(view.file or {}).get('name', 'file')}"  # no emoji: fonts may lack it
         else:
             text = " ".join((view.text or "").split())[:120]
         return {"text": text, "direction": "out" if view.outgoing else "in", "sent_at_ms": view.sent_at_ms}

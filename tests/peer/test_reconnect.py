@@ -73,3 +73,26 @@ async def test_expired_access_token_is_refreshed_for_rest_and_for_the_socket(tmp
     finally:
         await world.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_offline_peer_says_why_and_retry_now_skips_the_back_off(world: World):
+    slow = {"reconnect_base": 30.0, "reconnect_cap": 60.0}  # left alone, it would wait 7.5–30 s
+    alice, _bob = await world.pair(alice_settings=slow)
+    alice_events = world.record(alice)
+    assert alice.offline_reason is None
+
+    await asyncio.to_thread(world.server.kill)
+    lost = await alice_events.wait_for(lambda e: e.type == "connection" and not e.online)
+    assert "lost" in lost.reason and alice.offline_reason == lost.reason
+
+    alice.reconnect_now()  # with the server still down: the attempt fails, and says how
+    refused = await alice_events.wait_for(
+        lambda e: e.type == "connection" and not e.online and "refused" in (e.reason or "")
+    )
+    assert world.server.url in refused.reason and "peerpost" not in refused.reason
+
+    await asyncio.to_thread(world.server.restart)
+    assert world.server.url == alice.server_url, "restart moved the port; the peers cannot follow"
+    alice.reconnect_now()
+    assert await alice.wait_online(15)
+    assert alice.offline_reason is None

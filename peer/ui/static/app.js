@@ -221,7 +221,10 @@ function renderBanner() {
 async function retryNow() {
   $("#offline-reason").textContent = "Trying to reach the server again…";
   const state = await api("POST", "/api/reconnect");
+  ui.serverOnline = state.online || ui.serverOnline;
   if (!state.online && state.offline_reason) ui.offlineReason = state.offline_reason;
+  renderBanner();
+  renderDot();
 }
 
 function setOnline(userId, online, render = true) {
