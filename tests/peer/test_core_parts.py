@@ -399,3 +399,34 @@ async def test_the_inbox_drops_a_tampered_envelope_with_a_reason_and_acknowledge
     assert errors and ("could not be verified" in errors[0] or "not a valid envelope" in errors[0])
     assert acks.acked == [message_id]  # not redelivered forever
     assert not [e for e in bob_events if isinstance(e, KeyWarning)]
+
+
+async def test_an_incoming_file_counts_as_read_only_once_it_has_arrived(stores):
+    from peer.localstore import StoredMessage, TransferRecord, now_ms
+
+    store = await stores("bob")
+    file_id = f"{7:032x}"
+    await store.save_message(
+        StoredMessage(
+            message_id=file_id,
+            conversation="u:1",
+            sender_user=ALICE,
+            sender_device="alice-laptop",
+            outgoing=False,
+            content_type="file",
+            payload={"type": "file", "name": "big.bin", "size": 10, "sha256": "0" * 64, "blob_id": None},
+            sent_at_ms=now_ms(),
+            stored_at_ms=now_ms(),
+            path="direct",
+            state="received",
+            reason=None,
+        )
+    )
+    arriving = TransferRecord(file_id, False, "u:1", {}, "/nowhere", 3, "receiving", None)
+    await store.save_transfer(arriving)
+    assert await store.mark_read("u:1", [file_id]) == []  # still on its way: no read tick
+    assert await store.unread_count("u:1") == 1
+    await store.save_transfer(TransferRecord(file_id, False, "u:1", {}, "/nowhere", 4, "done", None))
+    assert await store.mark_read("u:1", [file_id]) == [file_id]
+    [(conversation, last_id, _, unread)] = await store.conversation_summaries()
+    assert (conversation, last_id, unread) == ("u:1", file_id, 0)

@@ -254,7 +254,7 @@ async def test_rewritten_offer_is_rejected_and_the_message_still_arrives(world: 
     alice, bob = await world.pair(receipts=False)  # bob never offers a link of his own here
     bob_events = world.record(bob)
     links = alice.linkset
-    honest = links._send_signal
+    honest = links.send_signal
 
     async def rewriting_server(frame):
         if frame.kind == "offer":  # what a meddling server would do: put its own DTLS fingerprint in
@@ -262,7 +262,7 @@ async def test_rewritten_offer_is_rejected_and_the_message_still_arrives(world: 
             frame = frame.model_copy(update={"payload": {**frame.payload, "sdp": sdp}})
         await honest(frame)
 
-    links._send_signal = rewriting_server
+    links.send_signal = rewriting_server
     sent = await alice.send_text(bob.me.user_id, "through the server then")
     rejected = await bob_events.wait_for(lambda e: e.type == "signal_rejected")
     assert rejected.device_id == alice.me.device_id and "signature" in rejected.reason
