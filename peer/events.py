@@ -6,6 +6,8 @@ reading loses its oldest events (and gets told so), it never stalls the peer.
 Readers dispatch by event *class*, as matrix-nio's callbacks do: `EventHandlers().on(MessageReceived,
 show)` calls `show(event)` for that class (and its subclasses), so no reader switches on
 `to_dict()["type"]` strings; `type` stays the wire name for JSON readers (the local API, scripts).
+`decode_event(json)` turns that JSON back into the typed record (stdlib-light: a thin client of
+the resident node can dispatch by class without loading aiortc or the crypto stack).
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
 
+from peer.records import MessageView, message_from_dict
 from peer.vocab import DeliveryPath, KeyChange, MessageState, ReceiptStatus
-
-if TYPE_CHECKING:
-    from peer.views import MessageView
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,56 @@ class EventBus:
                 queue.put_nowait(None)
 
 
+@dataclass(frozen=True)
+class UnknownEvent(Event):
+    """An event of a type this reader does not know (a newer node): kept, not dropped."""
+
+    type: ClassVar[str] = "unknown"
+    name: str
+    data: dict[str, Any]
+
+
+def _event_classes() -> dict[str, type[Event]]:
+    found: dict[str, type[Event]] = {}
+    todo = list(Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.type, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+_VOCAB = {
+    "state": MessageState,
+    "path": DeliveryPath,
+    "status": ReceiptStatus,
+    "change": KeyChange,
+}
+
+
+def decode_event(data: dict[str, Any]) -> Event:
+    """The typed event for one `Event.to_dict()` JSON object (`UnknownEvent` for a new type)."""
+    name = str(data.get("type", ""))
+    cls = _event_classes().get(name)
+    if cls is None or cls is UnknownEvent:
+        return UnknownEvent(name, dict(data))
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if cls is MessageReceived and f.name == "message":
+            value = message_from_dict(value)
+        elif cls is StateChanged:
+            pass  # the lifecycle's words stay strings (peer.node.PeerState is the node's)
+        elif f.name in _VOCAB and value is not None:
+            value = _VOCAB[f.name](value)
+        elif isinstance(value, list) and f.name in ("online_users", "message_ids"):
+            value = tuple(value) if cls is not ReceiptReceived else list(value)
+        values[f.name] = value
+    return cls(**values)
+
+
 E = TypeVar("E", bound=Event)
 Handler = Callable[[Any], Awaitable[None] | None]
 
@@ -264,6 +314,10 @@ class EventHandlers:
                 raise
             except Exception:
                 log.exception("a %s handler failed", type(event).__name__)
+
+    async def dispatch_json(self, data: dict[str, Any]) -> None:
+        """Dispatch one event as the local API sends it (`Event.to_dict()` JSON)."""
+        await self.dispatch(decode_event(data))
 
     async def pump(self, queue: asyncio.Queue[Event | None]) -> None:
         """Dispatch from a bus queue until the bus closes (None)."""

@@ -6,7 +6,7 @@ Plain data only: nothing here talks to the network, the store or the keys.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,22 @@ from aiortc import RTCIceServer
 from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
-from peer.vocab import ConversationId, DeliveryPath, MessageState
+from peer.records import DeviceInfo, Me, MessageView, SafetyNumber
+from peer.vocab import ConversationId, MessageState
 from signalling.protocol import ContactOut
+
+__all__ = [
+    "STATE_RANK",
+    "ContactBook",
+    "ConversationSummary",
+    "DeviceInfo",
+    "Me",
+    "MessageView",
+    "PeerSettings",
+    "SafetyNumber",
+    "conversation_of",
+    "payload_record",
+]
 
 # How far a message has got; a receipt only ever moves it forward (see MessageState.rank).
 STATE_RANK = {
@@ -46,67 +60,6 @@ class PeerSettings:
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
     scrypt_n: int = DEFAULT_SCRYPT_N
     key_refresh_after: float = 30.0  # seconds a user's fetched device list is reused before sending
-
-
-@dataclass(frozen=True)
-class Me:
-    user_id: int
-    username: str
-    device_id: str
-    server_url: str
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    user_id: int
-    device_id: str
-    fingerprint: str
-    confirmed: bool
-    revoked: bool
-    key_changed: bool
-    this_device: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SafetyNumber:
-    user_id: int
-    digits: str
-    formatted: str
-    qr_text: str
-    qr_svg: str
-    verified: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MessageView:
-    message_id: str
-    conversation: ConversationId
-    sender_user: int
-    sender_device: str
-    outgoing: bool
-    kind: str
-    text: str | None
-    file: dict[str, Any] | None
-    sent_at_ms: int
-    path: DeliveryPath | None
-    state: MessageState
-    reason: str | None
-    devices: list[dict[str, Any]] = field(default_factory=list)
-    unread: bool = False  # incoming and not yet marked read on this device
-
-    @property
-    def other_user(self) -> int | None:
-        """The other person of a one-to-one conversation (None in a group)."""
-        return self.conversation.user_id
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
