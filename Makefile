@@ -21,3 +21,4 @@ bench:
 	.venv/bin/python -m bench.relay
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat
+	.venv/bin/python -m bench.reconnect
