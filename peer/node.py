@@ -446,9 +446,14 @@ class Peer:
             self._client.on_tokens = functools.partial(self._seal_tokens, keystore)
             try:
                 account = await self._client.me()
+                user_id, username = account.id, account.username
             except AuthFailed as e:
                 raise NotLoggedIn("the session expired", LoginNeeded.EXPIRED) from e
-            me = Me(account.id, account.username, meta.device_id, self.server_url)
+            except ServerUnavailable:
+                # Offline start (the resident node): who we are is on disk; the hub session connects
+                # when the server is back, and history, contacts and the outbox work meanwhile.
+                user_id, username = meta.user_id, meta.username
+            me = Me(user_id, username, meta.device_id, self.server_url)
             await self._start(me, keystore)
         except BaseException:
             self._start_failed()
@@ -530,11 +535,15 @@ class Peer:
         )
         await keyring.load()
         history = History(store, me.device_id)
-        await self._ensure_published(me, keystore)
+        with contextlib.suppress(ServerUnavailable):  # offline start: published after the connect
+            await self._ensure_published(me, keystore)
 
         ice = self.settings.ice_servers
         if ice is None:
-            ice = await self._server_ice()
+            try:
+                ice = await self._server_ice()
+            except ServerUnavailable:
+                ice = ()  # fetched again on every connect (_after_connect)
         link_settings = LinkSettings(
             ice_servers=tuple(ice),
             host_addresses=self.settings.host_addresses,
@@ -663,6 +672,8 @@ class Peer:
         if self.settings.ice_servers is None:
             with contextlib.suppress(ServerError):
                 parts.links.settings = replace(parts.links.settings, ice_servers=await self._server_ice())
+        with contextlib.suppress(ServerError):
+            await self._ensure_published(parts.me, parts.keystore)  # after an offline start
         with contextlib.suppress(ServerError):
             await parts.keyring.refresh(parts.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):

@@ -47,7 +47,11 @@ class DirectLinks(Protocol):
 
 
 class ServerPath(Protocol):
-    """The server side (`peer.session.HubSession`): hand over an envelope, get `accepted`."""
+    """The server side (`peer.session.HubSession`): hand over an envelope, get `accepted`;
+    `connected` says whether signalling (and so a new link) is possible at all."""
+
+    @property
+    def connected(self) -> bool: ...
 
     async def send_envelope(
         self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
@@ -141,7 +145,8 @@ class Router:
         link = self._links.open_link(device_id)
         if link is not None:
             self._backoff.pop(device_id, None)  # a link the other side opened ends the back-off
-        elif connect and self._device_online(user_id, device_id):
+        elif connect and self._session.connected and self._device_online(user_id, device_id):
+            # (No server connection, no signalling: a new link cannot be set up; the outbox waits.)
             if device_id in self._backoff:
                 self._retry_in_background(user_id, device_id)
                 return False

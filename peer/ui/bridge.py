@@ -202,6 +202,9 @@ class PeerBridge:
         self._lock = asyncio.Lock()
         self._usernames: dict[int, str] = {}
         self._file_owner: dict[str, int] = {}  # message id -> the other party, for progress events
+        # Set by the resident node: it owns the peer this bridge drives, and hears of a logout.
+        self._adopted = False
+        self.on_logout: Callable[[], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ state and settings
 
@@ -287,6 +290,21 @@ class PeerBridge:
             self._publish_state()
             return self.state()
 
+    @property
+    def peer(self) -> Peer | None:
+        """The peer the page drives, once logged in (the resident node serves its calls with it)."""
+        return self._peer if self.phase == "ready" else None
+
+    def adopt(self, peer: Peer) -> None:
+        """Drive a running peer that the resident node owns: ready at once, never closed here."""
+        me = peer.me
+        self._peer, self._stack, self._adopted = peer, None, True
+        self._me = {"user_id": me.user_id, "username": me.username, "device_id": me.device_id}
+        self._usernames[me.user_id] = me.username
+        self.phase = "ready"
+        self._pump = asyncio.create_task(self._pump_events(peer, peer.subscribe()), name="peerpost-ui-events")
+        self._publish_state()
+
     def _make_peer(self) -> Peer:
         # Imported here: the UI server (and its tests) start without loading aiortc.
         from aiortc import RTCIceServer
@@ -314,13 +332,18 @@ class PeerBridge:
                     await peer.logout()
                 except PeerError as err:
                     log.warning("logout: %s", err)
+            adopted, self._adopted = self._adopted, False
             await self._stop_peer()
             self._publish_state()
+        if adopted and self.on_logout is not None:
+            await self.on_logout()
 
     async def close(self) -> None:
         """Shut the peer down (the UI server is stopping); keeps the session for the next start."""
         async with self._lock:
+            self._adopted = False
             await self._stop_peer()
+            self._publish_state()
 
     async def reconnect(self) -> dict[str, Any]:
         """The page's "Retry now": the peer tries the server at once instead of waiting out its

@@ -87,6 +87,7 @@ class SessionGate:
             secret_key or secrets.token_bytes(32), salt="peerpost-ui-session"
         )
         self._launch_token: str | None = launch_token or secrets.token_urlsafe(32)
+        self._spare_tokens: set[str] = set()  # more links asked for (the resident node's `peerpost ui`)
         self._sessions: set[str] = set()
 
     @property
@@ -94,8 +95,18 @@ class SessionGate:
         """The token still waiting to be used, or None once it has been exchanged."""
         return self._launch_token
 
+    def issue_launch_token(self) -> str:
+        """Another one-time token, for one more window (each works once; earlier ones stay valid)."""
+        token = secrets.token_urlsafe(32)
+        self._spare_tokens.add(token)
+        return token
+
     def redeem(self, token: str) -> str:
-        """Exchange the launch token for a signed cookie value; works exactly once."""
+        """Exchange a launch token for a signed cookie value; each works exactly once."""
+        spare = next((t for t in self._spare_tokens if hmac.compare_digest(token.encode(), t.encode())), None)
+        if spare is not None:
+            self._spare_tokens.discard(spare)
+            return self._new_session()
         expected = self._launch_token
         if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise RequestRefused(
@@ -105,6 +116,9 @@ class SessionGate:
                 "run `peerpost ui` again (or use the browser tab that opened it first).",
             )
         self._launch_token = None
+        return self._new_session()
+
+    def _new_session(self) -> str:
         session_id = secrets.token_urlsafe(24)
         self._sessions.add(session_id)
         return self._serializer.dumps(session_id)

@@ -71,6 +71,10 @@ class UiServer:
             raise UiServerError("the launch link was already used")
         return f"{self.url}/launch?token={token}"
 
+    def new_launch_url(self) -> str:
+        """A fresh one-time link for one more window on this server (the resident node's `ui`)."""
+        return f"{self.url}/launch?token={self.gate.issue_launch_token()}"
+
     async def start(self) -> None:
         """Listen and serve; returns once the socket accepts connections (no polling)."""
         config = self._server.config

@@ -9,8 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.peer.conftest import PASSWORD
+from tests.support.nodes import stop_nodes
 from tests.support.server import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_the_test(tmp_path):
+    yield
+    stop_nodes(tmp_path)
 
 
 def peerpost(
@@ -51,11 +60,11 @@ async def test_cli_register_contacts_send_and_history_unattended(peer_server, tm
     assert [(c["username"], c["status"]) for c in listed] == [("bob", "accepted")]
 
     sent = json.loads((await run(alice, "send", "bob", "hello", "from", "the", "shell")).stdout)
-    assert sent["state"] == "sent" and sent["path"] == "queued"  # bob is not running
+    # bob's node has run since `contacts accept`: the message goes over a direct link.
+    assert sent["state"] == "sent" and sent["path"] == "direct"
 
     whoami = json.loads((await run(bob, "whoami")).stdout)
     assert whoami["user_id"] == bob_id
-    # `history` is offline-only: first let bob come online once to drain his mailbox.
     await run(bob, "send", "alice", "hi back")
     history = json.loads((await run(bob, "history", "alice")).stdout)
     texts = [m["text"] for m in history]

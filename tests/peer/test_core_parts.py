@@ -80,6 +80,10 @@ class Hub:
     up: bool = True
     sent: list[tuple[str, list[str]]] = field(default_factory=list)
 
+    @property
+    def connected(self) -> bool:
+        return self.up
+
     async def send_envelope(
         self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
     ) -> AcceptedFrame:
