@@ -22,3 +22,4 @@ bench:
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat
 	.venv/bin/python -m bench.resident
+	.venv/bin/python -m bench.reconnect

@@ -62,11 +62,14 @@ class ServerClient:
         timeout: float = 15.0,
         tokens: TokenPair | None = None,
         on_tokens: Callable[[TokenPair | None], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server_url = normalise_server_url(server_url)
         self.tokens = tokens
-        self._on_tokens = on_tokens
-        self._http = httpx.AsyncClient(base_url=self.server_url, timeout=timeout, trust_env=False)
+        self.on_tokens = on_tokens  # called with every new token pair (the Peer seals them to disk)
+        self._http = httpx.AsyncClient(
+            base_url=self.server_url, timeout=timeout, trust_env=False, transport=transport
+        )
         self._refresh_lock = asyncio.Lock()
 
     async def __aenter__(self) -> ServerClient:
@@ -84,8 +87,8 @@ class ServerClient:
 
     def _set_tokens(self, tokens: TokenPair | None) -> None:
         self.tokens = tokens
-        if self._on_tokens is not None:
-            self._on_tokens(tokens)
+        if self.on_tokens is not None:
+            self.on_tokens(tokens)
 
     # ---------------------------------------------------------------------------------------------
     # plumbing

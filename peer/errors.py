@@ -1,6 +1,15 @@
-"""The peer's one exception tree. Code catches narrow; only the CLI and UI turn these into words."""
+"""The peer's one exception tree. Code catches narrow; only the CLI and UI turn these into words.
+
+Everything a `Peer` method raises on purpose is a `PeerError`: failures of the parts below it
+(crypto, the local disk) are mapped at the boundary (`peer.node` wraps `CryptoError` as
+`CryptoFailure`), the way httpx maps transport errors into its own tree. The messages say what is
+wrong, never what to type: advice such as "run `peerpost login`" belongs to the edge that knows
+its commands (`advice()` below is the CLI's wording, kept here so every edge words it alike).
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class PeerError(Exception):
@@ -44,8 +53,29 @@ class AuthFailed(ServerError):
     """Wrong username or password, or a token the server no longer accepts."""
 
 
+class NoServer(ConfigError):
+    """No server URL was given and the profile has none saved."""
+
+
+class LoginNeeded(StrEnum):
+    """Why a peer has no session."""
+
+    NEVER = "never"  # the profile has never logged in on this device
+    LOGGED_OUT = "logged_out"  # the stored session is gone (logout, or it could not be read)
+    EXPIRED = "expired"  # the server no longer accepts the stored session
+    NOT_STARTED = "not_started"  # this Peer object has not logged in or unlocked yet
+
+
 class NotLoggedIn(PeerError):
-    """The profile has no session: run `peerpost login` first."""
+    """The profile (or this Peer object) has no session; `reason` says which case."""
+
+    def __init__(self, message: str, reason: LoginNeeded = LoginNeeded.NOT_STARTED) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PeerStateError(PeerError):
+    """The call does not fit the peer's lifecycle (logging in twice, using a closed peer)."""
 
 
 class WrongPassword(PeerError):
@@ -57,9 +87,7 @@ class KeyChanged(PeerError):
 
     def __init__(self, user_id: int, device_id: str, message: str | None = None) -> None:
         super().__init__(
-            message
-            or f"the key of device {device_id} of user {user_id} changed; verify the safety number "
-            "again before sending"
+            message or f"the key of device {device_id} of user {user_id} changed since it was verified"
         )
         self.user_id = user_id
         self.device_id = device_id
@@ -71,3 +99,24 @@ class UnknownContact(PeerError):
 
 class TransferFailed(PeerError):
     """A file transfer could not complete (hash mismatch, aborted by the other side, bad chunk)."""
+
+
+class CryptoFailure(PeerError):
+    """A crypto operation failed under a Peer call (tampered data, a bad image); `str` says what."""
+
+
+def advice(error: PeerError) -> str | None:
+    """What the person should do next, in the CLI's words; None when the message says it all."""
+    if isinstance(error, NotLoggedIn):
+        if error.reason is LoginNeeded.NOT_STARTED:
+            return None
+        return (
+            "run `peerpost login` first"
+            if error.reason is LoginNeeded.NEVER
+            else "run `peerpost login` again"
+        )
+    if isinstance(error, NoServer):
+        return "pass --server URL (or set PEERPOST_SERVER)"
+    if isinstance(error, KeyChanged):
+        return "compare the safety number (`peerpost safety-number`), then `peerpost verify`"
+    return None

@@ -2,16 +2,29 @@
 
 `EventBus` fans every event out to each subscriber's own bounded queue; a subscriber that stops
 reading loses its oldest events (and gets told so), it never stalls the peer.
+
+Readers dispatch by event *class*, as matrix-nio's callbacks do: `EventHandlers().on(MessageReceived,
+show)` calls `show(event)` for that class (and its subclasses), so no reader switches on
+`to_dict()["type"]` strings; `type` stays the wire name for JSON readers (the local API, scripts).
+`decode_event(json)` turns that JSON back into the typed record (stdlib-light: a thin client of
+the resident node can dispatch by class without loading aiortc or the crypto stack).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from peer.records import MessageView, message_from_dict
+from peer.vocab import DeliveryPath, KeyChange, MessageState, ReceiptStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    """The Peer's lifecycle moved (`peer.node.PeerState`: new, starting, running, closing, closed)."""
+
+    type: ClassVar[str] = "peer_state"
+    state: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,15 @@ class PresenceChanged(Event):
     user_id: int
     device_id: str | None
     online: bool
+
+
+@dataclass(frozen=True)
+class PresenceSnapshot(Event):
+    """Presence re-read from the server's list (after a (re)connect or a contact change): these
+    users are online, every other contact is not."""
+
+    type: ClassVar[str] = "presence_snapshot"
+    online_users: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -59,16 +89,26 @@ class ContactChanged(Event):
 @dataclass(frozen=True)
 class MessageReceived(Event):
     type: ClassVar[str] = "message"
-    message: dict[str, Any]  # MessageView.to_dict()
+    message: MessageView
 
 
 @dataclass(frozen=True)
 class MessageStateChanged(Event):
     type: ClassVar[str] = "message_state"
     message_id: str
-    state: str
-    path: str | None = None
+    state: MessageState
+    path: DeliveryPath | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadMarked(Event):
+    """Incoming messages were marked read on this device; `unread` is what is left unread."""
+
+    type: ClassVar[str] = "read_marked"
+    conversation: str
+    message_ids: tuple[str, ...]
+    unread: int
 
 
 @dataclass(frozen=True)
@@ -84,7 +124,7 @@ class DuplicateDropped(Event):
 class ReceiptReceived(Event):
     type: ClassVar[str] = "receipt"
     from_user: int
-    status: str
+    status: ReceiptStatus
     message_ids: list[str] = field(default_factory=list)
 
 
@@ -101,7 +141,7 @@ class KeyWarning(Event):
     type: ClassVar[str] = "key_warning"
     user_id: int
     device_id: str
-    change: str  # "new_device" | "key_changed"
+    change: KeyChange
     blocked: bool
 
 
@@ -191,3 +231,115 @@ class EventBus:
         for queue in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+
+
+@dataclass(frozen=True)
+class UnknownEvent(Event):
+    """An event of a type this reader does not know (a newer node): kept, not dropped."""
+
+    type: ClassVar[str] = "unknown"
+    name: str
+    data: dict[str, Any]
+
+
+def _event_classes() -> dict[str, type[Event]]:
+    found: dict[str, type[Event]] = {}
+    todo = list(Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.type, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+_VOCAB = {
+    "state": MessageState,
+    "path": DeliveryPath,
+    "status": ReceiptStatus,
+    "change": KeyChange,
+}
+
+
+def decode_event(data: dict[str, Any]) -> Event:
+    """The typed event for one `Event.to_dict()` JSON object (`UnknownEvent` for a new type)."""
+    name = str(data.get("type", ""))
+    cls = _event_classes().get(name)
+    if cls is None or cls is UnknownEvent:
+        return UnknownEvent(name, dict(data))
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if cls is MessageReceived and f.name == "message":
+            value = message_from_dict(value)
+        elif cls is StateChanged:
+            pass  # the lifecycle's words stay strings (peer.node.PeerState is the node's)
+        elif f.name in _VOCAB and value is not None:
+            value = _VOCAB[f.name](value)
+        elif isinstance(value, list) and f.name in ("online_users", "message_ids"):
+            value = tuple(value) if cls is not ReceiptReceived else list(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any], Awaitable[None] | None]
+
+
+class EventHandlers:
+    """Callbacks by event class (matrix-nio's `add_event_callback`): the typed way to read events.
+
+    `on(Cls, fn)` registers `fn` for `Cls` and its subclasses (`on(Event, fn)` sees everything);
+    `dispatch(event)` calls each matching handler in registration order, awaiting coroutines. A
+    handler that raises is logged and the others still run: one bad event never stops a reader.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[type[Event], Handler]] = []
+
+    def on(self, cls: type[E], handler: Callable[[E], Awaitable[None] | None]) -> EventHandlers:
+        self._handlers.append((cls, handler))
+        return self
+
+    async def dispatch(self, event: Event) -> None:
+        for cls, handler in self._handlers:
+            if not isinstance(event, cls):
+                continue
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a %s handler failed", type(event).__name__)
+
+    async def dispatch_json(self, data: dict[str, Any]) -> None:
+        """Dispatch one event as the local API sends it (`Event.to_dict()` JSON)."""
+        await self.dispatch(decode_event(data))
+
+    async def pump(self, queue: asyncio.Queue[Event | None]) -> None:
+        """Dispatch from a bus queue until the bus closes (None)."""
+        while (event := await queue.get()) is not None:
+            await self.dispatch(event)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, bus: EventBus) -> AsyncIterator[None]:
+        """Dispatch every event published from now on, until the block ends (then drain what is
+        already queued, so nothing published before the block's end is missed, and stop)."""
+        queue = bus.subscribe()
+        task = asyncio.get_running_loop().create_task(self.pump(queue), name="event-follow")
+        try:
+            yield
+        finally:
+            bus.unsubscribe(queue)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)  # ends the pump after what is already queued
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(task)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -6,7 +6,8 @@ Read-only: it never writes to the store, sends or emits anything.
 from __future__ import annotations
 
 from peer.localstore import LocalStore, StoredMessage
-from peer.views import MessageView
+from peer.views import ConversationSummary, MessageView
+from peer.vocab import ConversationId, DeliveryPath, MessageState
 
 
 class History:
@@ -34,7 +35,7 @@ class History:
         )
         return MessageView(
             message_id=m.message_id,
-            conversation=m.conversation,
+            conversation=ConversationId(m.conversation),
             sender_user=m.sender_user,
             sender_device=m.sender_device,
             outgoing=m.outgoing,
@@ -42,10 +43,11 @@ class History:
             text=m.payload.get("body") if m.content_type == "text" else None,
             file=file,
             sent_at_ms=m.sent_at_ms,
-            path=m.path,
-            state=m.state,
+            path=DeliveryPath(m.path) if m.path else None,
+            state=MessageState(m.state),
             reason=m.reason,
             devices=devices,
+            unread=not m.outgoing and m.state == MessageState.RECEIVED,
         )
 
     async def history(
@@ -59,3 +61,17 @@ class History:
 
     async def conversations(self) -> list[tuple[str, int]]:
         return await self._store.conversations()
+
+    async def summaries(self) -> list[ConversationSummary]:
+        """Every conversation with its last message and unread count, most recent first."""
+        result = []
+        for conversation, last_id, last_at_ms, unread in await self._store.conversation_summaries():
+            last = await self.message(last_id) if last_id else None
+            result.append(ConversationSummary(ConversationId(conversation), last, last_at_ms, unread))
+        return result
+
+    async def summary(self, conversation: ConversationId) -> ConversationSummary:
+        for found in await self.summaries():
+            if found.conversation == conversation:
+                return found
+        return ConversationSummary(conversation, None, 0, 0)

@@ -168,7 +168,7 @@ class Inbox:
             )
             fresh = await store.save_message(message)
             if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
-                self._publish(MessageReceived((await self._history.view(message)).to_dict()))
+                self._publish(MessageReceived(await self._history.view(message)))
             await self._ack(h.message_id, link)
             if not fresh:
                 return

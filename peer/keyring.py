@@ -16,24 +16,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from crypto.bundle import verify_bundle
 from crypto.envelope import Recipient
 from crypto.errors import BundleInvalid
-from peer.client import ServerClient
 from peer.errors import KeyChanged, ServerUnavailable
 from peer.events import KeyWarning
 from peer.localstore import LocalStore, PinnedDevice
+from peer.vocab import KeyChange
 from signalling.protocol import DeviceOut, b64decode
 
 log = logging.getLogger(__name__)
 
 
+class DeviceDirectory(Protocol):
+    """Where published device bundles come from (the server's `GET /users/{id}/devices`;
+    `peer.client.ServerClient` is one, a unit test passes its own)."""
+
+    async def devices(self, user_id: int) -> list[DeviceOut]: ...
+
+
 class Keyring:
+    """The one owner of trust: pinned keys, who is verified, and the key warnings not yet settled
+    (the UI and CLI read `warnings()`; they keep no copies)."""
+
     def __init__(
         self,
         store: LocalStore,
-        client: ServerClient,
+        client: DeviceDirectory,
         own_user: int,
         own_device: str,
         warn: Callable[[KeyWarning], None],
@@ -49,6 +60,7 @@ class Keyring:
         self._verified: set[int] = set()
         self._refreshed: dict[int, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._warnings: dict[int, dict[str, KeyWarning]] = {}  # user -> device -> unsettled warning
 
     async def load(self) -> None:
         for device in await self._store.pinned_devices():
@@ -56,6 +68,26 @@ class Keyring:
         for user_id in {d.user_id for d in self._pinned.values()}:
             if await self._store.is_verified(user_id):
                 self._verified.add(user_id)
+        # Warnings that outlive a restart: what the pinned rows still say is unsettled.
+        for device in self._pinned.values():
+            if device.offered_identity_key is not None:
+                self._note(KeyWarning(device.user_id, device.device_id, KeyChange.KEY_CHANGED, True))
+            elif not device.confirmed:
+                self._note(KeyWarning(device.user_id, device.device_id, KeyChange.NEW_DEVICE, True))
+
+    def _note(self, warning: KeyWarning) -> None:
+        self._warnings.setdefault(warning.user_id, {})[warning.device_id] = warning
+
+    def _raise_warning(self, warning: KeyWarning) -> None:
+        self._note(warning)
+        self._warn(warning)
+
+    def warnings(self, user_id: int) -> list[KeyWarning]:
+        """Key warnings about this user not yet settled (by `accept_change` or `set_verified`)."""
+        return list(self._warnings.get(user_id, {}).values())
+
+    def warned_users(self) -> set[int]:
+        return {u for u, w in self._warnings.items() if w}
 
     # ---------------------------------------------------------------------------------------------
 
@@ -137,7 +169,9 @@ class Keyring:
                     None,
                 )
                 if known_user and not is_own:
-                    self._warn(KeyWarning(user_id, bundle.device_id, "new_device", blocked=not confirmed))
+                    self._raise_warning(
+                        KeyWarning(user_id, bundle.device_id, KeyChange.NEW_DEVICE, blocked=not confirmed)
+                    )
             elif (pinned.identity_key, pinned.encryption_key) != (bundle.identity_key, bundle.encryption_key):
                 if pinned.offered_identity_key != bundle.identity_key:
                     await self._store.record_offered_key(
@@ -153,9 +187,12 @@ class Keyring:
                         pinned.revoked,
                         bundle.identity_key,
                     )
-                    self._warn(
+                    self._raise_warning(
                         KeyWarning(
-                            user_id, bundle.device_id, "key_changed", blocked=user_id in self._verified
+                            user_id,
+                            bundle.device_id,
+                            KeyChange.KEY_CHANGED,
+                            blocked=user_id in self._verified,
                         )
                     )
             elif pinned.revoked:
@@ -194,6 +231,18 @@ class Keyring:
         await self._store.set_verified(user_id, verified)
         if verified:
             self._verified.add(user_id)
+            # Verified with the keys pinned now: what stays unsettled is a device still unconfirmed
+            # or a changed key not accepted (`accept_change` settles those).
+            unsettled = {
+                d.device_id
+                for d in self.devices_of(user_id)
+                if not d.confirmed or d.offered_identity_key is not None
+            }
+            kept = {k: w for k, w in self._warnings.get(user_id, {}).items() if k in unsettled}
+            if kept:
+                self._warnings[user_id] = kept
+            else:
+                self._warnings.pop(user_id, None)
         else:
             self._verified.discard(user_id)
 
@@ -210,6 +259,7 @@ class Keyring:
         await self._store.confirm_devices(user_id)
         for device in await self._store.pinned_devices(user_id):
             self._pinned[(user_id, device.device_id)] = device
+        self._warnings.pop(user_id, None)
 
 
 def _with(device: PinnedDevice, *, revoked: bool) -> PinnedDevice:

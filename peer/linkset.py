@@ -61,7 +61,7 @@ class LinkSet:
         self.device_id = device_id
         self._keys = keys
         self.settings = settings
-        self._send_signal = send_signal
+        self.send_signal = send_signal  # where signals go (the hub); a test may play a meddling server here
         self._pinned_identity = pinned_identity
         self._on_frame = on_frame
         self._on_link_state = on_link_state
@@ -181,7 +181,7 @@ class LinkSet:
     ) -> None:
         signature = sign_signal(self._keys, kind, self.device_id, device_id, nonce, body)
         payload = {"nonce": nonce, "sig": b64encode(signature), **extra}
-        await self._send_signal(SignalFrame(kind=kind, to_user=user_id, to_device=device_id, payload=payload))
+        await self.send_signal(SignalFrame(kind=kind, to_user=user_id, to_device=device_id, payload=payload))
 
     # ---------------------------------------------------------------------------------------------
     # incoming signals

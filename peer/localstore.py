@@ -93,6 +93,21 @@ CREATE TABLE IF NOT EXISTS transfers (
 """
 
 
+# An incoming message counts as unread while it is "received" (not yet "read" on this device).
+_SUMMARIES_SQL = (
+    "SELECT m.conversation, "
+    "(SELECT l.message_id FROM messages l WHERE l.conversation = m.conversation "
+    "AND l.content_type IN ('text', 'file') ORDER BY l.sent_at_ms DESC, l.rowid DESC LIMIT 1), "
+    "MAX(m.sent_at_ms), SUM(CASE WHEN outgoing = 0 AND state = 'received' THEN 1 ELSE 0 END) "
+    "FROM messages m WHERE m.content_type IN ('text', 'file') "
+    "GROUP BY m.conversation ORDER BY 3 DESC"
+)
+_UNREAD_SQL = (
+    "SELECT COUNT(*) FROM messages WHERE conversation = ? "
+    "AND outgoing = 0 AND state = 'received' AND content_type IN ('text', 'file')"
+)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -299,6 +314,47 @@ class LocalStore:
             )
 
         return await self._run(_convs)
+
+    async def conversation_summaries(self) -> list[tuple[str, str, int, int]]:
+        """Per conversation, most recent first: (conversation, last message id, its sent_at_ms,
+        unread count)."""
+
+        def _summaries() -> list[tuple[str, str, int, int]]:
+            return list(self.db.execute(_SUMMARIES_SQL))
+
+        return await self._run(_summaries)
+
+    async def unread_count(self, conversation: str) -> int:
+        def _count() -> int:
+            row = self.db.execute(_UNREAD_SQL, (conversation,)).fetchone()
+            return int(row[0])
+
+        return await self._run(_count)
+
+    async def mark_read(self, conversation: str, message_ids: list[str]) -> list[str]:
+        """Incoming messages of `conversation` now read here; returns the ids that changed.
+
+        A file counts as read only once it has arrived whole (its transfer is done): a read tick
+        must not claim the person saw a file that is still on its way.
+        """
+
+        def _mark() -> list[str]:
+            changed = []
+            with self.db:
+                self.db.execute("BEGIN")
+                for message_id in dict.fromkeys(message_ids):
+                    cur = self.db.execute(
+                        "UPDATE messages SET state = 'read' WHERE message_id = ? AND conversation = ? "
+                        "AND outgoing = 0 AND state = 'received' AND (content_type = 'text' OR "
+                        "(content_type = 'file' AND EXISTS (SELECT 1 FROM transfers t WHERE "
+                        "t.transfer_id = messages.message_id AND t.outgoing = 0 AND t.state = 'done')))",
+                        (message_id, conversation),
+                    )
+                    if cur.rowcount == 1:
+                        changed.append(message_id)
+            return changed
+
+        return await self._run(_mark)
 
     async def set_message_state(
         self, message_id: str, state: str, path: str | None = None, reason: str | None = None

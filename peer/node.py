@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+import httpx
 import platformdirs
 from aiortc import RTCIceServer
 
@@ -32,6 +36,7 @@ from crypto.bundle import make_bundle
 from crypto.envelope import LocalDevice
 from crypto.errors import (
     AtRestError,
+    CryptoError,
     KeystoreCorrupt,
     KeystoreLocked,
 )
@@ -50,8 +55,12 @@ from peer.client import ServerClient, normalise_server_url
 from peer.errors import (
     AuthFailed,
     ConfigError,
+    CryptoFailure,
+    LoginNeeded,
+    NoServer,
     NotLoggedIn,
     PeerError,
+    PeerStateError,
     ServerError,
     ServerUnavailable,
     UnknownContact,
@@ -63,11 +72,15 @@ from peer.events import (
     ErrorEvent,
     Event,
     EventBus,
+    EventHandlers,
     KeygenProgress,
     KeyWarning,
     LinkChanged,
     PresenceChanged,
+    PresenceSnapshot,
+    ReadMarked,
     SignalRejectedEvent,
+    StateChanged,
 )
 from peer.history import History
 from peer.inbox import Inbox
@@ -76,11 +89,14 @@ from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore
 from peer.outbox import Outbox
+from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
-from peer.router import QUEUED, RELAYED, RoutePolicy, Router
-from peer.session import Backoff, HubSession
+from peer.router import RoutePolicy, Router
+from peer.session import Backoff, HubSession, SessionTap
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
+    ContactBook,
+    ConversationSummary,
     DeviceInfo,
     Me,
     MessageView,
@@ -88,7 +104,9 @@ from peer.views import (
     SafetyNumber,
     conversation_of,
 )
+from peer.vocab import DeliveryPath
 from signalling.protocol import (
+    ContactDirection,
     ContactEvent,
     ContactFrame,
     ContactOut,
@@ -109,46 +127,117 @@ from signalling.protocol import (
 )
 
 log = logging.getLogger(__name__)
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class PeerState(StrEnum):
+    """Where a `Peer` is in its life; it only ever moves forward (a failed start goes back to NEW).
+
+    NEW → STARTING (logging in or unlocking; the parts are being built) → RUNNING (every part up,
+    online or not) → CLOSING → CLOSED. As aiortc's transports do, one `_set_state` makes every
+    change, and announces it (`StateChanged`).
+    """
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class _Running:
+    """Everything a logged-in peer runs on, made together in `Peer._build` and never changed after.
+
+    A peer either has the whole record (RUNNING) or none of it: no half-built peer, no `None`
+    checks spread over the methods.
+    """
+
+    me: Me
+    keystore: Keystore
+    store: LocalStore
+    keyring: Keyring
+    history: History
+    session: HubSession
+    links: LinkSet
+    router: Router
+    transfers: FileTransfers
+    outbox: Outbox
+    inbox: Inbox
+
+    @property
+    def local_device(self) -> LocalDevice:
+        return LocalDevice(self.me.user_id, self.me.device_id, self.keystore.keys)
+
+
+def _mapped(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """The Peer boundary: what the parts below raise leaves as a `PeerError` (httpx's
+    `map_exceptions`): a `CryptoError` becomes `CryptoFailure` with the same sentence."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except CryptoError as e:
+            raise CryptoFailure(str(e)) from e
+
+    return wrapper
 
 
 class Peer:
+    """One device's peer. Public methods raise only `PeerError`s (see `peer.errors`).
+
+    Seams for tests and embedders: `server_client` (a `ServerClient`, e.g. over an in-process
+    `httpx.ASGITransport` via `transport`), `session_tap` (sees every message id that crossed the
+    server), `session_keys` / `unwrap_cache` (the envelope key caches, to observe their use).
+    """
+
     def __init__(
-        self, profile: Profile, server_url: str | None = None, *, settings: PeerSettings | None = None
+        self,
+        profile: Profile,
+        server_url: str | None = None,
+        *,
+        settings: PeerSettings | None = None,
+        server_client: ServerClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        session_tap: SessionTap | None = None,
+        session_keys: SessionKeyCache | None = None,
+        unwrap_cache: UnwrapCache | None = None,
     ) -> None:
         self.profile = profile
         self.settings = settings or PeerSettings()
         meta = profile.load_meta()
-        url = server_url or (meta.server_url if meta else None)
+        url = server_url or (server_client.server_url if server_client else None)
+        url = url or (meta.server_url if meta else None)
         if not url:
-            raise ConfigError("no server given: pass --server URL (or set PEERPOST_SERVER)")
+            raise NoServer("no server given and the profile has none saved")
         self.server_url = normalise_server_url(url)
+        self.state = PeerState.NEW
         self._bus = EventBus()
-        self._client = ServerClient(self.server_url, on_tokens=self._save_tokens)
-        self._keystore: Keystore | None = None
-        self._me: Me | None = None
-        self._store: LocalStore | None = None
-        self._keyring: Keyring | None = None
-        self._links: LinkSet | None = None
-        self._router: Router | None = None
-        self._session: HubSession | None = None
-        self._transfers: FileTransfers | None = None
-        self._history: History | None = None
-        self._outbox: Outbox | None = None
-        self._inbox: Inbox | None = None
+        self._client = server_client or ServerClient(self.server_url, transport=transport)
+        self._client.on_tokens = None  # nothing to seal them with until the keystore is open
+        self._session_tap = session_tap
         # Envelope v2 session keys, in memory for this peer's lifetime only (never on disk): the
         # sender reuses one RSA-wrapped key per remote device, the receiver skips RSA for known ones.
-        self._session_keys = SessionKeyCache()
-        self._unwrap_cache = UnwrapCache()
+        self._session_keys = session_keys if session_keys is not None else SessionKeyCache()
+        self._unwrap_cache = unwrap_cache if unwrap_cache is not None else UnwrapCache()
+        self._running: _Running | None = None
+        self.presence = Presence()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._offline_users: set[int] = set()
-        self._device_presence: dict[str, bool] = {}
         self._contact_news = asyncio.Lock()  # FIFO: contact events keep the order the server sent
-        self._started = False
-        self._closed = False
 
     # ---------------------------------------------------------------------------------------------
     # lifetime
     # ---------------------------------------------------------------------------------------------
+
+    def _set_state(self, state: PeerState) -> None:
+        if state is self.state:
+            return
+        log.debug("peer %s: %s -> %s", self.profile.name, self.state, state)
+        self.state = state
+        self._publish(StateChanged(state.value))
 
     async def __aenter__(self) -> Peer:
         return self
@@ -157,37 +246,36 @@ class Peer:
         await self.close()
 
     async def close(self) -> None:
-        if self._closed:
+        if self.state in (PeerState.CLOSING, PeerState.CLOSED):
             return
         # Receipts still on their way get a moment (a short CLI command would otherwise drop them).
         pending = [t for t in self._tasks if t.get_name() == "receipt" and not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=2.0)
-        self._closed = True
-        if self._session is not None:
-            await self._session.close()
-        if self._links is not None:
-            await self._links.close()
-        if self._router is not None:
-            await self._router.close()
-        if self._inbox is not None:
-            self._inbox.close()
+        self._set_state(PeerState.CLOSING)
+        running = self._running  # kept (closed) after this: `me` still names who this was
+        if running is not None:
+            await running.session.close()
+            await running.links.close()
+            await running.router.close()
+            running.inbox.close()
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._transfers is not None:
-            self._transfers.close()
-        if self._store is not None:
-            await self._store.close()
+        if running is not None:
+            running.transfers.close()
+            await running.store.close()
+        self.presence.clear()
         self._session_keys.clear()
         self._unwrap_cache.clear()
         await self._client.aclose()
+        self._set_state(PeerState.CLOSED)
         self._bus.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
-        if self._closed:
+        if self.state in (PeerState.CLOSING, PeerState.CLOSED):
             coro.close()
             return None
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
@@ -201,7 +289,7 @@ class Peer:
             return await coro
         except asyncio.CancelledError:
             raise
-        except PeerError as e:
+        except (PeerError, CryptoError) as e:
             self._publish(ErrorEvent(f"{name}: {e}"))
         except Exception as e:  # a background job must never die silently
             log.exception("%s failed", name)
@@ -222,32 +310,59 @@ class Peer:
     def unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
         self._bus.unsubscribe(queue)
 
+    def follow(self, handlers: EventHandlers) -> contextlib.AbstractAsyncContextManager[None]:
+        """`async with peer.follow(handlers): ...` — every event from now on goes to `handlers`
+        (by event class, see `peer.events.EventHandlers`) until the block ends: the one
+        subscribe / pump / cancel loop for every command and window."""
+        return handlers.follow(self._bus)
+
+    def _parts(self) -> _Running:
+        """The running parts; only while RUNNING (a closed peer's parts are closed too)."""
+        running = self._running
+        if self.state in (PeerState.CLOSING, PeerState.CLOSED):
+            raise PeerStateError("this peer is closed")
+        if running is None:
+            raise NotLoggedIn("this peer has not logged in", LoginNeeded.NOT_STARTED)
+        return running
+
     # ---------------------------------------------------------------------------------------------
     # session
     # ---------------------------------------------------------------------------------------------
 
     @property
     def me(self) -> Me:
-        if self._me is None:
-            raise NotLoggedIn("not logged in: run `peerpost login` first")
-        return self._me
+        """Who this peer is (still answered after `close`)."""
+        if self._running is None:
+            raise NotLoggedIn("this peer has not logged in", LoginNeeded.NOT_STARTED)
+        return self._running.me
 
     @property
     def online(self) -> bool:
-        return self._session is not None and self._session.connected
+        return self._running is not None and self._running.session.connected
+
+    @property
+    def offline_reason(self) -> str | None:
+        """Why the peer is not connected to the server, in words (None while it is)."""
+        running = self._running
+        if running is None:
+            return "not logged in"
+        return None if running.session.connected else running.session.status_reason
 
     async def wait_online(self, within: float = 10.0) -> bool:
-        if self._session is None:
+        if self._running is None:
             return False
-        return await self._session.wait_connected(within)
+        return await self._running.session.wait_connected(within)
 
-    def _save_tokens(self, tokens: TokenPair | None) -> None:
-        if self._keystore is None:
-            return
+    def reconnect_now(self) -> None:
+        """Skip the rest of the back-off and try the server again at once (the UI's "retry now")."""
+        if self._running is not None:
+            self._running.session.retry_now()
+
+    def _seal_tokens(self, keystore: Keystore, tokens: TokenPair | None) -> None:
         if tokens is None:
             self.profile.session_path.unlink(missing_ok=True)
             return
-        sealed = seal_at_rest(self._keystore.storage_key, tokens.model_dump_json().encode(), aad=b"session")
+        sealed = seal_at_rest(keystore.storage_key, tokens.model_dump_json().encode(), aad=b"session")
         write_private(self.profile.session_path, sealed)
 
     def _progress(self, progress: Callable[[float, str], None] | None) -> Callable[[float, str], None]:
@@ -260,77 +375,95 @@ class Peer:
 
         return report
 
+    @_mapped
     async def register(
         self, username: str, email: str, password: str, progress: Callable[[float, str], None] | None = None
     ) -> Me:
+        self._check_new()
         await self._client.register(username, email, password)
         return await self.login(username, password, progress)
 
+    @_mapped
     async def login(
         self, username: str, password: str, progress: Callable[[float, str], None] | None = None
     ) -> Me:
         """Log in; the first login on this profile makes and publishes this device's keys."""
-        self._check_not_started()
-        meta = self.profile.load_meta()
-        await self._client.login(username, password)
-        account = await self._client.me()
-        if meta is not None and self.profile.keystore_path.exists():
-            if meta.user_id != account.id:
-                await self._client.logout()
-                raise ConfigError(
-                    f"profile {self.profile.name!r} belongs to {meta.username}; pick another with --profile"
+        self._check_new()
+        self._set_state(PeerState.STARTING)
+        try:
+            meta = self.profile.load_meta()
+            await self._client.login(username, password)
+            account = await self._client.me()
+            if meta is not None and self.profile.keystore_path.exists():
+                if meta.user_id != account.id:
+                    await self._client.logout()
+                    raise ConfigError(f"profile {self.profile.name!r} belongs to {meta.username}")
+                keystore = await self._open_keystore(password)
+            else:
+                keys = self.settings.device_keys
+                if keys is None:
+                    keys = await asyncio.to_thread(generate_device_keys, self._progress(progress))
+                device_id = "d" + secrets.token_urlsafe(15).replace("-", "x").replace("_", "y")[:19]
+                self.profile.ensure()
+                info = {"user_id": account.id, "device_id": device_id, "username": account.username}
+                keystore = await asyncio.to_thread(
+                    create_keystore,
+                    self.profile.keystore_path,
+                    keys,
+                    password,
+                    info,
+                    scrypt_n=self.settings.scrypt_n,
                 )
-            self._keystore = await self._open_keystore(password)
-        else:
-            keys = self.settings.device_keys
-            if keys is None:
-                keys = await asyncio.to_thread(generate_device_keys, self._progress(progress))
-            device_id = "d" + secrets.token_urlsafe(15).replace("-", "x").replace("_", "y")[:19]
-            self.profile.ensure()
-            info = {"user_id": account.id, "device_id": device_id, "username": account.username}
-            self._keystore = await asyncio.to_thread(
-                create_keystore,
-                self.profile.keystore_path,
-                keys,
-                password,
-                info,
-                scrypt_n=self.settings.scrypt_n,
-            )
-            meta = ProfileMeta(self.server_url, account.username, account.id, device_id)
-            self.profile.save_meta(meta)
-        assert self._client.tokens is not None
-        self._save_tokens(self._client.tokens)
-        self._me = Me(account.id, account.username, meta.device_id, self.server_url)
-        await self._start()
-        return self._me
+                meta = ProfileMeta(self.server_url, account.username, account.id, device_id)
+                self.profile.save_meta(meta)
+            assert self._client.tokens is not None
+            self._seal_tokens(keystore, self._client.tokens)
+            me = Me(account.id, account.username, meta.device_id, self.server_url)
+            await self._start(me, keystore)
+        except BaseException:
+            self._start_failed()
+            raise
+        return me
 
+    @_mapped
     async def unlock(self, password: str) -> Me:
         """Open the keystore and resume the stored session (later runs of the CLI, the UI)."""
-        self._check_not_started()
-        meta = self.profile.load_meta()
-        if meta is None or not self.profile.keystore_path.exists():
-            raise NotLoggedIn(f"profile {self.profile.name!r} has never logged in: run `peerpost login`")
-        self._keystore = await self._open_keystore(password)
+        self._check_new()
+        self._set_state(PeerState.STARTING)
         try:
-            sealed = await asyncio.to_thread(self.profile.session_path.read_bytes)
-            tokens = TokenPair.model_validate_json(
-                open_at_rest(self._keystore.storage_key, sealed, aad=b"session")
-            )
-        except (FileNotFoundError, AtRestError, ValueError) as e:
-            raise NotLoggedIn("logged out: run `peerpost login` again") from e
-        self._client.tokens = tokens
-        try:
-            account = await self._client.me()
-            user_id, username = account.id, account.username
-        except AuthFailed as e:
-            raise NotLoggedIn("the session expired: run `peerpost login` again") from e
-        except ServerUnavailable:
-            # Offline start (the resident node): who we are is on disk; the hub session connects
-            # when the server is back, and history, contacts and the outbox work meanwhile.
-            user_id, username = meta.user_id, meta.username
-        self._me = Me(user_id, username, meta.device_id, self.server_url)
-        await self._start()
-        return self._me
+            meta = self.profile.load_meta()
+            if meta is None or not self.profile.keystore_path.exists():
+                raise NotLoggedIn(f"profile {self.profile.name!r} has never logged in", LoginNeeded.NEVER)
+            keystore = await self._open_keystore(password)
+            try:
+                sealed = await asyncio.to_thread(self.profile.session_path.read_bytes)
+                tokens = TokenPair.model_validate_json(
+                    open_at_rest(keystore.storage_key, sealed, aad=b"session")
+                )
+            except (FileNotFoundError, AtRestError, ValueError) as e:
+                raise NotLoggedIn("logged out", LoginNeeded.LOGGED_OUT) from e
+            self._client.tokens = tokens
+            self._client.on_tokens = functools.partial(self._seal_tokens, keystore)
+            try:
+                account = await self._client.me()
+                user_id, username = account.id, account.username
+            except AuthFailed as e:
+                raise NotLoggedIn("the session expired", LoginNeeded.EXPIRED) from e
+            except ServerUnavailable:
+                # Offline start (the resident node): who we are is on disk; the hub session connects
+                # when the server is back, and history, contacts and the outbox work meanwhile.
+                user_id, username = meta.user_id, meta.username
+            me = Me(user_id, username, meta.device_id, self.server_url)
+            await self._start(me, keystore)
+        except BaseException:
+            self._start_failed()
+            raise
+        return me
+
+    def _start_failed(self) -> None:
+        if self.state is PeerState.STARTING:
+            self._client.on_tokens = None
+            self._set_state(PeerState.NEW)
 
     async def _open_keystore(self, password: str) -> Keystore:
         try:
@@ -340,21 +473,28 @@ class Peer:
         except KeystoreCorrupt as e:
             raise ConfigError(f"the keystore of profile {self.profile.name!r} is damaged: {e}") from e
 
-    def _check_not_started(self) -> None:
-        if self._started:
-            raise PeerError("this peer is already logged in")
+    def _check_new(self) -> None:
+        if self.state is PeerState.RUNNING:
+            raise PeerStateError("this peer is already logged in")
+        if self.state is PeerState.STARTING:
+            raise PeerStateError("this peer is already logging in")
+        if self.state is not PeerState.NEW:
+            raise PeerStateError("this peer is closed")
 
+    @_mapped
     async def logout(self) -> None:
         with contextlib.suppress(ServerError):
             await self._client.logout()
         self.profile.session_path.unlink(missing_ok=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._running is not None:
+            await self._running.session.close()
 
+    @_mapped
     async def change_password(self, old: str, new: str) -> None:
         await self._client.update_me(UserUpdate(password=new, current_password=old))
         await asyncio.to_thread(change_keystore_password, self.profile.keystore_path, old, new)
 
+    @_mapped
     async def delete_account(self) -> None:
         await self._client.delete_account()
         self.profile.session_path.unlink(missing_ok=True)
@@ -365,29 +505,38 @@ class Peer:
 
     @property
     def local_device(self) -> LocalDevice:
-        assert self._keystore is not None
-        return LocalDevice(self.me.user_id, self.me.device_id, self._keystore.keys)
+        return self._parts().local_device
 
-    async def _start(self) -> None:
-        assert self._keystore is not None and self._me is not None
-        self._started = True
+    async def _start(self, me: Me, keystore: Keystore) -> None:
+        self._client.on_tokens = functools.partial(self._seal_tokens, keystore)
         self.profile.ensure()
-        store = LocalStore(self.profile.db_path, self._keystore.storage_key)
+        store = LocalStore(self.profile.db_path, keystore.storage_key)
         await store.open()
-        self._store = store
+        try:
+            running = await self._build(me, keystore, store)
+        except BaseException:
+            await store.close()
+            raise
+        self._running = running
+        self._set_state(PeerState.RUNNING)
+        self._spawn(running.inbox.run(), "inbox")
+        if self.settings.online:
+            running.session.start()
+
+    async def _build(self, me: Me, keystore: Keystore, store: LocalStore) -> _Running:
+        """Make every part, wired to each other; nothing runs until `_start` says so."""
         keyring = Keyring(
             store,
             self._client,
-            self._me.user_id,
-            self._me.device_id,
-            self._key_warning,
+            me.user_id,
+            me.device_id,
+            self._publish,
             refresh_after=self.settings.key_refresh_after,
         )
         await keyring.load()
-        self._keyring = keyring
-        self._history = History(store, self._me.device_id)
+        history = History(store, me.device_id)
         with contextlib.suppress(ServerUnavailable):  # offline start: published after the connect
-            await self._ensure_published()
+            await self._ensure_published(me, keystore)
 
         ice = self.settings.ice_servers
         if ice is None:
@@ -402,25 +551,26 @@ class Peer:
             ping_interval=self.settings.keepalive,
             dead_after=self.settings.dead_after,
         )
-        self._session = HubSession(
+        session = HubSession(
             self._client,
-            self._me.device_id,
+            me.device_id,
             self._on_server_frame,
             self._on_connection,
             backoff=Backoff(self.settings.reconnect_base, self.settings.reconnect_cap),
+            tap=self._session_tap,
         )
-        self._links = LinkSet(
-            user_id=self._me.user_id,
-            device_id=self._me.device_id,
-            keys=self._keystore.keys,
+        links = LinkSet(
+            user_id=me.user_id,
+            device_id=me.device_id,
+            keys=keystore.keys,
             settings=link_settings,
-            send_signal=self._session.send_signal,
+            send_signal=session.send_signal,
             pinned_identity=keyring.ensure_sender,
-            on_frame=self._on_link_frame,  # the inbox, made below before any await
+            on_frame=self._on_link_frame,
             on_link_state=self._on_link_state,
             on_rejected=lambda u, d, why: self._publish(SignalRejectedEvent(u, d, why)),
         )
-        self._links.ignore_signals = not self.settings.answer_offers
+        links.ignore_signals = not self.settings.answer_offers
         policy = RoutePolicy(
             link_deadline=self.settings.link_deadline,
             ack_deadline=self.settings.ack_deadline,
@@ -428,51 +578,62 @@ class Peer:
             direct=self.settings.direct,
             retry_after=self.settings.link_retry_after,
         )
-        self._router = Router(self._links, self._session, store, policy, self._device_online)
-        self._transfers = FileTransfers(
+        router = Router(links, session, store, policy, self.presence.device_online)
+        transfers = FileTransfers(
             store,
             self._client,
-            self._links,
+            links,
             self.profile,
             self._publish,
             link_deadline=self.settings.link_deadline,
             stall_after=self.settings.dead_after,
             download_dir=self.download_dir if self.settings.auto_export else None,
-            device_online=self._device_online,
+            device_online=self.presence.device_online,
         )
-        self._outbox = Outbox(
-            me=self._me,
-            local_device=self.local_device,
+        local_device = LocalDevice(me.user_id, me.device_id, keystore.keys)
+        outbox = Outbox(
+            me=me,
+            local_device=local_device,
             store=store,
             keyring=keyring,
-            links=self._links,
-            router=self._router,
-            transfers=self._transfers,
-            history=self._history,
+            links=links,
+            router=router,
+            transfers=transfers,
+            history=history,
             session_keys=self._session_keys,
             publish=self._publish,
-            device_online=self._device_online,
+            device_online=self.presence.device_online,
             direct=self.settings.direct,
             link_deadline=self.settings.link_deadline,
         )
-        self._inbox = Inbox(
-            me=self._me,
-            local_device=self.local_device,
+        inbox = Inbox(
+            me=me,
+            local_device=local_device,
             store=store,
             keyring=keyring,
-            router=self._router,
-            session=self._session,
-            transfers=self._transfers,
-            history=self._history,
-            outbox=self._outbox,
+            router=router,
+            session=session,
+            transfers=transfers,
+            history=history,
+            outbox=outbox,
             unwrap_cache=self._unwrap_cache,
             publish=self._publish,
             spawn=self._spawn,
             receipts=self.settings.receipts,
         )
-        self._spawn(self._inbox.run(), "inbox")
-        if self.settings.online:
-            self._session.start()
+        return _Running(
+            me=me,
+            keystore=keystore,
+            store=store,
+            keyring=keyring,
+            history=history,
+            session=session,
+            links=links,
+            router=router,
+            transfers=transfers,
+            outbox=outbox,
+            inbox=inbox,
+        )
 
     async def _server_ice(self) -> tuple[RTCIceServer, ...]:
         """The server's STUN/TURN list (TURN credentials expire: fetched again on every connect)."""
@@ -482,13 +643,11 @@ class Peer:
             for s in config.ice_servers
         )
 
-    async def _ensure_published(self) -> None:
-        assert self._keystore is not None
-        mine = await self._client.devices(self.me.user_id)
-        if any(d.device_id == self.me.device_id and not d.revoked for d in mine):
+    async def _ensure_published(self, me: Me, keystore: Keystore) -> None:
+        mine = await self._client.devices(me.user_id)
+        if any(d.device_id == me.device_id and not d.revoked for d in mine):
             return
-        keys = self._keystore.keys
-        bundle = make_bundle(keys, self.me.user_id, self.me.device_id)
+        bundle = make_bundle(keystore.keys, me.user_id, me.device_id)
         await self._client.publish_device(
             DeviceBundleIn(
                 device_id=bundle.device_id,
@@ -499,43 +658,9 @@ class Peer:
             )
         )
 
-    def _need(self) -> tuple[LocalStore, Keyring, LinkSet, Router, HubSession, FileTransfers]:
-        if (
-            self._store is None
-            or self._keyring is None
-            or self._links is None
-            or self._router is None
-            or self._session is None
-            or self._transfers is None
-        ):
-            raise NotLoggedIn("not logged in: run `peerpost login` first")
-        return self._store, self._keyring, self._links, self._router, self._session, self._transfers
-
-    def _need_inbox(self) -> Inbox:
-        self._need()
-        assert self._inbox is not None
-        return self._inbox
-
-    def _need_outbox(self) -> Outbox:
-        self._need()
-        assert self._outbox is not None
-        return self._outbox
-
-    def _need_history(self) -> History:
-        self._need()  # ready only once the whole start-up is done, as before
-        assert self._history is not None
-        return self._history
-
     # ---------------------------------------------------------------------------------------------
     # presence and connection
     # ---------------------------------------------------------------------------------------------
-
-    def _device_online(self, user_id: int, device_id: str) -> bool:
-        """Worth a link attempt? Optimistic unless presence said offline: the hub answers a signal
-        to an unconnected device with an error at once, which ends the attempt early."""
-        if device_id in self._device_presence:
-            return self._device_presence[device_id]
-        return user_id not in self._offline_users
 
     async def _on_connection(self, up: bool, reason: str | None) -> None:
         self._publish(ConnectionChanged(up, reason))
@@ -543,26 +668,26 @@ class Peer:
             self._spawn(self._after_connect(), "after-connect")
 
     async def _after_connect(self) -> None:
-        _, keyring, links, router, _, _ = self._need()
+        parts = self._parts()
         if self.settings.ice_servers is None:
             with contextlib.suppress(ServerError):
-                links.settings = replace(links.settings, ice_servers=await self._server_ice())
+                parts.links.settings = replace(parts.links.settings, ice_servers=await self._server_ice())
         with contextlib.suppress(ServerError):
-            await self._ensure_published()  # after an offline start
+            await self._ensure_published(parts.me, parts.keystore)  # after an offline start
         with contextlib.suppress(ServerError):
-            await keyring.refresh(self.me.user_id, force=True)  # own devices added meanwhile
+            await parts.keyring.refresh(parts.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
             await self._reload_contacts()
-        for message_id, _ in await router.flush_outbox():
-            await self._need_outbox().refresh_state(message_id)
+        for message_id, _ in await parts.router.flush_outbox():
+            await parts.outbox.refresh_state(message_id)
 
-    async def _reload_contacts(self) -> None:
-        """The contacts cache and who is offline, from the server's list (raises ServerError)."""
+    async def _reload_contacts(self) -> list[ContactOut]:
+        """The contacts cache and presence, from the server's list (raises ServerError)."""
         contacts = await self._client.contacts()
-        self._offline_users = {
-            c.user_id for c in contacts if c.status == ContactStatus.ACCEPTED and not c.online
-        }
-        await self._need()[0].cache_contacts([c.model_dump(mode="json") for c in contacts])
+        self.presence.seed(contacts)
+        await self._parts().store.cache_contacts([c.model_dump(mode="json") for c in contacts])
+        self._publish(PresenceSnapshot(tuple(sorted(self.presence.online_users()))))
+        return contacts
 
     async def _on_contact(self, frame: ContactFrame) -> None:
         """A contact change pushed by the hub: bring the cache (and keys, links) in line, then say so.
@@ -571,59 +696,55 @@ class Peer:
         FIFO, so the events still come out in the order the server sent them.
         """
         async with self._contact_news:
-            _, keyring, links, _, _, _ = self._need()
+            parts = self._parts()
             with contextlib.suppress(ServerError):
                 await self._reload_contacts()
             if frame.event is ContactEvent.ACCEPTED:
                 with contextlib.suppress(ServerError):
-                    await keyring.refresh(frame.user_id, force=True)  # ready to write to them now
+                    await parts.keyring.refresh(frame.user_id, force=True)  # ready to write to them now
             elif frame.event is ContactEvent.REMOVED:
-                for device in keyring.devices_of(frame.user_id):
-                    await links.drop(device.device_id)  # the hub no longer relays between us
+                for device in parts.keyring.devices_of(frame.user_id):
+                    await parts.links.drop(device.device_id)  # the hub no longer relays between us
             contact = frame.contact.model_dump(mode="json") if frame.contact is not None else None
             news = ContactChanged(frame.event.value, frame.user_id, frame.username, frame.by_me, contact)
             self._publish(news)
 
     def _on_link_frame(self, link: Link, frame: frames.Frame) -> None:
-        if self._inbox is not None:
-            self._inbox.on_link_frame(link, frame)
+        if self.state is PeerState.RUNNING and self._running is not None:
+            self._running.inbox.on_link_frame(link, frame)
 
     def _on_link_state(self, link: Link, state: LinkState, user_id: int) -> None:
         if state is not LinkState.NEW:
             self._publish(LinkChanged(user_id, link.remote_device, str(state)))
 
-    def _key_warning(self, warning: KeyWarning) -> None:
-        self._publish(warning)
-
     async def _on_server_frame(self, frame: ServerFrame) -> None:
-        links = self._need()[2]
+        parts = self._parts()
         if isinstance(frame, DeliverFrame):
-            await self._need_inbox().receive(
-                frame.envelope, via=QUEUED if frame.queued else RELAYED, link=None, server_id=frame.message_id
+            await parts.inbox.receive(
+                frame.envelope,
+                via=DeliveryPath.QUEUED if frame.queued else DeliveryPath.RELAYED,
+                link=None,
+                server_id=frame.message_id,
             )
         elif isinstance(frame, SignalFrame):
-            self._spawn(links.handle_signal(frame), "signal")
+            self._spawn(parts.links.handle_signal(frame), "signal")
         elif isinstance(frame, PresenceFrame):
+            self.presence.apply(frame)
             if frame.device_id is not None:
-                self._device_presence[frame.device_id] = frame.online
-                keyring = self._need()[1]
-                if frame.online and keyring.identity_key(frame.user_id, frame.device_id) is None:
-                    # A device we have not pinned came online: fetch its bundle (and warn) now.
-                    self._spawn(keyring.refresh(frame.user_id, force=True), "refresh-keys")
+                if frame.online and parts.keyring.identity_key(frame.user_id, frame.device_id) is None:
+                    # A device we have not pinned came online: fetch its bundle (and warn) now —
+                    # the one refresh for it (the UI reads the keyring's warnings, it fetches none).
+                    self._spawn(parts.keyring.refresh(frame.user_id, force=True), "refresh-keys")
                 if not frame.online:
-                    self._spawn(links.drop(frame.device_id), "drop-link")
-            if frame.online:
-                self._offline_users.discard(frame.user_id)
-            elif frame.device_id is None:
-                self._offline_users.add(frame.user_id)
+                    self._spawn(parts.links.drop(frame.device_id), "drop-link")
             self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
         elif isinstance(frame, ErrorFrame):
             if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None:
                 # A signal to a device that is not connected: stop waiting for its answer.
-                for link in links.links():
+                for link in parts.links.links():
                     if link.remote_device in frame.message and not link.is_open:
-                        self._device_presence[link.remote_device] = False
-                        self._spawn(links.drop(link.remote_device), "drop-link")
+                        self.presence.device_gone(link.remote_device)
+                        self._spawn(parts.links.drop(link.remote_device), "drop-link")
             else:
                 self._publish(ErrorEvent(f"server: {frame.message}"))
         elif isinstance(frame, ContactFrame):
@@ -635,22 +756,49 @@ class Peer:
     # sending
     # ---------------------------------------------------------------------------------------------
 
+    @_mapped
     async def send_text(self, to: int | str, body: str) -> MessageView:
         conversation = conversation_of(to)
-        return await self._need_outbox().send_text(conversation, body)
+        return await self._parts().outbox.send_text(conversation, body)
 
+    @_mapped
     async def send_typing(self, to: int | str, active: bool) -> None:
         conversation = conversation_of(to)
-        await self._need_outbox().send_typing(conversation, active)
+        await self._parts().outbox.send_typing(conversation, active)
 
-    async def mark_read(self, to: int | str, message_ids: list[str]) -> None:
+    @_mapped
+    async def mark_read(self, to: int | str, message_ids: list[str]) -> list[str]:
+        """Mark incoming messages read here and tell the sender; returns the ids newly read.
+
+        Only what changes is receipted (a message read twice is receipted once), and a file only
+        once it has arrived whole. The local mark stands even if the receipt cannot go now.
+        """
         conversation = conversation_of(to)
-        await self._need_outbox().mark_read(conversation, message_ids)
+        parts = self._parts()
+        marked = await parts.store.mark_read(conversation, message_ids)
+        if not marked:
+            return []
+        unread = await parts.store.unread_count(conversation)
+        self._publish(ReadMarked(conversation, tuple(marked), unread))
+        await parts.outbox.mark_read(conversation, marked)
+        return marked
 
-    async def send_file(self, to: int | str, path: str | os.PathLike[str]) -> MessageView:
-        """Offer a file and move it: direct over links when every device has one, else a blob."""
-        outbox = self._need_outbox()
-        return await outbox.send_file(conversation_of(to), path)
+    @_mapped
+    async def send_file(
+        self, to: int | str, path: str | os.PathLike[str], *, message_id: str | None = None
+    ) -> MessageView:
+        """Offer a file and move it: direct over links when every device has one, else a blob.
+
+        `message_id` (32 hex digits, fresh) lets a caller follow the transfer's `FileProgress`
+        events before this returns; by default a random one is made."""
+        if message_id is not None and not _MESSAGE_ID.fullmatch(message_id):
+            raise ConfigError(f"{message_id!r} is not a message id (32 hex digits)")
+        outbox = self._parts().outbox
+        return await outbox.send_file(conversation_of(to), path, message_id)
+
+    @staticmethod
+    def new_message_id() -> str:
+        return os.urandom(16).hex()
 
     @property
     def download_dir(self) -> Path:
@@ -658,18 +806,20 @@ class Peer:
             return Path(self.settings.download_dir)
         return Path(platformdirs.user_downloads_dir()) / "PeerPost"
 
+    @_mapped
     async def wait_file(self, message_id: str, within: float = 60.0) -> Path:
         """Wait until an incoming file is complete and checked; its decrypted copy's path."""
-        record = await self._need()[5].wait_received(message_id, within)
+        record = await self._parts().transfers.wait_received(message_id, within)
         if record is None or record.state != "done":
             raise PeerError(f"file {message_id} did not arrive: {record.state if record else 'unknown'}")
         if record.export_path:
             return Path(record.export_path)
         return await self.export_file(message_id)
 
+    @_mapped
     async def export_file(self, message_id: str, folder: str | os.PathLike[str] | None = None) -> Path:
         """Decrypt a received file (kept sealed in the profile) into `folder` (default: download_dir)."""
-        record = await self._need()[0].get_transfer(message_id)
+        record = await self._parts().store.get_transfer(message_id)
         if record is None or record.outgoing or record.state != "done":
             raise PeerError(f"there is no received file {message_id}")
         manifest = FileManifest.from_dict(record.manifest)
@@ -680,42 +830,82 @@ class Peer:
     # history
     # ---------------------------------------------------------------------------------------------
 
+    @_mapped
     async def history(
         self, to: int | str | None = None, limit: int = 100, before_ms: int | None = None
     ) -> list[MessageView]:
-        history = self._need_history()
+        history = self._parts().history
         conversation = conversation_of(to) if to is not None else None
         return await history.history(conversation, limit, before_ms)
 
+    @_mapped
     async def message(self, message_id: str) -> MessageView | None:
-        return await self._need_history().message(message_id)
+        return await self._parts().history.message(message_id)
 
+    @_mapped
+    async def conversation_summaries(self) -> list[ConversationSummary]:
+        """Every conversation with its last message and unread count, most recent first."""
+        return await self._parts().history.summaries()
+
+    @_mapped
+    async def unread(self, to: int | str) -> int:
+        return await self._parts().store.unread_count(conversation_of(to))
+
+    @_mapped
     async def conversations(self) -> list[tuple[str, int]]:
-        return await self._need_history().conversations()
+        return await self._parts().history.conversations()
 
     # ---------------------------------------------------------------------------------------------
     # contacts, devices, trust
     # ---------------------------------------------------------------------------------------------
 
+    @_mapped
     async def contacts(
         self, status: ContactStatus | str | None = None, group: str | None = None
     ) -> list[ContactOut]:
         result = await self._client.contacts(ContactStatus(status) if status else None, group)
-        if self._store is not None and status is None and group is None:
-            await self._store.cache_contacts([c.model_dump(mode="json") for c in result])
+        if self.state is PeerState.RUNNING and self._running is not None and status is None and group is None:
+            await self._running.store.cache_contacts([c.model_dump(mode="json") for c in result])
+            self.presence.seed(result)
         return result
 
-    async def cached_contacts(self) -> list[dict[str, Any]]:
-        return await self._need()[0].cached_contacts()
+    @_mapped
+    async def contact_book(self) -> ContactBook:
+        """Contacts, incoming and outgoing requests in two server calls (presence seeded from
+        them); from the local cache, marked `cached`, when the server cannot be reached."""
+        try:
+            own = await self.contacts()
+            incoming = await self._client.contact_requests("incoming")
+        except ServerUnavailable:
+            rows = [ContactOut.model_validate(r) for r in await self._parts().store.cached_contacts()]
+            accepted = [
+                c.model_copy(update={"online": self.presence.is_online(c.user_id)})
+                for c in rows
+                if c.status == ContactStatus.ACCEPTED
+            ]
+            outgoing = [c for c in rows if c.status == ContactStatus.PENDING]
+            return ContactBook(accepted, [], outgoing, cached=True)
+        accepted = [c for c in own if c.status == ContactStatus.ACCEPTED]
+        outgoing = [
+            c for c in own if c.status == ContactStatus.PENDING and c.direction == ContactDirection.OUTGOING
+        ]
+        return ContactBook(accepted, incoming, outgoing)
 
+    @_mapped
+    async def cached_contacts(self) -> list[dict[str, Any]]:
+        return await self._parts().store.cached_contacts()
+
+    @_mapped
     async def contact_requests(self) -> tuple[list[ContactOut], list[ContactOut]]:
         incoming = await self._client.contact_requests("incoming")
         outgoing = await self._client.contact_requests("outgoing")
         return incoming, outgoing
 
+    @_mapped
     async def search(self, query: str) -> list[UserPublic]:
         return await self._client.search_users(query)
 
+    @_mapped
     async def resolve_user(self, who: int | str) -> int:
         """A user id from an id or a username (exact match)."""
         if isinstance(who, int) or (isinstance(who, str) and who.isdigit()):
@@ -725,25 +915,31 @@ class Peer:
                 return user.id
         raise UnknownContact(f"there is no user called {who!r}")
 
+    @_mapped
     async def add_contact(self, who: int | str) -> ContactOut:
         if isinstance(who, int) or who.isdigit():
             return await self._client.add_contact(friend_id=int(who))
         return await self._client.add_contact(username=who)
 
+    @_mapped
     async def accept_contact(self, user_id: int) -> ContactOut:
         return await self._client.accept_contact(user_id)
 
+    @_mapped
     async def decline_contact(self, user_id: int) -> None:
         await self._client.decline_contact(user_id)
 
+    @_mapped
     async def remove_contact(self, user_id: int) -> None:
         await self._client.remove_contact(user_id)
 
+    @_mapped
     async def set_contact(self, user_id: int, **changes: str | None) -> ContactOut:
         return await self._client.update_contact(user_id, ContactUpdate(**changes))
 
+    @_mapped
     async def devices(self, user_id: int | None = None) -> list[DeviceInfo]:
-        keyring = self._need()[1]
+        keyring = self._parts().keyring
         uid = self.me.user_id if user_id is None else user_id
         await keyring.refresh(uid, force=True)
         return [
@@ -759,11 +955,13 @@ class Peer:
             for d in keyring.devices_of(uid)
         ]
 
+    @_mapped
     async def revoke_device(self, device_id: str) -> None:
         await self._client.revoke_device(device_id)
 
+    @_mapped
     async def safety_number(self, user_id: int) -> SafetyNumber:
-        keyring = self._need()[1]
+        keyring = self._parts().keyring
         await keyring.refresh(user_id, force=True)
         await keyring.refresh(self.me.user_id, force=True)
         theirs = [d.identity_key for d in keyring.devices_of(user_id) if not d.revoked]
@@ -780,46 +978,72 @@ class Peer:
             keyring.is_verified(user_id),
         )
 
+    @_mapped
     async def verify_contact(self, user_id: int) -> None:
-        await self._need()[1].set_verified(user_id, True)
+        await self._parts().keyring.set_verified(user_id, True)
 
+    @_mapped
     async def unverify_contact(self, user_id: int) -> None:
-        await self._need()[1].set_verified(user_id, False)
+        await self._parts().keyring.set_verified(user_id, False)
 
+    @_mapped
     async def is_verified(self, user_id: int) -> bool:
-        return self._need()[1].is_verified(user_id)
+        return self._parts().keyring.is_verified(user_id)
 
+    def key_warnings(self, user_id: int) -> list[KeyWarning]:
+        """This contact's key warnings not yet settled (a new device, a changed key)."""
+        return self._parts().keyring.warnings(user_id)
+
+    def is_online(self, user_id: int) -> bool:
+        """Presence as this peer last heard it (the one copy: `self.presence`)."""
+        return self.presence.is_online(user_id)
+
+    @_mapped
     async def accept_key_change(self, user_id: int) -> None:
-        await self._need()[1].accept_change(user_id)
+        await self._parts().keyring.accept_change(user_id)
 
     # ---------------------------------------------------------------------------------------------
     # settings that can change while running
     # ---------------------------------------------------------------------------------------------
 
+    @_mapped
     async def set_direct(self, enabled: bool) -> None:
         """Allow or forbid direct links from now on (forbidding closes the open ones)."""
         self.settings = replace(self.settings, direct=enabled)
-        if self._router is not None:
-            self._router.policy = replace(self._router.policy, direct=enabled)
-        if self._outbox is not None:
-            self._outbox.direct = enabled
-        if self._links is not None:
-            self._links.ignore_signals = not (enabled and self.settings.answer_offers)
+        running = self._running
+        if running is not None and self.state is PeerState.RUNNING:
+            running.router.policy = replace(running.router.policy, direct=enabled)
+            running.outbox.direct = enabled
+            running.links.ignore_signals = not (enabled and self.settings.answer_offers)
             if not enabled:
-                for link in self._links.links():
-                    await self._links.drop(link.remote_device)
+                for link in running.links.links():
+                    await running.links.drop(link.remote_device)
 
     # ---------------------------------------------------------------------------------------------
     # introspection (UI, tests, bench)
     # ---------------------------------------------------------------------------------------------
 
     def link_to(self, device_id: str) -> Link | None:
-        return self._links.link(device_id) if self._links is not None else None
+        return self._running.links.link(device_id) if self._running is not None else None
 
     @property
     def linkset(self) -> LinkSet:
-        return self._need()[2]
+        return self._parts().links
 
     @property
     def session(self) -> HubSession:
-        return self._need()[4]
+        return self._parts().session
+
+    @property
+    def keyring(self) -> Keyring:
+        """Pinned keys, trust and key warnings (read-only use: the Peer's methods change them)."""
+        return self._parts().keyring
+
+    @property
+    def router(self) -> Router:
+        return self._parts().router
+
+    @property
+    def server(self) -> ServerClient:
+        """The REST client of this peer's session (tests and tools read the server through it)."""
+        return self._client

@@ -26,6 +26,7 @@ from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, MessageView, payload_record
+from peer.vocab import MessageState
 
 
 class Outbox:
@@ -132,11 +133,18 @@ class Outbox:
     async def refresh_state(self, message_id: str) -> None:
         store = self._store
         message = await store.get_message(message_id)
-        if message is None or STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
+        if message is None:
             return
         rows = await store.deliveries(message_id)
         outcomes = [DeviceOutcome(u, d, p, s) for u, d, p, s in rows]
         state, path, reason = _summary(outcomes, self._target_user(message.conversation))
+        if STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
+            # A receipt got here first (delivered before the flush's bookkeeping): keep its state,
+            # but the message still gets the path it travelled.
+            if path is not None and message.path is None:
+                await store.set_message_state(message_id, message.state, path, message.reason)
+                self._publish(MessageStateChanged(message_id, MessageState(message.state), path, None))
+            return
         await store.set_message_state(message_id, state, path, reason)
         self._publish(MessageStateChanged(message_id, state, path, reason))
 
@@ -151,7 +159,9 @@ class Outbox:
     async def mark_read(self, conversation: str, message_ids: list[str]) -> None:
         await self.send(conversation, Receipt("read", message_ids), record=False, own_devices=False)
 
-    async def send_file(self, conversation: str, path: str | os.PathLike[str]) -> MessageView:
+    async def send_file(
+        self, conversation: str, path: str | os.PathLike[str], message_id: str | None = None
+    ) -> MessageView:
         """Offer a file and move it: direct over links when every device has one, else a blob."""
         store, keyring, transfers = self._store, self._keyring, self._transfers
         user_id = self._target_user(conversation)
@@ -165,7 +175,7 @@ class Outbox:
             recipients += await keyring.recipients(self._me.user_id)
         if not recipients:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
-        message_id = os.urandom(16).hex()
+        message_id = message_id or os.urandom(16).hex()
         direct = False
         if self.direct:
             attempts = await asyncio.gather(

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from peer.atomicfile import write_atomic
 from peer.errors import ConfigError
 
 APP_NAME = "peerpost"
@@ -101,15 +102,5 @@ class Profile:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically with mode 0600: a crash leaves the old file or the new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a file atomically with mode 0600 (`peer.atomicfile`)."""
+    write_atomic(path, data, 0o600)

@@ -22,27 +22,48 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from peer import frames
 from peer.errors import DeliveryTimeout, LinkFailed, ServerError, ServerUnavailable
 from peer.link import Link
-from peer.linkset import LinkSet
 from peer.localstore import LocalStore
-from peer.session import HubSession
-from signalling.protocol import RecipientDevice, b64encode
+from peer.vocab import DeliveryPath, DeliveryState
+from signalling.protocol import AcceptedFrame, RecipientDevice, b64encode
 
 log = logging.getLogger(__name__)
 
-DIRECT, RELAYED, QUEUED = "direct", "relayed", "queued"
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+# The vocabulary as short names (kept for readers of this module; the types live in peer.vocab).
+DIRECT, RELAYED, QUEUED = DeliveryPath.DIRECT, DeliveryPath.RELAYED, DeliveryPath.QUEUED
+PENDING, SENT, FAILED = DeliveryState.PENDING, DeliveryState.SENT, DeliveryState.FAILED
+
+
+class DirectLinks(Protocol):
+    """The direct side (`peer.linkset.LinkSet` in a peer; a unit test passes its own)."""
+
+    def open_link(self, device_id: str) -> Link | None: ...
+
+    async def connect(self, user_id: int, device_id: str, within: float) -> Link: ...
+
+
+class ServerPath(Protocol):
+    """The server side (`peer.session.HubSession`): hand over an envelope, get `accepted`;
+    `connected` says whether signalling (and so a new link) is possible at all."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def send_envelope(
+        self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
+    ) -> AcceptedFrame: ...
 
 
 @dataclass(frozen=True)
 class DeviceOutcome:
     user_id: int
     device_id: str
-    path: str | None  # direct / relayed / queued; None while pending
-    state: str  # sent / pending / failed
+    path: DeliveryPath | None  # None while pending
+    state: DeliveryState
     reason: str | None = None
 
 
@@ -65,8 +86,8 @@ class _Backoff:
 class Router:
     def __init__(
         self,
-        links: LinkSet,
-        session: HubSession,
+        links: DirectLinks,
+        session: ServerPath,
         store: LocalStore,
         policy: RoutePolicy,
         device_online: Callable[[int, str], bool],

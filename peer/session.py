@@ -14,9 +14,9 @@ import contextlib
 import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode
 
 import websockets
@@ -55,6 +55,15 @@ class Backoff:
         return (rng or random).uniform(ceiling / 4, ceiling)
 
 
+class SessionTap(Protocol):
+    """Sees the id of every envelope that crosses the server (tests and benchmarks pass one to
+    prove which path a message took; production passes none)."""
+
+    def sent(self, message_id: str) -> None: ...
+
+    def delivered(self, message_id: str) -> None: ...
+
+
 class SessionEnded(ServerError):
     """The hub ended the session for good (logged out, account deleted, replaced by another socket)."""
 
@@ -70,6 +79,7 @@ class HubSession:
         on_status: StatusSink,
         backoff: Backoff | None = None,
         open_timeout: float = 10.0,
+        tap: SessionTap | None = None,
     ) -> None:
         self._client = client
         self._device_id = device_id
@@ -82,11 +92,12 @@ class HubSession:
         self._connected = asyncio.Event()
         self._pending: dict[str, asyncio.Future[AcceptedFrame]] = {}
         self._refs = itertools.count(1)
+        self._tap = tap
+        self._retry = asyncio.Event()  # set by retry_now(): skip the rest of the back-off
         self.connects = 0
-        # Recent message ids that crossed the server, both ways (introspection for tests and bench).
-        self.sent_ids: deque[str] = deque(maxlen=10_000)
-        self.delivered_ids: deque[str] = deque(maxlen=10_000)
         self.ended_reason: str | None = None
+        # Why the session is down, in words for the person ("cannot reach the server at …").
+        self.status_reason: str | None = "connecting to the server"
 
     @property
     def connected(self) -> bool:
@@ -113,6 +124,10 @@ class HubSession:
             self._ws = None
         self._fail_pending(ServerUnavailable("the peer is shutting down"))
 
+    def retry_now(self) -> None:
+        """Cut the current back-off short: the next connection attempt starts at once."""
+        self._retry.set()
+
     async def drop(self) -> None:
         """Close the current socket as if the network broke (the session reconnects). For tests."""
         if self._ws is not None:
@@ -127,16 +142,39 @@ class HubSession:
                 await self._connect_once()
                 attempt = 0  # it was up: start the back-off again from the bottom
             except SessionEnded as e:
-                self.ended_reason = str(e)
+                self.ended_reason = self.status_reason = str(e)
                 await self._on_status(False, str(e))
                 return
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException, ServerError) as e:
                 log.info("hub session: %s", e)
+                reason = self._reason(e)
+                if reason != self.status_reason:
+                    self.status_reason = reason
+                    await self._on_status(False, reason)
             self._connected.clear()
             self._fail_pending(ServerUnavailable("the connection to the server dropped"))
             delay = self._backoff.delay(attempt)
             attempt += 1
-            await asyncio.sleep(delay)  # the back-off period itself, not a synchronisation
+            self._retry.clear()
+            # The back-off period itself (not a synchronisation); retry_now() ends it early.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._retry.wait()
+
+    def _reason(self, error: Exception) -> str:
+        """What went wrong with the server, in words (the UI's banner shows it)."""
+        where = self._client.server_url
+        if isinstance(error, ConnectionRefusedError):
+            return f"the server at {where} refused the connection (is it running?)"
+        if isinstance(error, TimeoutError):
+            return f"the server at {where} did not answer in time"
+        if isinstance(error, OSError):
+            return f"cannot reach the server at {where}: {error.strerror or error}"
+        if isinstance(error, websockets.exceptions.InvalidStatus):
+            return f"the server at {where} refused the live connection (HTTP {error.response.status_code})"
+        if isinstance(error, ServerError):
+            return f"the server at {where}: {error}"
+        return f"the connection to the server at {where} failed: {error}"
 
     async def _connect_once(self) -> None:
         if self._client.tokens is None:
@@ -174,10 +212,11 @@ class HubSession:
                     continue
                 if frame.type == "ready":
                     self.connects += 1
+                    self.status_reason = None
                     self._connected.set()
                     await self._on_status(True, None)
-                if frame.type == "deliver":
-                    self.delivered_ids.append(frame.message_id)
+                if frame.type == "deliver" and self._tap is not None:
+                    self._tap.delivered(frame.message_id)
                 if isinstance(frame, AcceptedFrame | ErrorFrame) and frame.ref in self._pending:
                     self._settle(frame)
                     if isinstance(frame, AcceptedFrame):
@@ -193,7 +232,8 @@ class HubSession:
             was_up = self._connected.is_set()
             self._connected.clear()
             if was_up:
-                await self._on_status(False, "connection to the server lost")
+                self.status_reason = "the connection to the server was lost; reconnecting"
+                await self._on_status(False, self.status_reason)
 
     async def _refresh_or_end(self) -> None:
         try:
@@ -243,7 +283,8 @@ class HubSession:
         frame = SendFrame(ref=ref, message_id=message_id, envelope=envelope_b64, recipients=recipients)
         try:
             await self._send_raw(frame.model_dump_json())
-            self.sent_ids.append(message_id)
+            if self._tap is not None:
+                self._tap.sent(message_id)
             async with asyncio.timeout(within):
                 return await future
         except TimeoutError as e:

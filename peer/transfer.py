@@ -26,6 +26,7 @@ from typing import Any
 from crypto.errors import FileStreamError
 from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encrypt_chunks
 from peer import frames
+from peer.atomicfile import atomic_output
 from peer.client import ServerClient
 from peer.errors import LinkFailed, TransferFailed
 from peer.events import FileProgress, FileReceived
@@ -423,17 +424,9 @@ def export_sealed(manifest: FileManifest, sealed: Path, folder: Path, message_id
     """Decrypt a stored file into `folder` (atomically, under a free name); blocking."""
     folder.mkdir(parents=True, exist_ok=True)
     target = _unique(folder, manifest.name, message_id)
-    tmp = folder / f".{message_id}.part"
-    try:
-        with tmp.open("wb") as out:
-            for plain in decrypt_chunks(manifest, _sealed_chunks(manifest, sealed)):
-                out.write(plain)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(target, 0o666) as out:  # an ordinary download: the umask decides
+        for plain in decrypt_chunks(manifest, _sealed_chunks(manifest, sealed)):
+            out.write(plain)
     return target
 
 

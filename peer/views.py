@@ -6,7 +6,7 @@ Plain data only: nothing here talks to the network, the store or the keys.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,28 @@ from aiortc import RTCIceServer
 from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
-from peer.errors import ConfigError
+from peer.records import DeviceInfo, Me, MessageView, SafetyNumber
+from peer.vocab import ConversationId, MessageState
+from signalling.protocol import ContactOut
 
-# How far a message has got; a receipt only ever moves it forward.
-STATE_RANK = {"sending": 0, "sent": 1, "delivered": 2, "read": 3}
+__all__ = [
+    "STATE_RANK",
+    "ContactBook",
+    "ConversationSummary",
+    "DeviceInfo",
+    "Me",
+    "MessageView",
+    "PeerSettings",
+    "SafetyNumber",
+    "conversation_of",
+    "payload_record",
+]
+
+# How far a message has got; a receipt only ever moves it forward (see MessageState.rank).
+STATE_RANK = {
+    s.value: s.rank
+    for s in (MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ)
+}
 
 
 @dataclass(frozen=True)
@@ -32,8 +50,8 @@ class PeerSettings:
     server_deadline: float = 15.0
     keepalive: float = 2.0
     dead_after: float = 10.0
-    reconnect_base: float = 0.5
-    reconnect_cap: float = 30.0
+    reconnect_base: float = 0.25
+    reconnect_cap: float = 1.6  # back within 2 s of the server (a refused connect costs it little)
     direct: bool = True  # False: never try links (server only)
     answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
     receipts: bool = True
@@ -45,68 +63,31 @@ class PeerSettings:
 
 
 @dataclass(frozen=True)
-class Me:
-    user_id: int
-    username: str
-    device_id: str
-    server_url: str
+class ContactBook:
+    """This user's contacts and open requests, as the server last said (or the local cache, when
+    `cached`: the server could not be reached)."""
+
+    accepted: list[ContactOut]
+    incoming: list[ContactOut]
+    outgoing: list[ContactOut]
+    cached: bool = False
 
 
 @dataclass(frozen=True)
-class DeviceInfo:
-    user_id: int
-    device_id: str
-    fingerprint: str
-    confirmed: bool
-    revoked: bool
-    key_changed: bool
-    this_device: bool
+class ConversationSummary:
+    """One conversation at a glance: the contact list's line (last message, unread count)."""
+
+    conversation: ConversationId
+    last: MessageView | None
+    last_at_ms: int
+    unread: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class SafetyNumber:
-    user_id: int
-    digits: str
-    formatted: str
-    qr_text: str
-    qr_svg: str
-    verified: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MessageView:
-    message_id: str
-    conversation: str
-    sender_user: int
-    sender_device: str
-    outgoing: bool
-    kind: str
-    text: str | None
-    file: dict[str, Any] | None
-    sent_at_ms: int
-    path: str | None
-    state: str
-    reason: str | None
-    devices: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def conversation_of(to: int | str) -> str:
-    if isinstance(to, int):
-        return f"u:{to}"
-    if to.startswith(("u:", "g:")):
-        return to
-    if to.isdigit():
-        return f"u:{to}"
-    raise ConfigError(f"{to!r} is not a conversation (u:<user id>) or a user id")
+def conversation_of(to: int | str) -> ConversationId:
+    return ConversationId.of(to)
 
 
 def payload_record(payload: Payload) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from peer.errors import (
     ServerUnavailable,
     UnknownContact,
     WrongPassword,
+    advice,
 )
 from peer.events import ConnectionChanged, Event
 from peer.node import Peer
@@ -90,7 +91,10 @@ def rpc_error(err: BaseException) -> RpcError:
     ]
     for cls, code in codes:
         if isinstance(err, cls):
-            return RpcError(code, str(err) or kind, kind)
+            message = str(err) or kind
+            # Core errors say what is wrong; what to type is the CLI's word (peer.errors.advice).
+            hint = advice(err) if isinstance(err, PeerError) else None
+            return RpcError(code, f"{message}: {hint}" if hint else message, kind)
     log.error("local API call failed", exc_info=err)
     return RpcError(ErrorCode.INTERNAL, f"internal error in the node ({kind}); its log has the details", kind)
 

@@ -228,8 +228,8 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
     @_api
     async def read(request: Request) -> Response:
         body = await _json(request)
-        await bridge.mark_read(int(request.path_params["user_id"]), [str(m) for m in body["message_ids"]])
-        return JSONResponse({"ok": True})
+        ids = [str(m) for m in body["message_ids"]]
+        return JSONResponse(await bridge.mark_read(int(request.path_params["user_id"]), ids))
 
     @_api
     async def file_upload(request: Request) -> Response:
@@ -238,10 +238,16 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise UiError("Choose a file to send.", code="no_file")
+        upload_id = form.get("upload_id")
         try:
-            return JSONResponse(await bridge.send_file(user_id, upload), status_code=201)
+            sent = await bridge.send_file(user_id, upload, upload_id if isinstance(upload_id, str) else None)
+            return JSONResponse(sent, status_code=201)
         finally:
             await form.close()
+
+    @_api
+    async def reconnect(request: Request) -> Response:
+        return JSONResponse(await bridge.reconnect())
 
     @_api
     async def file_download(request: Request) -> Response:
@@ -336,6 +342,7 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
         Route("/api/register", register, methods=["POST"]),
         Route("/api/login", login, methods=["POST"]),
         Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/reconnect", reconnect, methods=["POST"]),
         Route("/api/settings", settings_get, methods=["GET"]),
         Route("/api/settings", settings_put, methods=["PUT"]),
         Route("/api/contacts", contacts, methods=["GET"]),

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -29,8 +28,30 @@ from starlette.datastructures import UploadFile
 
 from crypto import stego
 from crypto.errors import CryptoError, StegoError
+from peer.atomicfile import write_atomic
 from peer.errors import AuthFailed, KeyChanged, PeerError, ServerError, ServerUnavailable, WrongPassword
+from peer.events import (
+    ConnectionChanged,
+    ContactChanged,
+    ErrorEvent,
+    Event,
+    EventHandlers,
+    FileProgress,
+    FileReceived,
+    KeygenProgress,
+    KeyWarning,
+    LinkChanged,
+    MessageReceived,
+    MessageStateChanged,
+    PresenceChanged,
+    PresenceSnapshot,
+    ReadMarked,
+    ReceiptReceived,
+    SignalRejectedEvent,
+    TypingChanged,
+)
 from peer.ui.events import EventHub
+from peer.vocab import ConversationId, KeyChange
 
 if TYPE_CHECKING:
     from peer import Peer
@@ -46,6 +67,7 @@ StartAction = Callable[["Peer"], Awaitable[Me]]
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
 LOGIN_DEADLINE_S = 120.0
+RETRY_WAIT_S = 3.0
 
 
 class UiError(Exception):
@@ -86,9 +108,8 @@ class UiSettings:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"server_url": self.server_url, "ice_servers": self.ice_servers}), "utf-8")
-        os.replace(tmp, self.path)
+        data = json.dumps({"server_url": self.server_url, "ice_servers": self.ice_servers})
+        write_atomic(self.path, data.encode("utf-8"))
 
 
 def check_server_url(value: Any) -> str:
@@ -161,7 +182,12 @@ async def _errors() -> AsyncIterator[None]:
 
 
 class PeerBridge:
-    """Drives one Peer for the page: started at login, closed at logout or shutdown."""
+    """Drives one Peer for the page: started at login, closed at logout or shutdown.
+
+    It owns no client state of its own: trust and key warnings are read from the peer's keyring,
+    presence from the peer's `Presence`, unread counts and last messages from its local store.
+    What it keeps is only for wording (usernames) and for routing progress events to a window.
+    """
 
     def __init__(self, settings: UiSettings, profile: Profile, events: EventHub | None = None) -> None:
         self.settings = settings
@@ -174,10 +200,7 @@ class PeerBridge:
         self._server_lost = False  # the peer lost the server since login: re-read lists when back
         self._me: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
-        self._key_warnings: dict[int, str] = {}
         self._usernames: dict[int, str] = {}
-        self._known_devices: dict[int, set[str]] = {}
-        self._read_sent: set[str] = set()
         self._file_owner: dict[str, int] = {}  # message id -> the other party, for progress events
         # Set by the resident node: it owns the peer this bridge drives, and hears of a logout.
         self._adopted = False
@@ -186,10 +209,12 @@ class PeerBridge:
     # ------------------------------------------------------------------ state and settings
 
     def state(self) -> dict[str, Any]:
+        peer = self._peer
         return {
             "phase": self.phase,
             "me": self._me,
-            "online": bool(self._peer is not None and self._peer.online),
+            "online": bool(peer is not None and peer.online),
+            "offline_reason": peer.offline_reason if peer is not None and self.phase == "ready" else None,
             "known_username": self._known_username(),
             "settings": self.settings_view(),
         }
@@ -247,7 +272,8 @@ class PeerBridge:
             try:
                 peer = await stack.enter_async_context(self._make_peer())
                 # Listen before logging in: key-generation progress arrives as events.
-                self._pump = asyncio.create_task(self._pump_events(peer), name="peerpost-ui-events")
+                queue = peer.subscribe()
+                self._pump = asyncio.create_task(self._pump_events(peer, queue), name="peerpost-ui-events")
                 me = await asyncio.wait_for(action(peer), LOGIN_DEADLINE_S)
             except BaseException as err:
                 await self._cancel_pump()
@@ -276,7 +302,7 @@ class PeerBridge:
         self._me = {"user_id": me.user_id, "username": me.username, "device_id": me.device_id}
         self._usernames[me.user_id] = me.username
         self.phase = "ready"
-        self._pump = asyncio.create_task(self._pump_events(peer), name="peerpost-ui-events")
+        self._pump = asyncio.create_task(self._pump_events(peer, peer.subscribe()), name="peerpost-ui-events")
         self._publish_state()
 
     def _make_peer(self) -> Peer:
@@ -319,6 +345,14 @@ class PeerBridge:
             await self._stop_peer()
             self._publish_state()
 
+    async def reconnect(self) -> dict[str, Any]:
+        """The page's "Retry now": the peer tries the server at once instead of waiting out its
+        back-off; the answer comes when it is back, or after a short wait with why it is not."""
+        peer = self._require_peer()
+        peer.reconnect_now()
+        await peer.wait_online(RETRY_WAIT_S)
+        return self.state()
+
     async def _cancel_pump(self) -> None:
         task, self._pump = self._pump, None
         if task is not None:
@@ -332,9 +366,7 @@ class PeerBridge:
             await self._stack.aclose()
         self._peer = self._stack = None
         self._me = None
-        self._key_warnings.clear()
-        self._known_devices.clear()
-        self._read_sent.clear()
+        self._file_owner.clear()
         self._server_lost = False
         self.phase = "logged_out"
 
@@ -346,29 +378,48 @@ class PeerBridge:
     # ------------------------------------------------------------------ contacts
 
     async def contacts(self) -> dict[str, Any]:
+        """The contact list with each person's last message and unread count, most recent first."""
         peer = self._require_peer()
         async with _errors():
-            accepted = await peer.contacts(status="accepted")
-            incoming, outgoing = await peer.contact_requests()
-            verified = {c.user_id: await peer.is_verified(c.user_id) for c in accepted}
-        for c in [*accepted, *incoming, *outgoing]:
+            book = await peer.contact_book()
+            summaries = {s.conversation.user_id: s for s in await peer.conversation_summaries()}
+            verified = {c.user_id: await peer.is_verified(c.user_id) for c in book.accepted}
+        for c in [*book.accepted, *book.incoming, *book.outgoing]:
             self._usernames[c.user_id] = c.username
-        return {
-            "contacts": [
+        rows = []
+        for c in book.accepted:
+            summary = summaries.get(c.user_id)
+            warning = self._warning(peer, c.user_id)
+            rows.append(
                 {
                     "user_id": c.user_id,
                     "username": c.username,
-                    "online": c.online,
+                    "online": peer.is_online(c.user_id),
                     "group": c.group,
                     "remark": c.remark,
-                    "verified": verified[c.user_id],
-                    "key_warning": c.user_id in self._key_warnings,
+                    "verified": verified[c.user_id] and warning is None,
+                    "key_warning": warning["change"] if warning else None,
+                    "unread": summary.unread if summary else 0,
+                    "last": self._preview(summary.last) if summary and summary.last else None,
+                    "last_at_ms": summary.last_at_ms if summary else 0,
                 }
-                for c in accepted
-            ],
-            "incoming": [{"user_id": c.user_id, "username": c.username} for c in incoming],
-            "outgoing": [{"user_id": c.user_id, "username": c.username} for c in outgoing],
+            )
+        rows.sort(key=lambda r: (-r["last_at_ms"], r["username"].lower()))
+        return {
+            "contacts": rows,
+            "incoming": [{"user_id": c.user_id, "username": c.username} for c in book.incoming],
+            "outgoing": [{"user_id": c.user_id, "username": c.username} for c in book.outgoing],
+            "cached": book.cached,
         }
+
+    @staticmethod
+    def _preview(view: MessageView) -> dict[str, Any]:
+        """The contact list's one line about a message."""
+        if view.kind == "file":
+            text = f"File: {(view.file or {}).get('name', 'file')}"  # no emoji: fonts may lack it
+        else:
+            text = " ".join((view.text or "").split())[:120]
+        return {"text": text, "direction": "out" if view.outgoing else "in", "sent_at_ms": view.sent_at_ms}
 
     async def search(self, query: str) -> list[dict[str, Any]]:
         peer = self._require_peer()
@@ -418,18 +469,11 @@ class PeerBridge:
         peer = self._require_peer()
         async with _errors():
             views = await peer.history(user_id, limit=200)
-            devices = await self._check_devices(peer, user_id)
-        if user_id not in self._key_warnings:
-            changed = [d for d in devices if d.key_changed or (not d.confirmed and not d.revoked)]
-            if changed:
-                who = self._usernames.get(user_id, f"user {user_id}")
-                self._key_warnings[user_id] = (
-                    f"{who}'s device key changed. Compare the safety number again before you trust it; "
-                    "sending waits until you confirm."
-                )
+        warning = self._warning(peer, user_id)
         return {
             "messages": [self._message_json(v) for v in views],
-            "key_warning": self._key_warnings.get(user_id),
+            "key_warning": warning["text"] if warning else None,
+            "key_change": warning["change"] if warning else None,
         }
 
     async def send_text(self, user_id: int, text: str) -> dict[str, Any]:
@@ -440,7 +484,11 @@ class PeerBridge:
             view = await peer.send_text(user_id, text)
         return self._message_json(view)
 
-    async def send_file(self, user_id: int, upload: UploadFile) -> dict[str, Any]:
+    async def send_file(
+        self, user_id: int, upload: UploadFile, upload_id: str | None = None
+    ) -> dict[str, Any]:
+        """Copy the browser's upload into the profile and send it; the page follows the transfer
+        through an `upload` event (its `upload_id` → the message id) and `file_progress` events."""
         peer = self._require_peer()
         name = _safe_name(upload.filename or "file")
         # Sent files stay in the profile: a transfer interrupted by a reconnect resumes from them.
@@ -453,9 +501,14 @@ class PeerBridge:
                 shutil.copyfileobj(upload.file, out, 1 << 20)
 
         await asyncio.to_thread(copy)
+        message_id = peer.new_message_id()
+        self._file_owner[message_id] = user_id
+        if upload_id:
+            self.events.publish(
+                {"type": "upload", "upload_id": upload_id[:64], "message_id": message_id, "user_id": user_id}
+            )
         async with _errors():
-            view = await peer.send_file(user_id, target)
-        self._file_owner[view.message_id] = user_id
+            view = await peer.send_file(user_id, target, message_id=message_id)
         return self._message_json(view)
 
     async def received_file(self, message_id: str) -> tuple[Path, str]:
@@ -473,21 +526,21 @@ class PeerBridge:
         with contextlib.suppress(PeerError):  # best effort by design
             await peer.send_typing(user_id, active)
 
-    async def mark_read(self, user_id: int, message_ids: list[str]) -> None:
+    async def mark_read(self, user_id: int, message_ids: list[str]) -> dict[str, Any]:
+        """Mark read here (the peer receipts only what changed, and a file only once it arrived)."""
         peer = self._require_peer()
-        fresh = [m for m in message_ids if m not in self._read_sent]
-        if not fresh:
-            return
         try:
-            await peer.mark_read(user_id, fresh)
+            marked = await peer.mark_read(user_id, message_ids)
         except KeyChanged as err:
             # Read receipts are a courtesy: while a key change waits for confirmation they are not
-            # sent, and the conversation already shows the warning.
+            # sent (the local mark stands), and the conversation already shows the warning.
             log.info("read receipt to user %s held back: %s", user_id, err)
-            return
+            marked = []
         except (PeerError, CryptoError) as err:
             raise _ui_error(err) from err
-        self._read_sent.update(fresh)
+        async with _errors():
+            unread = await peer.unread(user_id)
+        return {"read": marked, "unread": unread}
 
     def _message_json(self, view: MessageView) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -499,24 +552,34 @@ class PeerBridge:
             "path": view.path,
             "state": view.state,
             "reason": view.reason,
+            "unread": view.unread,
         }
         if view.file is not None:
             data["file"] = {
                 "name": view.file.get("name", "file"),
                 "size": view.file.get("size", 0),
                 "downloadable": bool(view.file.get("path")),
+                "arrived": view.outgoing or view.file.get("state") == "done",
             }
         return data
 
-    def _other_party(self, view: MessageView) -> int | None:
-        if not view.outgoing:
-            return view.sender_user
-        conversation = view.conversation
-        if isinstance(conversation, str) and conversation.startswith("u:"):
-            return int(conversation[2:])
-        return None
-
     # ------------------------------------------------------------------ safety numbers and key changes
+
+    def _warning(self, peer: Peer, user_id: int) -> dict[str, Any] | None:
+        """The keyring's unsettled warnings about this contact, worded for the page."""
+        warnings = peer.key_warnings(user_id)
+        if not warnings:
+            return None
+        who = self._usernames.get(user_id, f"user {user_id}")
+        changed = any(w.change is KeyChange.KEY_CHANGED for w in warnings)
+        if changed:
+            text = f"{who}'s device key changed."
+        else:
+            count = len(warnings)
+            text = f"{who} has a new device." if count == 1 else f"{who} has {count} new devices."
+        text += " Compare the safety number again before you trust it"
+        text += "; sending waits until you confirm." if any(w.blocked for w in warnings) else "."
+        return {"change": KeyChange.KEY_CHANGED if changed else KeyChange.NEW_DEVICE, "text": text}
 
     async def safety(self, user_id: int) -> dict[str, Any]:
         peer = self._require_peer()
@@ -529,123 +592,159 @@ class PeerBridge:
             "digits": number.digits,
             "formatted": "\n".join(" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4)),
             "qr_svg": number.qr_svg,
-            "verified": number.verified and user_id not in self._key_warnings,
+            "verified": number.verified and not peer.key_warnings(user_id),
         }
 
     async def mark_verified(self, user_id: int) -> dict[str, Any]:
         peer = self._require_peer()
         async with _errors():
-            if user_id in self._key_warnings:
+            if peer.key_warnings(user_id):
                 await peer.accept_key_change(user_id)
             await peer.verify_contact(user_id)
-        self._key_warnings.pop(user_id, None)
         self.events.publish({"type": "contacts_changed"})
         return await self.safety(user_id)
 
     # ------------------------------------------------------------------ live events
 
-    async def _pump_events(self, peer: Peer) -> None:
-        """Translate the peer's events into the page's; one bad event never stops the stream."""
-        async for event in peer.events():
-            try:
-                await self._translate(peer, event.to_dict())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("UI could not show a %s event", getattr(event, "type", "?"))
+    async def _pump_events(self, peer: Peer, queue: asyncio.Queue[Event | None]) -> None:
+        """Translate the peer's events into the page's, by event class; one bad event never stops
+        the stream (`EventHandlers` logs it and goes on)."""
+        try:
+            await self._handlers(peer).pump(queue)
+        finally:
+            peer.unsubscribe(queue)
 
-    async def _translate(self, peer: Peer, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        if kind == "presence":
-            self.events.publish({"type": "presence", "user_id": ev["user_id"], "online": ev["online"]})
-            device = ev.get("device_id")
-            if ev["online"] and device and device not in self._known_devices.get(ev["user_id"], set()):
-                # A device we have not seen: fetch the bundles now, so a new or changed key is
-                # pinned-checked (and warned about) before anyone writes to it.
-                await self._check_devices(peer, ev["user_id"])
-        elif kind == "connection":
-            self.events.publish({"type": "connection", "online": ev["online"], "reason": ev.get("reason")})
-            if not ev["online"]:
-                self._server_lost = True
-            elif self._server_lost:
-                # Contact changes made while the peer was away were not pushed: read the lists again
-                # (not on the first connect after login: the page reads them when it turns ready).
-                self._server_lost = False
-                self.events.publish({"type": "contacts_changed"})
-        elif kind == "contact":
-            # Pushed by the server (a request, an answer, a removal, a label from another device).
-            self._usernames[ev["user_id"]] = ev["username"]
-            self.events.publish({"type": "contacts_changed"})
-        elif kind in ("message", "message_state", "file_received"):
-            message_id = ev["message"]["message_id"] if kind == "message" else ev["message_id"]
-            await self._publish_message(peer, message_id)
-        elif kind == "receipt":
-            for message_id in ev.get("message_ids", []):
+    def _handlers(self, peer: Peer) -> EventHandlers:
+        async def message(ev: MessageReceived) -> None:
+            await self._publish_message(peer, ev.message.message_id)
+
+        async def by_id(ev: MessageStateChanged | FileReceived) -> None:
+            await self._publish_message(peer, ev.message_id)
+
+        async def receipt(ev: ReceiptReceived) -> None:
+            for message_id in ev.message_ids:
                 await self._publish_message(peer, message_id)
-        elif kind == "typing":
-            self.events.publish({"type": "typing", "user_id": ev["user_id"], "active": ev["active"]})
-        elif kind == "file_progress":
-            await self._file_progress(peer, ev)
-        elif kind == "key_warning":
-            await self._key_warning(ev)
-        elif kind == "signal_rejected":
-            who = self._usernames.get(ev["user_id"], f"user {ev['user_id']}")
-            self.events.publish(
-                {
-                    "type": "error",
-                    "message": f"A connection offer from {who}'s device failed its signature check "
-                    "and was refused.",
-                }
-            )
-        elif kind == "link":
-            self.events.publish({"type": "link", "user_id": ev["user_id"], "state": ev["state"]})
-        elif kind == "keygen":
-            self._on_keygen(ev["fraction"], ev["label"])
-        elif kind == "error":
-            self.events.publish({"type": "error", "message": _sentence(str(ev.get("message", "")))})
 
-    async def _check_devices(self, peer: Peer, user_id: int) -> list[Any]:
-        devices = await peer.devices(user_id)
-        self._known_devices[user_id] = {d.device_id for d in devices}
-        return devices
+        return (
+            EventHandlers()
+            .on(PresenceChanged, self._on_presence)
+            .on(PresenceSnapshot, self._on_presence_snapshot)
+            .on(ConnectionChanged, self._on_connection)
+            .on(ContactChanged, self._on_contact)
+            .on(MessageReceived, message)
+            .on(MessageStateChanged, by_id)
+            .on(FileReceived, by_id)
+            .on(ReceiptReceived, receipt)
+            .on(ReadMarked, self._on_read)
+            .on(TypingChanged, self._on_typing)
+            .on(FileProgress, lambda ev: self._file_progress(peer, ev))
+            .on(KeyWarning, lambda ev: self._key_warning(peer, ev))
+            .on(SignalRejectedEvent, self._on_signal_rejected)
+            .on(LinkChanged, self._on_link)
+            .on(KeygenProgress, lambda ev: self._on_keygen(ev.fraction, ev.label))
+            .on(
+                ErrorEvent,
+                lambda ev: self.events.publish({"type": "error", "message": _sentence(ev.message)}),
+            )
+        )
+
+    def _on_presence(self, ev: PresenceChanged) -> None:
+        # Presence changes the one contact's dot in the page; nothing is re-read from the server.
+        peer = self._peer
+        online = peer.is_online(ev.user_id) if peer is not None else ev.online
+        self.events.publish({"type": "presence", "user_id": ev.user_id, "online": online})
+
+    def _on_presence_snapshot(self, ev: PresenceSnapshot) -> None:
+        self.events.publish({"type": "presence_snapshot", "online": list(ev.online_users)})
+
+    def _on_connection(self, ev: ConnectionChanged) -> None:
+        self.events.publish({"type": "connection", "online": ev.online, "reason": ev.reason})
+        if not ev.online:
+            self._server_lost = True
+        elif self._server_lost:
+            # Contact changes made while the peer was away were not pushed: read the lists again
+            # (not on the first connect after login: the page reads them when it turns ready).
+            self._server_lost = False
+            self.events.publish({"type": "contacts_changed"})
+
+    def _on_contact(self, ev: ContactChanged) -> None:
+        # Pushed by the server (a request, an answer, a removal, a label from another device).
+        self._usernames[ev.user_id] = ev.username
+        self.events.publish({"type": "contacts_changed"})
+
+    def _on_read(self, ev: ReadMarked) -> None:
+        user_id = ConversationId(ev.conversation).user_id
+        if user_id is not None:
+            self.events.publish(
+                {"type": "unread", "user_id": user_id, "unread": ev.unread, "read": list(ev.message_ids)}
+            )
+
+    def _on_typing(self, ev: TypingChanged) -> None:
+        self.events.publish({"type": "typing", "user_id": ev.user_id, "active": ev.active})
+
+    def _on_signal_rejected(self, ev: SignalRejectedEvent) -> None:
+        who = self._usernames.get(ev.user_id, f"user {ev.user_id}")
+        self.events.publish(
+            {
+                "type": "error",
+                "message": f"A connection offer from {who}'s device failed its signature check "
+                "and was refused.",
+            }
+        )
+
+    def _on_link(self, ev: LinkChanged) -> None:
+        self.events.publish({"type": "link", "user_id": ev.user_id, "state": ev.state})
 
     async def _publish_message(self, peer: Peer, message_id: str) -> None:
         view = await peer.message(message_id)
         if view is None:
             return
-        other = self._other_party(view)
-        if other is not None:
-            self.events.publish({"type": "message", "user_id": other, "message": self._message_json(view)})
+        other = view.other_user
+        if other is None:
+            return
+        summary = {
+            "unread": await peer.unread(other),
+            "last": self._preview(view),
+            "last_at_ms": view.sent_at_ms,
+        }
+        self.events.publish(
+            {"type": "message", "user_id": other, "message": self._message_json(view), "summary": summary}
+        )
 
-    async def _file_progress(self, peer: Peer, ev: dict[str, Any]) -> None:
-        message_id = ev["message_id"]
+    async def _file_progress(self, peer: Peer, ev: FileProgress) -> None:
+        message_id = ev.message_id
         owner = self._file_owner.get(message_id)
         if owner is None:
             view = await peer.message(message_id)
-            if view is None:
+            if view is None or view.other_user is None:
                 return
-            owner = self._other_party(view)
-            if owner is None:
-                return
+            owner = view.other_user
             self._file_owner[message_id] = owner
-            self.events.publish({"type": "message", "user_id": owner, "message": self._message_json(view)})
-        total = ev.get("total") or 0
-        fraction = 1.0 if not total else min(1.0, ev.get("done", 0) / total)
+            await self._publish_message(peer, message_id)
+        fraction = 1.0 if not ev.total else min(1.0, ev.done / ev.total)
         self.events.publish(
-            {"type": "file_progress", "user_id": owner, "message_id": message_id, "fraction": fraction}
+            {
+                "type": "file_progress",
+                "user_id": owner,
+                "message_id": message_id,
+                "fraction": fraction,
+                "outgoing": ev.outgoing,
+                "via": ev.via,
+            }
         )
 
-    async def _key_warning(self, ev: dict[str, Any]) -> None:
-        user_id = ev["user_id"]
-        who = self._usernames.get(user_id, f"user {user_id}")
-        if ev.get("change") == "new_device":
-            text = f"{who} has a new device key."
-        else:
-            text = f"{who}'s device key changed."
-        text += " Compare the safety number again before you trust it"
-        text += "; sending waits until you confirm." if ev.get("blocked") else "."
-        self._key_warnings[user_id] = text
-        self.events.publish({"type": "key_change", "user_id": user_id, "text": text})
+    def _key_warning(self, peer: Peer, ev: KeyWarning) -> None:
+        warning = self._warning(peer, ev.user_id)
+        if warning is None:
+            return
+        self.events.publish(
+            {
+                "type": "key_change",
+                "user_id": ev.user_id,
+                "text": warning["text"],
+                "change": warning["change"],
+            }
+        )
         self.events.publish({"type": "contacts_changed"})
 
     # ------------------------------------------------------------------ steganography (no peer needed)

@@ -134,7 +134,7 @@ async def test_two_people_chat_share_a_file_verify_and_see_a_key_change(server, 
     warning = a.locator("#key-warning")
     await expect(warning).to_be_visible(timeout=30_000)
     await expect(warning).to_contain_text("bob")
-    await expect(contact(a, "bob").locator(".badge.warn")).to_have_text("key changed")
+    await expect(contact(a, "bob").locator(".badge.warn")).to_have_text("new device")
     await alice.shot("05-key-change-warning")
 
     # alice compares the new safety number and confirms it; then she can write to the new device.

@@ -13,6 +13,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from crypto.keys import DeviceKeys
+from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import Peer, PeerSettings, Profile
 from peer.events import Event
 from tests.support.keys import fixed_device_keys
@@ -118,6 +119,23 @@ class Recorder:
                 await self._task
 
 
+@dataclass
+class Probe:
+    """What a test may observe of one peer through its seams (never its private attributes):
+    the message ids that crossed the server (a `SessionTap`) and its envelope key caches."""
+
+    session_keys: SessionKeyCache = field(default_factory=SessionKeyCache)
+    unwrap_cache: UnwrapCache = field(default_factory=UnwrapCache)
+    sent_ids: list[str] = field(default_factory=list)  # handed to the server
+    delivered_ids: list[str] = field(default_factory=list)  # delivered by the server
+
+    def sent(self, message_id: str) -> None:
+        self.sent_ids.append(message_id)
+
+    def delivered(self, message_id: str) -> None:
+        self.delivered_ids.append(message_id)
+
+
 class World:
     """A server, and peers made on demand; everything closed at the end."""
 
@@ -126,12 +144,25 @@ class World:
         self.root = root
         self.peers: list[Peer] = []
         self.recorders: list[Recorder] = []
+        self._probes: dict[int, Probe] = {}
 
     def peer(self, name: str, n: int, **overrides) -> Peer:
         overrides.setdefault("download_dir", self.root / f"{name}-downloads")
-        p = Peer(Profile.at(self.root / name), self.server.url, settings=loopback_settings(n, **overrides))
+        probe = Probe()
+        p = Peer(
+            Profile.at(self.root / name),
+            self.server.url,
+            settings=loopback_settings(n, **overrides),
+            session_tap=probe,
+            session_keys=probe.session_keys,
+            unwrap_cache=probe.unwrap_cache,
+        )
         self.peers.append(p)
+        self._probes[id(p)] = probe
         return p
+
+    def probe(self, p: Peer) -> Probe:
+        return self._probes[id(p)]
 
     def record(self, p: Peer) -> Recorder:
         r = Recorder(p).start()

@@ -82,4 +82,4 @@ async def test_a_declined_and_a_withdrawn_request_are_told_to_the_other_peer(wor
 
 def _pinned(peer, user_id: int) -> set[str]:
     """Which devices of `user_id` the peer has pinned, read without fetching (introspection)."""
-    return {d.device_id for d in peer._keyring.devices_of(user_id)}
+    return {d.device_id for d in peer.keyring.devices_of(user_id)}

@@ -38,12 +38,19 @@ async def test_message_sent_while_server_is_down_is_delivered_after_reconnect(wo
     await asyncio.to_thread(world.server.restart)
     assert world.server.url == alice.server_url, "restart moved the port; the peers cannot follow"
     got = await bob_events.wait_for(
-        lambda e: e.type == "message" and e.message["text"].startswith("written"), within=20
+        lambda e: e.type == "message" and e.message.text.startswith("written"), within=20
     )
-    assert got.message["text"] == "written while the server was down"
-    await alice_events.wait_for(
-        lambda e: e.type == "message_state" and e.message_id == pending.message_id and e.state == "sent"
+    assert got.message.text == "written while the server was down"
+    # "sent" once the flush is booked, or bob's "delivered" receipt first: either way, with a path.
+    settled = await alice_events.wait_for(
+        lambda e: (
+            e.type == "message_state"
+            and e.message_id == pending.message_id
+            and e.state in ("sent", "delivered")
+            and e.path is not None
+        )
     )
+    assert settled.path in ("relayed", "queued")  # bob may reconnect after alice flushes
     assert alice.session.connects > connects_before
     assert {m.state for m in await alice.history(bob.me.user_id)} <= {"sent", "delivered"}
 
@@ -55,21 +62,44 @@ async def test_expired_access_token_is_refreshed_for_rest_and_for_the_socket(tmp
     try:
         alice, bob = await world.pair()
         alice_events = world.record(alice)
-        first = alice._client.tokens.access_token
+        first = alice.server.tokens.access_token
         # Let the one-second token expire: a clock, not a sync point. JWT times are whole seconds
         # (exp = iat + 1, checked against the current whole second), so it can live almost 2 s.
         await asyncio.sleep(2.2)
         assert [c.username for c in await alice.contacts()] == ["bob"]  # 401 -> refresh -> retried
-        assert alice._client.tokens.access_token != first
+        assert alice.server.tokens.access_token != first
         connects = alice.session.connects
-        stale = alice._client.tokens.access_token
+        stale = alice.server.tokens.access_token
         await asyncio.sleep(2.2)
         await alice.session.drop()  # the socket must come back with a fresh token
         await alice_events.wait_for(lambda e: e.type == "connection" and e.online, within=15)
-        assert alice.session.connects > connects and alice._client.tokens.access_token != stale
+        assert alice.session.connects > connects and alice.server.tokens.access_token != stale
         bob_events = world.record(bob)
         await alice.send_text(bob.me.user_id, "after refresh")
         await bob_events.wait_for(lambda e: e.type == "message")
     finally:
         await world.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_offline_peer_says_why_and_retry_now_skips_the_back_off(world: World):
+    slow = {"reconnect_base": 30.0, "reconnect_cap": 60.0}  # left alone, it would wait 7.5–30 s
+    alice, _bob = await world.pair(alice_settings=slow)
+    alice_events = world.record(alice)
+    assert alice.offline_reason is None
+
+    await asyncio.to_thread(world.server.kill)
+    lost = await alice_events.wait_for(lambda e: e.type == "connection" and not e.online)
+    assert "lost" in lost.reason and alice.offline_reason == lost.reason
+
+    alice.reconnect_now()  # with the server still down: the attempt fails, and says how
+    refused = await alice_events.wait_for(
+        lambda e: e.type == "connection" and not e.online and "refused" in (e.reason or "")
+    )
+    assert world.server.url in refused.reason and "peerpost" not in refused.reason
+
+    await asyncio.to_thread(world.server.restart)
+    assert world.server.url == alice.server_url, "restart moved the port; the peers cannot follow"
+    alice.reconnect_now()
+    assert await alice.wait_online(15)
+    assert alice.offline_reason is None

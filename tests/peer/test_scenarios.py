@@ -48,7 +48,7 @@ async def test_direct_text_goes_over_the_link_and_is_acknowledged(world: World):
     sent = await alice.send_text(bob.me.user_id, "hello bob")
     assert sent.path == "direct" and sent.state == "sent"
     got = await bob_events.wait_for(lambda e: e.type == "message")
-    assert got.message["text"] == "hello bob" and got.message["path"] == "direct"
+    assert got.message.text == "hello bob" and got.message.path == "direct"
     await alice_events.wait_for(lambda e: e.type == "message_state" and e.state == "delivered")
     history = await bob.history(alice.me.user_id)
     assert [m.text for m in history] == ["hello bob"]
@@ -69,8 +69,8 @@ async def test_both_online_messages_and_10mb_file_go_direct_and_server_relays_no
     assert sha256_of(received) == digest and received.stat().st_size == 10 * 1024 * 1024
 
     ids = {m.message_id for m in sent} | {offer.message_id}
-    assert not ids & set(alice.session.sent_ids), "the server was handed an envelope that went direct"
-    assert not ids & set(bob.session.delivered_ids), "the server delivered an envelope that went direct"
+    assert not ids & set(world.probe(alice).sent_ids), "the server was handed an envelope that went direct"
+    assert not ids & set(world.probe(bob).delivered_ids), "the server delivered an envelope that went direct"
     history = await bob.history(alice.me.user_id)
     assert [m.text for m in history if m.kind == "text"] == [f"message {i}" for i in range(5)]
     assert history[-1].file["sha256"] == digest and history[-1].file["path"] == str(received)
@@ -101,8 +101,8 @@ async def test_callee_ignoring_offers_gets_the_message_through_the_server_within
     got = await bob_events.wait_for(lambda e: e.type == "message")
     elapsed = time.perf_counter() - started
     assert elapsed < alice.settings.link_deadline + 1.0
-    assert sent.path == "relayed" and got.message["path"] == "relayed"
-    assert got.message["text"] == "are you there?"
+    assert sent.path == "relayed" and got.message.path == "relayed"
+    assert got.message.text == "are you there?"
 
 
 async def test_after_a_failed_link_attempt_the_next_message_goes_to_the_server_at_once(world: World):
@@ -155,7 +155,7 @@ async def test_offline_callee_gets_queued_message_exactly_once_on_next_login(wor
         await again.wait_online(10)
         if round_ == 0:
             got = await events.wait_for(lambda e: e.type == "message")
-            assert got.message["text"] == "while you were away" and got.message["path"] == "queued"
+            assert got.message.text == "while you were away" and got.message.path == "queued"
         history = await again.history(alice.me.user_id)
         assert [m.text for m in history] == ["while you were away"]
         # The mailbox is empty once acknowledged: the second login drains nothing.
@@ -165,10 +165,10 @@ async def test_offline_callee_gets_queued_message_exactly_once_on_next_login(wor
 
 
 async def _drained(peer: Peer) -> None:
-    items = await peer._client.mailbox(peer.me.device_id)
+    items = await peer.server.mailbox(peer.me.device_id)
     while items:
         await asyncio.sleep(0.05)  # polling the external server, bounded by the caller's wait_for
-        items = await peer._client.mailbox(peer.me.device_id)
+        items = await peer.server.mailbox(peer.me.device_id)
 
 
 async def test_link_killed_mid_conversation_loses_nothing_and_a_new_link_is_used_later(world: World):
@@ -191,7 +191,7 @@ async def test_link_killed_mid_conversation_loses_nothing_and_a_new_link_is_used
     later = await alice.send_text(bob.me.user_id, "later")
     assert later.path == "direct"
     assert alice.link_to(bob.me.device_id) is not old_link
-    await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "later")
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.text == "later")
     texts = [m.text for m in await bob.history(alice.me.user_id)]
     assert sorted(texts) == sorted(["one", "during 0", "during 1", "during 2", "later"])
     assert len(bob_events.of("message")) == 5
@@ -203,13 +203,13 @@ async def test_envelope_delivered_both_ways_is_shown_once(world: World):
     bob_events = world.record(bob)
     # An ack deadline shorter than any round trip: the direct copy lands, the ack is "late",
     # so the router also hands the same envelope to the server.
-    alice._router.policy = type(alice._router.policy)(link_deadline=2.0, ack_deadline=0.0001)
+    alice.router.policy = type(alice.router.policy)(link_deadline=2.0, ack_deadline=0.0001)
     sent = await alice.send_text(bob.me.user_id, "twice")
-    assert sent.message_id in set(alice.session.sent_ids)  # it did go both ways
-    await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "twice")
+    assert sent.message_id in set(world.probe(alice).sent_ids)  # it did go both ways
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.text == "twice")
     duplicate = await bob_events.wait_for(lambda e: e.type == "duplicate" and e.message_id == sent.message_id)
     assert duplicate.via == "relayed"
-    assert [e.message["text"] for e in bob_events.of("message")] == ["twice"]
+    assert [e.message.text for e in bob_events.of("message")] == ["twice"]
     assert [m.text for m in await bob.history(alice.me.user_id)].count("twice") == 1
 
 
@@ -254,7 +254,7 @@ async def test_rewritten_offer_is_rejected_and_the_message_still_arrives(world: 
     alice, bob = await world.pair(receipts=False)  # bob never offers a link of his own here
     bob_events = world.record(bob)
     links = alice.linkset
-    honest = links._send_signal
+    honest = links.send_signal
 
     async def rewriting_server(frame):
         if frame.kind == "offer":  # what a meddling server would do: put its own DTLS fingerprint in
@@ -262,15 +262,13 @@ async def test_rewritten_offer_is_rejected_and_the_message_still_arrives(world: 
             frame = frame.model_copy(update={"payload": {**frame.payload, "sdp": sdp}})
         await honest(frame)
 
-    links._send_signal = rewriting_server
+    links.send_signal = rewriting_server
     sent = await alice.send_text(bob.me.user_id, "through the server then")
     rejected = await bob_events.wait_for(lambda e: e.type == "signal_rejected")
     assert rejected.device_id == alice.me.device_id and "signature" in rejected.reason
     assert bob.link_to(alice.me.device_id) is None
     assert sent.path == "relayed"
-    await bob_events.wait_for(
-        lambda e: e.type == "message" and e.message["text"] == "through the server then"
-    )
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.text == "through the server then")
 
 
 def _swap_device_key(database: Path, user_id: int, device_id: str, n: int) -> None:
@@ -295,11 +293,11 @@ async def test_swapped_device_key_warns_and_is_never_used(world: World):
     assert [d.key_changed for d in devices] == [True]
 
     # Sealing still uses the pinned key: the server's key cannot open it, bob's real key can.
-    recipients = await alice._keyring.recipients(bob.me.user_id)
+    recipients = await alice.keyring.recipients(bob.me.user_id)
     envelope = seal(Text("secret"), alice.local_device, recipients, f"u:{bob.me.user_id}")
     mallory = LocalDevice(bob.me.user_id, bob.me.device_id, fixed_keys(2))
     with pytest.raises(Exception) as caught:
-        open_envelope(envelope, mallory, alice._keyring.identity_key, _NoSeen())
+        open_envelope(envelope, mallory, alice.keyring.identity_key, _NoSeen())
     assert not isinstance(caught.value, NoKeyForDevice)  # addressed to the device, yet undecryptable
     sent = await alice.send_text(bob.me.user_id, "still to the real bob")
     bob_events = world.record(bob)
@@ -312,7 +310,7 @@ async def test_swapped_device_key_warns_and_is_never_used(world: World):
     with pytest.raises(KeyChanged):
         await alice.send_text(bob.me.user_id, "blocked")
     await alice.accept_key_change(bob.me.user_id)
-    recipients = await alice._keyring.recipients(bob.me.user_id)
+    recipients = await alice.keyring.recipients(bob.me.user_id)
     assert recipients[0].encryption_key == fixed_keys(2).encryption_public_der()
 
 
@@ -372,7 +370,7 @@ async def test_typing_and_read_receipts_reach_the_other_side(world: World):
     )
     assert (await alice.message(sent.message_id)).state == "read"
     assert await bob.history(alice.me.user_id) and not [
-        e for e in bob_events.of("message") if e.message["kind"] != "text"
+        e for e in bob_events.of("message") if e.message.kind != "text"
     ]
 
 
@@ -425,15 +423,15 @@ async def test_own_second_device_gets_a_copy_and_the_contact_is_warned(world: Wo
     reply = await bob.send_text(alice.me.user_id, "to both of your devices")
     for events in (alice_events, laptop_events):
         got = await events.wait_for(
-            lambda e: e.type == "message" and e.message["text"] == "to both of your devices"
+            lambda e: e.type == "message" and e.message.text == "to both of your devices"
         )
-        assert got.message["conversation"] == f"u:{bob.me.user_id}"
+        assert got.message.conversation == f"u:{bob.me.user_id}"
     assert {d["device_id"] for d in reply.devices} == {alice.me.device_id, laptop.me.device_id}
 
     # what the first device sends shows on the second as its own message
     await alice.send_text(bob.me.user_id, "sync me")
-    mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "sync me")
-    assert mine.message["outgoing"] and mine.message["conversation"] == f"u:{bob.me.user_id}"
+    mine = await laptop_events.wait_for(lambda e: e.type == "message" and e.message.text == "sync me")
+    assert mine.message.outgoing and mine.message.conversation == f"u:{bob.me.user_id}"
 
 
 async def test_both_sides_sending_at_once_settle_on_one_link(world: World):

@@ -12,22 +12,22 @@ async def test_a_conversation_costs_the_receiver_one_rsa_unwrap_and_survives_its
     for i in range(5):
         sent = await alice.send_text(bob.me.user_id, f"message {i}")
         assert sent.path == "direct"
-    await bob_events.wait_for(lambda e: e.type == "message" and e.message["text"] == "message 4")
-    assert alice._session_keys.created == 1  # one session key for bob's device
-    assert (bob._unwrap_cache.misses, bob._unwrap_cache.hits) == (1, 4)
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.text == "message 4")
+    assert world.probe(alice).session_keys.created == 1  # one session key for bob's device
+    assert (world.probe(bob).unwrap_cache.misses, world.probe(bob).unwrap_cache.hits) == (1, 4)
 
     bob_id = bob.me.user_id
     await bob.close()
-    assert len(bob._unwrap_cache) == 0  # in memory only, gone with the peer
+    assert len(world.probe(bob).unwrap_cache) == 0  # in memory only, gone with the peer
     alice_events = world.record(alice)
     await alice_events.wait_for(lambda e: e.type == "presence" and e.user_id == bob_id and not e.online)
     sent = await alice.send_text(bob_id, "while you were away")
     assert sent.path == "queued"
-    assert alice._session_keys.created == 1  # the same session key travels in the queued envelope
+    assert world.probe(alice).session_keys.created == 1  # the same session key travels in the queued envelope
 
     again = world.peer("bob", 1, receipts=False)
     events = world.record(again)
     await again.unlock(PASSWORD)
     got = await events.wait_for(lambda e: e.type == "message")
-    assert got.message["text"] == "while you were away"
-    assert (again._unwrap_cache.misses, again._unwrap_cache.hits) == (1, 0)
+    assert got.message.text == "while you were away"
+    assert (world.probe(again).unwrap_cache.misses, world.probe(again).unwrap_cache.hits) == (1, 0)

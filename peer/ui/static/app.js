@@ -25,7 +25,9 @@ const ui = {
   contacts: { contacts: [], incoming: [], outgoing: [] },
   current: null,          // user id of the open conversation
   messages: new Map(),    // user id -> Map(message id -> message)
-  unread: new Map(),      // user id -> count
+  // Unread counts and last messages come from the peer (GET /api/contacts, then "message" and
+  // "unread" events): a reload shows the same numbers, and every window agrees.
+  uploading: null,        // {uploadId, messageId} of the file this window is sending
   typingTimers: new Map(),
   links: new Map(),       // user id -> direct link state
   safetyUser: null,
@@ -127,7 +129,8 @@ function connectEvents() {
   socket.addEventListener("close", () => {
     ui.socketOpen = false;
     renderDot();
-    const delay = Math.min(10000, 500 * 2 ** ui.socketRetry++) * (0.75 + Math.random() / 2);
+    // Loopback to our own peer: retrying costs nothing, so the window is back within ~2 s.
+    const delay = Math.min(1600, 200 * 2 ** ui.socketRetry++) * (0.75 + Math.random() / 4);
     setTimeout(connectEvents, delay);
   });
 }
@@ -143,11 +146,31 @@ function handleEvent(ev) {
       showKeygen(ev.fraction, ev.label);
       break;
     case "presence":
+      // One contact's dot: changed in place, nothing is re-read.
+      setOnline(ev.user_id, ev.online);
+      break;
+    case "presence_snapshot": {
+      const online = new Set(ev.online);
+      for (const c of ui.contacts.contacts) setOnline(c.user_id, online.has(c.user_id), false);
+      renderContacts();
+      break;
+    }
     case "contacts_changed":
       refreshContacts();
       break;
     case "message":
       upsertMessage(ev.user_id, ev.message, true);
+      if (ev.summary) applySummary(ev.user_id, ev.summary);
+      break;
+    case "unread":
+      applySummary(ev.user_id, { unread: ev.unread });
+      for (const id of ev.read || []) {
+        const m = (ui.messages.get(ev.user_id) || new Map()).get(id);
+        if (m) m.unread = false;
+      }
+      break;
+    case "upload":
+      if (ui.uploading && ui.uploading.uploadId === ev.upload_id) ui.uploading.messageId = ev.message_id;
       break;
     case "typing":
       showTyping(ev.user_id, ev.active);
@@ -167,7 +190,8 @@ function handleEvent(ev) {
       break;
     case "connection":
       ui.serverOnline = ev.online;
-      $("#offline-banner").hidden = ev.online || !ui.state || ui.state.phase !== "ready";
+      ui.offlineReason = ev.online ? null : ev.reason;
+      renderBanner();
       renderDot(ev.reason);
       break;
     case "resync":
@@ -187,10 +211,47 @@ function renderDot(reason) {
     : on ? "Connected to the server" : `Not connected to the server${reason ? `: ${reason}` : ""}`;
 }
 
+// The "not connected" banner says why (the peer's own words) and offers "Retry now".
+function renderBanner() {
+  const ready = ui.state && ui.state.phase === "ready";
+  $("#offline-banner").hidden = !ready || ui.serverOnline;
+  const reason = ui.offlineReason || "connecting to the server";
+  $("#offline-reason").textContent = `Not connected to the PeerPost server: ${reason}.`;
+}
+
+async function retryNow() {
+  $("#offline-reason").textContent = "Trying to reach the server again…";
+  const state = await api("POST", "/api/reconnect");
+  ui.serverOnline = state.online || ui.serverOnline;
+  if (!state.online && state.offline_reason) ui.offlineReason = state.offline_reason;
+  renderBanner();
+  renderDot();
+}
+
+function setOnline(userId, online, render = true) {
+  const c = contactById(userId);
+  if (!c || c.online === online) return;
+  c.online = online;
+  if (render) renderContacts();
+}
+
+function applySummary(userId, summary) {
+  const c = contactById(userId);
+  if (!c) return;
+  if (summary.unread !== undefined) c.unread = summary.unread;
+  if (summary.last) {
+    c.last = summary.last;
+    c.last_at_ms = Math.max(c.last_at_ms || 0, summary.last_at_ms || 0);
+  }
+  renderContacts();
+}
+
 function applyState(state) {
   const wasReady = ui.state && ui.state.phase === "ready";
   ui.state = state;
   ui.serverOnline = state.online;
+  ui.offlineReason = state.offline_reason;
+  renderBanner();
   renderDot();
   $("#auth-server").textContent = state.settings.server_url;
   const ready = state.phase === "ready";
@@ -205,7 +266,6 @@ function applyState(state) {
       else show(ui.view);
     }
   } else {
-    $("#offline-banner").hidden = true;
     if (state.known_username && !$("#login-username").value) {
       // This profile has logged in before: only the password is missing.
       $("#login-username").value = state.known_username;
@@ -331,10 +391,12 @@ function renderContacts() {
   const names = [...groups.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
   const blocks = [];
   for (const name of names) {
-    const members = groups.get(name).sort((a, b) => (b.online - a.online) || a.username.localeCompare(b.username));
+    // Most recent conversation first (as the peer sorted them); people never written to last.
+    const members = groups.get(name).sort((a, b) => ((b.last_at_ms || 0) - (a.last_at_ms || 0)) || a.username.localeCompare(b.username));
     if (names.length > 1 || name) blocks.push(el("div", { class: "group-name", text: name || "No group" }));
     blocks.push(el("ul", { class: "list" }, members.map((c) => {
-      const unread = ui.unread.get(c.user_id) || 0;
+      const unread = ui.current === c.user_id && !document.hidden ? 0 : c.unread || 0;
+      const last = c.last ? `${c.last.direction === "out" ? "You: " : ""}${c.last.text}` : null;
       return el("li", {},
         el("button", {
           type: "button", class: "person", "data-user": c.username, "aria-current": String(ui.current === c.user_id),
@@ -343,8 +405,9 @@ function renderContacts() {
         avatar(c.username, c.online),
         el("span", { class: "who" },
           el("span", { class: "name", text: c.username }),
-          el("span", { class: "sub", text: c.remark || (c.online ? "online" : "offline") })),
-        c.key_warning ? el("span", { class: "badge warn", text: "key changed" }) :
+          el("span", { class: "sub", text: c.remark || (c.online ? "online" : "offline") }),
+          last ? el("span", { class: "last", text: last }) : null),
+        c.key_warning ? el("span", { class: "badge warn", text: c.key_warning === "new_device" ? "new device" : "key changed" }) :
           c.verified ? el("span", { class: "badge verified", text: "verified" }) : null,
         unread ? el("span", { class: "badge unread", text: String(unread) }) : null));
     })));
@@ -386,7 +449,6 @@ async function doSearch() {
 
 async function openConversation(userId) {
   ui.current = userId;
-  ui.unread.delete(userId);
   $("#view-chats").classList.add("in-conversation");
   $("#conv-placeholder").hidden = true;
   $("#conv-inner").hidden = false;
@@ -409,7 +471,7 @@ async function loadHistory(userId) {
   const map = new Map();
   for (const m of data.messages) {
     const before = old.get(m.id);
-    if (before?.read_sent) m.read_sent = true;
+    if (before?.read_sent && !m.unread) m.read_sent = true;
     if (before && (STATE_RANK[before.state] ?? -1) > (STATE_RANK[m.state] ?? -1)) m.state = before.state;
     map.set(m.id, m);
   }
@@ -426,7 +488,7 @@ function renderConvHeader() {
   if (!c) return;
   $("#conv-name").textContent = c.username;
   const bits = [c.online ? "online" : "offline"];
-  if (c.key_warning) bits.push("key changed");
+  if (c.key_warning) bits.push(c.key_warning === "new_device" ? "new device" : "key changed");
   else if (c.verified) bits.push("verified");
   if (c.group) bits.push(c.group);
   if (c.remark) bits.push(c.remark);
@@ -503,7 +565,7 @@ function upsertMessage(userId, message, live) {
   if (old && (STATE_RANK[old.state] ?? -1) > (STATE_RANK[message.state] ?? -1) && message.state !== "failed") {
     message.state = old.state;
   }
-  if (old && old.read_sent) message.read_sent = true;
+  if (old && old.read_sent && !message.unread) message.read_sent = true;
   if (old && old.file && message.file && old.file.fraction !== undefined && message.file.fraction === undefined) {
     message.file.fraction = old.file.fraction;
   }
@@ -514,9 +576,6 @@ function upsertMessage(userId, message, live) {
       showTyping(userId, false);
       markRead();
     }
-  } else if (live && message.direction === "in" && !old) {
-    ui.unread.set(userId, (ui.unread.get(userId) || 0) + 1);
-    renderContacts();
   }
 }
 
@@ -524,12 +583,17 @@ let readPending = false;
 async function markRead() {
   if (ui.current === null || document.hidden || readPending) return;
   const map = ui.messages.get(ui.current) || new Map();
-  const ids = [...map.values()].filter((m) => m.direction === "in" && !m.read_sent && m.kind !== "system").map((m) => m.id);
+  // A file counts as read only once it has arrived whole: no read tick for a file still on its way.
+  const ids = [...map.values()]
+    .filter((m) => m.direction === "in" && m.unread && !m.read_sent && m.kind !== "system" && (!m.file || m.file.arrived))
+    .map((m) => m.id);
   if (!ids.length) return;
   readPending = true;
+  const userId = ui.current;
   try {
     for (const id of ids) map.get(id).read_sent = true;
-    await api("POST", `/api/conversations/${ui.current}/read`, { message_ids: ids });
+    const answer = await api("POST", `/api/conversations/${userId}/read`, { message_ids: ids });
+    applySummary(userId, { unread: answer.unread });
   } catch (err) {
     toast(err.message);
   } finally {
@@ -546,6 +610,7 @@ function showTyping(userId, active) {
 }
 
 function fileProgress(userId, messageId, fraction) {
+  void userId;
   const map = ui.messages.get(userId);
   const m = map && map.get(messageId);
   if (m && m.file) {
@@ -556,9 +621,10 @@ function fileProgress(userId, messageId, fraction) {
       else renderMessages();
     }
   }
-  if (userId === ui.current && ui.uploading === messageId) {
+  if (ui.uploading && ui.uploading.messageId === messageId) {
+    // Second half of the bar: the peer's transfer (direct chunks acknowledged, or the blob upload).
     $("#upload-progress").value = 0.5 + fraction / 2;
-    if (fraction >= 1) $("#upload").hidden = true;
+    $("#upload").dataset.fraction = String(fraction);
   }
 }
 
@@ -609,11 +675,15 @@ async function sendMessage() {
 function sendFile(file) {
   const userId = ui.current;
   return new Promise((resolve, reject) => {
+    const uploadId = Math.random().toString(36).slice(2) + Date.now().toString(36);
     const form = new FormData();
+    form.append("upload_id", uploadId);
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `/api/conversations/${userId}/files`);
+    ui.uploading = { uploadId, messageId: null };
     $("#upload").hidden = false;
+    $("#upload").dataset.fraction = "0";
     $("#upload-label").textContent = `Sending ${file.name}`;
     $("#upload-progress").value = 0;
     xhr.upload.addEventListener("progress", (e) => {
@@ -622,6 +692,7 @@ function sendFile(file) {
     xhr.addEventListener("load", () => {
       let data = {};
       try { data = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      ui.uploading = null;
       if (xhr.status >= 200 && xhr.status < 300) {
         $("#upload-progress").value = 1;
         $("#upload").hidden = true;
@@ -633,6 +704,7 @@ function sendFile(file) {
       }
     });
     xhr.addEventListener("error", () => {
+      ui.uploading = null;
       $("#upload").hidden = true;
       reject(new ApiError("PeerPost is not answering. Is `peerpost ui` still running?"));
     });
@@ -792,6 +864,7 @@ function wire() {
     $("#view-chats").classList.remove("in-conversation");
     renderContacts();
   });
+  $("#retry-btn").addEventListener("click", guarded(retryNow, $("#retry-btn")));
   $("#safety-btn").addEventListener("click", guarded(openSafety));
   $("#verify-btn").addEventListener("click", guarded(markVerified, $("#verify-btn")));
   $("#edit-contact-btn").addEventListener("click", openEdit);
