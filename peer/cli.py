@@ -412,7 +412,14 @@ def register(opts: Options, username: str, email: str) -> None:
     result = _account(
         opts, username, lambda p, progress: p.register(username, email, password, progress=progress)
     )
+    _tell_running_node(profile, password)
     emit(opts, result, lambda: click.echo(f"registered {result['username']} (id {result['user_id']})"))
+
+
+def _tell_running_node(profile: Profile, password: str) -> None:
+    """A node already running on this profile (`peerpost up` on a new profile) takes the session."""
+    with contextlib.suppress(NodeNotRunning, RpcError), node_client.connect(profile.path, timeout=90) as node:
+        node.call("unlock", password=password)
 
 
 @main.command()
@@ -422,17 +429,15 @@ def login(opts: Options, username: str) -> None:
     """Log in (the first login on this profile generates and publishes device keys)."""
     profile = opts.profile_obj()
     _guard_profile(profile, username, registering=False)
-    with contextlib.suppress(NodeNotRunning):
-        with node_client.connect(profile.path) as node:
-            status = node.call("status")
-            if status["state"] == NodeState.READY:
-                result = {**status["user"], "device_id": status["device_id"]}
-                emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
-                return
-            node.call("stop")  # locked or logged out: this login makes a new session
-        _wait_stopped(profile)
+    with contextlib.suppress(NodeNotRunning), node_client.connect(profile.path) as node:
+        status = node.call("status")
+        if status["state"] == NodeState.READY:
+            result = {**status["user"], "device_id": status["device_id"]}
+            emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
+            return
     password = password_for(opts)
     result = _account(opts, username, lambda p, progress: p.login(username, password, progress=progress))
+    _tell_running_node(profile, password)  # a locked or logged-out node takes the new session
     emit(opts, result, lambda: click.echo(f"logged in as {result['username']}"))
 
 
