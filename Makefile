@@ -21,4 +21,5 @@ bench:
 	.venv/bin/python -m bench.relay
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat
+	.venv/bin/python -m bench.resident
 	.venv/bin/python -m bench.reconnect

@@ -17,15 +17,10 @@ imports the server) and pass SIGTERM/SIGINT on to it, so stopping `serve` stops 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +167,9 @@ def call(opts: Options, method: str, node: NodeClient | None = None, **params: A
             node.close()
 
 
-def _follow(node: NodeClient, on_event: Callable[[dict[str, Any]], None]) -> threading.Thread:
+def _follow(node: NodeClient, on_event: Callable[[dict[str, Any]], None]) -> Any:
     """Read the node's events on their own connection in a thread (daemon: ends with the command)."""
+    import threading
 
     def run() -> None:
         with contextlib.suppress(OSError, ValueError, NodeNotRunning):
@@ -259,11 +255,7 @@ def main(
     Each profile has one resident node (started by the first command that needs it, or by
     `peerpost up` / `peerpost daemon`; ended by `peerpost stop`); every command talks to it.
     """
-    level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if verbose < 2:
-        for noisy in ("aioice", "aiortc", "websockets", "httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    _setup_logging(verbose)
     if isinstance(host_addresses, str):
         host_addresses = tuple(host_addresses.split())
     ctx.obj = Options(
@@ -277,6 +269,22 @@ def main(
         not no_direct,
         verbose,
     )
+
+
+def _setup_logging(verbose: int) -> None:
+    """Quiet by default: warnings a user should see arrive as events or as the one error line.
+
+    `logging` loads only when something in this process can log (not for a thin client's call).
+    """
+    if "logging" not in sys.modules and verbose == 0:
+        return
+    import logging
+
+    level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("aioice", "aiortc", "websockets", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +323,10 @@ class _LazyKeygenBar:
 
 def _run_async(factory: Callable[[], Any]) -> Any:
     import asyncio
+    import logging
+
+    if not logging.getLogger().handlers:
+        _setup_logging_now(logging)
 
     from crypto.errors import CryptoError
 
@@ -331,6 +343,12 @@ def _run_async(factory: Callable[[], Any]) -> Any:
         if not callable(errors):
             raise
         raise click.ClickException(validation_sentence(errors())) from None
+
+
+def _setup_logging_now(logging: Any) -> None:
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("aioice", "aiortc", "websockets", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def validation_sentence(errors: list[dict[str, Any]]) -> str:
@@ -474,6 +492,10 @@ def daemon(
     from peer.resident.node import LocalServerOptions, ResidentNode, UiOptions
 
     profile = opts.profile_obj()
+    import logging
+
+    if not logging.getLogger().handlers:
+        _setup_logging_now(logging)
     if detach:
         password = _read_stdin_password()
         if not opts.verbose:
@@ -515,7 +537,7 @@ def daemon(
         if detach:
             sys.stdout.write(f"error: {e}\n")
             sys.stdout.flush()
-            logging.getLogger(__name__).error("the node did not start: %s", e)
+            logging.getLogger("peer.cli").error("the node did not start: %s", e)
             sys.exit(1)
         raise click.ClickException(str(e)) from None
 
@@ -523,6 +545,7 @@ def daemon(
 def _wait_stopped(profile: Profile) -> bool:
     """Wait until no node holds the profile's lock (it has closed everything it started)."""
     import fcntl
+    import time
 
     from peer.resident import rpc
 
@@ -769,7 +792,9 @@ def verify(opts: Options, who: str, yes: bool, undo: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _local_time(ms: int) -> dt.datetime:
+def _local_time(ms: int) -> Any:
+    import datetime as dt
+
     return dt.datetime.fromtimestamp(ms / 1000).astimezone()
 
 
@@ -791,7 +816,7 @@ class Transcript:
 
     def __init__(self, names: dict[str, str]) -> None:
         self.names = names
-        self._day: dt.date | None = None
+        self._day: Any = None
 
     def name(self, user_id: int) -> str:
         return self.names.get(str(user_id), f"user {user_id}")
@@ -967,6 +992,8 @@ def describe(event: dict[str, Any], transcript: Transcript, conversation: str) -
 @click.pass_obj
 def chat(opts: Options, who: str) -> None:
     """Interactive chat: type lines to send; live messages, presence, path and state. Ctrl-D ends."""
+    import threading
+
     signal.signal(signal.SIGTERM, _exit_quietly)
     node = node_for(opts)
     printing = threading.Lock()
@@ -1090,6 +1117,8 @@ def up(
 
 def _signalling(args: list[str]) -> None:
     """Run `python -m signalling ARGS` and pass SIGTERM/SIGINT/SIGHUP on, so nothing outlives us."""
+    import subprocess
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     child = subprocess.Popen([sys.executable, "-m", "signalling", *args], env=env)  # noqa: S603

@@ -15,8 +15,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import platformdirs
-
 from peer.atomicfile import write_atomic
 from peer.errors import ConfigError
 
@@ -27,7 +25,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def data_root() -> Path:
     override = os.environ.get("PEERPOST_HOME")
-    return Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    if override:
+        return Path(override)
+    import platformdirs  # only here: every `peerpost` command imports this module
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
 @dataclass

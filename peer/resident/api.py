@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -348,7 +349,19 @@ async def send_file(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any
     user_id = await resolve(peer, who)
     await check_can_send(peer, user_id, who)
     await node.settle_start()
-    return (await peer.send_file(user_id, path)).to_dict()
+    try:
+        return (await peer.send_file(user_id, path)).to_dict()
+    except ServerUnavailable:
+        # No server, hence no blob store and no signalling for a link: remember it, send it later.
+        item = node.files.add(user_id, who, str(path), int(time.time() * 1000))
+        return {
+            "queued": True,
+            "queue_id": item.queue_id,
+            "kind": "file",
+            "file": {"name": path.name, "size": (await asyncio.to_thread(path.stat)).st_size},
+            "state": "sending",
+            "path": None,
+        }
 
 
 @method("history")

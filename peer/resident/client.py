@@ -12,16 +12,16 @@ import fcntl
 import itertools
 import json
 import os
-import select
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peer.resident import rpc
+
+if TYPE_CHECKING:
+    import subprocess
 
 START_DEADLINE_S = 90.0  # unlock (scrypt) + first connect to the server; a busy box is slow
 READY_LINE = "ready"
@@ -135,6 +135,8 @@ def start_node(profile_dir: Path, argv: list[str], password: str | None) -> Node
     the node's stdin, never in its environment or arguments (both are readable by the user's other
     processes for the node's whole life). The node says `ready` or `error: ...` on its stdout.
     """
+    import subprocess
+
     with _start_lock(profile_dir):
         with contextlib.suppress(NodeNotRunning):
             return connect(profile_dir)  # another command started it meanwhile
@@ -166,6 +168,9 @@ def start_node(profile_dir: Path, argv: list[str], password: str | None) -> Node
 
 
 def _read_line(proc: subprocess.Popen[bytes], within: float) -> str:
+    import select
+    import time
+
     assert proc.stdout is not None
     deadline = time.monotonic() + within
     buffer = b""

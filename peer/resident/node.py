@@ -43,6 +43,7 @@ from peer.events import ConnectionChanged, Event
 from peer.node import Peer
 from peer.profile import Profile
 from peer.resident import api, rpc
+from peer.resident.filequeue import FileQueue
 from peer.resident.rpc import ErrorCode, NodeState, RpcError
 from peer.views import PeerSettings
 
@@ -125,6 +126,8 @@ class ResidentNode:
         self._bridge: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._lock_fd: int | None = None
+        self.files = FileQueue(profile.path)
+        self._flush: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ paths
 
@@ -257,6 +260,7 @@ class ResidentNode:
                 await peer.close()
                 raise
             self._peer = peer
+            self.files.load()
             self.state = NodeState.READY
             self._ready_at = asyncio.get_running_loop().time()
             self._pump = asyncio.create_task(self._pump_events(peer), name="node-events")
@@ -268,6 +272,7 @@ class ResidentNode:
             self._settle = bool(self.server_url) and await _healthy(peer.server_url)
             if self._settle:
                 await peer.wait_online(5.0)
+            self._maybe_send_queued_files(peer)  # its connect may have come before the pump listened
 
     async def settle_start(self) -> None:
         """Just after start the hub session may still be connecting: give it its few seconds."""
@@ -281,6 +286,11 @@ class ResidentNode:
     async def _close_peer(self) -> None:
         peer, self._peer = self._peer, None
         pump, self._pump = self._pump, None
+        flush, self._flush = self._flush, None
+        if flush is not None:
+            flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flush
         if self._bridge is not None:
             await self._bridge.close()
         if peer is not None:
@@ -310,6 +320,28 @@ class ResidentNode:
             self.publish(_event_json(event))
             if isinstance(event, ConnectionChanged) and not event.online:
                 await self._drop_links(peer)
+            elif isinstance(event, ConnectionChanged):
+                self._maybe_send_queued_files(peer)
+
+    def _maybe_send_queued_files(self, peer: Peer) -> None:
+        if peer.online and self.files.items() and (self._flush is None or self._flush.done()):
+            self._flush = asyncio.create_task(self._send_queued_files(peer), name="node-files")
+
+    async def _send_queued_files(self, peer: Peer) -> None:
+        """The server is back: send the files that were asked for while it was not (oldest first)."""
+        for item in self.files.items():
+            try:
+                view = await peer.send_file(item.user_id, item.path)
+            except ServerUnavailable:
+                return  # down again: the next connect resumes here
+            except PeerError as e:
+                self.files.remove(item.queue_id)
+                self.publish({"type": "error", "message": f"the queued file {item.path} was not sent: {e}"})
+                continue
+            self.files.remove(item.queue_id)
+            self.publish(
+                {"type": "queued_file_sent", "queue_id": item.queue_id, "message_id": view.message_id}
+            )
 
     async def _drop_links(self, peer: Peer) -> None:
         """Our server connection is gone: treat every contact device as offline, as presence does.

@@ -40,6 +40,7 @@ class Cli:
             "PEERPOST_HOME": str(self.home),
             "PEERPOST_PASSWORD": PASSWORD,
             "PEERPOST_HOST_ADDRESSES": "127.0.0.1",
+            "XDG_DOWNLOAD_DIR": str(self.home / "downloads"),  # received files stay in the test's folder
             **extra,
         }
         env.pop("PEERPOST_SERVER", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from tests.resident.conftest import Cli, received
 from tests.support.nodes import wait_released
@@ -31,9 +32,17 @@ def test_server_down_history_answers_send_is_queued_and_delivered_once_when_back
         queued = pair.run("a", "send", "bob", "while down")
         assert queued.returncode == 0 and "queued" in queued.stdout
         assert pair.json("a", "history", "bob")[-1]["state"] == "sending"  # in the outbox, not lost
+        notes = pair.home / "notes.txt"
+        notes.write_text("written while the server was down\n")
+        queued_file = pair.run("a", "send-file", "bob", str(notes))
+        assert queued_file.returncode == 0 and "queued" in queued_file.stdout
 
         pair.server.restart()
         bob_listens.wait_for(received("while down"), within=60)
+        got = bob_listens.wait_for(
+            lambda e: e["type"] == "file_received" and e["name"] == "notes.txt", within=60
+        )
+        assert Path(got["path"]).read_text() == "written while the server was down\n"
         pair.run("a", "send", "bob", "after the outage")
         bob_listens.wait_for(received("after the outage"), within=30)
         assert _count(bob_listens, "while down") == 1
