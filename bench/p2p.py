@@ -86,10 +86,10 @@ async def role_bob(server_url: str, profile: str) -> None:
             while (event := await queue.get()) is not None:
                 now = time.time_ns()
                 if event.type == "message":
-                    m = event.message
-                    if m["kind"] == "text":
-                        _, sent_ns = m["text"].split()
-                        emit({"type": "text", "latency_us": (now - int(sent_ns)) / 1000, "path": m["path"]})
+                    m = event.message  # a MessageView
+                    if m.kind == "text" and m.text:
+                        _, sent_ns = m.text.split()
+                        emit({"type": "text", "latency_us": (now - int(sent_ns)) / 1000, "path": m.path})
                 elif event.type == "file_received":
                     digest = await asyncio.to_thread(_sha256, Path(event.path))
                     emit({"type": "file", "recv_ns": now, "size": event.size, "sha256": digest})

@@ -57,6 +57,10 @@ class NoServer(ConfigError):
     """No server URL was given and the profile has none saved."""
 
 
+class ProfileTaken(ConfigError):
+    """The profile already belongs to another account (checked before anything is sent)."""
+
+
 class LoginNeeded(StrEnum):
     """Why a peer has no session."""
 
@@ -117,6 +121,8 @@ def advice(error: PeerError) -> str | None:
         )
     if isinstance(error, NoServer):
         return "pass --server URL (or set PEERPOST_SERVER)"
+    if isinstance(error, ProfileTaken):
+        return "pick another with --profile"
     if isinstance(error, KeyChanged):
         return "compare the safety number (`peerpost safety-number`), then `peerpost verify`"
     return None

@@ -61,6 +61,7 @@ from peer.errors import (
     NotLoggedIn,
     PeerError,
     PeerStateError,
+    ProfileTaken,
     ServerError,
     ServerUnavailable,
     UnknownContact,
@@ -397,7 +398,7 @@ class Peer:
             if meta is not None and self.profile.keystore_path.exists():
                 if meta.user_id != account.id:
                     await self._client.logout()
-                    raise ConfigError(f"profile {self.profile.name!r} belongs to {meta.username}")
+                    raise ProfileTaken(f"profile {self.profile.name!r} belongs to {meta.username}")
                 keystore = await self._open_keystore(password)
             else:
                 keys = self.settings.device_keys
