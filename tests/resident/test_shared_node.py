@@ -148,6 +148,19 @@ def test_lock_drops_the_keys_and_the_next_command_unlocks_with_the_password(pair
         timeout=60,
     )
     assert without.returncode == 1 and "no password" in without.stderr
+    password_file = pair.home / "password.txt"
+    password_file.write_text(PASSWORD + "\n")
+    by_file = subprocess.run(
+        [sys.executable, "-m", "peer", "--profile", "a", "--password-file", str(password_file), "whoami"],
+        cwd=REPO_ROOT,
+        env={**pair.env(), "PEERPOST_PASSWORD": ""},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert by_file.returncode == 0 and "alice" in by_file.stdout  # --password-file unlocks it
+    assert pair.json("a", "lock")["state"] == "locked"
     assert pair.json("a", "whoami")["username"] == "alice"  # PEERPOST_PASSWORD unlocks it again
     assert pair.json("a", "status")["state"] == "ready"
     assert PASSWORD not in (pair.profile_dir("a") / rpc.LOG_NAME).read_text()
