@@ -251,8 +251,8 @@ class ResidentNode:
 
     async def unlock(self, password: str) -> None:
         async with self._peer_lock:
-            if self._peer is not None:
-                return
+            if self.peer() is not None:
+                return  # ours, or the one the page logged in with: never two on one device session
             peer = Peer(self.profile, self.server_url, settings=self.settings)
             try:
                 await peer.unlock(password)
