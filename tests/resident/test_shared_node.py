@@ -196,3 +196,15 @@ def test_registration_errors_are_one_line_and_show_no_key_bar(cli: Cli):
     wrong = cli.run("fresh2", "--server", cli.server.url, "login", "nobody-at-all", check=False)
     assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
     assert "generating" not in wrong.stderr.lower()
+
+
+def test_a_node_started_on_a_new_profile_takes_the_session_of_a_register(cli: Cli):
+    out = cli.run("new", "--server", cli.server.url, "up").stdout
+    assert "PeerPost UI: open http://127.0.0.1:" in out
+    before = cli.json("new", "status")
+    assert before["state"] == "logged_out" and before["user"] is None
+    cli.register("new", "dora")
+    after = cli.json("new", "status")
+    assert after["state"] == "ready" and after["user"]["username"] == "dora"
+    assert after["pid"] == before["pid"]  # the same node, not a second one on the device session
+    assert cli.json("new", "whoami")["username"] == "dora"
