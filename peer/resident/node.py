@@ -50,6 +50,7 @@ from peer.views import PeerSettings
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 10_000
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 START_SETTLE_S = 10.0  # right after start, a send waits this long for the hub session (not a queue)
 
 
@@ -201,6 +202,11 @@ class ResidentNode:
 
     async def _listen(self) -> asyncio.AbstractServer:
         path = self.socket_path
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise PeerError(
+                f"the profile folder {self.profile.path} is too deep for its socket "
+                f"(a Unix socket path has at most {MAX_SOCKET_PATH} bytes): use a shorter PEERPOST_HOME"
+            )
         path.unlink(missing_ok=True)  # a stale socket of a killed node (we hold the profile lock)
         old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
