@@ -58,3 +58,26 @@ def test_validation_errors_become_one_sentence_per_field():
         "username: 3 to 32 characters: letters, digits, '_', '.' or '-'; "
         "email: value is not a valid email address; password: password must be 8 to 72 bytes"
     )
+
+
+def test_the_file_queue_survives_a_new_process_and_forgets_what_was_sent(tmp_path):
+    import os
+    import stat
+
+    from peer.resident.filequeue import FILE_NAME, FileQueue
+
+    queue = FileQueue(tmp_path)
+    first = queue.add(7, "bob", "/data/a.bin", 1)
+    second = queue.add(7, "bob", "/data/b.bin", 2)
+    assert stat.S_IMODE(os.stat(tmp_path / FILE_NAME).st_mode) == 0o600
+    again = FileQueue(tmp_path)  # as a restarted node reads it
+    again.load()
+    assert [i.path for i in again.items()] == ["/data/a.bin", "/data/b.bin"]
+    again.remove(first.queue_id)
+    reread = FileQueue(tmp_path)
+    reread.load()
+    assert [i.queue_id for i in reread.items()] == [second.queue_id]
+    (tmp_path / FILE_NAME).write_text("{not json")
+    damaged = FileQueue(tmp_path)
+    damaged.load()  # a damaged queue never stops the node
+    assert damaged.items() == []
