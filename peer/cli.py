@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1173,10 +1173,6 @@ def db() -> None:
 def upgrade(ctx: click.Context) -> None:
     """Apply database migrations (`python -m signalling db upgrade ...`; --help lists options)."""
     _signalling(["db", "upgrade", *ctx.args])
-
-
-def _iter_lines(stream: Any) -> Iterator[str]:  # pragma: no cover - kept for scripts importing it
-    yield from stream
 
 
 if __name__ == "__main__":  # pragma: no cover
