@@ -510,6 +510,8 @@ def _parse(line: bytes) -> tuple[Any, str, dict[str, Any], RpcError | None]:
         message = json.loads(line)
     except ValueError as e:
         return None, "", {}, RpcError(ErrorCode.PARSE_ERROR, f"not JSON: {e}")
+    except RecursionError:
+        return None, "", {}, RpcError(ErrorCode.PARSE_ERROR, "the JSON is nested too deeply")
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return None, "", {}, RpcError(ErrorCode.INVALID_REQUEST, "not a JSON-RPC 2.0 request object")
     request_id = message.get("id")

@@ -91,6 +91,8 @@ def test_the_socket_is_private_and_bad_requests_get_json_rpc_errors(pair: Cli):
             return json.loads(stream.readline())
 
         assert ask(b"not json")["error"]["code"] == rpc.ErrorCode.PARSE_ERROR
+        deep = ask(b"[" * 100_000 + b"]" * 100_000)
+        assert deep["error"]["code"] == rpc.ErrorCode.PARSE_ERROR and "deeply" in deep["error"]["message"]
         assert (
             ask(b'{"jsonrpc":"2.0","id":1,"method":"nope"}')["error"]["code"]
             == rpc.ErrorCode.METHOD_NOT_FOUND
