@@ -304,13 +304,14 @@ class _LazyKeygenBar:
         if not self.enabled:
             return
         if self._progress is None:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%"),
-                transient=False,
+                console=Console(stderr=True),  # stdout stays the command's answer
             )
             self._task = self._progress.add_task("generating device keys", total=1.0)
             self._progress.start()
