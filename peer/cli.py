@@ -875,6 +875,7 @@ def send_file(opts: Options, who: str, path: Path) -> None:
     bar: Any = None
     task: Any = None
     if not opts.as_json and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         bar = Progress(
@@ -883,6 +884,7 @@ def send_file(opts: Options, who: str, path: Path) -> None:
             DownloadColumn(),
             TransferSpeedColumn(),
             TextColumn("{task.fields[via]}"),
+            console=Console(stderr=True),
         )
         task = bar.add_task("send", total=source.stat().st_size, via="")
         events = node_client.connect(opts.profile_obj().path)
