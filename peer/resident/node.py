@@ -186,19 +186,12 @@ class ResidentNode:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    @contextlib.asynccontextmanager
-    async def _local_server(self) -> Any:
-        """A signalling server for `peerpost up`: reuse the one on the port, else start our own."""
-        from peer.ui.run import local_server
+    def _local_server(self) -> contextlib.AbstractAsyncContextManager[str]:
+        """A signalling server for `peerpost up`, shared with the other nodes on this machine."""
+        from peer.resident.localserver import shared_local_server
 
         assert self.local_server is not None
-        url = f"http://127.0.0.1:{self.local_server.port}"
-        if await _healthy(url):
-            log.info("reusing the local server at %s", url)
-            yield url
-            return
-        async with local_server(self.local_server.data_dir, self.local_server.port) as started:
-            yield started
+        return shared_local_server(self.local_server.data_dir, self.local_server.port)
 
     async def _listen(self) -> asyncio.AbstractServer:
         path = self.socket_path
