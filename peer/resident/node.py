@@ -148,6 +148,7 @@ class ResidentNode:
             async with self._stack:
                 if self.local_server is not None:
                     self.server_url = await self._stack.enter_async_context(self._local_server())
+                self._stack.push_async_callback(self._close_peer)  # whatever fails after the unlock
                 if password and self._has_session():
                     await self.unlock(password)
                 elif self._has_session():
