@@ -515,6 +515,8 @@ class Peer:
         await store.open()
         try:
             running = await self._build(me, keystore, store)
+            if self.state is not PeerState.STARTING:  # closed while it was starting
+                raise PeerStateError("this peer was closed while it was starting")
         except BaseException:
             await store.close()
             raise

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -64,6 +65,18 @@ class SessionTap(Protocol):
     def delivered(self, message_id: str) -> None: ...
 
 
+class SessionState(StrEnum):
+    """NEW → CONNECTING → READY (the hub's `ready` came) → WAITING (back-off after a drop or a
+    failed attempt) → CONNECTING … ; ENDED when the hub ended it for good; CLOSED by `close()`."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    READY = "ready"
+    WAITING = "waiting"
+    ENDED = "ended"
+    CLOSED = "closed"
+
+
 class SessionEnded(ServerError):
     """The hub ended the session for good (logged out, account deleted, replaced by another socket)."""
 
@@ -94,10 +107,30 @@ class HubSession:
         self._refs = itertools.count(1)
         self._tap = tap
         self._retry = asyncio.Event()  # set by retry_now(): skip the rest of the back-off
+        self.state = SessionState.NEW
         self.connects = 0
         self.ended_reason: str | None = None
         # Why the session is down, in words for the person ("cannot reach the server at …").
         self.status_reason: str | None = "connecting to the server"
+
+    async def _set_state(self, state: SessionState, reason: str | None = None) -> None:
+        """Every change in one place: the connected flag, the reason, and telling the peer — when
+        it goes up or down, or when the reason it is down changes (not on each silent retry)."""
+        was_up = self.state is SessionState.READY
+        previous = self.status_reason
+        self.state = state
+        up = state is SessionState.READY
+        if up:
+            self.status_reason = None
+            self._connected.set()
+        else:
+            self._connected.clear()
+            if reason is not None:
+                self.status_reason = reason
+        if state is SessionState.CLOSED:
+            return
+        if up != was_up or (not up and reason is not None and reason != previous):
+            await self._on_status(up, self.status_reason)
 
     @property
     def connected(self) -> bool:
@@ -114,6 +147,7 @@ class HubSession:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="hub-session")
 
     async def close(self) -> None:
+        await self._set_state(SessionState.CLOSED)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -139,19 +173,18 @@ class HubSession:
         attempt = 0
         while True:
             try:
+                await self._set_state(SessionState.CONNECTING)
                 await self._connect_once()
                 attempt = 0  # it was up: start the back-off again from the bottom
             except SessionEnded as e:
-                self.ended_reason = self.status_reason = str(e)
-                await self._on_status(False, str(e))
+                self.ended_reason = str(e)
+                await self._set_state(SessionState.ENDED, str(e))
                 return
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException, ServerError) as e:
                 log.info("hub session: %s", e)
-                reason = self._reason(e)
-                if reason != self.status_reason:
-                    self.status_reason = reason
-                    await self._on_status(False, reason)
-            self._connected.clear()
+                await self._set_state(SessionState.WAITING, self._reason(e))
+            if self.state is not SessionState.WAITING:
+                await self._set_state(SessionState.WAITING)
             self._fail_pending(ServerUnavailable("the connection to the server dropped"))
             delay = self._backoff.delay(attempt)
             attempt += 1
@@ -212,9 +245,7 @@ class HubSession:
                     continue
                 if frame.type == "ready":
                     self.connects += 1
-                    self.status_reason = None
-                    self._connected.set()
-                    await self._on_status(True, None)
+                    await self._set_state(SessionState.READY)
                 if frame.type == "deliver" and self._tap is not None:
                     self._tap.delivered(frame.message_id)
                 if isinstance(frame, AcceptedFrame | ErrorFrame) and frame.ref in self._pending:
@@ -229,11 +260,10 @@ class HubSession:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await ws.close()
-            was_up = self._connected.is_set()
-            self._connected.clear()
-            if was_up:
-                self.status_reason = "the connection to the server was lost; reconnecting"
-                await self._on_status(False, self.status_reason)
+            if self.state is SessionState.READY:
+                await self._set_state(
+                    SessionState.WAITING, "the connection to the server was lost; reconnecting"
+                )
 
     async def _refresh_or_end(self) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from peer.session import Backoff
+from peer.session import Backoff, SessionState
 from tests.peer.conftest import SERVER_ENV, World
 from tests.support.server import RunningServer
 
@@ -97,9 +97,10 @@ async def test_offline_peer_says_why_and_retry_now_skips_the_back_off(world: Wor
         lambda e: e.type == "connection" and not e.online and "refused" in (e.reason or "")
     )
     assert world.server.url in refused.reason and "peerpost" not in refused.reason
+    assert alice.session.state in (SessionState.WAITING, SessionState.CONNECTING)
 
     await asyncio.to_thread(world.server.restart)
     assert world.server.url == alice.server_url, "restart moved the port; the peers cannot follow"
     alice.reconnect_now()
     assert await alice.wait_online(15)
-    assert alice.offline_reason is None
+    assert alice.offline_reason is None and alice.session.state is SessionState.READY
