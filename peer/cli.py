@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,13 +304,14 @@ class _LazyKeygenBar:
         if not self.enabled:
             return
         if self._progress is None:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%"),
-                transient=False,
+                console=Console(stderr=True),  # stdout stays the command's answer
             )
             self._task = self._progress.add_task("generating device keys", total=1.0)
             self._progress.start()
@@ -412,7 +413,14 @@ def register(opts: Options, username: str, email: str) -> None:
     result = _account(
         opts, username, lambda p, progress: p.register(username, email, password, progress=progress)
     )
+    _tell_running_node(profile, password)
     emit(opts, result, lambda: click.echo(f"registered {result['username']} (id {result['user_id']})"))
+
+
+def _tell_running_node(profile: Profile, password: str) -> None:
+    """A node already running on this profile (`peerpost up` on a new profile) takes the session."""
+    with contextlib.suppress(NodeNotRunning, RpcError), node_client.connect(profile.path, timeout=90) as node:
+        node.call("unlock", password=password)
 
 
 @main.command()
@@ -422,17 +430,15 @@ def login(opts: Options, username: str) -> None:
     """Log in (the first login on this profile generates and publishes device keys)."""
     profile = opts.profile_obj()
     _guard_profile(profile, username, registering=False)
-    with contextlib.suppress(NodeNotRunning):
-        with node_client.connect(profile.path) as node:
-            status = node.call("status")
-            if status["state"] == NodeState.READY:
-                result = {**status["user"], "device_id": status["device_id"]}
-                emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
-                return
-            node.call("stop")  # locked or logged out: this login makes a new session
-        _wait_stopped(profile)
+    with contextlib.suppress(NodeNotRunning), node_client.connect(profile.path) as node:
+        status = node.call("status")
+        if status["state"] == NodeState.READY:
+            result = {**status["user"], "device_id": status["device_id"]}
+            emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
+            return
     password = password_for(opts)
     result = _account(opts, username, lambda p, progress: p.login(username, password, progress=progress))
+    _tell_running_node(profile, password)  # a locked or logged-out node takes the new session
     emit(opts, result, lambda: click.echo(f"logged in as {result['username']}"))
 
 
@@ -869,6 +875,7 @@ def send_file(opts: Options, who: str, path: Path) -> None:
     bar: Any = None
     task: Any = None
     if not opts.as_json and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         bar = Progress(
@@ -877,6 +884,7 @@ def send_file(opts: Options, who: str, path: Path) -> None:
             DownloadColumn(),
             TransferSpeedColumn(),
             TextColumn("{task.fields[via]}"),
+            console=Console(stderr=True),
         )
         task = bar.add_task("send", total=source.stat().st_size, via="")
         events = node_client.connect(opts.profile_obj().path)
@@ -1168,10 +1176,6 @@ def db() -> None:
 def upgrade(ctx: click.Context) -> None:
     """Apply database migrations (`python -m signalling db upgrade ...`; --help lists options)."""
     _signalling(["db", "upgrade", *ctx.args])
-
-
-def _iter_lines(stream: Any) -> Iterator[str]:  # pragma: no cover - kept for scripts importing it
-    yield from stream
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from peer.atomicfile import write_atomic
 from peer.errors import ConfigError
 
 APP_NAME = "peerpost"
@@ -103,4 +102,6 @@ class Profile:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a file atomically with mode 0600 (`peer.atomicfile`)."""
+    from peer.atomicfile import write_atomic  # here: every `peerpost` command imports this module
+
     write_atomic(path, data, 0o600)

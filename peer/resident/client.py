@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 START_DEADLINE_S = 90.0  # unlock (scrypt) + first connect to the server; a busy box is slow
 READY_LINE = "ready"
+MAX_LOG_BYTES = 5 << 20
 
 
 class NodeNotRunning(Exception):
@@ -141,7 +142,11 @@ def start_node(profile_dir: Path, argv: list[str], password: str | None) -> Node
         with contextlib.suppress(NodeNotRunning):
             return connect(profile_dir)  # another command started it meanwhile
         env = {k: v for k, v in os.environ.items() if k != "PEERPOST_PASSWORD"}
-        log = open(profile_dir / rpc.LOG_NAME, "ab")  # noqa: SIM115 - handed to the child
+        log_path = profile_dir / rpc.LOG_NAME
+        with contextlib.suppress(OSError):
+            if log_path.stat().st_size > MAX_LOG_BYTES:  # one old generation is kept
+                log_path.replace(log_path.with_name(rpc.LOG_NAME + ".1"))
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 argv,

@@ -50,6 +50,7 @@ from peer.views import PeerSettings
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 10_000
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
 START_SETTLE_S = 10.0  # right after start, a send waits this long for the hub session (not a queue)
 
 
@@ -147,6 +148,7 @@ class ResidentNode:
             async with self._stack:
                 if self.local_server is not None:
                     self.server_url = await self._stack.enter_async_context(self._local_server())
+                self._stack.push_async_callback(self._close_peer)  # whatever fails after the unlock
                 if password and self._has_session():
                     await self.unlock(password)
                 elif self._has_session():
@@ -185,22 +187,20 @@ class ResidentNode:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    @contextlib.asynccontextmanager
-    async def _local_server(self) -> Any:
-        """A signalling server for `peerpost up`: reuse the one on the port, else start our own."""
-        from peer.ui.run import local_server
+    def _local_server(self) -> contextlib.AbstractAsyncContextManager[str]:
+        """A signalling server for `peerpost up`, shared with the other nodes on this machine."""
+        from peer.resident.localserver import shared_local_server
 
         assert self.local_server is not None
-        url = f"http://127.0.0.1:{self.local_server.port}"
-        if await _healthy(url):
-            log.info("reusing the local server at %s", url)
-            yield url
-            return
-        async with local_server(self.local_server.data_dir, self.local_server.port) as started:
-            yield started
+        return shared_local_server(self.local_server.data_dir, self.local_server.port)
 
     async def _listen(self) -> asyncio.AbstractServer:
         path = self.socket_path
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise PeerError(
+                f"the profile folder {self.profile.path} is too deep for its socket "
+                f"(a Unix socket path has at most {MAX_SOCKET_PATH} bytes): use a shorter PEERPOST_HOME"
+            )
         path.unlink(missing_ok=True)  # a stale socket of a killed node (we hold the profile lock)
         old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
@@ -251,8 +251,8 @@ class ResidentNode:
 
     async def unlock(self, password: str) -> None:
         async with self._peer_lock:
-            if self._peer is not None:
-                return
+            if self.peer() is not None:
+                return  # ours, or the one the page logged in with: never two on one device session
             peer = Peer(self.profile, self.server_url, settings=self.settings)
             try:
                 await peer.unlock(password)
@@ -504,6 +504,8 @@ def _parse(line: bytes) -> tuple[Any, str, dict[str, Any], RpcError | None]:
         message = json.loads(line)
     except ValueError as e:
         return None, "", {}, RpcError(ErrorCode.PARSE_ERROR, f"not JSON: {e}")
+    except RecursionError:
+        return None, "", {}, RpcError(ErrorCode.PARSE_ERROR, "the JSON is nested too deeply")
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return None, "", {}, RpcError(ErrorCode.INVALID_REQUEST, "not a JSON-RPC 2.0 request object")
     request_id = message.get("id")

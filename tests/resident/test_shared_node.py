@@ -91,6 +91,8 @@ def test_the_socket_is_private_and_bad_requests_get_json_rpc_errors(pair: Cli):
             return json.loads(stream.readline())
 
         assert ask(b"not json")["error"]["code"] == rpc.ErrorCode.PARSE_ERROR
+        deep = ask(b"[" * 100_000 + b"]" * 100_000)
+        assert deep["error"]["code"] == rpc.ErrorCode.PARSE_ERROR and "deeply" in deep["error"]["message"]
         assert (
             ask(b'{"jsonrpc":"2.0","id":1,"method":"nope"}')["error"]["code"]
             == rpc.ErrorCode.METHOD_NOT_FOUND
@@ -148,6 +150,19 @@ def test_lock_drops_the_keys_and_the_next_command_unlocks_with_the_password(pair
         timeout=60,
     )
     assert without.returncode == 1 and "no password" in without.stderr
+    password_file = pair.home / "password.txt"
+    password_file.write_text(PASSWORD + "\n")
+    by_file = subprocess.run(
+        [sys.executable, "-m", "peer", "--profile", "a", "--password-file", str(password_file), "whoami"],
+        cwd=REPO_ROOT,
+        env={**pair.env(), "PEERPOST_PASSWORD": ""},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert by_file.returncode == 0 and "alice" in by_file.stdout  # --password-file unlocks it
+    assert pair.json("a", "lock")["state"] == "locked"
     assert pair.json("a", "whoami")["username"] == "alice"  # PEERPOST_PASSWORD unlocks it again
     assert pair.json("a", "status")["state"] == "ready"
     assert PASSWORD not in (pair.profile_dir("a") / rpc.LOG_NAME).read_text()
@@ -183,3 +198,15 @@ def test_registration_errors_are_one_line_and_show_no_key_bar(cli: Cli):
     wrong = cli.run("fresh2", "--server", cli.server.url, "login", "nobody-at-all", check=False)
     assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
     assert "generating" not in wrong.stderr.lower()
+
+
+def test_a_node_started_on_a_new_profile_takes_the_session_of_a_register(cli: Cli):
+    out = cli.run("new", "--server", cli.server.url, "up").stdout
+    assert "PeerPost UI: open http://127.0.0.1:" in out
+    before = cli.json("new", "status")
+    assert before["state"] == "logged_out" and before["user"] is None
+    cli.register("new", "dora")
+    after = cli.json("new", "status")
+    assert after["state"] == "ready" and after["user"]["username"] == "dora"
+    assert after["pid"] == before["pid"]  # the same node, not a second one on the device session
+    assert cli.json("new", "whoami")["username"] == "dora"

@@ -101,7 +101,8 @@ async def test_peerpost_ui_prints_a_link_that_opens_the_ui_once(server, tmp_path
         assert probe.connect_ex(("127.0.0.1", int(base.rsplit(":", 1)[1]))) != 0, "the UI outlived the node"
 
 
-async def test_peerpost_up_starts_a_local_server_and_stop_ends_it(tmp_path, nodes):
+@pytest.mark.parametrize("first", ["p", "q"])
+async def test_peerpost_up_starts_a_local_server_and_the_last_node_to_stop_ends_it(tmp_path, nodes, first):
     server_port = _free_port()
     common = ("--server-port", str(server_port), "--server-data", str(tmp_path / "server"))
     out = await _run("--profile-dir", str(tmp_path / "p"), "up", *common)
@@ -116,9 +117,11 @@ async def test_peerpost_up_starts_a_local_server_and_stop_ends_it(tmp_path, node
     # A second person on this machine: the same command reuses the server instead of failing.
     second = await _run("--profile-dir", str(tmp_path / "q"), "up", *common)
     assert LOCAL_SERVER.search(second).group(1) == server_url and LINK.search(second)
-    await _run("--profile-dir", str(tmp_path / "q"), "stop")
+    # p started the server; whichever node stops first, the server stays for the other one.
+    last = "q" if first == "p" else "p"
+    await _run("--profile-dir", str(tmp_path / first), "stop")
     async with httpx.AsyncClient(timeout=5) as client:
-        assert (await client.get(f"{server_url}/health")).status_code == 200  # not q's to stop
-    await _run("--profile-dir", str(tmp_path / "p"), "stop")
+        assert (await client.get(f"{server_url}/health")).status_code == 200
+    await _run("--profile-dir", str(tmp_path / last), "stop")
     with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", server_port)) != 0, "the local server outlived its node"
+        assert probe.connect_ex(("127.0.0.1", server_port)) != 0, "the local server outlived its last node"
