@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._codec import canonical_json
+from ._codec import b64d, b64e, canonical_json
 from .errors import EnvelopeTooLarge, FileStreamError, MalformedEnvelope
 from .filestream import FileManifest
 
@@ -70,8 +70,18 @@ class Delete:
     kind: Literal["delete"] = field(default="delete", init=False, repr=False)
 
 
-Payload = Text | FileOffer | Receipt | Typing | Edit | Delete
-PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete")
+@dataclass(frozen=True)
+class SenderKey:
+    """A group sender key for the receiving device (`crypto.senderkeys.SenderKeyDistribution`
+    bytes). It travels only inside a pairwise envelope, which authenticates the sending device."""
+
+    distribution: bytes
+    kind: Literal["sender_key"] = field(default="sender_key", init=False, repr=False)
+
+
+Payload = Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey
+PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete", "sender_key")
+MAX_DISTRIBUTION_BYTES = 1024
 
 
 def bucket_size(n: int) -> int:
@@ -113,6 +123,10 @@ def _to_dict(p: Payload) -> dict[str, Any]:
             return {"type": "edit", "message_id": mid, "body": body}
         case Delete(message_ids=ids):
             return {"type": "delete", "message_ids": _check_ids(list(ids), "delete")}
+        case SenderKey(distribution=raw):
+            if not isinstance(raw, bytes) or not 0 < len(raw) <= MAX_DISTRIBUTION_BYTES:
+                raise MalformedEnvelope(f"sender key must be 1-{MAX_DISTRIBUTION_BYTES} bytes")
+            return {"type": "sender_key", "distribution": b64e(raw)}
     raise MalformedEnvelope(f"not a payload: {type(p).__name__}")
 
 
@@ -173,6 +187,15 @@ def _from_dict(d: dict[str, Any]) -> Payload:
     if kind == "delete":
         _fields(d, "message_ids")
         return Delete(_check_ids(d["message_ids"], "delete"))
+    if kind == "sender_key":
+        _fields(d, "distribution")
+        try:
+            raw = b64d(d["distribution"])
+        except ValueError as e:
+            raise MalformedEnvelope("sender key distribution is not base64url") from e
+        if not 0 < len(raw) <= MAX_DISTRIBUTION_BYTES:
+            raise MalformedEnvelope(f"sender key must be 1-{MAX_DISTRIBUTION_BYTES} bytes")
+        return SenderKey(raw)
     raise MalformedEnvelope(f"unknown payload type {kind!r}")
 
 
