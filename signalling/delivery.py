@@ -409,13 +409,15 @@ class Delivery:
                 sock.ack_credit += 1
                 drained_ids.add(row.message_id)
                 after = row.seq
-        # Membership the device may have missed while away: every group with its version.
-        async with self._engine.connect() as conn:
-            summaries = await group_store.summaries(conn, sock.user_id)
-        groups = [
-            GroupSummary(group_id=g.public_id, name=g.name, version=g.version, role=g.role) for g in summaries
-        ]
-        await ws.send_text(GroupsFrame(groups=groups).model_dump_json())
+        if ws.query_params.get("groups") == "1":  # the client asked for it (it speaks groups)
+            # Membership the device may have missed while away: every group with its version.
+            async with self._engine.connect() as conn:
+                summaries = await group_store.summaries(conn, sock.user_id)
+            groups = [
+                GroupSummary(group_id=g.public_id, name=g.name, version=g.version, role=g.role)
+                for g in summaries
+            ]
+            await ws.send_text(GroupsFrame(groups=groups).model_dump_json())
         await ws.send_text(DrainedFrame().model_dump_json())
         return drained_ids
 

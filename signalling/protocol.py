@@ -554,7 +554,8 @@ class GroupFrame(_Model):
 
 
 class GroupsFrame(_Model):
-    """Right after a socket's mailbox drain (before `drained`): every group the user is in, with
+    """Right after a socket's mailbox drain (before `drained`), for sockets that asked for it with
+    `?groups=1` on the /ws URL: every group the user is in, with
     its version, so a device that was away catches up on membership changes it missed; a group it
     knew and does not see here it has left, been removed from, or was deleted."""
 
