@@ -66,7 +66,7 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
                 }
                 for u in range(1, 7)
                 for k in (0, 1)
-            ],  # fmt: skip
+            ],
         )
     yield engine
     await engine.dispose()
