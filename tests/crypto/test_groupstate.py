@@ -202,3 +202,44 @@ def _resign(signer, state, op, **fields):
     body = canonical_json(gs._body(draft))
     unsigned = gs.RECORD_MAGIC + bytes([1]) + len(body).to_bytes(4, "big") + body
     return unsigned + signer.keys.sign(gs.RECORD_DOMAIN + unsigned)
+
+
+@few
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["add", "remove", "promote", "leave"]), st.integers(2, 9)), max_size=12
+    )
+)
+def test_any_sequence_of_allowed_changes_verifies_to_what_a_plain_model_says(
+    people, directory, steps
+) -> None:
+    """Signed by alice (user 1) while she is admin; the model is a dict and a list in joining order."""
+    alice = people[0]
+    records = [gs.sign_record(alice, None, gs.GroupOp.CREATE, group_id=GID, name="g", users=[2])]
+    state = gs.verify_chain(records, directory)
+    model = {1: "admin", 2: "member"}
+    order = [1, 2]
+    for op, user in steps:
+        if not state.is_admin(1):
+            break
+        if op == "add" and user not in model:
+            record, model[user] = gs.sign_record(alice, state, gs.GroupOp.ADD, users=[user]), "member"
+            order.append(user)
+        elif op == "remove" and user in model and user != 1:
+            record = gs.sign_record(alice, state, gs.GroupOp.REMOVE, users=[user])
+            del model[user]
+            order.remove(user)
+        elif op == "promote" and model.get(user) == "member":
+            record, model[user] = gs.sign_record(alice, state, gs.GroupOp.PROMOTE, users=[user]), "admin"
+        elif op == "leave":
+            record = gs.sign_record(alice, state, gs.GroupOp.LEAVE)
+            del model[1]
+            order.remove(1)
+            if model and "admin" not in model.values():
+                model[order[0]] = "admin"
+        else:
+            continue
+        records.append(record)
+        state = gs.verify_chain(records, directory)
+    assert {u: m.role.value for u, m in state.members.items()} == model
+    assert state.seq == len(records) - 1
