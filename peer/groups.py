@@ -37,7 +37,7 @@ from typing import Any
 from crypto import groupstate as gs
 from crypto.envelope import LocalDevice
 from crypto.errors import GhostMember, SenderKeyError
-from crypto.payload import Payload, SenderKey
+from crypto.payload import Payload, SenderKey, SenderKeyRequest
 from crypto.senderkeys import (
     DEFAULT_ROTATE_AFTER_MESSAGES,
     DEFAULT_ROTATE_AFTER_MS,
@@ -316,6 +316,24 @@ class GroupSession:
         if not state.is_member(header.sender_user):
             raise GhostMember(self.group_id, [header.sender_user])
         return self.received.decrypt(data)
+
+    def request_for(self, data: bytes) -> SenderKeyRequest:
+        """What to send the sender of `data` (pairwise) when it raised UnknownSenderKey."""
+        header = peek_group_message(data)
+        return SenderKeyRequest(header.group_id, header.key_id)
+
+    def answer_request(
+        self, requester_user: int, requester_device: str, request: SenderKeyRequest, now_ms: int | None = None
+    ) -> SenderKey | None:
+        """The current sender key for a verified member's device that lost it (None: not ours to
+        answer — another group, or this device has no key yet); GhostMember for a non-member."""
+        state = self._require_active("answer a sender-key request")
+        if request.group_id != self.group_id or self._own is None:
+            return None
+        if not state.is_member(requester_user):
+            raise GhostMember(self.group_id, [requester_user])
+        key, _ = self.distribution_for([(requester_user, requester_device)], now_ms)
+        return key
 
     # -- saving -----------------------------------------------------------------------------------
 

@@ -196,3 +196,12 @@ def test_distribution_travels_as_a_payload_and_malformed_ones_are_refused() -> N
         sk.SenderKeyDistribution.from_bytes(raw[:-1])
     with pytest.raises(MalformedEnvelope):
         payload.encode_payload(payload.SenderKey(b""))
+
+
+def test_a_sender_key_request_travels_as_a_payload_and_bad_ones_are_refused() -> None:
+    p = payload.SenderKeyRequest(GID, 2**32 - 1)
+    assert payload.decode_payload(payload.encode_payload(p)) == p
+    with pytest.raises(MalformedEnvelope):
+        payload.encode_payload(payload.SenderKeyRequest("not-a-group", 1))
+    with pytest.raises(MalformedEnvelope):
+        payload.encode_payload(payload.SenderKeyRequest(GID, 2**32))

@@ -149,3 +149,23 @@ def test_saved_sessions_load_again_and_a_tampered_chain_does_not() -> None:
     saved["records"] = [saved["records"][0][:-4] + "AAAA"]
     with pytest.raises(GroupError):
         GroupSession.from_dict(saved, ALICE, DIRECTORY)
+
+
+def test_a_device_that_lost_a_key_asks_and_reads_from_there_on() -> None:
+    alice, bob, _ = _group()
+    _hand_key(alice, bob)
+    bob2 = GroupSession(alice.group_id, BOB, DIRECTORY)  # bob's state was lost
+    bob2.apply_chain(bob._records)
+    missed = alice.encrypt(payload.Text("missed"))
+    with pytest.raises(UnknownSenderKey):
+        bob2.decrypt(missed.data)
+    request = bob2.request_for(missed.data)
+    assert payload.decode_payload(payload.encode_payload(request)) == request
+    answer = alice.answer_request(2, BOB.device_id, request)
+    assert answer is not None
+    bob2.accept_distribution(1, ALICE.device_id, answer)
+    assert bob2.decrypt(alice.encrypt(payload.Text("next")).data).payload == payload.Text("next")
+    with pytest.raises(SenderKeyError):
+        bob2.decrypt(missed.data)  # the chain only moves forward
+    with pytest.raises(GhostMember):
+        alice.answer_request(3, CAROL.device_id, request)
