@@ -243,3 +243,21 @@ def test_any_sequence_of_allowed_changes_verifies_to_what_a_plain_model_says(
         state = gs.verify_chain(records, directory)
     assert {u: m.role.value for u, m in state.members.items()} == model
     assert state.seq == len(records) - 1
+
+
+@few
+@given(drop=st.integers(min_value=0, max_value=4))
+def test_dropping_any_record_is_refused(people, directory, drop: int) -> None:
+    alice = people[0]
+    records = [gs.sign_record(alice, None, gs.GroupOp.CREATE, group_id=GID, name="g", users=[2, 3])]
+    state = gs.verify_chain(records, directory)
+    for op, fields in ((gs.GroupOp.ADD, {"users": [4]}), (gs.GroupOp.REMOVE, {"users": [3]}),
+                       (gs.GroupOp.PROMOTE, {"users": [2]}), (gs.GroupOp.RENAME, {"name": "h"})):  # fmt: skip
+        records.append(gs.sign_record(alice, state, op, **fields))
+        state = gs.verify_chain(records, directory)
+    served = records[:drop] + records[drop + 1 :]
+    with pytest.raises(GroupRollback):  # a device that verified the head refuses any of them
+        gs.verify_chain(served, directory, known=state.head)
+    if drop < len(records) - 1:  # even without a head, a gap breaks the chain
+        with pytest.raises(GroupChainBroken):
+            gs.verify_chain(served, directory)
