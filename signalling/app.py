@@ -21,8 +21,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
+from signalling import data_dir
 from signalling.errors import install_error_handlers
+from signalling.http_guard import HttpGuard
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
 from signalling.ratelimit import SlidingWindowLimiter
@@ -65,10 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.secure(settings.data_dir)
         url = settings.effective_database_url
         await migrate.upgrade(url)
         engine = create_engine(url, synchronous=settings.sqlite_synchronous)
+        async with engine.connect():  # opens the WAL and its index, so they are tightened too
+            data_dir.secure(settings.data_dir)
         secret = (
             settings.jwt_secret.get_secret_value()
             if settings.jwt_secret is not None
@@ -97,7 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(
+    docs = "/docs" if settings.docs_enabled else None
+    app = FastAPIOffline(
+        docs_url=docs,
+        redoc_url="/redoc" if settings.docs_enabled else None,
         title="PeerPost signalling server",
         description="Accounts, contacts, device key bundles, presence, WebRTC signalling and a blind "
         "store-and-forward mailbox. The server only ever sees ciphertext.",
@@ -106,6 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Outside the routes' exception handling: a body over its limit is refused while it is read.
+    app.add_middleware(
+        HttpGuard,
+        body_max_bytes=settings.body_max_bytes,
+        unauthenticated_max_bytes=settings.body_max_bytes_unauthenticated,
+    )
     for module in ROUTE_MODULES:
         app.include_router(module.router)
     return app

@@ -222,7 +222,7 @@ def _ref_of(text: str) -> str | None:
     """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack allows
         return None
     ref = value.get("ref") if isinstance(value, dict) else None
     return ref if isinstance(ref, str) and len(ref) <= 64 else None
