@@ -4,7 +4,8 @@
 database, opens the engine, and keeps everything the routes need on `app.state`:
 
 - `settings`, `engine`, `sessions` (async_sessionmaker), `tokens` (TokenService),
-  `passwords` (PasswordHasher), `login_limits` (per-username and per-address limiters);
+  `passwords` (PasswordHasher), `login_limits` and `registration_limits`
+  (signalling.account_limits), `disk` (store.disk.DiskGuard);
 - `presence` (`signalling.presence.PresenceView`) and `hub` (`signalling.presence.LiveSockets`):
   defaults here; the hub replaces both in its own lifespan.
 
@@ -24,22 +25,24 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from signalling import data_dir
+from signalling.account_limits import LoginLimits, RegistrationLimits
 from signalling.errors import install_error_handlers
 from signalling.http_guard import HttpGuard
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
-from signalling.ratelimit import SlidingWindowLimiter
-from signalling.routes import blobs, contacts, devices, health, ice, mailbox, tokens, users, ws
+from signalling.routes import blobs, contacts, devices, health, ice, mailbox, metrics, tokens, users, ws
 from signalling.settings import Settings
 from signalling.tokens import TokenService, load_or_create_secret
 from store import migrate
 from store.db import create_engine, session_factory
+from store.disk import DiskGuard
 
 log = logging.getLogger("peerpost.server")
 
 # Order matters only for the docs page and for lifespans (entered in this order).
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     health,
+    metrics,
     tokens,
     users,
     contacts,
@@ -49,18 +52,6 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     mailbox,
     blobs,
 )
-
-
-class LoginLimits:
-    """Login attempts counted per username and per client address."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.per_username = SlidingWindowLimiter(
-            settings.login_attempts_per_username, settings.login_window_seconds
-        )
-        self.per_address = SlidingWindowLimiter(
-            settings.login_attempts_per_address, settings.login_window_seconds
-        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,8 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenService(
             secret, settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds
         )
-        app.state.passwords = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_concurrency)
+        app.state.passwords = PasswordHasher(
+            settings.bcrypt_rounds, settings.bcrypt_concurrency, settings.password_queue
+        )
         app.state.login_limits = LoginLimits(settings)
+        app.state.registration_limits = RegistrationLimits(settings)
+        app.state.disk = DiskGuard(settings.data_dir, settings.disk_min_free_bytes)
         app.state.presence = MemoryPresence()
         app.state.hub = NoLiveSockets()
         try:

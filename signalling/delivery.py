@@ -49,7 +49,8 @@ from signalling.protocol import (
 )
 from signalling.reach import Reach
 from store import mailbox
-from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+from store.errors import QuotaExceeded
+from store.mailbox import DuplicateMessageId, MailboxClosed, MailboxError, MailboxWriter, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,14 @@ class Delivery:
             seen.add(r.device_id)
             await self._reach.check(sock.user_id, r.user_id, r.device_id)
             targets.append(r)
+        for t in targets:
+            held = self._held.get((t.device_id, frame.message_id))
+            if held is not None and held.sock.device_id != sock.device_id:
+                raise FrameRefused(
+                    ErrorCode.DUPLICATE,
+                    f"message id {frame.message_id} is already used by another sender for device "
+                    f"{t.device_id}; send it again with a new message id",
+                )
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
             # Every recipient has a socket here: push now, store only if they do not all ack
@@ -176,6 +185,11 @@ class Delivery:
             future = await self.writer.submit_store(rows)
         else:
             rows = _rows(sock, frame, targets)
+            # It will be stored: refuse what the quotas refuse before anything is pushed live, so a
+            # full mailbox does not turn into frames queued on a socket that never reads.
+            refusal = self.writer.precheck(rows)
+            if refusal is not None:
+                raise FrameRefused(ErrorCode.QUOTA, str(refusal))
             future = await self.writer.submit_store(rows)
             # Pushed live now, before the commit: the recipient may even ack before it, which is
             # safe because the writer applies this insert before any later ack. `accepted` still
@@ -352,9 +366,12 @@ def _after_store(
     if future.cancelled():
         return
     exc = future.exception()
-    if isinstance(exc, MailboxQuotaExceeded):
+    if isinstance(exc, QuotaExceeded):
         sock.refuse(ErrorCode.QUOTA, str(exc), frame.ref)
+    elif isinstance(exc, DuplicateMessageId):
+        sock.refuse(ErrorCode.DUPLICATE, str(exc), frame.ref)
     elif exc is not None:
+        # The message names the failure, never the statement's parameters (the engine hides them).
         log.error("mailbox write failed: %s", exc)
         sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
     else:

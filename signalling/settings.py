@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     body_max_bytes_unauthenticated: int = Field(
         default=16 * 1024, gt=0, description="a body on register, login and refresh"
     )
+    metrics_enabled: bool = Field(default=False, description="serve /metrics (counts only; keep it private)")
     docs_enabled: bool = Field(default=True, description="serve /docs and /redoc (assets are local)")
 
     # --- accounts and tokens -------------------------------------------------------------------

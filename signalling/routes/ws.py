@@ -34,7 +34,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def authenticate(token: str) -> int:
         return (await authenticate_token(app, token)).id
 
-    hub = Hub(app.state.engine, authenticate, HubLimits.from_settings(settings), make_backplane(settings))
+    hub = Hub(
+        app.state.engine,
+        authenticate,
+        HubLimits.from_settings(settings),
+        make_backplane(settings),
+        disk=app.state.disk,
+    )
     await hub.start()
     app.state.hub = hub
     app.state.presence = hub.presence
