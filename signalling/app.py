@@ -30,7 +30,19 @@ from signalling.errors import install_error_handlers
 from signalling.http_guard import HttpGuard
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
-from signalling.routes import blobs, contacts, devices, health, ice, mailbox, metrics, tokens, users, ws
+from signalling.routes import (
+    blobs,
+    blocks,
+    contacts,
+    devices,
+    health,
+    ice,
+    mailbox,
+    metrics,
+    tokens,
+    users,
+    ws,
+)
 from signalling.settings import Settings
 from signalling.tokens import TokenService, load_or_create_secret
 from store import migrate
@@ -46,6 +58,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     tokens,
     users,
     contacts,
+    blocks,
     devices,
     ice,
     ws,

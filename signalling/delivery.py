@@ -172,6 +172,12 @@ class Delivery:
                     f"message id {frame.message_id} is already used by another sender for device "
                     f"{t.device_id}; send it again with a new message id",
                 )
+        # Refuse what the quotas refuse before anything is pushed live, so a full mailbox does not
+        # turn into frames queued on a socket that never reads (the commit checks again).
+        size = len(frame.envelope) * 3 // 4
+        refusal = self.writer.precheck(sock.user_id, [(t.user_id, t.device_id) for t in targets], size)
+        if refusal is not None:
+            raise FrameRefused(ErrorCode.QUOTA, str(refusal))
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
             # Every recipient has a socket here: push now, store only if they do not all ack
@@ -185,11 +191,6 @@ class Delivery:
             future = await self.writer.submit_store(rows)
         else:
             rows = _rows(sock, frame, targets)
-            # It will be stored: refuse what the quotas refuse before anything is pushed live, so a
-            # full mailbox does not turn into frames queued on a socket that never reads.
-            refusal = self.writer.precheck(rows)
-            if refusal is not None:
-                raise FrameRefused(ErrorCode.QUOTA, str(refusal))
             future = await self.writer.submit_store(rows)
             # Pushed live now, before the commit: the recipient may even ack before it, which is
             # safe because the writer applies this insert before any later ack. `accepted` still

@@ -407,12 +407,14 @@ class MailboxWriter:
         self._usage.clear()
         self._stored.clear()
 
-    def precheck(self, messages: Sequence[NewMessage]) -> QuotaExceeded | None:
-        """The refusal these rows would meet by what is known now, without the database: the hub
-        asks before it pushes a send live, so a refused send is not delivered either. (The commit
-        checks again with fresh numbers.)"""
-        job = _Job(messages, (), None)  # type: ignore[arg-type]
-        return self._check_quota(job, {}, {}, {})
+    def precheck(
+        self, sender_user: int, recipients: Sequence[tuple[int, str]], size: int
+    ) -> QuotaExceeded | None:
+        """The refusal an envelope of `size` bytes from `sender_user` to these (user, device)
+        recipients would meet by what is known now, without the database: the hub asks before it
+        pushes a send live, so a refused send is not delivered either. (The commit checks again.)"""
+        rows = [(user, device, sender_user, size) for user, device in recipients]
+        return self._check_sizes(rows, {}, {}, {})
 
     def _job(self, messages: Sequence[NewMessage], acks: Sequence[tuple[str, str]]) -> _Job:
         if self._task is None or self._stopping or self._loop is None:
@@ -678,23 +680,32 @@ class MailboxWriter:
     ) -> QuotaExceeded | None:
         """The first quota this job would pass (counting what earlier jobs of the batch add), or
         None; when None, the job's rows are added to the pending counts."""
-        if not job.messages:
+        rows = [(m.recipient_user, m.recipient_device, m.sender_user, len(m.envelope)) for m in job.messages]
+        return self._check_sizes(rows, pending, pending_pairs, pending_accounts)
+
+    def _check_sizes(
+        self,
+        rows: Sequence[tuple[int, str, int, int]],  # (recipient user, recipient device, sender, bytes)
+        pending: dict[str, list[int]],
+        pending_pairs: dict[tuple[str, int], list[int]],
+        pending_accounts: dict[int, int],
+    ) -> QuotaExceeded | None:
+        if not rows:
             return None
         if self._disk is not None and (full := self._disk.refusal()) is not None:
             return full
         extra: dict[str, list[int]] = {}
         extra_pairs: dict[tuple[str, int], list[int]] = {}
         extra_accounts: dict[int, int] = {}
-        for m in job.messages:
-            size = len(m.envelope)
-            entry = extra.setdefault(m.recipient_device, [0, 0])
+        for recipient_user, recipient_device, sender_user, size in rows:
+            entry = extra.setdefault(recipient_device, [0, 0])
             entry[0] += size
             entry[1] += 1
-            if m.sender_user != m.recipient_user:
-                pair = extra_pairs.setdefault((m.recipient_device, m.sender_user), [0, 0])
+            if sender_user != recipient_user:
+                pair = extra_pairs.setdefault((recipient_device, sender_user), [0, 0])
                 pair[0] += size
                 pair[1] += 1
-            extra_accounts[m.sender_user] = extra_accounts.get(m.sender_user, 0) + size
+            extra_accounts[sender_user] = extra_accounts.get(sender_user, 0) + size
         for device, (size, rows) in extra.items():
             known = self._usage.get(device)
             before = pending.get(device, [0, 0])
