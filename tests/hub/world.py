@@ -81,7 +81,7 @@ class World:
         account = Account(user_id, name, token, "")
         for _ in range(devices):
             account.devices.append(await self.publish_device(account))
-        account.device_id = account.devices[0]
+        account.device_id = account.devices[0] if account.devices else ""
         return account
 
     async def login(self, username: str) -> str:
