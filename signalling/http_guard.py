@@ -96,7 +96,9 @@ class HttpGuard:
                     # FastAPI re-raises an HTTPException from the body read; the app's error
                     # handler turns it into the one error shape (signalling.errors).
                     self.refused_bodies += 1
-                    raise HTTPException(413, detail=_sentence(limit))
+                    # `Connection: close`: the rest of the body is not read at all (h11 would
+                    # otherwise read and discard it to keep the connection alive).
+                    raise HTTPException(413, detail=_sentence(limit), headers={"Connection": "close"})
             return message
 
         await self.app(scope, counting_receive, send_with_headers)
