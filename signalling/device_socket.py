@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from signalling.delivery import Held
 
 CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
+FRAME_OVERHEAD = 64  # bytes a queued frame costs beyond its text (the Outgoing and its slot), counted too
 
 
 @dataclass(slots=True)
@@ -64,7 +65,7 @@ class DeviceSocket:
     def push(self, item: Outgoing) -> bool:
         if self.closing is not None:
             return False
-        size = len(item.text)
+        size = len(item.text) + FRAME_OVERHEAD
         if self.outbox.full() or not self.budget.admit(self.user_id, self.queued_bytes, size):
             self.budget.closed_too_slow += 1
             self.close(CLOSE_TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
@@ -76,7 +77,7 @@ class DeviceSocket:
 
     def taken(self, item: Outgoing) -> None:
         """The writer took `item` out of the queue: its bytes leave the budget."""
-        size = len(item.text)
+        size = len(item.text) + FRAME_OVERHEAD
         self.queued_bytes -= size
         self.budget.release(self.user_id, size)
 

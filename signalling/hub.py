@@ -211,7 +211,7 @@ class Hub:
             await self.presence.device_came(user_id, device_id)
             await Connection(sock, self.limits, self._delivery).run()
         finally:
-            big = sock.queued_bytes >= _RELEASE_AFTER_BYTES
+            big = sock.queued_bytes >= _RELEASE_AFTER_BYTES or (sock.closing or (0, ""))[0] == CLOSE_TOO_SLOW
             sock.discard()  # what it never read is freed now, not at the next full collection
             if big:
                 memory.release()

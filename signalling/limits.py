@@ -15,7 +15,9 @@ class HubLimits:
     presence_grace: float = 5.0
     auth_timeout: float = 10.0
     drain_page: int = 256
-    outbox_size: int = 4096
+    # Frames queued per socket: the byte budget below is the real bound; this only caps the count
+    # (one group commit may answer thousands of pipelined sends of one socket at once).
+    outbox_size: int = 32768
     outbox_max_bytes: int = 8 * 1024 * 1024
     outbox_max_bytes_per_account: int = 32 * 1024 * 1024
     mailbox_sender_share: float = 1.0
