@@ -21,7 +21,8 @@ Phases (finding numbers of issue #11):
   slowloris      (5)  1,000 half-sent requests from 4 addresses, plus /health's time
   big_bodies     (6)  four concurrent 200 MB POST /users/
   mailbox_fill   (7)  one contact fills the victim carol's mailbox (carol offline for it)
-  account_fill   (8)  one account self-sends to 3 own devices until refused
+  account_fill   (8)  one account self-sends to 7 own devices until refused (account total
+                      scaled to 128 MiB for the run)
   login_guess    (9)  wrong passwords for bob from one address, then bob logs in from another
 
 Writes bench/results/abuse.json. Goals (issue #11): slow_reader grows RSS by <= 300 MB and is back
@@ -63,6 +64,9 @@ SERVER_ENV = {
     "PEERPOST_REGISTRATIONS_PER_ADDRESS": "10",  # production defaults (tests raise them)
     "PEERPOST_REGISTRATIONS_GLOBAL": "120",
     "PEERPOST_METRICS_ENABLED": "true",
+    # Scaled down from 512 MiB so the account_fill phase reaches it in seconds (8 devices x 64 MiB
+    # of device quota would allow far more): the per-account total is what refuses.
+    "PEERPOST_ACCOUNT_QUOTA_BYTES": str(128 * 1024 * 1024),
     "PEERPOST_PRESENCE_GRACE_SECONDS": "0",
     "PEERPOST_LOG_LEVEL": "error",
 }
@@ -449,7 +453,7 @@ async def mailbox_fill(bed: Bed, sample: Sample) -> None:
 
 
 async def account_fill(bed: Bed, sample: Sample) -> None:
-    hoarder = await bed.account(devices=4)
+    hoarder = await bed.account(devices=8)
     client = await bed.world.connect(hoarder, hoarder.devices[0])
     own = [(hoarder.user_id, d) for d in hoarder.devices[1:]]
     envelope = os.urandom(700 * 1024)
