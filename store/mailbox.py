@@ -104,6 +104,11 @@ class NewMessage:
     message_id: str
     envelope: bytes
 
+    @property
+    def size(self) -> int:
+        """What the row costs its device's, its sender's and its account's quota."""
+        return len(self.envelope)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -268,7 +273,7 @@ def _row(m: NewMessage, created: datetime, expires: datetime) -> dict[str, objec
         "sender_device": m.sender_device,
         "message_id": m.message_id,
         "envelope": m.envelope,
-        "size": len(m.envelope),
+        "size": m.size,
         "created_at": created,
         "expires_at": expires,
     }
@@ -533,7 +538,7 @@ class MailboxWriter:
         stamp = time.monotonic()
         for key in written:
             m = inserts[key]
-            size = len(m.envelope)
+            size = m.size
             known = self._usage.get(m.recipient_device)
             if known is not None:
                 known.size += size
@@ -640,7 +645,7 @@ class MailboxWriter:
                     m.sender_device,
                     m.message_id,
                     m.envelope,
-                    len(m.envelope),
+                    m.size,
                     created,
                     expiry,
                 ]
@@ -680,7 +685,7 @@ class MailboxWriter:
     ) -> QuotaExceeded | None:
         """The first quota this job would pass (counting what earlier jobs of the batch add), or
         None; when None, the job's rows are added to the pending counts."""
-        rows = [(m.recipient_user, m.recipient_device, m.sender_user, len(m.envelope)) for m in job.messages]
+        rows = [(m.recipient_user, m.recipient_device, m.sender_user, m.size) for m in job.messages]
         return self._check_sizes(rows, pending, pending_pairs, pending_accounts)
 
     def _check_sizes(
