@@ -184,3 +184,21 @@ async def test_the_server_answers_while_slow_clients_hold_connections(guarded: R
     finally:
         for sock in held:
             sock.close()
+
+
+def test_past_the_global_connection_cap_requests_are_refused_with_503(tmp_path: Path) -> None:
+    env = {"PEERPOST_MAX_CONNECTIONS": "20", "PEERPOST_HTTP_HEADER_TIMEOUT_SECONDS": "30"}
+    with RunningServer(tmp_path / "s", env=env) as server:
+        held = [_connect(server, f"127.0.5.{i + 1}") for i in range(20)]  # many hosts, one each
+        for sock in held:
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+        try:
+            extra = _connect(server, "127.0.5.99")
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(extra)
+            extra.close()
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        finally:
+            for sock in held:
+                sock.close()
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200  # and back after
