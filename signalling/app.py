@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         HttpGuard,
         body_max_bytes=settings.body_max_bytes,
         unauthenticated_max_bytes=settings.body_max_bytes_unauthenticated,
+        body_idle_timeout=settings.http_body_timeout_seconds,
     )
     for module in ROUTE_MODULES:
         app.include_router(module.router)

@@ -3,7 +3,9 @@ security headers of every answer.
 
 Bodies: a route's limit is checked against `Content-Length` before a byte is read, and counted
 again while the body streams in (chunked uploads declare nothing), so a 200 MB `POST /users/` is
-refused with 413 after at most the limit has been read, never held whole. The routes anyone may call
+refused with 413 after at most the limit has been read, never held whole; a body that stops
+arriving for `body_idle_timeout` seconds is answered 408 (a slowloris that sends its headers
+quickly and then trickles the body). The routes anyone may call
 without a token (register, login, refresh) get the small limit; blob uploads are streamed to disk
 and limited by the blob store itself; every other route gets `body_max_bytes`.
 
@@ -15,6 +17,7 @@ a shared cache). It never reads or logs a body's content.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -47,8 +50,16 @@ def _refusal(limit: int) -> bytes:
 
 
 class HttpGuard:
-    def __init__(self, app: ASGIApp, *, body_max_bytes: int, unauthenticated_max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        body_max_bytes: int,
+        unauthenticated_max_bytes: int,
+        body_idle_timeout: float = 30.0,
+    ) -> None:
         self.app = app
+        self.body_idle_timeout = body_idle_timeout
         self.body_max_bytes = body_max_bytes
         self.unauthenticated_max_bytes = unauthenticated_max_bytes
         self.refused_bodies = 0
@@ -77,31 +88,40 @@ class HttpGuard:
             await send(message)
 
         limit = self.limit_for(scope["method"], scope["path"])
-        if limit is None:
-            await self.app(scope, receive, send_with_headers)
-            return
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
+        if limit is not None and declared is not None and declared > limit:
             self.refused_bodies += 1
             await _send_413(send_with_headers, limit)
             return
         seen = 0
+        body_done = False
 
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    # FastAPI re-raises an HTTPException from the body read; the app's error
-                    # handler turns it into the one error shape (signalling.errors).
-                    self.refused_bodies += 1
-                    # `Connection: close`: the rest of the body is not read at all (h11 would
-                    # otherwise read and discard it to keep the connection alive).
-                    raise HTTPException(413, detail=_sentence(limit), headers={"Connection": "close"})
+        async def guarded_receive() -> Message:
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() only waits for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_idle_timeout):
+                    message = await receive()
+            except TimeoutError:  # a body trickled in byte by byte holds a request open
+                raise HTTPException(
+                    408,
+                    detail="The request body stopped arriving; send it at once.",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] != "http.request":
+                return message
+            body_done = not message.get("more_body", False)
+            seen += len(message.get("body", b""))
+            if limit is not None and seen > limit:
+                # FastAPI re-raises an HTTPException from the body read; the app's error handler
+                # turns it into the one error shape (signalling.errors). `Connection: close`: the
+                # rest of the body is not read at all (h11 would read and discard it otherwise).
+                self.refused_bodies += 1
+                raise HTTPException(413, detail=_sentence(limit), headers={"Connection": "close"})
             return message
 
-        await self.app(scope, counting_receive, send_with_headers)
+        await self.app(scope, guarded_receive, send_with_headers)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = Field(
         default=10.0, gt=0, description="a request's headers must be complete within this"
     )
+    http_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a request body may pause at most this long between chunks"
+    )
     http_keepalive_timeout_seconds: float = Field(default=5.0, gt=0, description="idle keep-alive connection")
     http_max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers")
     max_connections: int = Field(

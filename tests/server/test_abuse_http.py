@@ -17,6 +17,7 @@ from tests.support.server import RunningServer
 
 GUARDED_ENV = {
     "PEERPOST_HTTP_HEADER_TIMEOUT_SECONDS": "1",
+    "PEERPOST_HTTP_BODY_TIMEOUT_SECONDS": "1",
     "PEERPOST_MAX_CONNECTIONS_PER_ADDRESS": "20",
     "PEERPOST_BODY_MAX_BYTES_UNAUTHENTICATED": "16384",
     "PEERPOST_BODY_MAX_BYTES": "65536",
@@ -50,6 +51,17 @@ def test_half_sent_headers_are_answered_408_and_closed(guarded: RunningServer) -
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"code":"timeout"' in answer
+
+
+def test_a_body_that_stops_arriving_is_answered_408(guarded: RunningServer) -> None:
+    sock = _connect(guarded)
+    sock.sendall(
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 100\r\n\r\nusername=a"  # and the other 90 bytes never
+    )
+    answer = _read_all(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
 def test_a_silent_connection_is_closed_by_the_header_deadline(guarded: RunningServer) -> None:
