@@ -18,6 +18,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from peer.errors import AuthFailed, ConfigError, ServerError, ServerUnavailable
 from signalling.protocol import (
     BlobOut,
+    BlockAdd,
+    BlockOut,
     ContactAdd,
     ContactOut,
     ContactStatus,
@@ -251,6 +253,18 @@ class ServerClient:
 
     async def remove_contact(self, user_id: int) -> None:
         await self.request("DELETE", f"/me/contacts/{user_id}")
+
+    async def block(self, *, user_id: int | None = None, username: str | None = None) -> BlockOut:
+        """Block someone: ends the contact; their requests, messages, signals and presence stop."""
+        body = BlockAdd(user_id=user_id, username=username)
+        return await self._json(BlockOut, "POST", "/me/blocks", json=body.model_dump(exclude_none=True))
+
+    async def unblock(self, user_id: int) -> None:
+        await self.request("DELETE", f"/me/blocks/{user_id}")
+
+    async def blocks(self, skip: int = 0, limit: int = 100) -> list[BlockOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(TypeAdapter(list[BlockOut]), "GET", "/me/blocks", params=params)
 
     # ---------------------------------------------------------------------------------------------
     # devices, ICE, mailbox, blobs

@@ -55,7 +55,8 @@ from signalling.protocol import (
 from signalling.reach import Reach
 from store import groups as group_store
 from store import mailbox
-from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+from store.errors import QuotaExceeded
+from store.mailbox import DuplicateMessageId, MailboxClosed, MailboxError, MailboxWriter, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,20 @@ class Delivery:
             seen.add(r.device_id)
             await self._reach.check(sock.user_id, r.user_id, r.device_id)
             targets.append(r)
+        for t in targets:
+            held = self._held.get((t.device_id, frame.message_id))
+            if held is not None and held.sock.device_id != sock.device_id:
+                raise FrameRefused(
+                    ErrorCode.DUPLICATE,
+                    f"message id {frame.message_id} is already used by another sender for device "
+                    f"{t.device_id}; send it again with a new message id",
+                )
+        # Refuse what the quotas refuse before anything is pushed live, so a full mailbox does not
+        # turn into frames queued on a socket that never reads (the commit checks again).
+        size = len(frame.envelope) * 3 // 4
+        refusal = self.writer.precheck(sock.user_id, [(t.user_id, t.device_id) for t in targets], size)
+        if refusal is not None:
+            raise FrameRefused(ErrorCode.QUOTA, str(refusal))
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
             # Every recipient has a socket here: push now, store only if they do not all ack
@@ -250,7 +265,15 @@ class Delivery:
         deliver = group_deliver_json(
             frame.message_id, sock.user_id, sock.device_id, frame.envelope, frame.group_id
         )
-        live = [d for _, d in targets if await self._push_live_text(d, deliver, frame.message_id)]
+        # A device whose mailbox would refuse the row gets no live copy either (as for `send`).
+        refused = {
+            d for u, d in targets if self.writer.precheck(sock.user_id, [(u, d)], len(envelope)) is not None
+        }
+        live = [
+            d
+            for _, d in targets
+            if d not in refused and await self._push_live_text(d, deliver, frame.message_id)
+        ]
         done = asyncio.gather(*futures, return_exceptions=True)
         sock.last_commit = done
         devices_in_order = [d for _, d in targets]
@@ -435,9 +458,12 @@ def _after_store(
     if future.cancelled():
         return
     exc = future.exception()
-    if isinstance(exc, MailboxQuotaExceeded):
+    if isinstance(exc, QuotaExceeded):
         sock.refuse(ErrorCode.QUOTA, str(exc), frame.ref)
+    elif isinstance(exc, DuplicateMessageId):
+        sock.refuse(ErrorCode.DUPLICATE, str(exc), frame.ref)
     elif exc is not None:
+        # The message names the failure, never the statement's parameters (the engine hides them).
         log.error("mailbox write failed: %s", exc)
         sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
     else:
@@ -465,8 +491,11 @@ def _after_group_store(
     for device_id, outcome in zip(devices, future.result(), strict=True):
         if outcome is None:
             queued.append(device_id)
-        elif isinstance(outcome, MailboxQuotaExceeded):
+        elif isinstance(outcome, QuotaExceeded):
             full.append(device_id)
+        elif isinstance(outcome, DuplicateMessageId):
+            sock.refuse(ErrorCode.DUPLICATE, str(outcome), frame.ref)
+            return
         else:
             failed = True
             log.error("mailbox write of a group message failed: %s", outcome)

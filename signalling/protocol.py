@@ -172,6 +172,19 @@ class ContactUpdate(_Model):
     remark: str | None = Field(default=None, max_length=256)
 
 
+class BlockAdd(_Model):
+    """Block someone by id or by username; exactly one of the two."""
+
+    user_id: int | None = None
+    username: str | None = None
+
+
+class BlockOut(_Response):
+    user_id: int
+    username: str
+    created_at: datetime
+
+
 class ContactOut(_Response):
     user_id: int
     username: str
@@ -506,6 +519,8 @@ class ContactEvent(StrEnum):
     DECLINED = "declined"  # a request was declined (yours, or one you declined on another device)
     REMOVED = "removed"  # the relationship or request is gone (removed, withdrawn, account deleted)
     UPDATED = "updated"  # your own group or remark changed (on another device); never sent to them
+    BLOCKED = "blocked"  # you blocked them (on one of your devices); never sent to them
+    UNBLOCKED = "unblocked"  # you lifted the block; never sent to them
 
 
 class ContactFrame(_Model):

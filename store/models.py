@@ -89,10 +89,50 @@ class User(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     # Bumped on logout and password change: access tokens carry it, and stop working at once.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The confusable skeleton of the name (store.names): "paypal" and "paypaI" share one.
+    name_key: Mapped[str | None] = mapped_column(String(128), default=None)
 
 
 # "Alice" and "alice" are one name to a person: refuse the second at the database, not only in code.
 Index("uq_users_username_lower", func.lower(User.username), unique=True)
+# So are "paypal" and "paypaI".
+Index("uq_users_name_key", User.name_key, unique=True)
+
+
+class RetiredDevice(Base):
+    """A device id whose account was deleted: it can never be published again (a peer that pinned
+    its keys must not meet a stranger under the same id)."""
+
+    __tablename__ = "retired_devices"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class Block(Base):
+    """`blocker` blocked `blocked`: nothing of `blocked` reaches `blocker` (requests, messages,
+    signals, presence) until it is lifted."""
+
+    __tablename__ = "blocks"
+    __table_args__ = (UniqueConstraint("blocker_id", "blocked_id", name="uq_blocks_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    blocker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    blocked_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class ContactCooldown(Base):
+    """`asker`'s request to `target` was declined: it may not ask again before `until`, even after
+    removing the declined row."""
+
+    __tablename__ = "contact_cooldowns"
+    __table_args__ = (UniqueConstraint("asker_id", "target_id", name="uq_contact_cooldowns_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    until: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Device(Base):

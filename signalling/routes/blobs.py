@@ -26,6 +26,7 @@ from signalling.settings import Settings
 from store import groups as group_store
 from store import reach
 from store.blobs import BlobNotFound, BlobQuotaExceeded, BlobStore, BlobTooLarge
+from store.disk import StorageFull
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/blobs", tags=["blobs"])
@@ -34,6 +35,11 @@ router = APIRouter(prefix="/blobs", tags=["blobs"])
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "too_large"
+
+
+class InsufficientStorage(ApiError):
+    status_code = 507
+    code = "storage_full"
 
 
 @asynccontextmanager
@@ -45,6 +51,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_bytes=settings.blob_max_bytes,
         user_quota=settings.blob_quota_bytes_per_user,
         retention=timedelta(days=settings.blob_retention_days),
+        account_quota=settings.account_quota_bytes,
+        disk=app.state.disk,
     )
     app.state.blobs = store
     purger = asyncio.create_task(_purge_periodically(store, settings.mailbox_purge_interval_seconds))
@@ -114,6 +122,8 @@ async def upload_blob(
         raise PayloadTooLarge(str(exc)) from exc
     except BlobQuotaExceeded as exc:
         raise PayloadTooLarge(str(exc), code="quota") from exc
+    except StorageFull as exc:
+        raise InsufficientStorage(str(exc), code="storage_full") from exc
     return BlobOut(blob_id=info.blob_id, size=info.size, sha256=info.sha256, created_at=info.created_at)
 
 

@@ -7,7 +7,7 @@ and stops the process on exit. `kill()` is a SIGKILL (nothing flushed, nothing c
 
 Use it as `async with RunningServer() as server:` or synchronously via `start()`/`stop()`.
 Settings go in as `env={"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2", ...}`; tests default to a low
-bcrypt cost (`PEERPOST_BCRYPT_ROUNDS=4`) unless they pass their own.
+bcrypt cost (`PEERPOST_BCRYPT_ROUNDS=4`) and no registration limit unless they pass their own.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ TEST_DEFAULT_ENV = {
     "PEERPOST_BCRYPT_ROUNDS": "4",
     "PEERPOST_SQLITE_SYNCHRONOUS": "NORMAL",
     "PEERPOST_LOG_LEVEL": "warning",
+    # Every test account registers from 127.0.0.1; the registration limits get their own tests.
+    "PEERPOST_REGISTRATIONS_PER_ADDRESS": "1000000",
+    "PEERPOST_REGISTRATIONS_GLOBAL": "1000000",
 }
 
 
