@@ -98,7 +98,8 @@ class Probe:
         diff = tracemalloc.take_snapshot().compare_to(self.snapshot, "lineno")
         return [
             {"where": str(d.traceback[0]), "bytes": d.size_diff, "blocks": d.count_diff}
-            for d in sorted(diff, key=lambda d: -d.size_diff)[:40]
+            for d in sorted(diff, key=lambda d: -d.size_diff)
+            if d.size_diff > 0
         ]
 
 

@@ -133,6 +133,19 @@ def build_world(data_dir: Path, devices: int, contacts: int) -> tuple[list[Membe
     return members[:devices], members[devices], members[devices + 1 :]
 
 
+LAYERS = ("uvicorn", "websockets", "starlette", "fastapi", "signalling", "store", "sqlalchemy", "aiosqlite")
+
+
+def _layer(where: str) -> str:
+    """Which part of the stack allocated: the package in the file's path, or asyncio/stdlib."""
+    for name in LAYERS:
+        if f"/{name}/" in where:
+            return name
+    if "/asyncio/" in where:
+        return "asyncio (tasks, futures, queues)"
+    return "other stdlib"
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -204,6 +217,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             before = await send_latency(server, pair, args.send_rate, args.send_seconds)
             print(f"send with no idle sockets:     p50 {before.p50_ms:.2f} ms, p99 {before.p99_ms:.2f} ms")
             rss_empty = rss_bytes(pid)
+            probe_layers: dict[str, float] = {}
             if args.probe:
                 await asyncio.to_thread(probe_signal, server, signal.SIGUSR1)
             with _timer() as connect:
@@ -217,8 +231,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     probe_signal, server, signal.SIGUSR2, Path(tmp) / "probe.json"
                 )
                 assert probe is not None
-                print("held since the sockets connected, by allocating line (tracemalloc):")
-                for a in probe["allocations_since_reset"][:25]:
+                held = probe["allocations_since_reset"]
+                by_layer: dict[str, int] = {}
+                for a in held:
+                    by_layer[_layer(a["where"])] = by_layer.get(_layer(a["where"]), 0) + a["bytes"]
+                total = sum(by_layer.values())
+                print(f"held since the sockets connected (tracemalloc): {total / len(idle):.0f} B/socket")
+                for layer, size in sorted(by_layer.items(), key=lambda kv: -kv[1]):
+                    print(f"  {size / len(idle):>8.0f} B/socket  {layer}")
+                probe_layers = {k: v / len(idle) for k, v in by_layer.items()}
+                print("largest allocating lines:")
+                for a in held[:25]:
                     per, blocks = a["bytes"] / len(idle), a["blocks"] / len(idle)
                     print(f"  {per:>8.0f} B/socket {blocks:>6.1f} blocks  {a['where']}")
             print(
@@ -289,6 +312,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "send_no_idle": before.__dict__,
         "send_with_idle": during.__dict__,
         "rss_bytes": {"empty": rss_empty, "full": rss_full},
+        "traced_bytes_per_socket_by_layer": probe_layers,
         "summary": summary,
     }
 
