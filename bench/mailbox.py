@@ -120,7 +120,7 @@ def fill_sqlite(path: Path, backlogs: Sequence[int]) -> None:
         rows = _mail_rows(backlogs)
         for start in range(0, len(rows), 20_000):
             conn.execute(insert(MailboxEntry), rows[start : start + 20_000])
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
@@ -197,7 +197,7 @@ async def postgres_plans(backlogs: Sequence[int]) -> dict[str, list[str]] | str:
             rows = _mail_rows(backlogs)
             for start in range(0, len(rows), 20_000):
                 await conn.execute(insert(MailboxEntry), rows[start : start + 20_000])
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:  # committed: statistics roll back with the transaction
             await conn.execute(text("ANALYZE"))
         device = _device(max(backlogs))
         statements = await captured_statements(engine, device)

@@ -434,12 +434,15 @@ async def baseline_sweep(
         return await _with_receivers(links, lambda box: step_up("baseline", links, step_seconds, box, loads))
 
 
-async def baseline_at(pairs: int, rate: float, seconds: float, envelope: str, name: str) -> StepResult:
+async def baseline_at(
+    pairs: int, rate: float, seconds: float, envelope: str, name: str, *, show: bool = True
+) -> StepResult:
     """The bare forwarder at one offered rate (the hub's half-saturation rate, for the tail)."""
     with baseline_server() as ws_url:
         links = await baseline_links(ws_url, pairs, envelope)
         result = await _with_receivers(links, lambda box: run_step(links, rate, seconds, box))
-    print(result.row(name), flush=True)
+    if show:
+        print(result.row(name), flush=True)
     return result
 
 

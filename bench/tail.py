@@ -120,7 +120,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        base = await baseline_at(args.pairs, rate, args.seconds, envelope, "forwarder")
+        base = await baseline_at(args.pairs, rate, args.seconds, envelope, "forwarder", show=False)
+        print(_row("forwarder", base, None), flush=True)
         runs.append({"name": "forwarder", "result": base.__dict__, "probe": None, "load": os.getloadavg()})
         for name, extra in VARIANTS.items():
             runs.append(await hub_probed(name, extra, args.pairs, rate, args.seconds, envelope))
