@@ -47,6 +47,7 @@ class Probe:
         self.gc: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.batches: list[tuple[float, int]] = []  # (seconds, jobs)
         self.job_waits: list[float] = []
+        self.holds_stored = 0  # live holds that ran out (or were hurried) and became rows
         self._gc_started = 0.0
         self.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
 
@@ -87,6 +88,7 @@ class Probe:
                 else 0.0,
             },
             "writer_job_wait_ms": _dist(waits),
+            "holds_stored": self.holds_stored,
             "allocations_since_reset": self._allocations(),
         }
 
@@ -143,6 +145,16 @@ def _instrument_writer() -> None:
         job.done.add_done_callback(lambda _f: PROBE.job_waits.append(time.perf_counter() - start))
         return await submit(self, job)
 
+    from signalling.delivery import Delivery
+
+    store_held = Delivery._store_held
+
+    async def counted_store_held(self: Delivery, held: Any) -> None:
+        if not held.settled:
+            PROBE.holds_stored += 1
+        await store_held(self, held)
+
+    Delivery._store_held = counted_store_held  # type: ignore[method-assign]
     MailboxWriter._commit = timed_commit  # type: ignore[method-assign]
     MailboxWriter._submit = timed_submit  # type: ignore[method-assign]
 

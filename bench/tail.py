@@ -91,6 +91,7 @@ def _row(name: str, r: StepResult, probe: dict[str, Any] | None) -> str:
         + f" {gcs['0']['count']:>5}/{gcs['0']['max']:<5.1f} {gcs['1']['count']:>4}/{gcs['1']['max']:<5.1f}"
         + f" {gcs['2']['count']:>3}/{gcs['2']['max']:<6.1f}"
         + f" {probe['writer_batches']['commit_ms']['p99']:>7.1f} {probe['writer_job_wait_ms']['p99']:>7.1f}"
+        + f" {probe['holds_stored']:>7}"
     )
 
 
@@ -116,7 +117,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"{'run':<12} {'offered':>7} {'p50 ms':>7} {'p99 ms':>8} {'>5ms':>5} {'>10ms':>5} {'>20ms':>5}"
         f" {'maxlag':>7} {'gc0 n/max':>11} {'gc1 n/max':>10} {'gc2 n/max':>10} {'commit99':>7}"
-        f" {'wait99':>7}"
+        f" {'wait99':>7} {'expired':>7}"
     )
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeats):
