@@ -37,4 +37,5 @@ class HubLimits:
             mailbox_quota_bytes=settings.mailbox_quota_bytes,
             mailbox_quota_messages=settings.mailbox_quota_messages,
             purge_interval=settings.mailbox_purge_interval_seconds,
+            live_hold=settings.live_hold_seconds,
         )
