@@ -49,6 +49,7 @@ class Probe:
         self.job_waits: list[float] = []
         self.holds_stored = 0  # live holds that ran out (or were hurried) and became rows
         self._gc_started = 0.0
+        self.gc_stats = gc.get_stats()  # collections per generation since start: the ground truth
         self.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
 
     # gc.callbacks
@@ -78,6 +79,10 @@ class Probe:
                 str(gen): {**_dist(sorted(d)), "count": len(d), "total_ms": 1000 * sum(d)}
                 for gen, d in self.gc.items()
             },
+            "gc_collections_by_stats": [
+                now["collections"] - then["collections"]
+                for now, then in zip(gc.get_stats(), self.gc_stats, strict=True)
+            ],
             "gc_total_s": sum(gc_all),
             "gc_share_of_wall": sum(gc_all) / seconds if seconds else 0.0,
             "writer_batches": {

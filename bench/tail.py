@@ -7,8 +7,9 @@
 2. Runs at that offered rate, each on a fresh server (bench/probed_server.py: the real server with
    a loop-lag sampler, `gc.callbacks` and timings of the mailbox writer's group commits inside):
    the bare forwarder (the yardstick), the hub as shipped, the hub with automatic GC disabled (the
-   most any GC setting can win), and the hub on SQLite synchronous=NORMAL (what the fsync of each
-   group commit costs). `--repeats` runs the whole list again, alternating.
+   most any GC setting can win), the hub on SQLite synchronous=NORMAL (what the fsync of each
+   group commit costs) and the hub with a 250 ms live hold (fewer envelopes stored because an ack
+   came late). `--repeats` runs the whole list again, alternating.
 3. Prints p50/p99 per run beside what the probes saw in that very run: loop turns longer than 5,
    10 and 20 ms, the longest, GC pauses per generation, the group commits' p99 and how long a job
    waited for its commit. Writes bench/results/tail.json.
@@ -52,6 +53,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "hub": {},
     "hub gc-off": {"PEERPOST_PROBE_GC": "disabled"},
     "hub NORMAL": {"PEERPOST_SQLITE_SYNCHRONOUS": "NORMAL"},
+    "hub hold=250ms": {"PEERPOST_LIVE_HOLD_SECONDS": "0.25"},
 }
 
 
@@ -85,11 +87,12 @@ def _row(name: str, r: StepResult, probe: dict[str, Any] | None) -> str:
         return head + f" {'(no probe: the bare forwarder)':>40}"
     turns = probe["loop_turns_over_ms"]
     gcs = probe["gc"]
+    n = probe["gc_collections_by_stats"]
     return (
         head
         + f" {turns['5']:>5} {turns['10']:>5} {turns['20']:>5} {probe['loop_lag_ms']['max']:>7.1f}"
-        + f" {gcs['0']['count']:>5}/{gcs['0']['max']:<5.1f} {gcs['1']['count']:>4}/{gcs['1']['max']:<5.1f}"
-        + f" {gcs['2']['count']:>3}/{gcs['2']['max']:<6.1f}"
+        + f" {n[0]:>5}/{gcs['0']['max']:<5.1f} {n[1]:>4}/{gcs['1']['max']:<5.1f}"
+        + f" {n[2]:>3}/{gcs['2']['max']:<6.1f}"
         + f" {probe['writer_batches']['commit_ms']['p99']:>7.1f} {probe['writer_job_wait_ms']['p99']:>7.1f}"
         + f" {probe['holds_stored']:>7}"
     )
