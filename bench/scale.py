@@ -208,9 +208,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             idle, star, pair = await asyncio.to_thread(build_world, data_dir, args.devices, args.contacts)
         print(f"world built in the store: {built[1]:.1f} s", flush=True)
         env = {**SERVER_ENV, **dict(e.split("=", 1) for e in args.server_env)}
-        if args.probe:
-            env |= {"PEERPOST_PROBE_TRACEMALLOC": "1", "PEERPOST_PROBE_OUT": str(Path(tmp) / "probe.json")}
-        module = "bench.probed_server" if args.probe else "signalling"
+        probe_out = Path(tmp) / "probe.json"
+        if args.probe or args.trace_memory:
+            env |= {"PEERPOST_PROBE_OUT": str(probe_out)}
+        if args.trace_memory:
+            env |= {"PEERPOST_PROBE_TRACEMALLOC": "1"}
+        module = "bench.probed_server" if args.probe or args.trace_memory else "signalling"
         async with RunningServer(data_dir, env=env, module=module) as server:
             assert server.process is not None
             pid = server.process.pid
@@ -218,7 +221,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"send with no idle sockets:     p50 {before.p50_ms:.2f} ms, p99 {before.p99_ms:.2f} ms")
             rss_empty = rss_bytes(pid)
             probe_layers: dict[str, float] = {}
-            if args.probe:
+            during_probe: dict[str, Any] | None = None
+            if args.trace_memory:
                 await asyncio.to_thread(probe_signal, server, signal.SIGUSR1)
             with _timer() as connect:
                 sockets = await connect_many(server.host, server.port, idle, args.concurrency)
@@ -226,7 +230,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             rss_full = rss_bytes(pid)
             per_socket = (rss_full - rss_empty) / len(sockets)
             load["connected"] = os.getloadavg()
-            if args.probe:
+            if args.trace_memory:
                 probe = await asyncio.to_thread(
                     probe_signal, server, signal.SIGUSR2, Path(tmp) / "probe.json"
                 )
@@ -263,7 +267,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"p99 {_pct(fan, 0.99):.1f} ms, last {max(fan):.1f} ms (from the star's connect)",
                 flush=True,
             )
+            if args.probe:
+                await asyncio.to_thread(probe_signal, server, signal.SIGUSR1)
             during = await send_latency(server, pair, args.send_rate, args.send_seconds)
+            if args.probe:
+                during_probe = await asyncio.to_thread(probe_signal, server, signal.SIGUSR2, probe_out)
+                assert during_probe is not None
+                lag, n = during_probe["loop_lag_ms"], during_probe["gc_collections_by_stats"]
+                print(
+                    f"  while sending with idle sockets: loop lag p99 {lag['p99']:.1f} ms,"
+                    f" max {lag['max']:.1f} ms;"
+                    f" GC collections {n[0]}/{n[1]}/{n[2]} (gen 0/1/2), longest"
+                    f" {max(during_probe['gc'][g]['max'] for g in '012'):.1f} ms",
+                    flush=True,
+                )
             print(
                 f"send with {len(sockets)} idle sockets: p50 {during.p50_ms:.2f}, p99 {during.p99_ms:.2f} ms"
             )
@@ -313,6 +330,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "send_with_idle": during.__dict__,
         "rss_bytes": {"empty": rss_empty, "full": rss_full},
         "traced_bytes_per_socket_by_layer": probe_layers,
+        "probe_during_send_with_idle": during_probe,
         "summary": summary,
     }
 
@@ -327,7 +345,12 @@ def cli() -> None:
     parser.add_argument("--send-seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
     parser.add_argument(
-        "--probe", action="store_true", help="run bench.probed_server and list what each socket holds"
+        "--probe",
+        action="store_true",
+        help="probed server: loop lag and GC during the send with idle sockets",
+    )
+    parser.add_argument(
+        "--trace-memory", action="store_true", help="probed server with tracemalloc: what each socket holds"
     )
     parser.add_argument("--server-env", nargs="*", default=[], help="extra NAME=VALUE for the server")
     parser.add_argument("--out", type=Path, default=OUT)
