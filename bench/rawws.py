@@ -165,3 +165,98 @@ async def connect_many(host: str, port: int, who: Sequence[Any], concurrency: in
         raise
     opened = [t.result() for t in tasks]
     return opened
+
+
+# -- a fleet of idle sockets in a process of its own ----------------------------------------------
+
+
+def _fleet_main(host: str, port: int, who: Sequence[Any], concurrency: int, conn: Any) -> None:
+    """The child process: open every socket, then obey the parent's commands until `close`."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is pinned
+        runner = asyncio.run
+    runner(_fleet(host, port, who, concurrency, conn))
+
+
+async def _fleet(host: str, port: int, who: Sequence[Any], concurrency: int, conn: Any) -> None:
+    start = time.perf_counter()
+    try:
+        sockets = await connect_many(host, port, who, concurrency)
+    except Exception as exc:
+        conn.send(("failed", repr(exc)))
+        return
+    conn.send(("connected", time.perf_counter() - start, len(sockets)))
+    watched: list[RawSocket] = []
+    while True:
+        command = await asyncio.to_thread(conn.recv)
+        if command[0] == "watch":
+            _, user_id, count = command
+            watched = sockets[:count]
+            for s in watched:
+                s.watch_presence(user_id)
+            conn.send(("watching",))
+        elif command[0] == "presence":
+            try:
+                async with asyncio.timeout(command[1]):
+                    await asyncio.gather(*(s.presence_seen.wait() for s in watched))
+                conn.send(("presence", [s.presence_at for s in watched]))
+            except TimeoutError:
+                conn.send(("failed", f"{sum(not s.presence_seen.is_set() for s in watched)} never heard it"))
+        elif command[0] == "close":
+            alive = sum(1 for s in sockets if not s.closed.is_set())
+            for s in sockets:
+                s.close()
+            await asyncio.sleep(0.5)  # let the close frames go out
+            conn.send(("closed", alive))
+            return
+
+
+class IdleFleet:
+    """Thousands of idle sockets held by a child process, so that the process measuring latency
+    does not also answer their pings. `time.perf_counter` is CLOCK_MONOTONIC on Linux: the child's
+    timestamps compare with the parent's."""
+
+    def __init__(self, host: str, port: int, who: Sequence[Any], concurrency: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_fleet_main, args=(host, port, list(who), concurrency, child), daemon=True
+        )
+        self._child_conn = child
+
+    async def _ask(self, *command: Any, deadline: float = 600.0) -> tuple[Any, ...]:
+        if command:
+            self._conn.send(command)
+        if not await asyncio.to_thread(self._conn.poll, deadline):
+            raise TimeoutError(f"the idle fleet did not answer {command[:1]} within {deadline} s")
+        answer = self._conn.recv()
+        if answer[0] == "failed":
+            raise ConnectionError(f"the idle fleet failed: {answer[1]}")
+        return answer
+
+    async def start(self) -> tuple[float, int]:
+        """Spawn the child and wait until every socket is admitted: (seconds, sockets)."""
+        self._process.start()
+        _, seconds, count = await self._ask()
+        return seconds, count
+
+    async def watch(self, user_id: int, count: int) -> None:
+        await self._ask("watch", user_id, count)
+
+    async def presence_times(self, deadline: float = 60.0) -> list[float]:
+        return (await self._ask("presence", deadline, deadline=deadline + 10))[1]
+
+    async def close(self) -> int:
+        """Close every socket; how many were still open."""
+        try:
+            alive = (await self._ask("close", deadline=60))[1]
+        finally:
+            await asyncio.to_thread(self._process.join, 30)
+            if self._process.is_alive():
+                self._process.kill()
+        return alive
