@@ -164,7 +164,8 @@ def _instrument_writer() -> None:
     MailboxWriter._submit = timed_submit  # type: ignore[method-assign]
 
 
-def _wrap(app: FastAPI) -> FastAPI:
+def wrap(app: FastAPI) -> FastAPI:
+    """The app with the probes started (and the signals handled) inside its lifespan."""
     inner = app.router.lifespan_context
     out = Path(os.environ.get("PEERPOST_PROBE_OUT", "probe.json"))
 
@@ -193,18 +194,19 @@ def _wrap(app: FastAPI) -> FastAPI:
 
 
 def probe_signal(server: Any, signo: int, out: Path | None = None) -> dict[str, Any] | None:
-    """SIGUSR1 resets the server's probe; SIGUSR2 (with `out`) makes it write its report, read here."""
-    assert server.process is not None
+    """SIGUSR1 resets the server's probe; SIGUSR2 (with `out`) makes it write its report, read here.
+    `server` is a RunningServer or the pid of a probed process (the forwarder)."""
+    pid = server if isinstance(server, int) else server.process.pid
     if out is not None:
         out.unlink(missing_ok=True)
-    server.process.send_signal(signo)
+    os.kill(pid, signo)
     if out is None:
         time.sleep(0.05)  # the reset runs on the server's loop; nothing to read back
         return None
     deadline = time.monotonic() + 120  # a tracemalloc snapshot of a big heap takes a while
     while not out.exists():  # polling a file another process writes, with a deadline
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the probed server wrote no report:\n{server.output}")
+            raise RuntimeError(f"the probed process {pid} wrote no report")
         time.sleep(0.02)
     return json.loads(out.read_text())
 
@@ -216,7 +218,7 @@ def main() -> None:
     from signalling.__main__ import main as server_main
 
     create_app = signalling.app.create_app
-    signalling.app.create_app = lambda settings=None: _wrap(create_app(settings))  # type: ignore[assignment]
+    signalling.app.create_app = lambda settings=None: wrap(create_app(settings))  # type: ignore[assignment]
     _instrument_writer()
     server_main()
 

@@ -259,11 +259,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LAST_BASELINE_PID = [0]  # the running forwarder's process (bench/tail.py signals its probe)
+
+
 @contextlib.contextmanager
-def baseline_server() -> Any:
+def baseline_server(app: str = "bench.forwarder:app", extra_env: dict[str, str] | None = None) -> Any:
+    """The forwarder on a free port (bench/tail.py passes `bench.probed_forwarder:app` and its env)."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--ws-per-message-deflate", "false"]  # as the hub: ciphertext does not compress
     proc = subprocess.Popen(
         [*cmd, "--log-level", "warning"],
@@ -281,6 +285,7 @@ def baseline_server() -> Any:
             time.sleep(0.05)
         else:
             raise RuntimeError("the baseline forwarder did not start")
+        LAST_BASELINE_PID[0] = proc.pid
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
         proc.terminate()

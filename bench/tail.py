@@ -6,10 +6,11 @@
    and takes half of it.
 2. Runs at that offered rate, each on a fresh server (bench/probed_server.py: the real server with
    a loop-lag sampler, `gc.callbacks` and timings of the mailbox writer's group commits inside):
-   the bare forwarder (the yardstick), the hub as shipped, the hub with automatic GC disabled (the
-   most any GC setting can win), the hub on SQLite synchronous=NORMAL (what the fsync of each
-   group commit costs) and the hub with a 250 ms live hold (fewer envelopes stored because an ack
-   came late). `--repeats` runs the whole list again, alternating.
+   the bare forwarder (the yardstick, probed the same way: bench/probed_forwarder.py), the hub
+   as shipped, the hub with automatic GC disabled (the most any GC setting can win), the hub on
+   SQLite synchronous=NORMAL (what the fsync of each group commit costs) and the hub with a
+   250 ms live hold (fewer envelopes stored because an ack came late). `--repeats` runs the
+   whole list again, alternating.
 3. Prints p50/p99 per run beside what the probes saw in that very run: loop turns longer than 5,
    10 and 20 ms, the longest, GC pauses per generation, the group commits' p99 and how long a job
    waited for its commit. Writes bench/results/tail.json.
@@ -30,11 +31,13 @@ from bench.probed_server import probe_signal
 from bench.relay import (
     ENVELOPE_BYTES,
     HUB_ENV,
+    LAST_BASELINE_PID,
     LOADS,
     RESULTS,
     StepResult,
     _with_receivers,
-    baseline_at,
+    baseline_links,
+    baseline_server,
     header,
     hub_accounts,
     hub_links,
@@ -55,6 +58,24 @@ VARIANTS: dict[str, dict[str, str]] = {
     "hub NORMAL": {"PEERPOST_SQLITE_SYNCHRONOUS": "NORMAL"},
     "hub hold=250ms": {"PEERPOST_LIVE_HOLD_SECONDS": "0.25"},
 }
+
+
+async def forwarder_probed(
+    pairs: int, rate: float, seconds: float, envelope: str
+) -> tuple[StepResult, dict[str, Any]]:
+    """The bare forwarder at the rate, with the same loop-lag and GC probes inside it."""
+    with tempfile.TemporaryDirectory(prefix="peerpost-tail-") as tmp:
+        out = Path(tmp) / "probe.json"
+        with baseline_server("bench.probed_forwarder:app", {"PEERPOST_PROBE_OUT": str(out)}) as ws_url:
+            pid = LAST_BASELINE_PID[0]
+            links = await baseline_links(ws_url, pairs, envelope)
+            await _with_receivers(links, lambda box: run_step(links, rate, 1.0, box))  # warm-up
+            links = await baseline_links(ws_url, pairs, envelope)
+            await asyncio.to_thread(probe_signal, pid, signal.SIGUSR1)
+            result: StepResult = await _with_receivers(links, lambda box: run_step(links, rate, seconds, box))
+            probe = await asyncio.to_thread(probe_signal, pid, signal.SIGUSR2, out)
+    assert probe is not None
+    return result, probe
 
 
 async def hub_probed(
@@ -81,10 +102,8 @@ async def hub_probed(
     return {"name": name, "env": extra_env, "result": result.__dict__, "probe": probe, "load": load}
 
 
-def _row(name: str, r: StepResult, probe: dict[str, Any] | None) -> str:
+def _row(name: str, r: StepResult, probe: dict[str, Any]) -> str:
     head = f"{name:<12} {r.offered:>7.0f} {r.p50_ms:>7.2f} {r.p99_ms:>8.2f}"
-    if probe is None:
-        return head + f" {'(no probe: the bare forwarder)':>40}"
     turns = probe["loop_turns_over_ms"]
     gcs = probe["gc"]
     n = probe["gc_collections_by_stats"]
@@ -124,9 +143,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        base = await baseline_at(args.pairs, rate, args.seconds, envelope, "forwarder", show=False)
-        print(_row("forwarder", base, None), flush=True)
-        runs.append({"name": "forwarder", "result": base.__dict__, "probe": None, "load": os.getloadavg()})
+        base, base_probe = await forwarder_probed(args.pairs, rate, args.seconds, envelope)
+        print(_row("forwarder", base, base_probe), flush=True)
+        runs.append(
+            {"name": "forwarder", "result": base.__dict__, "probe": base_probe, "load": os.getloadavg()}
+        )
         for name, extra in VARIANTS.items():
             runs.append(await hub_probed(name, extra, args.pairs, rate, args.seconds, envelope))
     return {
