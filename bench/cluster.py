@@ -42,6 +42,7 @@ from bench.relay import (
     hub_accounts,
     hub_links,
     machine,
+    mailbox_writes,
     run_bench,
     run_step,
     step_up,
@@ -118,8 +119,6 @@ async def setup_run(
             )
             cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu_before, strict=True)]
             print(half.row(f"{name}@½"), flush=True)
-            from bench.relay import mailbox_writes
-
             mailbox = await mailbox_writes(send_url, accounts, args.mailbox_envelopes, envelope)
             print(f"{name} mailbox writes: {mailbox['per_second']:.0f} envelopes/s", flush=True)
             rss = [rss_bytes(p) for p in pids]

@@ -419,7 +419,6 @@ class HubRun:
     saturation: float
     half: StepResult
     mailbox: dict[str, Any]
-    probe: dict[str, Any] | None = None
 
 
 def header(what: str, pairs: int, step_seconds: float) -> None:
@@ -459,7 +458,6 @@ async def hub_phases(
     envelope: str,
     mailbox_envelopes: int,
     name: str = "hub",
-    around_half: Callable[[], Awaitable[Any]] | None = None,
 ) -> HubRun:
     """Sweep, half-saturation run and mailbox writes on running hub(s). With two URLs, senders use
     the first instance and receivers the second (every frame crosses the backplane)."""
@@ -469,12 +467,7 @@ async def hub_phases(
     saturation = sustained(steps)
     await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
     links = await hub_links(send_url, accounts, envelope, receive_url)
-    probe = None
-    if around_half is not None:
-        await around_half()  # reset the server's probe: count only the half-load run
     half = await _with_receivers(links, lambda box: run_step(links, saturation / 2, step_seconds * 3, box))
-    if around_half is not None:
-        probe = await around_half()
     print(half.row(f"{name}@half"), flush=True)
     mailbox = await mailbox_writes(send_url, accounts, mailbox_envelopes, envelope)
     print(
@@ -482,7 +475,7 @@ async def hub_phases(
         f"({mailbox['envelopes']} in {mailbox['seconds']:.2f} s, group commit)",
         flush=True,
     )
-    return HubRun(steps, saturation, half, mailbox, probe)
+    return HubRun(steps, saturation, half, mailbox)
 
 
 async def hub_run(
