@@ -21,3 +21,8 @@ bench:
 	.venv/bin/python -m bench.relay
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat
+	.venv/bin/python -m bench.peers
+	.venv/bin/python -m bench.tail
+	.venv/bin/python -m bench.scale
+	.venv/bin/python -m bench.mailbox
+	.venv/bin/python -m bench.cluster

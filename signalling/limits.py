@@ -47,4 +47,5 @@ class HubLimits:
             outbox_max_bytes_per_account=settings.outbox_max_bytes_per_account,
             mailbox_sender_share=settings.mailbox_sender_share,
             account_quota_bytes=settings.account_quota_bytes,
+            live_hold=settings.live_hold_seconds,
         )

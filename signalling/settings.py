@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     ws_rate_per_second: float = Field(default=200.0, gt=0, description="sustained client frames per second")
     ws_rate_burst: int = Field(default=400, gt=0)
     presence_grace_seconds: float = Field(default=5.0, ge=0)
+    live_hold_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long an envelope every recipient got live waits for their acks before it is "
+        "stored (docs/hub.md, live holds); 0 stores every envelope at once",
+    )
     backplane_url: str | None = Field(default=None, description="redis://... for several instances")
     backplane_prefix: str = Field(
         default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"

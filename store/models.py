@@ -192,6 +192,8 @@ class MailboxEntry(Base):
     __table_args__ = (
         UniqueConstraint("recipient_device", "message_id", name="uq_mailbox_device_message"),
         Index("ix_mailbox_device_seq", "recipient_device", "id"),
+        # pending_count and usage read only the index (migration 0005)
+        Index("ix_mailbox_device_expires", "recipient_device", "expires_at", "size"),
         Index("ix_mailbox_expires", "expires_at"),
     )
 

@@ -54,6 +54,7 @@ class RunningServer:
         host: str = "127.0.0.1",
         port: int = 0,
         start_timeout: float = 30.0,
+        module: str = "signalling",
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -65,6 +66,7 @@ class RunningServer:
         self.port = port
         self.env = {**TEST_DEFAULT_ENV, **(env or {})}
         self.start_timeout = start_timeout
+        self.module = module  # benchmarks run `bench.probed_server`, the same CLI with probes in it
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self._output: deque[str] = deque(maxlen=200)
@@ -88,7 +90,7 @@ class RunningServer:
     def start(self) -> RunningServer:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("server already running")
-        cmd = [sys.executable, "-m", "signalling", "serve", "--host", self.host, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", self.module, "serve", "--host", self.host, "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
