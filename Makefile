@@ -23,3 +23,8 @@ bench:
 	.venv/bin/python -m bench.nat
 	.venv/bin/python -m bench.resident
 	.venv/bin/python -m bench.reconnect
+	.venv/bin/python -m bench.peers
+	.venv/bin/python -m bench.tail
+	.venv/bin/python -m bench.scale
+	.venv/bin/python -m bench.mailbox
+	.venv/bin/python -m bench.cluster

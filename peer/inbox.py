@@ -124,6 +124,17 @@ class Inbox:
             if server_id is not None:
                 await self._ack(server_id, None)
             return
+        if server_id is not None and header.message_id != server_id:
+            # The server's row is keyed by the frame's id: acking the header's id would leave the
+            # row to come back on every connect (and count against the quota). Drop it, ack the row.
+            self._publish(
+                ErrorEvent(
+                    f"a message from user {header.sender_user} was dropped: its id {header.message_id} "
+                    f"is not the id {server_id} it was delivered under"
+                )
+            )
+            await self._ack(server_id, None)
+            return
         who = f"user {header.sender_user}"
         try:
             await keyring.ensure_sender(header.sender_user, header.sender_device)

@@ -705,9 +705,11 @@ class Peer:
             if frame.event is ContactEvent.ACCEPTED:
                 with contextlib.suppress(ServerError):
                     await parts.keyring.refresh(frame.user_id, force=True)  # ready to write to them now
-            elif frame.event is ContactEvent.REMOVED:
+            elif frame.event in (ContactEvent.REMOVED, ContactEvent.BLOCKED):
+                # The hub no longer relays between us; a direct link would still carry their
+                # messages (a blocked user's above all): drop it, and the hub refuses a new one.
                 for device in parts.keyring.devices_of(frame.user_id):
-                    await parts.links.drop(device.device_id)  # the hub no longer relays between us
+                    await parts.links.drop(device.device_id)
             contact = frame.contact.model_dump(mode="json") if frame.contact is not None else None
             news = ContactChanged(frame.event.value, frame.user_id, frame.username, frame.by_me, contact)
             self._publish(news)

@@ -142,9 +142,15 @@ class Connection:
                 sock.refuse(ErrorCode.MALFORMED, _describe(exc), _ref_of(text))
                 continue
             # An ack answers a frame the server sent: a device coming back to a full mailbox acks
-            # thousands at once, and that is not a flood. Acks beyond what was delivered are charged.
-            if isinstance(frame, AckFrame) and sock.ack_credit > 0:
-                sock.ack_credit = max(0, sock.ack_credit - _ack_count(frame))
+            # thousands at once, and that is not a flood. Acks beyond what was delivered are charged
+            # one token per id, not per frame: each id costs a delete, and one frame names up to
+            # a thousand.
+            if isinstance(frame, AckFrame):
+                count = _ack_count(frame)
+                free = min(sock.ack_credit, count)
+                sock.ack_credit -= free
+                if count > free and not self._charge(sock, bucket, count - free):
+                    return
             elif not self._charge(sock, bucket):
                 return
             try:
@@ -152,9 +158,9 @@ class Connection:
             except FrameRefused as exc:
                 sock.refuse(exc.code, exc.message, getattr(frame, "ref", None))
 
-    def _charge(self, sock: DeviceSocket, bucket: TokenBucket) -> bool:
-        """Take one frame from the socket's budget; close it (False) when the budget is spent."""
-        if bucket.take():
+    def _charge(self, sock: DeviceSocket, bucket: TokenBucket, cost: int = 1) -> bool:
+        """Take `cost` from the socket's budget; close it (False) when the budget is spent."""
+        if bucket.take(cost):
             return True
         sock.close(
             CloseCode.RATE_LIMITED,
@@ -173,7 +179,11 @@ class Connection:
         while True:
             if drained_ids and sock.outbox.empty():
                 drained_ids = set()
-            item, carry = (carry, None) if carry is not None else (await sock.outbox.get(), None)
+            if carry is not None:
+                item, carry = carry, None
+            else:
+                item = await sock.outbox.get()
+                sock.taken(item)
             if item.message_id is not None and item.message_id in drained_ids:
                 continue
             if item.message_id is not None:
@@ -183,6 +193,7 @@ class Connection:
                 answers = [item.text]
                 while not sock.outbox.empty():
                     carry = sock.outbox.get_nowait()
+                    sock.taken(carry)
                     if not carry.accepted:
                         break
                     answers.append(carry.text)
@@ -222,7 +233,7 @@ def _ref_of(text: str) -> str | None:
     """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack allows
         return None
     ref = value.get("ref") if isinstance(value, dict) else None
     return ref if isinstance(ref, str) and len(ref) <= 64 else None

@@ -20,6 +20,7 @@ from signalling.errors import Unauthorized
 from signalling.settings import Settings
 from signalling.tokens import TokenService
 from store import accounts
+from store import tokens as refresh_tokens
 from store.models import User
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
@@ -50,6 +51,11 @@ async def user_for_token(session: AsyncSession, tokens: TokenService, token: str
     if user.token_version != claims.version:
         raise Unauthorized(
             "This token was revoked (logout or password change); log in again.", code="token_revoked"
+        )
+    if claims.family is not None and await refresh_tokens.family_revoked(session, claims.family):
+        raise Unauthorized(
+            "This token's session was signed out (its refresh token was used twice); log in again.",
+            code="token_revoked",
         )
     return user
 

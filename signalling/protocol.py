@@ -33,6 +33,7 @@ PROTOCOL_VERSION = 1
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
+GROUP_ID_PATTERN = r"^[0-9a-f]{32}$"
 PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 72  # bcrypt's hard limit; longer passwords are refused, never truncated
 
@@ -61,6 +62,11 @@ B64 = Annotated[str, Field(description="unpadded base64url bytes")]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, hex")]
+GroupId = Annotated[
+    str, Field(pattern=GROUP_ID_PATTERN, description="128-bit random id, hex, chosen by the creating device")
+]
+MAX_GROUP_RECORD_CHARS = 128 * 1024  # base64url of crypto.groupstate.MAX_RECORD_BYTES (64 KiB)
+MAX_GROUP_DEVICES_PER_SEND = 4096
 
 
 class _Model(BaseModel):
@@ -166,6 +172,19 @@ class ContactUpdate(_Model):
     remark: str | None = Field(default=None, max_length=256)
 
 
+class BlockAdd(_Model):
+    """Block someone by id or by username; exactly one of the two."""
+
+    user_id: int | None = None
+    username: str | None = None
+
+
+class BlockOut(_Response):
+    user_id: int
+    username: str
+    created_at: datetime
+
+
 class ContactOut(_Response):
     user_id: int
     username: str
@@ -251,6 +270,94 @@ class BlobOut(_Response):
     created_at: datetime
 
 
+# --------------------------------------------------------------------------------------------------
+# Groups (docs/server.md "Groups"; the records are crypto.groupstate bytes, opaque to the server)
+# --------------------------------------------------------------------------------------------------
+
+
+class GroupRole(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+def _check_group_name(value: str) -> str:
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError("a group name must not be blank or hold control characters")
+    return value
+
+
+GroupName = Annotated[str, Field(min_length=1, max_length=64)]
+GroupRecordText = Annotated[
+    str, Field(min_length=1, max_length=MAX_GROUP_RECORD_CHARS, description="a signed membership record")
+]
+
+
+class GroupCreate(_Model):
+    """A new group; `record` is its create record, signed on the creator's device."""
+
+    group_id: GroupId
+    name: GroupName
+    members: list[int] = Field(default_factory=list, max_length=999, description="accepted contacts")
+    record: GroupRecordText
+
+    _name = field_validator("name")(_check_group_name)
+    _b64 = field_validator("record")(_check_b64)
+
+
+class GroupChange(_Model):
+    """Every change carries its signed record and the number of records the signing device had
+    verified (`version`): the record goes at that position, or the call fails with 409."""
+
+    record: GroupRecordText
+    version: int = Field(ge=1, le=2**31 - 1)
+
+    _b64 = field_validator("record")(_check_b64)
+
+
+class GroupRename(GroupChange):
+    name: GroupName
+
+    _name = field_validator("name")(_check_group_name)
+
+
+class GroupMembersChange(GroupChange):
+    user_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class GroupPromote(GroupChange):
+    user_id: int
+
+
+class GroupOut(_Response):
+    group_id: str
+    name: str
+    role: GroupRole = Field(description="your role in it")
+    member_count: int
+    version: int = Field(description="membership records stored; compare with the chain you verified")
+    created_by: int | None = None
+    created_at: datetime
+
+
+class GroupMemberOut(_Response):
+    user_id: int
+    username: str
+    role: GroupRole
+    joined_at: datetime
+    added_by: int | None = None
+
+
+class GroupRecordOut(_Response):
+    seq: int
+    record: str
+
+
+class GroupSummary(_Response):
+    group_id: str
+    name: str
+    version: int
+    role: GroupRole
+
+
 class ErrorBody(_Response):
     """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program."""
 
@@ -314,6 +421,27 @@ class AcceptedFrame(_Model):
     message_id: str
     live: list[str] = Field(default_factory=list, description="device ids it was pushed to now")
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
+    full: list[str] = Field(
+        default_factory=list, description="group sends: devices whose mailbox is full (not stored for them)"
+    )
+
+
+class GroupSendFrame(_Model):
+    """One group message (crypto.senderkeys bytes) for the devices of a group's members.
+
+    The server fans it out to every active device of every member but the sending device, or
+    only to `devices` (the ones the sender could not reach directly), storing the envelope once
+    with a mailbox row per device. The answer is an `accepted` frame (or an `error`).
+    """
+
+    type: Literal["group_send"] = "group_send"
+    ref: str = Field(max_length=64)
+    group_id: GroupId
+    message_id: MessageId
+    envelope: B64
+    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=MAX_GROUP_DEVICES_PER_SEND)
+
+    _b64 = field_validator("envelope")(_check_b64)
 
 
 class AcceptedBatchFrame(_Model):
@@ -336,6 +464,7 @@ class DeliverFrame(_Model):
     envelope: B64
     queued: bool = Field(description="true when it comes out of the mailbox")
     queued_at: datetime | None = None
+    group_id: str | None = Field(default=None, description="set for a group message (a group_send)")
 
 
 MAX_ACK_IDS = 1000
@@ -390,6 +519,8 @@ class ContactEvent(StrEnum):
     DECLINED = "declined"  # a request was declined (yours, or one you declined on another device)
     REMOVED = "removed"  # the relationship or request is gone (removed, withdrawn, account deleted)
     UPDATED = "updated"  # your own group or remark changed (on another device); never sent to them
+    BLOCKED = "blocked"  # you blocked them (on one of your devices); never sent to them
+    UNBLOCKED = "unblocked"  # you lifted the block; never sent to them
 
 
 class ContactFrame(_Model):
@@ -408,6 +539,43 @@ class ContactFrame(_Model):
     username: str
     by_me: bool = False
     contact: ContactOut | None = None
+
+
+class GroupEvent(StrEnum):
+    CREATED = "created"  # you were made a member of a new group (or created it)
+    MEMBERS_ADDED = "members_added"
+    MEMBERS_REMOVED = "members_removed"  # `user_ids` were removed (you, if you are among them)
+    PROMOTED = "promoted"
+    RENAMED = "renamed"
+    LEFT = "left"  # `user_ids` left; `promoted` became admin if the last admin left
+    DELETED = "deleted"
+
+
+class GroupFrame(_Model):
+    """A membership change, pushed after it is committed to every live device of every member
+    (and of whoever left or was removed). `group` is the receiver's view after the change, None
+    when they are no longer in it. Devices fetch the new records (`GET /groups/{id}/records`)
+    and verify them before they act on the change: this frame is a hint, the chain is the truth."""
+
+    type: Literal["group"] = "group"
+    event: GroupEvent
+    group_id: str
+    name: str
+    version: int
+    by_user: int
+    user_ids: list[int] = Field(default_factory=list)
+    promoted: list[int] = Field(default_factory=list)
+    group: GroupOut | None = None
+
+
+class GroupsFrame(_Model):
+    """Right after a socket's mailbox drain (before `drained`), for sockets that asked for it with
+    `?groups=1` on the /ws URL: every group the user is in, with
+    its version, so a device that was away catches up on membership changes it missed; a group it
+    knew and does not see here it has left, been removed from, or was deleted."""
+
+    type: Literal["groups"] = "groups"
+    groups: list[GroupSummary]
 
 
 class ReadyFrame(_Model):
@@ -443,7 +611,7 @@ class PongFrame(_Model):
 
 
 ClientFrame = Annotated[
-    AuthFrame | SignalFrame | SendFrame | AckFrame | PingFrame,
+    AuthFrame | SignalFrame | SendFrame | AckFrame | PingFrame | GroupSendFrame,
     Field(discriminator="type"),
 ]
 ServerFrame = Annotated[
@@ -456,7 +624,9 @@ ServerFrame = Annotated[
     | DrainedFrame
     | ErrorFrame
     | PongFrame
-    | ContactFrame,
+    | ContactFrame
+    | GroupFrame
+    | GroupsFrame,
     Field(discriminator="type"),
 ]
 
@@ -473,6 +643,7 @@ class ErrorCode(StrEnum):
     NOT_A_CONTACT = "not_a_contact"
     UNKNOWN_DEVICE = "unknown_device"
     QUOTA = "quota"
+    NOT_A_MEMBER = "not_a_member"
     DUPLICATE = "duplicate"
     INTERNAL = "internal"
 

@@ -1,7 +1,8 @@
 """Access tokens (JWT, HS256) and the opaque refresh tokens that renew them.
 
 An access token carries `sub` (user id), `ver` (the user's token version: logout and password
-change bump it, so older tokens stop working at once), `jti`, `iat` and `exp`. The algorithm is
+change bump it, so older tokens stop working at once), `fam` (the login's refresh-token family: a
+family revoked for reuse takes its access tokens with it at once), `jti`, `iat` and `exp`. The algorithm is
 pinned on decode; there is no default key in code: the secret comes from settings or is generated
 on first start into `<data_dir>/jwt-secret` with mode 0600. Several instances must share it
 (set `PEERPOST_JWT_SECRET` or share the data dir).
@@ -51,6 +52,7 @@ class AccessClaims:
     version: int
     jti: str
     expires_at: int
+    family: str | None = None  # the refresh-token family (login) it was issued from
 
 
 class TokenService:
@@ -61,9 +63,9 @@ class TokenService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
 
-    def issue_access(self, user_id: int, version: int) -> str:
+    def issue_access(self, user_id: int, version: int, *, family: str | None = None) -> str:
         now = int(time.time())
-        claims = {
+        claims: dict[str, object] = {
             "sub": str(user_id),
             "ver": version,
             "jti": uuid.uuid4().hex,
@@ -71,6 +73,8 @@ class TokenService:
             "exp": now + self.access_ttl,
             "typ": "access",
         }
+        if family is not None:
+            claims["fam"] = family
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
@@ -98,6 +102,7 @@ class TokenService:
                 version=int(claims["ver"]),
                 jti=str(claims["jti"]),
                 expires_at=int(claims["exp"]),
+                family=str(claims["fam"]) if claims.get("fam") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise Unauthorized("The access token is not valid.", code="invalid_token") from exc

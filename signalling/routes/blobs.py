@@ -21,10 +21,12 @@ from fastapi.responses import FileResponse
 
 from signalling.deps import CurrentUser
 from signalling.errors import ApiError, BadRequest, Forbidden, NotFound
-from signalling.protocol import BlobOut
+from signalling.protocol import GROUP_ID_PATTERN, BlobOut
 from signalling.settings import Settings
+from store import groups as group_store
 from store import reach
 from store.blobs import BlobNotFound, BlobQuotaExceeded, BlobStore, BlobTooLarge
+from store.disk import StorageFull
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/blobs", tags=["blobs"])
@@ -33,6 +35,11 @@ router = APIRouter(prefix="/blobs", tags=["blobs"])
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "too_large"
+
+
+class InsufficientStorage(ApiError):
+    status_code = 507
+    code = "storage_full"
 
 
 @asynccontextmanager
@@ -44,6 +51,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_bytes=settings.blob_max_bytes,
         user_quota=settings.blob_quota_bytes_per_user,
         retention=timedelta(days=settings.blob_retention_days),
+        account_quota=settings.account_quota_bytes,
+        disk=app.state.disk,
     )
     app.state.blobs = store
     purger = asyncio.create_task(_purge_periodically(store, settings.mailbox_purge_interval_seconds))
@@ -78,22 +87,43 @@ async def upload_blob(
     request: Request,
     user: CurrentUser,
     readers: Annotated[str, Query(description="user ids who may download it, comma-separated")] = "",
+    group: Annotated[
+        str | None,
+        Query(pattern=GROUP_ID_PATTERN, description="a group of yours: every member may download it"),
+    ] = None,
 ) -> BlobOut:
     store: BlobStore = request.app.state.blobs
     reader_ids = _parse_readers(readers)
+    members: list[int] = []
     async with request.app.state.engine.connect() as conn:
-        for reader in set(reader_ids) - {user.id}:
-            if not await reach.is_accepted_contact(conn, user.id, reader):
-                raise Forbidden(f"User {reader} is not an accepted contact of yours.", code="not_a_contact")
+        if group is not None:
+            if await group_store.is_member(conn, group, user.id) is None:
+                raise NotFound(f"There is no group {group} that you are a member of.", code="not_a_member")
+            # Stored once, readable by every member (and so by each of their devices).
+            members = await group_store.user_ids_of(conn, group)
+        for reader in set(reader_ids) - {user.id} - set(members):
+            if not (
+                await reach.is_accepted_contact(conn, user.id, reader)
+                or await group_store.share_a_group(conn, user.id, reader)
+            ):
+                raise Forbidden(
+                    f"User {reader} is not an accepted contact of yours nor in a group with you.",
+                    code="not_a_contact",
+                )
     declared = request.headers.get("content-length")
     try:
         info = await store.put(
-            user.id, reader_ids, request.stream(), int(declared) if declared and declared.isdigit() else None
+            user.id,
+            [*reader_ids, *members],
+            request.stream(),
+            int(declared) if declared and declared.isdigit() else None,
         )
     except BlobTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
     except BlobQuotaExceeded as exc:
         raise PayloadTooLarge(str(exc), code="quota") from exc
+    except StorageFull as exc:
+        raise InsufficientStorage(str(exc), code="storage_full") from exc
     return BlobOut(blob_id=info.blob_id, size=info.size, sha256=info.sha256, created_at=info.created_at)
 
 

@@ -1,25 +1,30 @@
 """Contacts: ask, accept, decline, label, remove, list.
 
 Online state and last-seen are shown only for accepted contacts: a pending request must not reveal
-when someone is around. Online state comes from `app.state.presence` (the hub's view).
+when someone is around. A declined asker may not ask again for a cool-down period (even after
+deleting the declined row); requests from someone you blocked never reach you (routes/blocks.py).
+Online state comes from `app.state.presence` (the hub's view).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from signalling.contact_news import Person, Who, contact_out, tell_both
 from signalling.deps import CurrentUser, Session
-from signalling.errors import BadRequest, Conflict, Invalid, NotFound
+from signalling.errors import BadRequest, Conflict, Invalid, NotFound, TooManyRequests
 from signalling.presence import PresenceView
 from signalling.protocol import ContactAdd, ContactEvent, ContactOut, ContactStatus, ContactUpdate
 from store import accounts
+from store import blocks as block_store
 from store import contacts as contact_store
 from store.contacts import ContactView
 from store.errors import DuplicateContact
 from store.errors import NotFound as StoreNotFound
+from store.models import utcnow
 
 router = APIRouter(prefix="/me/contacts", tags=["contacts"])
 
@@ -69,6 +74,17 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
         raise BadRequest("You cannot add yourself as a contact.", code="self_contact")
     if friend is None:
         raise NotFound(f"There is no user with {who}.", code="user_not_found")
+    if await block_store.is_blocked(session, user.id, friend.id):
+        raise Conflict(f"You have blocked {friend.username}; unblock them first.", code="blocked")
+    until = await block_store.cooldown_until(session, user.id, friend.id)
+    if until is not None:
+        wait = (until - utcnow()).total_seconds()
+        raise TooManyRequests(
+            f"{friend.username} declined your request; you can ask again after {until:%Y-%m-%d %H:%M} UTC.",
+            retry_after=wait,
+        )
+    # A blocked asker's request is kept as their own pending row, but never reaches the blocker.
+    hidden = await block_store.is_blocked(session, friend.id, user.id)
     try:
         view = await contact_store.add(session, user.id, friend.id)
     except DuplicateContact as exc:
@@ -77,6 +93,8 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
         ) from exc
     await session.commit()
     out = (await _outs(request, [view]))[0]
+    if hidden:
+        return out
     asked = out.status == ContactStatus.PENDING  # else they had asked first: accepted at once
     await _tell(request, session, ContactEvent.REQUESTED if asked else ContactEvent.ACCEPTED, user, friend)
     return out
@@ -121,6 +139,8 @@ async def outgoing(
     responses={404: {"description": "no pending request from that user"}},
 )
 async def accept(user_id: int, user: CurrentUser, request: Request, session: Session) -> ContactOut:
+    if await block_store.is_blocked(session, user.id, user_id):  # their requests are hidden from you
+        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request")
     try:
         view = await contact_store.accept(session, user.id, user_id)
     except StoreNotFound as exc:
@@ -138,10 +158,14 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
     responses={404: {"description": "no pending request from that user"}},
 )
 async def decline(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
+    if await block_store.is_blocked(session, user.id, user_id):
+        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request")
     try:
         await contact_store.decline(session, user.id, user_id)
     except StoreNotFound as exc:
         raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
+    cooldown = timedelta(seconds=request.app.state.settings.contact_decline_cooldown_seconds)
+    await block_store.start_cooldown(session, user_id, user.id, cooldown)  # survives a deleted row
     await session.commit()
     asker = await accounts.get(session, user_id)
     if asker is not None:

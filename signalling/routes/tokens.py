@@ -9,6 +9,7 @@ and the hub closes the user's live sockets.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from typing import Annotated
@@ -16,8 +17,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
+from signalling.account_limits import LoginLimits
 from signalling.deps import CurrentUser, Session, Tokens
-from signalling.errors import TooManyRequests, Unauthorized
+from signalling.errors import Unauthorized
 from signalling.protocol import USERNAME_PATTERN, CloseCode, RefreshRequest, TokenPair
 from signalling.tokens import TokenService
 from store import accounts
@@ -38,11 +40,11 @@ def client_address(request: Request) -> tuple[str, int | None]:
 async def issue_pair(session: Session, tokens: TokenService, user: User) -> TokenPair:
     """A new access token and a new refresh-token family (the caller commits)."""
     refresh = tokens.new_refresh_token()
-    await refresh_tokens.issue(
+    row = await refresh_tokens.issue(
         session, user.id, tokens.hash_refresh_token(refresh), ttl=timedelta(seconds=tokens.refresh_ttl)
     )
     return TokenPair(
-        access_token=tokens.issue_access(user.id, user.token_version),
+        access_token=tokens.issue_access(user.id, user.token_version, family=row.family),
         refresh_token=refresh,
         expires_in=tokens.access_ttl,
     )
@@ -57,18 +59,11 @@ async def issue_pair(session: Session, tokens: TokenService, user: User) -> Toke
 async def login(
     request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, tokens: Tokens
 ) -> TokenPair:
-    limits = request.app.state.login_limits
+    limits: LoginLimits = request.app.state.login_limits
     address, port = client_address(request)
-    name_key = form.username.lower()[:64]  # bounded: the key lives in memory for a window
-    waits = [limits.per_username.retry_after(name_key), limits.per_address.retry_after(address)]
-    wait = max((w for w in waits if w is not None), default=None)
-    if wait is not None:
-        raise TooManyRequests(
-            f"Too many login attempts for this account or from this address; try again in {int(wait) + 1} s.",
-            retry_after=wait,
-        )
-    limits.per_username.hit(name_key)
-    limits.per_address.hit(address)
+    delay = limits.check(form.username, address)  # 429 for this name from this address
+    if delay:
+        await asyncio.sleep(delay)  # the account-wide ceiling slows guessing, it never locks out
 
     user = await accounts.get_by_username(session, form.username) if _USERNAME.match(form.username) else None
     # End the read before bcrypt runs, so no database connection waits on a worker thread.
@@ -77,9 +72,9 @@ async def login(
         form.password, user.password_hash if user else None
     )
     if user is None or not password_ok:
+        limits.failed(form.username)
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
-    limits.per_username.undo(name_key)
-    limits.per_address.undo(address)
+    limits.succeeded(form.username, address)
     await accounts.record_login(session, user, address=address, port=port)
     pair = await issue_pair(session, tokens, user)
     await session.commit()
@@ -92,7 +87,7 @@ async def login(
     summary="Trade a refresh token for a new pair (the old refresh token is spent)",
     responses={401: {"description": "unknown, expired, revoked or reused refresh token"}},
 )
-async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> TokenPair:
+async def refresh(body: RefreshRequest, request: Request, session: Session, tokens: Tokens) -> TokenPair:
     new_refresh = tokens.new_refresh_token()
     try:
         row = await refresh_tokens.rotate(
@@ -102,7 +97,9 @@ async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> Tok
             ttl=timedelta(seconds=tokens.refresh_ttl),
         )
     except RefreshTokenReused as exc:
-        await session.commit()  # keep the family revoked
+        await session.commit()  # keep the family revoked: its access tokens die with it (deps)
+        # Sockets opened with them close now; the owner's other sessions reconnect with their own.
+        await request.app.state.hub.disconnect_user(exc.user_id, CloseCode.UNAUTHORIZED, "token reused")
         raise Unauthorized(
             "This refresh token was already used; every session started from the same login has been "
             "signed out. Log in again.",
@@ -117,7 +114,7 @@ async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> Tok
         raise Unauthorized("This account no longer exists.", code="account_gone")
     await session.commit()
     return TokenPair(
-        access_token=tokens.issue_access(user.id, user.token_version),
+        access_token=tokens.issue_access(user.id, user.token_version, family=row.family),
         refresh_token=new_refresh,
         expires_in=tokens.access_ttl,
     )

@@ -1,17 +1,21 @@
 """Accounts: register, read and change your own, delete it, find others.
 
-Registration records the client's address like a login does. A password change needs the current
-password and signs the account out everywhere (token version bumped, refresh tokens revoked, live
-sockets closed): the caller logs in again with the new password. Deleting the account removes
-everything it owns and closes its sockets.
+Registration records the client's address like a login does, and is limited per address and
+globally (signalling.account_limits). Usernames are unique ignoring case and look-alike letters
+(store.names). A password or e-mail change needs the current password, checked through the login
+limiter; a password change signs the account out everywhere (token version bumped, refresh tokens
+revoked, live sockets closed): the caller logs in again with the new password. Deleting the account
+removes everything it owns and closes its sockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from signalling.account_limits import LoginLimits
 from signalling.contact_news import Who, tell_removed
 from signalling.deps import CurrentUser, Session
 from signalling.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -29,6 +33,15 @@ Skip = Annotated[int, Query(ge=0, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
+def _taken(username: str, existing: str) -> str:
+    if existing.lower() == username.lower():
+        return f"The username '{username}' is already taken."
+    return (
+        f"The username '{username}' looks too much like the existing name '{existing}' "
+        "(names are compared ignoring case and look-alike letters such as I and l, 0 and O); pick another."
+    )
+
+
 @router.post(
     "/users/",
     response_model=UserOut,
@@ -38,9 +51,10 @@ Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 
 )
 async def register(body: UserCreate, request: Request, session: Session) -> UserOut:
     address, port = client_address(request)
+    request.app.state.registration_limits.check(address)  # 429 past the per-address or global limit
     # Cheap checks before the expensive hash, so a taken name costs no bcrypt time.
-    if await accounts.get_by_username(session, body.username) is not None:
-        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken")
+    if (existing := await accounts.name_taken(session, body.username)) is not None:
+        raise Conflict(_taken(body.username, existing), code="username_taken")
     await session.commit()
     password_hash = await request.app.state.passwords.hash(body.password)
     try:
@@ -53,7 +67,8 @@ async def register(body: UserCreate, request: Request, session: Session) -> User
             port=port,
         )
     except UsernameTaken as exc:
-        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken") from exc
+        existing = await accounts.name_taken(session, body.username) or body.username
+        raise Conflict(_taken(body.username, existing), code="username_taken") from exc
     except EmailTaken as exc:
         raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
     await session.commit()
@@ -72,15 +87,16 @@ async def read_me(user: CurrentUser) -> UserMe:
     responses={403: {"description": "current password wrong"}, 409: {"description": "e-mail taken"}},
 )
 async def update_me(body: UserUpdate, user: CurrentUser, request: Request, session: Session) -> UserMe:
-    if body.password is not None:
+    changes_email = body.email is not None and str(body.email).lower() != user.email
+    if body.password is not None or changes_email:
         await session.commit()  # no database connection held while bcrypt runs
         if not body.current_password:
             raise Forbidden(
-                "Changing the password needs current_password as well.", code="current_password_required"
+                "Changing the password or the e-mail needs current_password as well.",
+                code="current_password_required",
             )
-        if not await request.app.state.passwords.verify(body.current_password, user.password_hash):
-            raise Forbidden("The current password is wrong.", code="wrong_password")
-    if body.email is not None and str(body.email).lower() != user.email:
+        await _check_current_password(request, user.username, user.password_hash, body.current_password)
+    if changes_email:
         try:
             await accounts.change_email(session, user, str(body.email))
         except EmailTaken as exc:
@@ -93,6 +109,19 @@ async def update_me(body: UserUpdate, user: CurrentUser, request: Request, sessi
     if body.password is not None:
         await request.app.state.hub.disconnect_user(user.id, CloseCode.UNAUTHORIZED, "password changed")
     return UserMe.model_validate(user)
+
+
+async def _check_current_password(request: Request, username: str, hashed: bytes, given: str) -> None:
+    """The current password, through the login limiter (a wrong one counts as a failed login)."""
+    limits: LoginLimits = request.app.state.login_limits
+    address, _ = client_address(request)
+    delay = limits.check(username, address)
+    if delay:
+        await asyncio.sleep(delay)
+    if not await request.app.state.passwords.verify(given, hashed):
+        limits.failed(username)
+        raise Forbidden("The current password is wrong.", code="wrong_password")
+    limits.succeeded(username, address)
 
 
 @router.delete(
@@ -109,6 +138,7 @@ async def delete_self(user: CurrentUser, request: Request, session: Session) -> 
     except StoreNotFound as exc:  # deleted by a concurrent request
         raise Unauthorized("This account no longer exists.", code="account_gone") from exc
     await session.commit()
+    request.app.state.hub.forget_reach()  # its devices stop being reachable now, not in 5 s
     await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "account deleted")
     await tell_removed(request.app.state.hub, gone, told)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -107,7 +107,14 @@ async def test_read_me_without_token_is_401_with_bearer_challenge(client: httpx.
 
 
 async def test_change_email(client: httpx.AsyncClient, alice: Account) -> None:
-    response = await client.patch("/users/me", json={"email": "new@example.org"}, headers=alice.headers)
+    without = await client.patch("/users/me", json={"email": "new@example.org"}, headers=alice.headers)
+    assert without.status_code == 403
+    assert without.json()["code"] == "current_password_required"
+    response = await client.patch(
+        "/users/me",
+        json={"email": "new@example.org", "current_password": alice.password},
+        headers=alice.headers,
+    )
     assert response.status_code == 200
     assert response.json()["email"] == "new@example.org"
     assert response.json()["updated_at"] is not None
@@ -117,7 +124,9 @@ async def test_change_email(client: httpx.AsyncClient, alice: Account) -> None:
 async def test_change_email_to_a_taken_one_is_409(
     client: httpx.AsyncClient, alice: Account, bob: Account
 ) -> None:
-    response = await client.patch("/users/me", json={"email": bob.email}, headers=alice.headers)
+    response = await client.patch(
+        "/users/me", json={"email": bob.email, "current_password": alice.password}, headers=alice.headers
+    )
     assert response.status_code == 409
     assert response.json()["code"] == "email_taken"
     assert (await client.get("/users/me", headers=alice.headers)).json()["email"] == alice.email
