@@ -204,6 +204,71 @@ class DeviceOut(_Response):
 
 
 # --------------------------------------------------------------------------------------------------
+# Prekeys (PQXDH): published per device, claimed as a bundle with one one-time key per kind
+# --------------------------------------------------------------------------------------------------
+
+
+class PrekeyKindName(StrEnum):
+    """`crypto.prekeys.PrekeyKind` by name: signed X25519, one-time X25519, ML-KEM last-resort/one-time."""
+
+    SIGNED = "signed"
+    ONE_TIME = "one_time"
+    KEM_LAST_RESORT = "kem_last_resort"
+    KEM_ONE_TIME = "kem_one_time"
+
+
+class PrekeyIn(_Model):
+    kind: PrekeyKindName
+    key_id: int = Field(ge=1, le=2**32 - 1)
+    public_key: B64 = Field(description="X25519 (32 bytes) or ML-KEM-768 (1184 bytes) public key")
+    created_at: int = Field(ge=0, lt=2**63, description="unix seconds, as signed")
+    signature: B64 = Field(description="Ed25519 signature by the device's identity key")
+
+    _b64 = field_validator("public_key", "signature")(_check_b64)
+
+
+class PrekeysIn(_Model):
+    """Publish or refill: any mix of kinds; ids already published with the same bytes are ignored."""
+
+    prekeys: list[PrekeyIn] = Field(min_length=1, max_length=400)
+
+
+class PrekeyOut(_Response):
+    kind: PrekeyKindName
+    key_id: int
+    public_key: str
+    created_at: int
+    signature: str
+
+
+class PrekeyStockOut(_Response):
+    """What the server holds for a device: the device refills when a count runs low."""
+
+    device_id: str
+    one_time: int
+    kem_one_time: int
+    signed_prekey_id: int | None
+    kem_last_resort_id: int | None
+
+
+class PrekeyClaimIn(_Model):
+    device_ids: list[DeviceId] | None = Field(
+        default=None, max_length=64, description="only these devices (default: every active device)"
+    )
+
+
+class PrekeyBundleOut(_Response):
+    """One device's bundle: the one-time key in it was handed out to this claim only."""
+
+    user_id: int
+    device_id: str
+    identity_key: str
+    signed_prekey: PrekeyOut
+    kem_prekey: PrekeyOut = Field(description="one-time ML-KEM key, or the last-resort one when none is left")
+    one_time_prekey: PrekeyOut | None = Field(description="null when the device's stock ran out")
+
+
+# --------------------------------------------------------------------------------------------------
 # ICE configuration handed to logged-in peers (TURN REST credentials are time-limited)
 # --------------------------------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     login_attempts_per_address: int = Field(default=30, gt=0)
     login_window_seconds: float = Field(default=60.0, gt=0)
     max_devices_per_user: int = Field(default=16, gt=0)
+    max_one_time_prekeys: int = Field(default=200, gt=0, description="per device and kind (curve, ML-KEM)")
 
     # --- mailbox, frames, presence (used by the hub) -------------------------------------------
     mailbox_retention_days: int = Field(default=30, gt=0)

@@ -110,6 +110,31 @@ class Device(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
+class Prekey(Base):
+    """One published prekey of a device (kinds as `crypto.prekeys.PrekeyKind`, stored as given).
+
+    Signed and last-resort keys (kinds 1 and 3) are kept current: publishing a new one replaces
+    the older. One-time keys (2 and 4) are deleted by the claim that hands them out, so each goes
+    to one initiator only. The server never verifies the signatures: peers do.
+    """
+
+    __tablename__ = "prekeys"
+    __table_args__ = (
+        UniqueConstraint("device_id", "kind", "key_id", name="uq_prekeys_device_kind_key"),
+        Index("ix_prekeys_device_kind_seq", "device_id", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int] = mapped_column(BigInteger)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(1184))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    signed_at: Mapped[int] = mapped_column(BigInteger)  # the prekey's own created-at, as signed
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
 class Contact(Base):
     """One directed edge: `owner` asked `friend` (pending) or they are contacts (accepted).
 
