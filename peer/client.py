@@ -26,6 +26,10 @@ from signalling.protocol import (
     DeviceOut,
     IceConfig,
     MailboxItem,
+    PrekeyBundleOut,
+    PrekeyClaimIn,
+    PrekeysIn,
+    PrekeyStockOut,
     RefreshRequest,
     TokenPair,
     UserCreate,
@@ -253,6 +257,27 @@ class ServerClient:
 
     async def revoke_device(self, device_id: str) -> None:
         await self.request("DELETE", f"/me/devices/{device_id}")
+
+    async def publish_prekeys(self, device_id: str, prekeys: PrekeysIn) -> PrekeyStockOut:
+        """Publish or refill this device's prekeys; the answer is the stock the server now holds."""
+        return await self._json(
+            PrekeyStockOut, "POST", f"/me/devices/{device_id}/prekeys", json=prekeys.model_dump(mode="json")
+        )
+
+    async def prekey_stock(self, device_id: str) -> PrekeyStockOut:
+        return await self._json(PrekeyStockOut, "GET", f"/me/devices/{device_id}/prekeys")
+
+    async def claim_prekey_bundles(
+        self, user_id: int, device_ids: list[str] | None = None
+    ) -> list[PrekeyBundleOut]:
+        """One bundle per (named) active device of `user_id` that has prekeys; uses up one-time keys."""
+        body = PrekeyClaimIn(device_ids=device_ids)
+        return await self._json(
+            TypeAdapter(list[PrekeyBundleOut]),
+            "POST",
+            f"/users/{user_id}/prekey-bundles",
+            json=body.model_dump(),
+        )
 
     async def ice(self) -> IceConfig:
         return await self._json(IceConfig, "GET", "/ice")

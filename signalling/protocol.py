@@ -231,6 +231,10 @@ class PrekeysIn(_Model):
     """Publish or refill: any mix of kinds; ids already published with the same bytes are ignored."""
 
     prekeys: list[PrekeyIn] = Field(min_length=1, max_length=400)
+    replace: bool = Field(
+        default=False,
+        description="drop every prekey the server holds for this device first (a fresh local store)",
+    )
 
 
 class PrekeyOut(_Response):

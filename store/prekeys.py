@@ -67,10 +67,19 @@ def _as_in(row: Prekey) -> PrekeyIn:
 
 
 async def publish(
-    session: AsyncSession, user_id: int, device_id: str, keys: Sequence[PrekeyIn], *, max_one_time: int
+    session: AsyncSession,
+    user_id: int,
+    device_id: str,
+    keys: Sequence[PrekeyIn],
+    *,
+    max_one_time: int,
+    replace: bool = False,
 ) -> Stock:
     """Add prekeys for one of the user's devices (idempotent per id). A new signed or last-resort
-    key replaces the older ones of its kind. The one-time stock per kind stays ≤ `max_one_time`."""
+    key replaces the older ones of its kind. The one-time stock per kind stays ≤ `max_one_time`.
+    `replace` first drops everything held for the device (its local store was lost)."""
+    if replace:
+        await session.execute(delete(Prekey).where(Prekey.device_id == device_id))
     stored = {
         (r.kind, r.key_id): r
         for r in (await session.execute(select(Prekey).where(Prekey.device_id == device_id))).scalars()

@@ -103,7 +103,12 @@ async def publish(
         raise Invalid("prekeys: the same kind and key_id appear twice.")
     try:
         stock = await prekey_store.publish(
-            session, user.id, device_id, keys, max_one_time=request.app.state.settings.max_one_time_prekeys
+            session,
+            user.id,
+            device_id,
+            keys,
+            max_one_time=request.app.state.settings.max_one_time_prekeys,
+            replace=body.replace,
         )
     except prekey_store.PrekeyConflict as exc:
         raise Conflict(f"{exc} Use a new key id.", code="prekey_id_taken") from exc

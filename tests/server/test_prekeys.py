@@ -222,3 +222,21 @@ async def test_a_revoked_device_has_no_bundle_to_claim(client: httpx.AsyncClient
     alice, bob = await world(client)
     assert (await client.delete(f"/me/devices/{BOB_DEVICE}", headers=bob.headers)).status_code == 204
     assert (await claim(client, alice, bob)).json() == []
+
+
+async def test_replace_drops_everything_the_server_held_for_the_device(client: httpx.AsyncClient) -> None:
+    alice, bob = await world(client, one_time=3)
+    fresh = [
+        *prekeys(PrekeyKind.SIGNED, 1),
+        *prekeys(PrekeyKind.KEM_LAST_RESORT, 2),
+        *prekeys(PrekeyKind.ONE_TIME, 5),
+    ]
+    r = await client.post(
+        f"/me/devices/{BOB_DEVICE}/prekeys",
+        json={"prekeys": [wire(k) for k in fresh], "replace": True},
+        headers=bob.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["one_time"], r.json()["kem_one_time"]) == (1, 0)
+    (b,) = (await claim(client, alice, bob)).json()
+    assert b["one_time_prekey"]["key_id"] == 5 and b["kem_prekey"]["key_id"] == 2

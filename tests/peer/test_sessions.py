@@ -1,0 +1,199 @@
+"""The session manager on real local stores: sealing and opening with the state saved in the
+message's transaction, duplicates, crashes, lost and restored state healed, prekey refill and
+rotation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from crypto.errors import SignatureInvalid
+from crypto.pairwise import MessageKind, make_heal_request, peek
+from crypto.prekeys import PrekeyKind
+from peer import ratchetstore as rs
+from peer.localstore import now_ms
+from peer.sessions import Outcome, Received, new_message_id
+from tests.peer.sessionworld import Directory, SessionDevice, store_text
+from tests.support.keys import fixed_device_keys
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[SessionDevice, SessionDevice]]:
+    directory = Directory()
+    pins: dict = {}
+    alice = SessionDevice(tmp_path, 1, "alice-laptop-0", fixed_device_keys(0), directory, pins)
+    bob = SessionDevice(tmp_path, 2, "bob-phone-00001", fixed_device_keys(1), directory, pins)
+    for d in (alice, bob):
+        pins[(d.user_id, d.device_id)] = d.keys.identity_public_bytes()
+        await d.open()
+        await directory.refresh(d)
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def send(a: SessionDevice, b: SessionDevice, text: str, message_id: str | None = None) -> bytes:
+    out = await a.sessions.seal(b.user_id, b.device_id, text.encode(), message_id or new_message_id())
+    return out.data
+
+
+async def deliver(b: SessionDevice, data: bytes) -> Received:
+    return await b.sessions.open(data, store_with=store_text(b.store))
+
+
+async def converse(a: SessionDevice, b: SessionDevice, rounds: int = 2) -> None:
+    for i in range(rounds):
+        r = await deliver(b, await send(a, b, f"a{i}"))
+        assert r.outcome is Outcome.DELIVERED
+        await a.sessions.acknowledge(b.device_id, [r.message_id])
+        r = await deliver(a, await send(b, a, f"b{i}"))
+        assert r.outcome is Outcome.DELIVERED
+        await b.sessions.acknowledge(a.device_id, [r.message_id])
+
+
+async def test_message_and_ratchet_state_are_saved_together(pair) -> None:
+    alice, bob = pair
+    data = await send(alice, bob, "hello")
+    assert peek(data).kind is MessageKind.PREKEY
+    r = await deliver(bob, data)
+    assert (r.outcome, r.plaintext, r.reestablished) == (Outcome.DELIVERED, b"hello", False)
+    assert bob.stored_messages() == [r.message_id]
+    # the one-time keys the session used are gone from Bob's device, with the session saved
+    ph = peek(data).prekey
+    assert (
+        await bob.store.transaction(
+            lambda db: rs.get_prekey(bob.store, db, PrekeyKind.ONE_TIME, ph.one_time_prekey_id)
+        )
+        is None
+    )
+    again = await deliver(bob, data)
+    assert again.outcome is Outcome.DUPLICATE and again.plaintext is None
+    assert bob.stored_messages() == [r.message_id]
+
+
+async def test_a_failed_message_save_leaves_the_state_as_before(pair) -> None:
+    alice, bob = pair
+    data = await send(alice, bob, "keep me")
+
+    def broken(db, received) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        await bob.sessions.open(data, store_with=broken)
+    assert bob.stored_messages() == []
+    r = await deliver(bob, data)  # redelivered (the mailbox was never acked): opens now
+    assert r.outcome is Outcome.DELIVERED and r.plaintext == b"keep me"
+
+
+async def test_a_crash_between_any_two_steps_loses_nothing(pair) -> None:
+    alice, bob = pair
+    await converse(alice, bob)
+    pending = [await send(alice, bob, f"in flight {i}") for i in range(3)]
+    await alice.crash()
+    await bob.crash()
+    first = await deliver(bob, pending[2])
+    await bob.crash()
+    rest = [await deliver(bob, d) for d in pending[:2]]
+    assert [r.plaintext for r in [first, *rest]] == [b"in flight 2", b"in flight 0", b"in flight 1"]
+    await converse(alice, bob)
+
+
+async def test_receiver_that_lost_its_state_asks_once_and_gets_everything_resent(pair) -> None:
+    alice, bob = pair
+    await converse(alice, bob)
+    await bob.lose_everything()
+    sent = [await send(alice, bob, f"after loss {i}") for i in range(3)]
+    results = [await deliver(bob, d) for d in sent]
+    assert [r.outcome for r in results] == [Outcome.UNDECRYPTABLE] * 3
+    replies = [r.reply for r in results if r.reply is not None]
+    assert len(replies) == 1  # one heal request for the burst
+    assert peek(replies[0].data).kind is MessageKind.HEAL_REQUEST
+    healed = await deliver(alice, replies[0].data)
+    assert healed.outcome is Outcome.HEAL_REQUEST
+    assert [o.message_id for o in healed.resend] == [peek(d).message_id for d in sent]
+    opened = [await deliver(bob, o.data) for o in healed.resend]
+    assert [r.plaintext for r in opened] == [b"after loss 0", b"after loss 1", b"after loss 2"]
+    assert [r.reestablished for r in opened] == [True, False, False]  # "re-established" once
+    await converse(alice, bob)
+
+
+async def test_receiver_restored_from_an_older_copy_heals_both_directions(pair) -> None:
+    alice, bob = pair
+    await converse(alice, bob)
+    backup = bob.snapshot("old")
+    await converse(alice, bob, rounds=2)  # both ratchets move on past the backup
+    await bob.restore(backup)
+    # Bob's old state sends: Alice cannot read it (its keys are used up) and asks Bob
+    from_bob = await send(bob, alice, "bob after restore")
+    r = await deliver(alice, from_bob)
+    assert r.outcome is Outcome.UNDECRYPTABLE and r.reply is not None
+    healed = await deliver(bob, r.reply.data)
+    assert healed.outcome is Outcome.HEAL_REQUEST
+    assert [o.message_id for o in healed.resend][-1] == peek(from_bob).message_id
+    got = [await deliver(alice, o.data) for o in healed.resend]
+    assert got[-1].plaintext == b"bob after restore"
+    # Alice's messages now reach Bob too (on the session Bob started, or after one more heal)
+    data = await send(alice, bob, "alice after restore")
+    r = await deliver(bob, data)
+    if r.outcome is Outcome.UNDECRYPTABLE:
+        assert r.reply is not None
+        again = await deliver(alice, r.reply.data)
+        r = [await deliver(bob, o.data) for o in again.resend][-1]
+    assert r.outcome is Outcome.DELIVERED and r.plaintext == b"alice after restore"
+    await converse(alice, bob)
+
+
+async def test_acknowledged_messages_are_not_resent(pair) -> None:
+    alice, bob = pair
+    acked = await deliver(bob, await send(alice, bob, "seen"))
+    await alice.sessions.acknowledge(bob.device_id, [acked.message_id])
+    unacked = await send(alice, bob, "not yet acknowledged")
+    await deliver(bob, unacked)
+    heal = make_heal_request(bob.keys, 2, bob.device_id, alice.device_id, new_message_id(), None, [])
+    r = await deliver(alice, heal)
+    assert [o.message_id for o in r.resend] == [peek(unacked).message_id]
+    dup = await deliver(bob, r.resend[0].data)
+    assert dup.outcome is Outcome.DUPLICATE  # Bob had it: shown once
+
+
+async def test_heal_request_not_signed_by_the_pinned_key_is_refused(pair, tmp_path) -> None:
+    alice, bob = pair
+    forged = make_heal_request(
+        fixed_device_keys(3), 2, bob.device_id, alice.device_id, new_message_id(), None, []
+    )
+    with pytest.raises(SignatureInvalid):
+        await deliver(alice, forged)
+
+
+async def test_prekeys_refill_when_low_and_rotate_keeping_the_old_ones_for_late_mail(pair) -> None:
+    alice, bob = pair
+    directory = bob.directory
+    for _ in range(3):  # 4 one-time keys of each kind published, 3 claimed
+        await directory.claim(bob.user_id, bob.device_id)
+    assert directory.stock(bob.device_id).one_time == 1
+    await directory.refresh(bob)
+    assert (directory.stock(bob.device_id).one_time, directory.stock(bob.device_id).kem_one_time) == (4, 4)
+    old_spk = directory.stock(bob.device_id).signed_prekey_id
+    late = await send(alice, bob, "sent to the old signed prekey")  # still in the mailbox at rotation
+    a_week_later = now_ms() + 8 * 24 * 3600 * 1000
+    await directory.refresh(bob, at_ms=a_week_later)
+    assert directory.stock(bob.device_id).signed_prekey_id != old_spk
+    r = await deliver(bob, late)  # the retired key still opens mail sent before the rotation
+    assert r.outcome is Outcome.DELIVERED
+    rows = await bob.store.transaction(rs.prekey_rows)
+    assert [r.key_id for r in rows if r.kind is PrekeyKind.SIGNED and r.retired_ms is not None] == [old_spk]
+    # past the grace period the retired key is deleted
+    await directory.refresh(bob, at_ms=a_week_later + 31 * 24 * 3600 * 1000)
+    rows = await bob.store.transaction(rs.prekey_rows)
+    assert old_spk not in [r.key_id for r in rows if r.kind is PrekeyKind.SIGNED]
+
+
+async def test_a_fresh_store_replaces_the_prekeys_the_server_still_holds(pair) -> None:
+    alice, bob = pair
+    await bob.lose_everything()  # publishes with replace: old one-time keys are gone from the server
+    r = await deliver(bob, await send(alice, bob, "first contact after reinstall"))
+    assert r.outcome is Outcome.DELIVERED
