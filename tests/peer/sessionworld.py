@@ -174,7 +174,7 @@ def store_text(store: LocalStore) -> Callable[[sqlite3.Connection, Received], No
             sender_device=r.sender_device,
             outgoing=False,
             content_type="text",
-            payload={"type": "text", "body": r.plaintext.decode()},
+            payload={"type": "text", "body": r.plaintext.decode("utf-8", "backslashreplace")},
             sent_at_ms=now_ms(),
             stored_at_ms=now_ms(),
             path="relayed",
