@@ -1,6 +1,6 @@
 """The peer's own SQLite database (one per profile): history, contacts cache, pinned device keys,
 seen message ids, outgoing deliveries, file transfers, and the pairwise-session tables (ratchet
-state, own prekeys, unacknowledged sends, heal requests: used by `peer.ratchetstore`).
+state, own prekeys, sent copies for resending, heal requests: used by `peer.ratchetstore`).
 
 Message bodies are sealed at rest with `crypto.atrest` under the keystore's storage key (the
 message id as associated data, so rows cannot be swapped), so a copied profile without the
@@ -102,13 +102,15 @@ CREATE TABLE IF NOT EXISTS own_prekeys (
     retired_ms INTEGER,
     PRIMARY KEY (kind, key_id)
 );
-CREATE TABLE IF NOT EXISTS ratchet_unacked (
+CREATE TABLE IF NOT EXISTS ratchet_sent (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     peer_device TEXT NOT NULL,
     message_id TEXT NOT NULL,
     peer_user INTEGER NOT NULL,
     plaintext BLOB NOT NULL,
     created_ms INTEGER NOT NULL,
-    PRIMARY KEY (peer_device, message_id)
+    acked INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (peer_device, message_id)
 );
 CREATE TABLE IF NOT EXISTS ratchet_heal (
     peer_device TEXT PRIMARY KEY,

@@ -2,8 +2,9 @@
 
 Every function takes the open `sqlite3.Connection` of a `LocalStore.transaction`, so a caller
 composes several of them (and its own message insert) into one all-or-nothing transaction. Every
-secret (ratchet state, private prekeys, unacknowledged plaintexts) is sealed at rest under the
-keystore's storage key, with the row's identity as associated data so rows cannot be swapped.
+secret (ratchet state, private prekeys, sent plaintexts kept for resending) is sealed at rest
+under the keystore's storage key, with the row's identity as associated data so rows cannot be
+swapped.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def _prekey_aad(kind: int, key_id: int) -> bytes:
     return f"own-prekey\x00{kind}\x00{key_id}".encode()
 
 
-def _unacked_aad(peer_device: str, message_id: str) -> bytes:
-    return f"ratchet-unacked\x00{peer_device}\x00{message_id}".encode()
+def _sent_aad(peer_device: str, message_id: str) -> bytes:
+    return f"ratchet-sent\x00{peer_device}\x00{message_id}".encode()
 
 
 # --- sessions -------------------------------------------------------------------------------------
@@ -154,10 +155,10 @@ def next_prekey_id(db: sqlite3.Connection) -> int:
     return value
 
 
-# --- unacknowledged sends -------------------------------------------------------------------------
+# --- sent copies (for resending after a heal request) -------------------------------------------
 
 
-def keep_unacked(
+def keep_sent(
     store: LocalStore,
     db: sqlite3.Connection,
     peer_user: int,
@@ -167,38 +168,53 @@ def keep_unacked(
     now_ms: int,
 ) -> None:
     db.execute(
-        "INSERT OR IGNORE INTO ratchet_unacked (peer_device, message_id, peer_user, plaintext, created_ms)"
+        "INSERT OR IGNORE INTO ratchet_sent (peer_device, message_id, peer_user, plaintext, created_ms)"
         " VALUES (?,?,?,?,?)",
         (
             peer_device,
             message_id,
             peer_user,
-            store.seal_value(_unacked_aad(peer_device, message_id), plaintext),
+            store.seal_value(_sent_aad(peer_device, message_id), plaintext),
             now_ms,
         ),
     )
 
 
-def unacked(store: LocalStore, db: sqlite3.Connection, peer_device: str) -> list[tuple[str, bytes]]:
+def to_resend(
+    store: LocalStore, db: sqlite3.Connection, peer_device: str, last_seen: str | None
+) -> list[tuple[str, bytes]]:
+    """What a device that asked for healing may lack, in sending order: everything it did not
+    acknowledge, and everything sent after `last_seen` (the newest message it still has from
+    us: a restore from an older copy lost what came later, acknowledged or not)."""
+    rows = db.execute(
+        "SELECT seq, message_id, plaintext, acked FROM ratchet_sent WHERE peer_device = ? ORDER BY seq",
+        (peer_device,),
+    ).fetchall()
+    after = next((seq for seq, mid, _, _ in rows if mid == last_seen), None)
     return [
-        (mid, store.open_value(_unacked_aad(peer_device, mid), blob))
-        for mid, blob in db.execute(
-            "SELECT message_id, plaintext FROM ratchet_unacked WHERE peer_device = ?"
-            " ORDER BY created_ms, rowid",
-            (peer_device,),
-        )
+        (mid, store.open_value(_sent_aad(peer_device, mid), blob))
+        for seq, mid, blob, acked in rows
+        if not acked or (after is not None and seq > after)
     ]
 
 
 def acknowledge(db: sqlite3.Connection, peer_device: str, message_ids: list[str]) -> int:
     return db.executemany(
-        "DELETE FROM ratchet_unacked WHERE peer_device = ? AND message_id = ?",
+        "UPDATE ratchet_sent SET acked = 1 WHERE peer_device = ? AND message_id = ?",
         [(peer_device, m) for m in message_ids],
     ).rowcount
 
 
-def prune_unacked(db: sqlite3.Connection, older_than_ms: int) -> int:
-    return db.execute("DELETE FROM ratchet_unacked WHERE created_ms < ?", (older_than_ms,)).rowcount
+def prune_sent(db: sqlite3.Connection, older_than_ms: int) -> int:
+    return db.execute("DELETE FROM ratchet_sent WHERE created_ms < ?", (older_than_ms,)).rowcount
+
+
+def last_seen_from(db: sqlite3.Connection, peer_device: str) -> str | None:
+    row = db.execute(
+        "SELECT message_id FROM seen WHERE sender_device = ? ORDER BY at_ms DESC, rowid DESC LIMIT 1",
+        (peer_device,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 # --- heal requests --------------------------------------------------------------------------------

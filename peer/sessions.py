@@ -14,8 +14,13 @@ The node (inbox/outbox) uses four calls:
   decryption); `UNDECRYPTABLE` (the state is lost, rolled back or the message was altered: the
   `reply` is a signed heal request for the sender, rate-limited per device); `HEAL_REQUEST` (the
   peer asked: a new session was started if the one it named is ours, and `resend` holds every
-  unacknowledged message re-sealed on it, same message ids, so the peer dedups what it had).
-- `acknowledge(peer_device, message_ids)` when a delivery receipt arrives.
+  unacknowledged message, and every one sent after the newest message the peer still has from us,
+  re-sealed on it with the same message ids, so the peer dedups what it had); when the request
+  showed that *our* sending state was stale (restored from an older copy), `reply` asks the peer in
+  turn for what it sent after the newest message we still have.
+- `acknowledge(peer_device, message_ids)` when a delivery receipt arrives. Copies of sent messages
+  are kept (sealed) for the mailbox retention either way: a peer restored from an older copy asks
+  for everything after the newest message it still has.
 - `prune()` once in a while.
 
 `Received.reestablished` is true exactly once, on the first message of the new session after this
@@ -47,6 +52,7 @@ from peer.prekeystock import PrekeyStock
 DAY_MS = 24 * 3600 * 1000
 RETENTION_MS = 30 * DAY_MS  # the mailbox's default retention: sessions and resend copies kept as long
 HEAL_INTERVAL_MS = 10 * 60 * 1000  # at most one heal request per device and session per interval
+NO_SESSION = bytes(16)  # a heal request naming no session: "resend what I lack", no new session
 
 PinnedIdentity = Callable[[int, str], bytes | None]
 ClaimBundle = Callable[[int, str], Awaitable[PrekeyBundle | None]]
@@ -79,7 +85,7 @@ class Received:
     message_id: str
     plaintext: bytes | None = None
     reestablished: bool = False
-    reply: Outbound | None = None  # UNDECRYPTABLE: the heal request to send to the sender device
+    reply: Outbound | None = None  # a heal request to send to the sender device (send it too)
     resend: list[Outbound] = field(default_factory=list)  # HEAL_REQUEST: re-sealed unacked messages
     reason: str | None = None  # UNDECRYPTABLE: why (for the log and the UI; no secrets)
 
@@ -152,7 +158,7 @@ class SessionManager:
                 Outbound(peer_user, peer_device, message_id, pairwise.seal(session, plaintext, message_id))
             )
             if keep:
-                rs.keep_unacked(self._store, db, peer_user, peer_device, message_id, plaintext, at)
+                rs.keep_sent(self._store, db, peer_user, peer_device, message_id, plaintext, at)
         rs.save_session(self._store, db, session, at, make_active=True)
         if also is not None:
             also(db)
@@ -202,7 +208,7 @@ class SessionManager:
 
         def _prune(db: sqlite3.Connection) -> None:
             rs.prune_sessions(db, cutoff)
-            rs.prune_unacked(db, cutoff)
+            rs.prune_sent(db, cutoff)
 
         await self._store.transaction(_prune)
 
@@ -300,7 +306,7 @@ class SessionManager:
             rs.record_heal_request(db, device, parsed.session_id, at)
             data = pairwise.make_heal_request(
                 self._keys, self.user_id, self.device_id, device, new_message_id(), parsed.session_id,
-                [parsed.message_id], at_ms=at,
+                [parsed.message_id], last_seen_message_id=rs.last_seen_from(db, device), at_ms=at,
             )  # fmt: skip
             reply = Outbound(parsed.sender_user, device, pairwise.peek(data).message_id, data)
         return Received(
@@ -315,24 +321,38 @@ class SessionManager:
     async def _on_heal_request(self, parsed: pairwise.ParsedMessage) -> Received:
         request = pairwise.verify_heal_request(parsed, self._pinned(parsed.sender_user, parsed.sender_device))
         device, user = request.requester_device, request.requester_user
+        named = request.session_id != NO_SESSION
         active = await self._active(device)
+        items = await self._store.transaction(
+            lambda db: rs.to_resend(self._store, db, device, request.last_seen_message_id)
+        )
         fresh = None
-        if active is None or active.session_id == request.session_id:
-            # the session it could not read is the one we use (or we have none): start anew. If it
+        if (named and (active is None or active.session_id == request.session_id)) or (
+            not named and active is None and items
+        ):
+            # The session it could not read is the one we use (or we have none): start anew. If it
             # names an older one, ours may work for it: resend on ours (a failure there asks again,
             # naming ours). Clocks of the two devices are never compared.
             fresh = await self._new_session(user, device)
 
-        def _tx(db: sqlite3.Connection) -> list[Outbound]:
-            items = rs.unacked(self._store, db, device)
+        def _tx(db: sqlite3.Connection) -> tuple[list[Outbound], Outbound | None]:
+            at = self._clock()
             db.execute(
                 "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
-                (device, request.request_id, self._clock()),
+                (device, request.request_id, at),
             )
-            if not items and fresh is None:
-                return []
-            return self._seal_tx(db, fresh, user, device, items, False, None)
+            resend = self._seal_tx(db, fresh, user, device, items, False, None) if items or fresh else []
+            counter = None
+            if fresh is not None and named:
+                # Our sending state was one it could not read: ours was likely restored from an
+                # older copy, so we may lack what it sent since. Ask for that (no new session).
+                data = pairwise.make_heal_request(
+                    self._keys, self.user_id, self.device_id, device, new_message_id(), NO_SESSION, [],
+                    last_seen_message_id=rs.last_seen_from(db, device), at_ms=at,
+                )  # fmt: skip
+                counter = Outbound(user, device, pairwise.peek(data).message_id, data)
+            return resend, counter
 
-        resend = await self._store.transaction(_tx)
+        resend, counter = await self._store.transaction(_tx)
         self._store.remember_after_commit([(device, request.request_id)])
-        return Received(Outcome.HEAL_REQUEST, user, device, request.request_id, resend=resend)
+        return Received(Outcome.HEAL_REQUEST, user, device, request.request_id, reply=counter, resend=resend)

@@ -143,7 +143,15 @@ def pairwise_vectors(keys: list) -> None:
     pairwise.open_message(alice, pairwise.peek(reply))
     after = pairwise.seal(alice, b"a normal message", f"{0x304:032x}")
     heal = pairwise.make_heal_request(
-        keys[1], bu, bd, ad, f"{0x305:032x}", agreement.session_id, [f"{0x304:032x}"], at_ms=SENT_AT_MS
+        keys[1],
+        bu,
+        bd,
+        ad,
+        f"{0x305:032x}",
+        agreement.session_id,
+        [f"{0x304:032x}"],
+        last_seen_message_id=f"{0x302:032x}",
+        at_ms=SENT_AT_MS,
     )
 
     def pub(p: prekeys.PrekeyPair) -> dict:
