@@ -163,11 +163,11 @@ class PrekeyStock:
 
         Call on log-in, after every claim-heavy burst, and once a day (rotation)."""
         stock = await client.prekey_stock(self.device_id)
-        pairs = await self.due(stock, at_ms=at_ms)
+        due = await self.due(stock, at_ms=at_ms)
+        pairs = due.pairs
         for i in range(0, len(pairs), 400):  # the route takes at most 400 per call
             part = pairs[i : i + 400]
-            stock = await client.publish_prekeys(
-                self.device_id, PrekeysIn(prekeys=[prekey_to_wire(p.public) for p in part])
-            )
+            body = PrekeysIn(prekeys=[prekey_to_wire(p.public) for p in part], replace=due.replace and i == 0)
+            stock = await client.publish_prekeys(self.device_id, body)
             await self.mark_published(part)
         return stock
