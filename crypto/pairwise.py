@@ -276,9 +276,9 @@ def accept_session(
 ) -> PairwiseSession:
     """The responder's session for a prekey message (not yet used to decrypt it: `open_message`).
 
-    `pinned_identity` is the identity key pinned for the sender device; a message naming another
-    key is `IdentityMismatch`, an unknown device is `NoSession`-free `IdentityMismatch` too. A
-    prekey this device no longer has is `NoSession` (heal)."""
+    `pinned_identity` is the identity key pinned for the sender device (None: not pinned); a
+    message naming another key, or from an unpinned device, is `IdentityMismatch` (a key change to
+    show, not a state to heal). A prekey this device no longer has is `NoSession` (heal)."""
     ph = message.prekey
     if message.kind is not MessageKind.PREKEY or ph is None:
         raise SessionError("only a prekey message starts a session")

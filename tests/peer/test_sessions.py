@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from crypto.errors import SignatureInvalid
-from crypto.pairwise import MessageKind, make_heal_request, peek
+from crypto import pairwise
+from crypto.errors import SessionError, SignatureInvalid
+from crypto.pairwise import MessageKind, PairwiseSession, make_heal_request, peek
 from crypto.prekeys import PrekeyKind
 from peer import ratchetstore as rs
-from peer.localstore import now_ms
+from peer.localstore import LocalStore, now_ms
 from peer.sessions import Outcome, Received, new_message_id
-from tests.peer.sessionworld import Directory, SessionDevice, store_text
+from tests.peer.sessionworld import STORAGE_KEY, Directory, SessionDevice, store_text
 from tests.support.keys import fixed_device_keys
 
 
@@ -221,3 +222,58 @@ async def test_a_fresh_store_replaces_the_prekeys_the_server_still_holds(pair) -
     await bob.lose_everything()  # publishes with replace: old one-time keys are gone from the server
     r = await deliver(bob, await send(alice, bob, "first contact after reinstall"))
     assert r.outcome is Outcome.DELIVERED
+
+
+async def captured_sessions(side: SessionDevice, name: str) -> list[PairwiseSession]:
+    """Every session in a copy of the device's whole local store, opened with its storage key
+    (an attacker who took the profile and the keystore password)."""
+    copy = LocalStore(side.snapshot(name), STORAGE_KEY)
+    await copy.open()
+    try:
+
+        def _all(db) -> list[PairwiseSession]:
+            rows = db.execute("SELECT peer_device, session_id FROM ratchet_sessions").fetchall()
+            return [rs.load_session(copy, db, d, bytes(sid)) for d, sid in rows]
+
+        return await copy.transaction(_all)
+    finally:
+        await copy.close()
+
+
+def opens_with_any(sessions: list[PairwiseSession], data: bytes) -> bool:
+    for s in sessions:
+        try:
+            pairwise.open_message(PairwiseSession.from_bytes(s.to_bytes()), peek(data))
+        except SessionError:
+            continue
+        return True
+    return False
+
+
+async def test_a_stolen_store_opens_nothing_received_before_it_was_taken(pair) -> None:
+    alice, bob = pair
+    earlier = [await send(alice, bob, f"early {i}") for i in range(3)]
+    for d in earlier:
+        await deliver(bob, d)
+    await deliver(alice, await send(bob, alice, "reply"))  # a ratchet step on the way
+    last = await send(alice, bob, "just before")
+    await deliver(bob, last)
+    stolen = await captured_sessions(bob, "stolen")
+    assert stolen  # the thief has Bob's sessions...
+    for d in [*earlier, last]:
+        assert not opens_with_any(stolen, d)  # ...and none of what Bob had received
+
+
+async def test_after_one_round_trip_a_stolen_store_opens_nothing_that_follows(pair) -> None:
+    alice, bob = pair
+    await converse(alice, bob)
+    stolen = await captured_sessions(bob, "stolen")
+    # the thief sees every later message and feeds each to its copies (a passive attacker)
+    first = await send(alice, bob, "still readable by the thief: no fresh key from Bob yet")
+    await deliver(bob, first)
+    assert opens_with_any(stolen, first)  # the double ratchet's stated limit
+    await deliver(alice, await send(bob, alice, "fresh ratchet key from Bob"))
+    after = [await send(alice, bob, f"healed {i}") for i in range(3)]
+    for d in after:
+        assert (await deliver(bob, d)).outcome is Outcome.DELIVERED
+        assert not opens_with_any(stolen, d)
