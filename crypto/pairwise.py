@@ -349,6 +349,11 @@ def seal(session: PairwiseSession, plaintext: bytes, message_id: str) -> bytes:
     return prefix + struct.pack(">I", len(ciphertext)) + ciphertext
 
 
+def is_pairwise(data: bytes) -> bool:
+    """True for a PPR message (what `peek` parses), False for anything else (e.g. a "PPE" envelope)."""
+    return data[:3] == MAGIC
+
+
 def peek(data: bytes) -> ParsedMessage:
     """Parse a PPR message without any key (for routing, session look-up and dedup by id)."""
     if not isinstance(data, bytes) or len(data) > MAX_MESSAGE_BYTES:

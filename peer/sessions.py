@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from crypto import pairwise
-from crypto.errors import CryptoError, SessionError
+from crypto.errors import CryptoError, IdentityMismatch, NoSession, SessionError
 from crypto.keys import DeviceKeys
 from crypto.pairwise import MessageKind, PairwiseSession
 from crypto.prekeys import PrekeyBundle, PrekeyKind, verify_prekey_bundle
@@ -74,7 +74,7 @@ class Outbound:
     user_id: int
     device_id: str
     message_id: str
-    data: bytes
+    data: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Received:
     sender_user: int
     sender_device: str
     message_id: str
-    plaintext: bytes | None = None
+    plaintext: bytes | None = field(default=None, repr=False)  # never in a log line
     reestablished: bool = False
     reply: Outbound | None = None  # a heal request to send to the sender device (send it too)
     resend: list[Outbound] = field(default_factory=list)  # HEAL_REQUEST: re-sealed unacked messages
@@ -217,7 +217,11 @@ class SessionManager:
     async def open(
         self, data: bytes, *, store_with: Callable[[sqlite3.Connection, Received], None] | None = None
     ) -> Received:
-        """Open one received PPR message (see the module doc for the outcomes)."""
+        """Open one received PPR message (see the module doc for the outcomes).
+
+        Raises `MalformedSessionMessage` for bytes that are not a PPR message (`is_pairwise`
+        tells them from an envelope), `SignatureInvalid` for a forged heal request, and
+        `NoPrekeys` when a heal request needs a new session but the peer has no prekeys."""
         parsed = pairwise.peek(data)  # MalformedSessionMessage: the caller acks and reports it
         if parsed.recipient_device != self.device_id:
             raise SessionError(
@@ -248,7 +252,7 @@ class SessionManager:
             new = session is None
             if session is None:
                 if parsed.kind is not MessageKind.PREKEY:
-                    raise pairwise.NoSession(f"no session {parsed.session_id.hex()} with device {device}")
+                    raise NoSession(f"no session {parsed.session_id.hex()} with device {device}")
                 session = pairwise.accept_session(
                     self._keys,
                     self.user_id,
@@ -259,9 +263,9 @@ class SessionManager:
                     now_ms=at,
                 )
             if session.remote_user != parsed.sender_user:
-                raise pairwise.IdentityMismatch(f"device {device} belongs to user {session.remote_user}")
+                raise IdentityMismatch(f"device {device} belongs to user {session.remote_user}")
             plaintext = pairwise.open_message(session, parsed, now_s=at // 1000)
-        except pairwise.IdentityMismatch as e:
+        except IdentityMismatch as e:
             # a key change, not a lost state: a new session would not help; the UI warns instead
             return Received(
                 Outcome.UNDECRYPTABLE, parsed.sender_user, device, parsed.message_id, reason=str(e)

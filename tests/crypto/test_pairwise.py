@@ -294,6 +294,12 @@ def test_heal_request_verifies_against_the_pinned_key_only(devices) -> None:
         pairwise.verify_heal_request(peek(bytes(bad)), bob.keys.identity_public_bytes())
 
 
+def test_pairwise_messages_are_told_apart_from_envelopes(devices) -> None:
+    _, _, sa, _ = established(devices)
+    assert pairwise.is_pairwise(seal(sa, b"x", new_id()))
+    assert not pairwise.is_pairwise(b"PPE\x02" + bytes(40))
+
+
 def test_malformed_bytes_are_one_clear_error() -> None:
     for junk in (b"", b"PPR", b"PPR\x02\x02", b"XYZ\x01\x02" + bytes(80), b"PPR\x01\x09" + bytes(80)):
         with pytest.raises(MalformedSessionMessage):

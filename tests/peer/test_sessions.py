@@ -277,3 +277,24 @@ async def test_after_one_round_trip_a_stolen_store_opens_nothing_that_follows(pa
     for d in after:
         assert (await deliver(bob, d)).outcome is Outcome.DELIVERED
         assert not opens_with_any(stolen, d)
+
+
+async def test_each_device_pair_has_its_own_session_including_my_other_devices(pair, tmp_path) -> None:
+    alice, bob = pair
+    phone = SessionDevice(tmp_path, 1, "alice-phone-003", fixed_device_keys(3), alice.directory, alice.pins)
+    alice.pins[(1, phone.device_id)] = phone.keys.identity_public_bytes()
+    await phone.open()
+    await alice.directory.refresh(phone)
+    try:
+        mid = new_message_id()  # one message, one PPR per device: Bob's and Alice's own phone
+        to_bob = await alice.sessions.seal(2, bob.device_id, b"hi all", mid)
+        to_phone = await alice.sessions.seal(1, phone.device_id, b"hi all", mid)
+        assert peek(to_bob.data).session_id != peek(to_phone.data).session_id
+        assert (await deliver(bob, to_bob.data)).plaintext == b"hi all"
+        assert (await deliver(phone, to_phone.data)).plaintext == b"hi all"
+        with pytest.raises(SessionError, match="reached device"):
+            await phone.sessions.open(to_bob.data)  # not addressed to it
+        r = await deliver(alice, await send(phone, alice, "from my phone"))
+        assert r.outcome is Outcome.DELIVERED and r.sender_device == phone.device_id
+    finally:
+        await phone.close()
