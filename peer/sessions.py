@@ -6,8 +6,8 @@ The node (inbox/outbox) uses four calls:
 
 - `seal(peer_user, peer_device, plaintext, message_id, also=...)` → `Outbound` (the PPR bytes to
   send). Starts a session from a claimed prekey bundle when there is none. The advanced state, the
-  plaintext kept for a resend (until `acknowledge`), and whatever `also(db)` writes (the outbox
-  row) commit together.
+  plaintext kept for a resend, and whatever `also(db, outbound)` writes (the outbox row with the
+  sealed bytes) commit together.
 - `open(data, store_with=...)` → `Received`. `store_with(db, received)` runs inside the same
   transaction as the ratchet state update, so the message and the state that opened it are saved
   together or not at all. Outcomes: `DELIVERED`; `DUPLICATE` (seen before: ack and drop, no
@@ -144,7 +144,7 @@ class SessionManager:
         peer_device: str,
         items: list[tuple[str, bytes]],
         keep: bool,
-        also: Callable[[sqlite3.Connection], None] | None,
+        also: Callable[[sqlite3.Connection, Outbound], None] | None,
     ) -> list[Outbound]:
         at = self._clock()
         if session is None:
@@ -161,7 +161,8 @@ class SessionManager:
                 rs.keep_sent(self._store, db, peer_user, peer_device, message_id, plaintext, at)
         rs.save_session(self._store, db, session, at, make_active=True)
         if also is not None:
-            also(db)
+            for o in out:
+                also(db, o)
         return out
 
     async def _active(self, peer_device: str) -> PairwiseSession | None:
@@ -179,7 +180,7 @@ class SessionManager:
         message_id: str,
         *,
         keep_for_resend: bool = True,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        also: Callable[[sqlite3.Connection, Outbound], None] | None = None,
     ) -> Outbound:
         """Encrypt `plaintext` for one device (starting a session if needed); see the module doc."""
         async with self._lock:
