@@ -119,9 +119,16 @@ class SessionManager:
         self._heal_interval_ms = heal_interval_ms
         self._retention_ms = retention_ms
         self._clock = clock_ms
-        # One operation at a time: a session's state is read, advanced and written as one step,
-        # and a session set-up (network claim) must not race another for the same device.
-        self._lock = asyncio.Lock()
+        # One operation at a time per peer device: its state is read, advanced and written as one
+        # step, and a session set-up (a network claim) must not race another for the same device;
+        # other devices' traffic never waits behind it.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, peer_device: str) -> asyncio.Lock:
+        lock = self._locks.get(peer_device)
+        if lock is None:
+            lock = self._locks[peer_device] = asyncio.Lock()
+        return lock
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -151,7 +158,7 @@ class SessionManager:
             sid = rs.active_session_id(db, peer_device)
             session = None if sid is None else rs.load_session(self._store, db, peer_device, sid)
             if session is None:
-                raise NoPrekeys("the session disappeared while sealing")  # not reached: lock held
+                raise NoPrekeys("the session disappeared while sealing")  # not reached: device locked
         out = []
         for message_id, plaintext in items:
             out.append(
@@ -183,7 +190,7 @@ class SessionManager:
         also: Callable[[sqlite3.Connection, Outbound], None] | None = None,
     ) -> Outbound:
         """Encrypt `plaintext` for one device (starting a session if needed); see the module doc."""
-        async with self._lock:
+        async with self._lock(peer_device):
             fresh = (
                 None
                 if await self._active(peer_device) is not None
@@ -202,7 +209,8 @@ class SessionManager:
 
     async def reset(self, peer_device: str) -> None:
         """Forget every session with a device (its key changed or it was revoked)."""
-        await self._store.transaction(lambda db: rs.drop_sessions(db, peer_device))
+        async with self._lock(peer_device):
+            await self._store.transaction(lambda db: rs.drop_sessions(db, peer_device))
 
     async def prune(self) -> None:
         cutoff = self._clock() - self._retention_ms
@@ -228,7 +236,7 @@ class SessionManager:
             raise SessionError(
                 f"message for device {parsed.recipient_device} reached device {self.device_id}"
             )
-        async with self._lock:
+        async with self._lock(parsed.sender_device):
             if self._store.seen_before(parsed.sender_device, parsed.message_id):
                 return Received(
                     Outcome.DUPLICATE, parsed.sender_user, parsed.sender_device, parsed.message_id
