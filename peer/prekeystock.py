@@ -1,6 +1,9 @@
 """This device's own prekeys: make them, keep them sealed in the local store, publish and refill
 them, rotate the signed ones, and answer the private half a session set-up asks for.
 
+A store that finds the server holding key ids it never made (lost, or restored from an older
+copy) republishes everything with `replace`, so no initiator is handed a key without a private half.
+
 Policy (each a constructor argument): the signed X25519 prekey and the last-resort ML-KEM prekey
 rotate every 7 days; a replaced one stays usable for the mailbox retention (30 days), because
 prekey messages sent to it may still sit in the mailbox; one-time keys are refilled to 100 of each
@@ -107,13 +110,16 @@ class PrekeyStock:
 
     def _plan(self, db: sqlite3.Connection, server: PrekeyStockOut | None, at_ms: int) -> Publication:
         rows = rs.prekey_rows(db)
-        if not rows and server is not None:
-            # a fresh local store (lost, or a reinstall with the same keystore): whatever the server
-            # still holds for this device has no private half here any more, so replace it all
+        highest = None if server is None else server.highest_key_id
+        lost = server is not None and (
+            not rows or (highest is not None and highest >= rs.peek_next_prekey_id(db))
+        )
+        if lost:
+            # A fresh local store (lost, or reinstalled with the same keystore), or one restored from
+            # an older copy (the server holds ids this store never made): some of what the server
+            # holds has no private half here, so replace it all.
             server = None
-            replace = True
-        else:
-            replace = False
+        replace = lost
         out: list[PrekeyPair] = []
         for kind, server_id in (
             (PrekeyKind.SIGNED, None if server is None else server.signed_prekey_id),

@@ -144,6 +144,11 @@ def retire_prekey(db: sqlite3.Connection, kind: PrekeyKind, key_id: int, now_ms:
     )
 
 
+def peek_next_prekey_id(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'next_prekey_id'").fetchone()
+    return int(row[0]) if row else 1
+
+
 def next_prekey_id(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT value FROM meta WHERE key = 'next_prekey_id'").fetchone()
     value = int(row[0]) if row else 1

@@ -42,12 +42,16 @@ class Directory:
         if p is None:
             return None
         cur = {k: v.key_id for k, v in p.current.items()}
+        ids = [v.key_id for v in p.current.values()] + [
+            k.key_id for keys in p.one_time.values() for k in keys
+        ]
         return PrekeyStockOut(
             device_id=device_id,
             one_time=len(p.one_time.get(PrekeyKind.ONE_TIME, [])),
             kem_one_time=len(p.one_time.get(PrekeyKind.KEM_ONE_TIME, [])),
             signed_prekey_id=cur.get(PrekeyKind.SIGNED),
             kem_last_resort_id=cur.get(PrekeyKind.KEM_LAST_RESORT),
+            highest_key_id=max(ids, default=None),
         )
 
     async def refresh(self, dev: SessionDevice, *, at_ms: int | None = None) -> None:

@@ -298,3 +298,22 @@ async def test_each_device_pair_has_its_own_session_including_my_other_devices(p
         assert r.outcome is Outcome.DELIVERED and r.sender_device == phone.device_id
     finally:
         await phone.close()
+
+
+async def test_a_store_restored_from_an_older_copy_republishes_its_prekeys(pair) -> None:
+    _, bob = pair
+    backup = bob.snapshot("before-refill")
+    for _ in range(3):
+        await bob.directory.claim(bob.user_id, bob.device_id)
+    await bob.directory.refresh(bob)  # refilled: the server now holds ids the backup never made
+    await bob.restore(backup)
+    await bob.directory.refresh(bob)  # sees the server's highest id, replaces everything
+    for _ in range(5):  # every key the server hands out now has its private half on Bob's device
+        bundle = await bob.directory.claim(bob.user_id, bob.device_id)
+        assert bundle is not None
+        for p in (bundle.signed_prekey, bundle.kem_prekey, bundle.one_time_prekey):
+            if p is not None:
+                got = await bob.store.transaction(
+                    lambda db, p=p: rs.get_prekey(bob.store, db, p.kind, p.key_id)
+                )
+                assert got is not None and got.public == p
