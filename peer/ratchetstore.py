@@ -190,12 +190,13 @@ def to_resend(
 ) -> list[tuple[str, bytes]]:
     """What a device that asked for healing may lack, in sending order: everything it did not
     acknowledge, and everything sent after `last_seen` (the newest message it still has from
-    us: a restore from an older copy lost what came later, acknowledged or not)."""
+    us: a restore from an older copy lost what came later, acknowledged or not); with no
+    `last_seen` (it has nothing from us: a lost store) everything kept."""
     rows = db.execute(
         "SELECT seq, message_id, plaintext, acked FROM ratchet_sent WHERE peer_device = ? ORDER BY seq",
         (peer_device,),
     ).fetchall()
-    after = next((seq for seq, mid, _, _ in rows if mid == last_seen), None)
+    after = -1 if last_seen is None else next((seq for seq, mid, _, _ in rows if mid == last_seen), None)
     return [
         (mid, store.open_value(_sent_aad(peer_device, mid), blob))
         for seq, mid, blob, acked in rows

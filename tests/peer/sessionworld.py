@@ -95,6 +95,7 @@ class SessionDevice:
         self.directory = directory
         self.pins = pins
         self.generation = 0
+        self.clock: Callable[[], int] = now_ms
         self._abandoned: list[LocalStore] = []
         self.store: LocalStore
         self.stock: PrekeyStock
@@ -117,6 +118,7 @@ class SessionDevice:
             pinned=lambda u, d: self.pins.get((u, d)),
             claim=self.directory.claim,
             prekeys=self.stock,
+            clock_ms=lambda: self.clock(),
         )
 
     def _copy_files(self, target: Path, source: Path | None = None) -> None:

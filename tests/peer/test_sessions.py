@@ -115,10 +115,12 @@ async def test_receiver_that_lost_its_state_asks_once_and_gets_everything_resent
     assert peek(replies[0].data).kind is MessageKind.HEAL_REQUEST
     healed = await deliver(alice, replies[0].data)
     assert healed.outcome is Outcome.HEAL_REQUEST
-    assert [o.message_id for o in healed.resend] == [peek(d).message_id for d in sent]
+    # Bob has nothing from Alice any more: she resends all she keeps (the retention), in order
+    resent = [o.message_id for o in healed.resend]
+    assert len(resent) == 5 and resent[-3:] == [peek(d).message_id for d in sent]
     opened = [await deliver(bob, o.data) for o in healed.resend]
-    assert [r.plaintext for r in opened] == [b"after loss 0", b"after loss 1", b"after loss 2"]
-    assert [r.reestablished for r in opened] == [True, False, False]  # "re-established" once
+    assert [r.plaintext for r in opened] == [b"a0", b"a1", b"after loss 0", b"after loss 1", b"after loss 2"]
+    assert [r.reestablished for r in opened] == [True, False, False, False, False]  # shown once
     await converse(alice, bob)
 
 
@@ -172,13 +174,16 @@ async def bodies(side: SessionDevice) -> list[str]:
     ]
 
 
-async def test_acknowledged_messages_are_not_resent(pair) -> None:
+async def test_a_heal_resends_only_what_followed_the_newest_message_the_peer_has(pair) -> None:
     alice, bob = pair
     acked = await deliver(bob, await send(alice, bob, "seen"))
     await alice.sessions.acknowledge(bob.device_id, [acked.message_id])
     unacked = await send(alice, bob, "not yet acknowledged")
     await deliver(bob, unacked)
-    heal = make_heal_request(bob.keys, 2, bob.device_id, alice.device_id, new_message_id(), None, [])
+    heal = make_heal_request(
+        bob.keys, 2, bob.device_id, alice.device_id, new_message_id(), None, [],
+        last_seen_message_id=acked.message_id,
+    )  # fmt: skip
     r = await deliver(alice, heal)
     assert [o.message_id for o in r.resend] == [peek(unacked).message_id]
     dup = await deliver(bob, r.resend[0].data)
