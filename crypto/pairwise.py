@@ -13,7 +13,7 @@ Wire format (docs/protocol.md has it byte by byte; integers big-endian)::
     message_id[16]  session_id[16]
     kind 1:  identity_key[32] ephemeral_key[32] u32 spk_id u32 opk_id u8 kem_kind u32 kem_id kem_ct[1088]
     kind 1, 2:  ratchet_key[32] u32 pn u32 n  u32 c ciphertext[c]
-    kind 3:  u64 at_ms  last_seen_message_id[16]  u8 k  k × failed message_id[16]  signature[64]
+    kind 3:  u64 at_ms  u8 h  h × have message_id[16]  u8 k  k × failed message_id[16]  signature[64]
 
 The AEAD is AES-256-GCM with (key, nonce) = HKDF(message key, info = label || message_id) and
 AAD = the session's PQXDH associated data || every byte before `u32 c`. Until the initiator has
@@ -60,6 +60,7 @@ SESSION_RECORD_VERSION = 1
 MAX_PLAINTEXT_BYTES = 160 * 1024  # as the envelope's padded payload
 MAX_MESSAGE_BYTES = 512 * 1024
 MAX_HEAL_IDS = 255
+MAX_HAVE_IDS = 64
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -84,7 +85,7 @@ class ParsedMessage:
     ciphertext: bytes = b""
     authenticated_prefix: bytes = field(default=b"", repr=False)  # AAD (messages), signed bytes (heal)
     heal_at_ms: int = 0
-    heal_last_seen: str | None = None
+    heal_have_ids: tuple[str, ...] = ()
     heal_failed_ids: tuple[str, ...] = ()
     signature: bytes = b""
 
@@ -99,7 +100,7 @@ class HealRequest:
     session_id: bytes  # the session it could not decrypt (zeros: none known)
     failed_message_ids: tuple[str, ...]
     at_ms: int
-    last_seen_message_id: str | None  # the newest message it still has from us (None: nothing)
+    have_message_ids: tuple[str, ...]  # the newest messages it still has from us, newest first
 
 
 @dataclass(eq=False)
@@ -375,7 +376,7 @@ def peek(data: bytes) -> ParsedMessage:
         session_id = r.take(SESSION_ID_BYTES)
         if kind is MessageKind.HEAL_REQUEST:
             at_ms = struct.unpack(">Q", r.take(8))[0]
-            last_seen = r.take(16)
+            have = tuple(r.take(16).hex() for _ in range(r.u8()))
             ids = tuple(r.take(16).hex() for _ in range(r.u8()))
             signed = data[: r.pos]
             signature = r.take(64)
@@ -384,7 +385,7 @@ def peek(data: bytes) -> ParsedMessage:
             return ParsedMessage(
                 kind, sender_user, sender, recipient, message_id, session_id,
                 authenticated_prefix=signed, heal_at_ms=at_ms, heal_failed_ids=ids, signature=signature,
-                heal_last_seen=None if last_seen == bytes(16) else last_seen.hex(),
+                heal_have_ids=have,
             )  # fmt: skip
         ph = _read_prekey(r) if kind is MessageKind.PREKEY else None
         ratchet = RatchetHeader(r.take(32), r.u32(), r.u32())
@@ -438,20 +439,22 @@ def make_heal_request(
     session_id: bytes | None,
     failed_message_ids: list[str],
     *,
-    last_seen_message_id: str | None = None,
+    have_message_ids: list[str] | None = None,
     at_ms: int | None = None,
 ) -> bytes:
-    """A signed, self-contained request: "start a new session with me and resend these, and
-    everything you sent after `last_seen_message_id`" (the newest message this device still has
-    from the recipient: after a restore from an older copy, what came later is gone here)."""
+    """A signed, self-contained request: "start a new session with me, and resend what I lack":
+    `have_message_ids` are the newest messages (≤ 64, newest first) this device still has from
+    the recipient, so a gap among them (a restore from an older copy) shows; empty: it has nothing."""
     ids = failed_message_ids[-MAX_HEAL_IDS:]
+    have = (have_message_ids or [])[:MAX_HAVE_IDS]
     sid = session_id or bytes(SESSION_ID_BYTES)
     if len(sid) != SESSION_ID_BYTES:
         raise SessionError(f"session id must be {SESSION_ID_BYTES} bytes")
     body = (
         _common(MessageKind.HEAL_REQUEST, user_id, device_id, recipient_device, request_id, sid)
         + struct.pack(">Q", int(time.time() * 1000) if at_ms is None else at_ms)
-        + (bytes(16) if last_seen_message_id is None else _message_id(last_seen_message_id))
+        + bytes([len(have)])
+        + b"".join(_message_id(i) for i in have)
         + bytes([len(ids)])
         + b"".join(_message_id(i) for i in ids)
     )
@@ -479,5 +482,5 @@ def verify_heal_request(message: ParsedMessage, identity_key: bytes | None) -> H
         message.session_id,
         message.heal_failed_ids,
         message.heal_at_ms,
-        message.heal_last_seen,
+        message.heal_have_ids,
     )

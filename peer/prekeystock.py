@@ -1,8 +1,10 @@
 """This device's own prekeys: make them, keep them sealed in the local store, publish and refill
 them, rotate the signed ones, and answer the private half a session set-up asks for.
 
-A store that finds the server holding key ids it never made (lost, or restored from an older
-copy) republishes everything with `replace`, so no initiator is handed a key without a private half.
+Key ids are random 32-bit numbers (unique on this device), so two lineages of a store (a lost
+one and its replacement, or a backup and the copy that ran on) never share ids, and a store that
+finds the server holding an id it does not have (lost, or restored from an older copy)
+republishes everything with `replace`: no initiator is handed a key without a private half.
 
 Policy (each a constructor argument): the signed X25519 prekey and the last-resort ML-KEM prekey
 rotate every 7 days; a replaced one stays usable for the mailbox retention (30 days), because
@@ -104,16 +106,14 @@ class PrekeyStock:
         return lambda kind, key_id: rs.get_prekey(self._store, db, kind, key_id)
 
     def _new(self, db: sqlite3.Connection, kind: PrekeyKind, at_ms: int) -> PrekeyPair:
-        pair = generate_prekey(self._keys, self.device_id, kind, rs.next_prekey_id(db), at_ms // 1000)
+        pair = generate_prekey(self._keys, self.device_id, kind, rs.new_prekey_id(db), at_ms // 1000)
         rs.put_prekey(self._store, db, pair, at_ms)
         return pair
 
     def _plan(self, db: sqlite3.Connection, server: PrekeyStockOut | None, at_ms: int) -> Publication:
         rows = rs.prekey_rows(db)
-        highest = None if server is None else server.highest_key_id
-        lost = server is not None and (
-            not rows or (highest is not None and highest >= rs.peek_next_prekey_id(db))
-        )
+        mine = {r.key_id for r in rows}
+        lost = server is not None and (not rows or any(i not in mine for i in server.held_ids))
         if lost:
             # A fresh local store (lost, or reinstalled with the same keystore), or one restored from
             # an older copy (the server holds ids this store never made): some of what the server

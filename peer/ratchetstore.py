@@ -9,6 +9,7 @@ swapped.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from dataclasses import dataclass
 
@@ -144,20 +145,13 @@ def retire_prekey(db: sqlite3.Connection, kind: PrekeyKind, key_id: int, now_ms:
     )
 
 
-def peek_next_prekey_id(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = 'next_prekey_id'").fetchone()
-    return int(row[0]) if row else 1
-
-
-def next_prekey_id(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = 'next_prekey_id'").fetchone()
-    value = int(row[0]) if row else 1
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES ('next_prekey_id', ?)"
-        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (str(value + 1),),
-    )
-    return value
+def new_prekey_id(db: sqlite3.Connection) -> int:
+    """A random key id not used by any prekey of this device (random, so that the ids of two
+    lineages of a store, such as a backup and the copy that ran on, do not overlap)."""
+    while True:
+        key_id = secrets.randbelow(2**32 - 1) + 1
+        if db.execute("SELECT 1 FROM own_prekeys WHERE key_id = ?", (key_id,)).fetchone() is None:
+            return key_id
 
 
 # --- sent copies (for resending after a heal request) -------------------------------------------
@@ -186,21 +180,23 @@ def keep_sent(
 
 
 def to_resend(
-    store: LocalStore, db: sqlite3.Connection, peer_device: str, last_seen: str | None
+    store: LocalStore, db: sqlite3.Connection, peer_device: str, have: tuple[str, ...] | list[str]
 ) -> list[tuple[str, bytes]]:
     """What a device that asked for healing may lack, in sending order: everything it did not
-    acknowledge, and everything sent after `last_seen` (the newest message it still has from
-    us: a restore from an older copy lost what came later, acknowledged or not); with no
-    `last_seen` (it has nothing from us: a lost store) everything kept."""
+    acknowledge, and everything it does not list in `have` (the newest messages it still has
+    from us) sent after the oldest of those it lists, which catches the gap a restore from an
+    older copy leaves; with `have` empty (it has nothing from us: a lost store), everything kept."""
     rows = db.execute(
         "SELECT seq, message_id, plaintext, acked FROM ratchet_sent WHERE peer_device = ? ORDER BY seq",
         (peer_device,),
     ).fetchall()
-    after = -1 if last_seen is None else next((seq for seq, mid, _, _ in rows if mid == last_seen), None)
+    held = set(have)
+    known = [seq for seq, mid, _, _ in rows if mid in held]
+    after = min(known) if known else -1  # ids we no longer keep: resend all we keep that it lacks
     return [
         (mid, store.open_value(_sent_aad(peer_device, mid), blob))
         for seq, mid, blob, acked in rows
-        if not acked or (after is not None and seq > after)
+        if mid not in held and (not acked or seq > after)
     ]
 
 
@@ -215,12 +211,15 @@ def prune_sent(db: sqlite3.Connection, older_than_ms: int) -> int:
     return db.execute("DELETE FROM ratchet_sent WHERE created_ms < ?", (older_than_ms,)).rowcount
 
 
-def last_seen_from(db: sqlite3.Connection, peer_device: str) -> str | None:
-    row = db.execute(
-        "SELECT message_id FROM seen WHERE sender_device = ? ORDER BY at_ms DESC, rowid DESC LIMIT 1",
-        (peer_device,),
-    ).fetchone()
-    return None if row is None else row[0]
+def newest_seen_from(db: sqlite3.Connection, peer_device: str, limit: int = 64) -> list[str]:
+    """The ids of the newest messages received from a device, newest first (for a heal request)."""
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT message_id FROM seen WHERE sender_device = ? ORDER BY at_ms DESC, rowid DESC LIMIT ?",
+            (peer_device, limit),
+        )
+    ]
 
 
 # --- heal requests --------------------------------------------------------------------------------

@@ -203,6 +203,21 @@ class SessionManager:
             )
             return out
 
+    async def resync(self, peer_user: int, peer_device: str) -> Outbound:
+        """A signed request (naming no session) for everything the peer device sent after the
+        newest message we still have from it. For a store known to be restored from an older
+        copy: a restore that needs no ratchet step is otherwise not noticed by either side."""
+        async with self._lock(peer_device):
+
+            def _tx(db: sqlite3.Connection) -> Outbound:
+                data = pairwise.make_heal_request(
+                    self._keys, self.user_id, self.device_id, peer_device, new_message_id(), NO_SESSION, [],
+                    have_message_ids=rs.newest_seen_from(db, peer_device), at_ms=self._clock(),
+                )  # fmt: skip
+                return Outbound(peer_user, peer_device, pairwise.peek(data).message_id, data)
+
+            return await self._store.transaction(_tx)
+
     async def acknowledge(self, peer_device: str, message_ids: list[str]) -> None:
         """The peer device confirmed these: no resend copy is needed any more."""
         await self._store.transaction(lambda db: rs.acknowledge(db, peer_device, message_ids))
@@ -319,7 +334,7 @@ class SessionManager:
             rs.record_heal_request(db, device, parsed.session_id, at)
             data = pairwise.make_heal_request(
                 self._keys, self.user_id, self.device_id, device, new_message_id(), parsed.session_id,
-                [parsed.message_id], last_seen_message_id=rs.last_seen_from(db, device), at_ms=at,
+                [parsed.message_id], have_message_ids=rs.newest_seen_from(db, device), at_ms=at,
             )  # fmt: skip
             reply = Outbound(parsed.sender_user, device, pairwise.peek(data).message_id, data)
         return Received(
@@ -337,7 +352,7 @@ class SessionManager:
         named = request.session_id != NO_SESSION
         active = await self._active(device)
         items = await self._store.transaction(
-            lambda db: rs.to_resend(self._store, db, device, request.last_seen_message_id)
+            lambda db: rs.to_resend(self._store, db, device, request.have_message_ids)
         )
         fresh = None
         if (named and (active is None or active.session_id == request.session_id)) or (
@@ -361,7 +376,7 @@ class SessionManager:
                 # older copy, so we may lack what it sent since. Ask for that (no new session).
                 data = pairwise.make_heal_request(
                     self._keys, self.user_id, self.device_id, device, new_message_id(), NO_SESSION, [],
-                    last_seen_message_id=rs.last_seen_from(db, device), at_ms=at,
+                    have_message_ids=rs.newest_seen_from(db, device), at_ms=at,
                 )  # fmt: skip
                 counter = Outbound(user, device, pairwise.peek(data).message_id, data)
             return resend, counter

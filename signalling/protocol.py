@@ -253,9 +253,9 @@ class PrekeyStockOut(_Response):
     kem_one_time: int
     signed_prekey_id: int | None
     kem_last_resort_id: int | None
-    highest_key_id: int | None = Field(
-        default=None,
-        description="the largest key id held for the device, any kind (a device finds out it lost keys)",
+    held_ids: list[int] = Field(
+        default_factory=list,
+        description="every key id held for the device, any kind (a device finds out it lost keys)",
     )
 
 

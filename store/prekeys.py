@@ -52,7 +52,7 @@ class Stock:
     kem_one_time: int
     signed_prekey_id: int | None
     kem_last_resort_id: int | None
-    highest_key_id: int | None = None
+    held_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,13 +147,21 @@ async def stock(session: AsyncSession, device_id: str) -> Stock:
         ).scalar_one_or_none()
         for kind in CURRENT_KINDS
     }
-    highest = await session.scalar(select(func.max(Prekey.key_id)).where(Prekey.device_id == device_id))
+    held = tuple(
+        (
+            await session.execute(
+                select(Prekey.key_id).where(Prekey.device_id == device_id).order_by(Prekey.key_id)
+            )
+        )
+        .scalars()
+        .all()
+    )
     return Stock(
         counts.get(int(Kind.ONE_TIME), 0),
         counts.get(int(Kind.KEM_ONE_TIME), 0),
         current[Kind.SIGNED],
         current[Kind.KEM_LAST_RESORT],
-        highest,
+        held,
     )
 
 

@@ -64,7 +64,7 @@ def _stock_out(device_id: str, s: prekey_store.Stock) -> PrekeyStockOut:
         kem_one_time=s.kem_one_time,
         signed_prekey_id=s.signed_prekey_id,
         kem_last_resort_id=s.kem_last_resort_id,
-        highest_key_id=s.highest_key_id,
+        held_ids=list(s.held_ids),
     )
 
 

@@ -51,7 +51,7 @@ class Directory:
             kem_one_time=len(p.one_time.get(PrekeyKind.KEM_ONE_TIME, [])),
             signed_prekey_id=cur.get(PrekeyKind.SIGNED),
             kem_last_resort_id=cur.get(PrekeyKind.KEM_LAST_RESORT),
-            highest_key_id=max(ids, default=None),
+            held_ids=sorted(ids),
         )
 
     async def refresh(self, dev: SessionDevice, *, at_ms: int | None = None) -> None:

@@ -182,7 +182,7 @@ async def test_a_heal_resends_only_what_followed_the_newest_message_the_peer_has
     await deliver(bob, unacked)
     heal = make_heal_request(
         bob.keys, 2, bob.device_id, alice.device_id, new_message_id(), None, [],
-        last_seen_message_id=acked.message_id,
+        have_message_ids=[acked.message_id],
     )  # fmt: skip
     r = await deliver(alice, heal)
     assert [o.message_id for o in r.resend] == [peek(unacked).message_id]
@@ -312,7 +312,7 @@ async def test_a_store_restored_from_an_older_copy_republishes_its_prekeys(pair)
         await bob.directory.claim(bob.user_id, bob.device_id)
     await bob.directory.refresh(bob)  # refilled: the server now holds ids the backup never made
     await bob.restore(backup)
-    await bob.directory.refresh(bob)  # sees the server's highest id, replaces everything
+    await bob.directory.refresh(bob)  # sees ids on the server it never made: replaces everything
     for _ in range(5):  # every key the server hands out now has its private half on Bob's device
         bundle = await bob.directory.claim(bob.user_id, bob.device_id)
         assert bundle is not None
@@ -322,3 +322,21 @@ async def test_a_store_restored_from_an_older_copy_republishes_its_prekeys(pair)
                     lambda db, p=p: rs.get_prekey(bob.store, db, p.kind, p.key_id)
                 )
                 assert got is not None and got.public == p
+
+
+async def test_a_restore_needing_no_ratchet_step_is_made_whole_by_a_resync(pair) -> None:
+    alice, bob = pair
+    await converse(alice, bob)
+    backup = bob.snapshot("same-chain")
+    window = [await send(alice, bob, f"same chain {i}") for i in range(2)]
+    for d in window:
+        r = await deliver(bob, d)
+        await alice.sessions.acknowledge(bob.device_id, [r.message_id])
+    await bob.restore(backup)
+    later = await deliver(bob, await send(alice, bob, "still readable by the old state"))
+    assert later.outcome is Outcome.DELIVERED  # nobody noticed: the window is gone from Bob
+    assert not {peek(d).message_id for d in window} <= set(bob.stored_messages())
+    request = await bob.sessions.resync(alice.user_id, alice.device_id)
+    results = await pump(alice, bob, [(alice, request.data)])
+    assert {peek(d).message_id for d in window} <= set(bob.stored_messages())
+    assert all(r.outcome is not Outcome.UNDECRYPTABLE for r in results)

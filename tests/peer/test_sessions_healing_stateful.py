@@ -2,8 +2,9 @@
 duplicates and kill -9 restarts, while Bob's store is now and then replaced by an older copy or
 lost altogether. Every heal request and resend goes back into the network. After delivering
 everything still in flight: no history holds a message twice, and every message arrives, except
-those Bob had already received and then lost with his store before a heal could know of them (a
-restore that needs no ratchet step goes unnoticed: docs/decisions-crypto.md).
+those Bob had already received and then lost with his store (a restore that needs no ratchet step
+goes unnoticed unless the node asks with `resync`), and those Bob sent after the backup he
+restores (gone from his own history too; docs/decisions-crypto.md).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Healing(RuleBasedStateMachine):
         self.sent: dict[str, bytes] = {}
         self.must_arrive: list[set[str]] = [set(), set()]  # per receiver
         self.snapshots = 0
+        self.bob_sent: list[str] = []
+        self.bob_sent_at_snapshot: dict[int, int] = {}
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout=60))
@@ -70,6 +73,8 @@ class Healing(RuleBasedStateMachine):
         mid = new_message_id()
         self.sent[mid] = body
         self.must_arrive[1 - sender].add(mid)
+        if sender == 1:
+            self.bob_sent.append(mid)
         self.in_flight.append((1 - sender, self.run(a.sessions.seal(b.user_id, b.device_id, body, mid)).data))
 
     @precondition(lambda self: self.in_flight)
@@ -87,6 +92,7 @@ class Healing(RuleBasedStateMachine):
     def bob_backs_up(self) -> None:
         self.snapshots += 1
         self.sides[1].snapshot(f"s{self.snapshots}")
+        self.bob_sent_at_snapshot[self.snapshots] = len(self.bob_sent)
 
     def _forget_what_bob_lost(self) -> None:
         have = set(self.sides[1].stored_messages())
@@ -103,6 +109,10 @@ class Healing(RuleBasedStateMachine):
         self.run(bob.restore(bob.folder / f"{bob.device_id}.s{self.snapshots}.snapshot"))
         self.run(self.directory.refresh(bob))  # as the node does on start
         self._forget_what_bob_lost()
+        # What Bob sent after that backup is gone from his own history and his resend copies; one
+        # overtaken by a message he sends from the restored state (same chain position) cannot be
+        # opened by Alice any more, and nobody holds it to resend.
+        self.must_arrive[0] -= set(self.bob_sent[self.bob_sent_at_snapshot[self.snapshots] :])
 
     @rule()
     def bob_loses_his_store(self) -> None:

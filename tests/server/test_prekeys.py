@@ -88,7 +88,8 @@ async def world(client: httpx.AsyncClient, one_time: int = 3) -> tuple[Account, 
     assert r.status_code == 200, r.text
     assert r.json() == {
         "device_id": BOB_DEVICE, "one_time": one_time, "kem_one_time": one_time,
-        "signed_prekey_id": 1, "kem_last_resort_id": 2, "highest_key_id": 200 + one_time - 1,
+        "signed_prekey_id": 1, "kem_last_resort_id": 2,
+        "held_ids": [1, 2, *range(100, 100 + one_time), *range(200, 200 + one_time)],
     }  # fmt: skip
     return alice, bob
 

@@ -150,7 +150,7 @@ def pairwise_vectors(keys: list) -> None:
         f"{0x305:032x}",
         agreement.session_id,
         [f"{0x304:032x}"],
-        last_seen_message_id=f"{0x302:032x}",
+        have_message_ids=[f"{0x302:032x}", f"{0x301:032x}"],
         at_ms=SENT_AT_MS,
     )
 
