@@ -17,7 +17,7 @@ from crypto.pairwise import PairwiseSession
 from crypto.prekeys import PrekeyKind, PrekeyPair
 from peer.localstore import LocalStore
 
-MAX_SESSIONS_PER_DEVICE = 5  # older sessions stay readable for late mail, up to this many
+MAX_SESSIONS_PER_DEVICE = 40  # older sessions stay readable for late mail (libsignal keeps 40)
 
 
 def _session_aad(peer_device: str, session_id: bytes) -> bytes:

@@ -3,8 +3,9 @@ duplicates and kill -9 restarts, while Bob's store is now and then replaced by a
 lost altogether. Every heal request and resend goes back into the network. After delivering
 everything still in flight: no history holds a message twice, and every message arrives, except
 those Bob had already received and then lost with his store (a restore that needs no ratchet step
-goes unnoticed unless the node asks with `resync`), and those Bob sent after the backup he
-restores (gone from his own history too; docs/decisions-crypto.md).
+goes unnoticed unless the node asks with `resync`), those Bob sent after the backup he restores
+(gone from his own history too; docs/decisions-crypto.md), and those Bob sent that had not got
+through when he lost his store (lost with his outbox).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Healing(RuleBasedStateMachine):
         self.must_arrive: list[set[str]] = [set(), set()]  # per receiver
         self.snapshots = 0
         self.bob_sent: list[str] = []
+        self.outcomes: dict[str, list[str]] = {}
+        self.log: list[str] = []
         self.bob_sent_at_snapshot: dict[int, int] = {}
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -60,6 +63,8 @@ class Healing(RuleBasedStateMachine):
     def _process(self, receiver: int, data: bytes) -> None:
         side, other = self.sides[receiver], self.sides[1 - receiver]
         r = self.run(side.sessions.open(data, store_with=store_text(side.store)))
+        self.outcomes.setdefault(r.message_id, []).append(f"{r.outcome.value}: {r.reason}")
+        self.log.append(f"{side.device_id} {r.outcome.value} {r.message_id[:6]} {r.reason or ''}"[:140])
         if r.outcome is Outcome.DELIVERED:
             assert r.plaintext == self.sent[r.message_id]
             self.run(other.sessions.acknowledge(side.device_id, [r.message_id]))
@@ -119,6 +124,8 @@ class Healing(RuleBasedStateMachine):
         self._delivered_to_bob = set(self.sides[1].stored_messages())
         self.run(self.sides[1].lose_everything())
         self._forget_what_bob_lost()
+        # and what he had sent and not yet got through is lost with his outbox and copies
+        self.must_arrive[0] -= set(self.bob_sent)
 
     @invariant()
     def no_history_holds_a_message_twice(self) -> None:
@@ -133,12 +140,12 @@ class Healing(RuleBasedStateMachine):
                     break
                 receiver, data = self.in_flight.pop(0)
                 self._process(receiver, data)
-            assert not self.in_flight, "healing did not settle"
+            assert not self.in_flight, "healing did not settle:\n" + "\n".join(self.log[-16:])
             for receiver, side in enumerate(self.sides):
                 stored = side.stored_messages()
                 assert len(stored) == len(set(stored))
                 missing = self.must_arrive[receiver] - set(stored)
-                assert not missing, f"{side.device_id} never got {len(missing)} message(s)"
+                assert not missing, f"{side.device_id} never got {[self.outcomes.get(m) for m in missing]}"
         finally:
             for d in self.sides:
                 self.run(d.close())
