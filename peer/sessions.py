@@ -10,17 +10,18 @@ The node (inbox/outbox) uses four calls:
   sealed bytes) commit together.
 - `open(data, store_with=...)` → `Received`. `store_with(db, received)` runs inside the same
   transaction as the ratchet state update, so the message and the state that opened it are saved
-  together or not at all. Outcomes: `DELIVERED`; `DUPLICATE` (seen before: ack and drop, no
-  decryption); `UNDECRYPTABLE` (the state is lost, rolled back or the message was altered: the
-  `reply` is a signed heal request for the sender, rate-limited per device); `HEAL_REQUEST` (the
-  peer asked: a new session was started if the one it named is ours, and `resend` holds every
-  unacknowledged message, and every one sent after the newest message the peer still has from us,
-  re-sealed on it with the same message ids, so the peer dedups what it had); when the request
-  showed that *our* sending state was stale (restored from an older copy), `reply` asks the peer in
-  turn for what it sent after the newest message we still have.
+  together or not at all. Outcomes: `DELIVERED`; `DUPLICATE` (seen before, nothing decrypted: ack
+  it and send the delivery receipt again, so a resend stops); `UNDECRYPTABLE` (the state is lost,
+  rolled back or the message was altered: `reply` is a signed heal request for the sender,
+  rate-limited per device and session); `HEAL_REQUEST` (the peer asked: a new session was started
+  if the one it named is ours, and `resend` holds, re-sealed with the same message ids, every kept
+  message the peer's list of what it has shows missing); when the request showed that *our*
+  sending state was stale (restored from an older copy), `reply` asks the peer in turn.
 - `acknowledge(peer_device, message_ids)` when a delivery receipt arrives. Copies of sent messages
-  are kept (sealed) for the mailbox retention either way: a peer restored from an older copy asks
-  for everything after the newest message it still has.
+  are kept (sealed) for the mailbox retention either way: a peer restored from an older copy may
+  lack what it had acknowledged.
+- `resync(peer_user, peer_device)` → a request for what that device sent that we lack (after a
+  known restore).
 - `prune()` once in a while.
 
 `Received.reestablished` is true exactly once, on the first message of the new session after this
