@@ -21,7 +21,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
+from signalling import openapi
 from signalling.errors import install_error_handlers
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
@@ -108,4 +110,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    app.state.http_routes = [r for m in ROUTE_MODULES for r in m.router.routes if isinstance(r, APIRoute)]
+    openapi.install(app)
     return app

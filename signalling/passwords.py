@@ -8,15 +8,32 @@ usernames exist.
 At most `concurrency` hashes run at once (default: one less than the CPU count, at least one).
 bcrypt releases the GIL, so unbounded threads would compete with the event loop for every core;
 with a core left free, pings and relays keep their latency while a burst of logins queues up.
+
+bcrypt reads at most 72 bytes. A password longer than that in UTF-8 (the contract allows 128
+characters, signalling.protocol.Password) is first reduced to the base64 of its SHA-256 (44 bytes),
+as passlib's bcrypt_sha256 does: nothing past byte 72 is silently ignored, and every password of at
+most 72 bytes — all that older servers accepted — is hashed exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import secrets
 
 import bcrypt
+
+BCRYPT_MAX_BYTES = 72
+
+
+def bcrypt_input(password: str) -> bytes:
+    """The bytes bcrypt sees: the password itself up to 72 bytes, else base64(SHA-256(password))."""
+    data = password.encode("utf-8")
+    if len(data) <= BCRYPT_MAX_BYTES:
+        return data
+    return base64.b64encode(hashlib.sha256(data).digest())
 
 
 def default_concurrency() -> int:
@@ -46,14 +63,11 @@ class PasswordHasher:
             return await asyncio.to_thread(self._check_blocking, password, hashed)
 
     def _hash_blocking(self, password: str) -> bytes:
-        return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=self.rounds))
+        return bcrypt.hashpw(bcrypt_input(password), bcrypt.gensalt(rounds=self.rounds))
 
     @staticmethod
     def _check_blocking(password: str, hashed: bytes) -> bool:
-        data = password.encode("utf-8")
-        if len(data) > 72:  # bcrypt 5 raises past 72 bytes; such a password was never accepted
-            return False
         try:
-            return bcrypt.checkpw(data, hashed)
+            return bcrypt.checkpw(bcrypt_input(password), hashed)
         except ValueError:
             return False

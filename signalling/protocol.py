@@ -20,10 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     TypeAdapter,
-    field_validator,
     model_serializer,
     model_validator,
 )
@@ -33,10 +31,19 @@ PROTOCOL_VERSION = 1
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
-PASSWORD_MIN_BYTES = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt's hard limit; longer passwords are refused, never truncated
+# Counted in characters (as JSON Schema's minLength/maxLength count), so the published schema says
+# exactly what the server accepts. The server pre-hashes a password longer than bcrypt's 72 bytes
+# (signalling/passwords.py), so nothing is truncated and nothing accepted here is refused later.
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_CHARS = 128
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+# Every integer the store keeps is a signed 64-bit column: a larger one is refused at the door (422
+# naming the field) instead of overflowing in the database.
+MAX_INT64 = 2**63 - 1
+
+# Unpadded base64url: groups of 4, then 0, 2 or 3 characters (a length of 1 mod 4 encodes nothing).
+B64_PATTERN = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$"
+_B64URL = re.compile(B64_PATTERN)
 
 
 def b64encode(data: bytes) -> str:
@@ -51,16 +58,34 @@ def b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _check_b64(value: str) -> str:
-    if not _B64URL.match(value):
-        raise ValueError("must be unpadded base64url (A-Z a-z 0-9 - _)")
-    return value
+def b64_length(size: int) -> int:
+    """Characters of the unpadded base64url form of `size` bytes."""
+    return (size * 4 + 2) // 3
 
 
-B64 = Annotated[str, Field(description="unpadded base64url bytes")]
+B64 = Annotated[str, Field(pattern=B64_PATTERN, description="unpadded base64url bytes (RFC 4648 §5, no '=')")]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")]
-DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, hex")]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="8-64 of A-Z a-z 0-9 _ -")]
+MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, 32 hex")]
+UserId = Annotated[int, Field(ge=1, le=MAX_INT64, description="a user's id")]
+# The server never sends mail, so an address is checked for shape only, by a rule the schema states
+# exactly: one '@', a local part of 1-64 characters, a dotted domain, no spaces or control
+# characters (C0, C1, DEL). Written without `\s`, whose meaning differs between Python, ECMA (the
+# schema's dialect) and Rust (pydantic's) regular expressions.
+_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0]"
+_EMAIL_LABEL = r"[^@.\x00-\x20\x7f-\xa0]+"
+EMAIL_PATTERN = rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_LABEL}(?:\.{_EMAIL_LABEL})+$"
+Email = Annotated[
+    str, Field(pattern=EMAIL_PATTERN, max_length=254, description="an e-mail address (compared lower-case)")
+]
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN_CHARS,
+        max_length=PASSWORD_MAX_CHARS,
+        description=f"{PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters",
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -73,15 +98,6 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, from_attributes=True)
 
 
-def _check_password(value: str) -> str:
-    size = len(value.encode("utf-8"))
-    if size < PASSWORD_MIN_BYTES or size > PASSWORD_MAX_BYTES:
-        raise ValueError(
-            f"password must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes in UTF-8, got {size}"
-        )
-    return value
-
-
 # --------------------------------------------------------------------------------------------------
 # Accounts and tokens
 # --------------------------------------------------------------------------------------------------
@@ -89,11 +105,9 @@ def _check_password(value: str) -> str:
 
 class UserCreate(_Model):
     username: Username
-    email: EmailStr
-    password: str
+    email: Email
+    password: Password
     public_key: str | None = Field(default=None, description="accepted for the seed's clients, unused")
-
-    _password = field_validator("password")(_check_password)
 
 
 class UserOut(_Response):
@@ -109,14 +123,9 @@ class UserMe(UserOut):
 
 
 class UserUpdate(_Model):
-    email: EmailStr | None = None
-    password: str | None = Field(default=None, description="new password; needs current_password")
+    email: Email | None = None
+    password: Password | None = Field(default=None, description="new password; needs current_password")
     current_password: str | None = None
-
-    @field_validator("password")
-    @classmethod
-    def _new_password(cls, value: str | None) -> str | None:
-        return None if value is None else _check_password(value)
 
 
 class UserPublic(_Response):
@@ -155,10 +164,25 @@ class ContactDirection(StrEnum):
 
 
 class ContactAdd(_Model):
-    """Add by id (the seed's `friend_id`) or by username; exactly one of the two."""
+    """Add by id (the seed's `friend_id`) or by username; exactly one of the two (null = not given)."""
 
-    friend_id: int | None = None
-    username: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["friend_id"], "properties": {"friend_id": {"type": "integer"}}},
+                {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            ]
+        }
+    )
+
+    friend_id: UserId | None = None
+    username: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ContactAdd:
+        if (self.friend_id is None) == (self.username is None):
+            raise ValueError("give exactly one of friend_id or username")
+        return self
 
 
 class ContactUpdate(_Model):
@@ -183,14 +207,32 @@ class ContactOut(_Response):
 # --------------------------------------------------------------------------------------------------
 
 
-class DeviceBundleIn(_Model):
-    device_id: DeviceId
-    identity_key: B64 = Field(description="Ed25519 public key, 32 raw bytes")
-    encryption_key: B64 = Field(description="RSA-4096 public key, DER SubjectPublicKeyInfo")
-    created_at: int = Field(description="unix seconds, as signed")
-    signature: B64 = Field(description="Ed25519 self-signature over the canonical bundle bytes")
+IDENTITY_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+MAX_ENCRYPTION_KEY_BYTES = 1024
 
-    _b64 = field_validator("identity_key", "encryption_key", "signature")(_check_b64)
+
+class DeviceBundleIn(_Model):
+    """A device's public bundle. Sizes are checked here (and so in the schema); the signature is
+    checked by peers against the identity key they pin, never by the server."""
+
+    device_id: DeviceId
+    identity_key: B64 = Field(
+        min_length=b64_length(IDENTITY_KEY_BYTES),
+        max_length=b64_length(IDENTITY_KEY_BYTES),
+        description=f"Ed25519 public key, {IDENTITY_KEY_BYTES} raw bytes",
+    )
+    encryption_key: B64 = Field(
+        min_length=2,
+        max_length=b64_length(MAX_ENCRYPTION_KEY_BYTES),
+        description=f"RSA-4096 public key, DER SubjectPublicKeyInfo (1 to {MAX_ENCRYPTION_KEY_BYTES} bytes)",
+    )
+    created_at: int = Field(ge=0, le=MAX_INT64, description="unix seconds, as signed")
+    signature: B64 = Field(
+        min_length=b64_length(SIGNATURE_BYTES),
+        max_length=b64_length(SIGNATURE_BYTES),
+        description=f"Ed25519 self-signature over the canonical bundle bytes ({SIGNATURE_BYTES} bytes)",
+    )
 
 
 class DeviceOut(_Response):
@@ -225,7 +267,7 @@ class IceConfig(_Response):
 
 
 class RecipientDevice(_Model):
-    user_id: int
+    user_id: UserId
     device_id: DeviceId
 
 
@@ -251,11 +293,54 @@ class BlobOut(_Response):
     created_at: datetime
 
 
+class ApiErrorCode(StrEnum):
+    """Stable `code` values of every REST error (ErrorBody); `detail` beside it says the specifics."""
+
+    # generic, by HTTP status
+    BAD_REQUEST = "bad_request"  # 400: the body could not be parsed at all
+    UNAUTHORIZED = "unauthorized"  # 401: no bearer token
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    INVALID = "invalid"  # 422: a field is wrong; `field` names it
+    RATE_LIMITED = "rate_limited"  # 429, with Retry-After
+    INTERNAL = "internal"
+    DATABASE_UNAVAILABLE = "database_unavailable"  # 503 from /health
+    # accounts and tokens
+    BAD_CREDENTIALS = "bad_credentials"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - a code word, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105
+    INVALID_REFRESH = "invalid_refresh"
+    REFRESH_REUSED = "refresh_reused"
+    ACCOUNT_GONE = "account_gone"
+    USERNAME_TAKEN = "username_taken"
+    EMAIL_TAKEN = "email_taken"
+    CURRENT_PASSWORD_REQUIRED = "current_password_required"  # noqa: S105
+    WRONG_PASSWORD = "wrong_password"  # noqa: S105
+    USER_NOT_FOUND = "user_not_found"
+    # contacts
+    SELF_CONTACT = "self_contact"
+    DUPLICATE = "duplicate"
+    NO_REQUEST = "no_request"
+    NOT_A_CONTACT = "not_a_contact"
+    # devices, mailbox, blobs
+    DEVICE_TAKEN = "device_taken"
+    TOO_MANY_DEVICES = "too_many_devices"
+    DEVICE_NOT_FOUND = "device_not_found"
+    UNKNOWN_DEVICE = "unknown_device"
+    QUOTA = "quota"
+
+
 class ErrorBody(_Response):
-    """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program."""
+    """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program,
+    `field` the request field at fault (dotted, e.g. `recipients.0.device_id`) when one is."""
 
     detail: str
-    code: str | None = None
+    code: ApiErrorCode
+    field: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,8 +387,6 @@ class SendFrame(_Model):
     message_id: MessageId
     envelope: B64
     recipients: list[RecipientDevice] = Field(min_length=1, max_length=256)
-
-    _b64 = field_validator("envelope")(_check_b64)
 
 
 class AcceptedFrame(_Model):

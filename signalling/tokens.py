@@ -22,6 +22,7 @@ from pathlib import Path
 from jose import JWTError, jwt
 
 from signalling.errors import Unauthorized
+from signalling.protocol import ApiErrorCode
 
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
@@ -88,7 +89,7 @@ class TokenService:
                 "The access token has expired; refresh it or log in again."
                 if expired
                 else "The access token is not valid.",
-                code="token_expired" if expired else "invalid_token",
+                code=ApiErrorCode.TOKEN_EXPIRED if expired else ApiErrorCode.INVALID_TOKEN,
             ) from exc
         try:
             if claims.get("typ") != "access":
@@ -100,7 +101,7 @@ class TokenService:
                 expires_at=int(claims["exp"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise Unauthorized("The access token is not valid.", code="invalid_token") from exc
+            raise Unauthorized("The access token is not valid.", code=ApiErrorCode.INVALID_TOKEN) from exc
 
     @staticmethod
     def new_refresh_token() -> str:

@@ -18,7 +18,8 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from signalling.deps import CurrentUser, Session, Tokens
 from signalling.errors import TooManyRequests, Unauthorized
-from signalling.protocol import USERNAME_PATTERN, CloseCode, RefreshRequest, TokenPair
+from signalling.openapi import errors
+from signalling.protocol import USERNAME_PATTERN, ApiErrorCode, CloseCode, RefreshRequest, TokenPair
 from signalling.tokens import TokenService
 from store import accounts
 from store import tokens as refresh_tokens
@@ -52,7 +53,10 @@ async def issue_pair(session: Session, tokens: TokenService, user: User) -> Toke
     "/token",
     response_model=TokenPair,
     summary="Log in with the OAuth2 password form",
-    responses={401: {"description": "wrong username or password"}, 429: {"description": "too many attempts"}},
+    responses=errors(
+        e401="Wrong username or password (`bad_credentials`).",
+        e429="Too many attempts for this name or from this address.",
+    ),
 )
 async def login(
     request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, tokens: Tokens
@@ -77,7 +81,7 @@ async def login(
         form.password, user.password_hash if user else None
     )
     if user is None or not password_ok:
-        raise Unauthorized("Wrong username or password.", code="bad_credentials")
+        raise Unauthorized("Wrong username or password.", code=ApiErrorCode.BAD_CREDENTIALS)
     limits.per_username.undo(name_key)
     limits.per_address.undo(address)
     await accounts.record_login(session, user, address=address, port=port)
@@ -90,7 +94,7 @@ async def login(
     "/token/refresh",
     response_model=TokenPair,
     summary="Trade a refresh token for a new pair (the old refresh token is spent)",
-    responses={401: {"description": "unknown, expired, revoked or reused refresh token"}},
+    responses=errors(e401="Unknown, expired, revoked or reused refresh token, or the account is gone."),
 )
 async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> TokenPair:
     new_refresh = tokens.new_refresh_token()
@@ -106,15 +110,16 @@ async def refresh(body: RefreshRequest, session: Session, tokens: Tokens) -> Tok
         raise Unauthorized(
             "This refresh token was already used; every session started from the same login has been "
             "signed out. Log in again.",
-            code="refresh_reused",
+            code=ApiErrorCode.REFRESH_REUSED,
         ) from exc
     except RefreshTokenInvalid as exc:
         raise Unauthorized(
-            "The refresh token is unknown, expired or revoked; log in again.", code="invalid_refresh"
+            "The refresh token is unknown, expired or revoked; log in again.",
+            code=ApiErrorCode.INVALID_REFRESH,
         ) from exc
     user = await accounts.get(session, row.user_id)
     if user is None:
-        raise Unauthorized("This account no longer exists.", code="account_gone")
+        raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE)
     await session.commit()
     return TokenPair(
         access_token=tokens.issue_access(user.id, user.token_version),

@@ -13,9 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from signalling.contact_news import Who, tell_removed
-from signalling.deps import CurrentUser, Session
+from signalling.deps import CurrentUser, Limit, Session, Skip, UserIdPath
 from signalling.errors import Conflict, Forbidden, NotFound, Unauthorized
-from signalling.protocol import CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
+from signalling.openapi import errors
+from signalling.protocol import ApiErrorCode, CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
 from signalling.routes.tokens import client_address
 from store import accounts
 from store import contacts as contact_store
@@ -25,22 +26,19 @@ from store.errors import NotFound as StoreNotFound
 
 router = APIRouter(tags=["users"])
 
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
-Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
-
 
 @router.post(
     "/users/",
     response_model=UserOut,
     status_code=status.HTTP_201_CREATED,
     summary="Register an account",
-    responses={409: {"description": "username or e-mail already taken"}, 422: {"description": "bad field"}},
+    responses=errors(e409="The username (`username_taken`) or e-mail (`email_taken`) is already taken."),
 )
 async def register(body: UserCreate, request: Request, session: Session) -> UserOut:
     address, port = client_address(request)
     # Cheap checks before the expensive hash, so a taken name costs no bcrypt time.
     if await accounts.get_by_username(session, body.username) is not None:
-        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken")
+        raise Conflict(f"The username '{body.username}' is already taken.", code=ApiErrorCode.USERNAME_TAKEN)
     await session.commit()
     password_hash = await request.app.state.passwords.hash(body.password)
     try:
@@ -53,9 +51,13 @@ async def register(body: UserCreate, request: Request, session: Session) -> User
             port=port,
         )
     except UsernameTaken as exc:
-        raise Conflict(f"The username '{body.username}' is already taken.", code="username_taken") from exc
+        raise Conflict(
+            f"The username '{body.username}' is already taken.", code=ApiErrorCode.USERNAME_TAKEN
+        ) from exc
     except EmailTaken as exc:
-        raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+        raise Conflict(
+            "An account with this e-mail address already exists.", code=ApiErrorCode.EMAIL_TAKEN
+        ) from exc
     await session.commit()
     return UserOut.model_validate(user)
 
@@ -69,22 +71,28 @@ async def read_me(user: CurrentUser) -> UserMe:
     "/users/me",
     response_model=UserMe,
     summary="Change your e-mail and/or password (a password change signs you out everywhere)",
-    responses={403: {"description": "current password wrong"}, 409: {"description": "e-mail taken"}},
+    responses=errors(
+        e403="A password change without `current_password` or with a wrong one.",
+        e409="The e-mail belongs to another account (`email_taken`).",
+    ),
 )
 async def update_me(body: UserUpdate, user: CurrentUser, request: Request, session: Session) -> UserMe:
     if body.password is not None:
         await session.commit()  # no database connection held while bcrypt runs
         if not body.current_password:
             raise Forbidden(
-                "Changing the password needs current_password as well.", code="current_password_required"
+                "Changing the password needs current_password as well.",
+                code=ApiErrorCode.CURRENT_PASSWORD_REQUIRED,
             )
         if not await request.app.state.passwords.verify(body.current_password, user.password_hash):
-            raise Forbidden("The current password is wrong.", code="wrong_password")
+            raise Forbidden("The current password is wrong.", code=ApiErrorCode.WRONG_PASSWORD)
     if body.email is not None and str(body.email).lower() != user.email:
         try:
             await accounts.change_email(session, user, str(body.email))
         except EmailTaken as exc:
-            raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+            raise Conflict(
+                "An account with this e-mail address already exists.", code=ApiErrorCode.EMAIL_TAKEN
+            ) from exc
     if body.password is not None:
         new_hash = await request.app.state.passwords.hash(body.password)
         await accounts.change_password(session, user, new_hash)
@@ -107,7 +115,7 @@ async def delete_self(user: CurrentUser, request: Request, session: Session) -> 
     try:
         await accounts.delete_account(session, user_id)
     except StoreNotFound as exc:  # deleted by a concurrent request
-        raise Unauthorized("This account no longer exists.", code="account_gone") from exc
+        raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE) from exc
     await session.commit()
     await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "account deleted")
     await tell_removed(request.app.state.hub, gone, told)
@@ -131,13 +139,13 @@ async def search(
 
 
 @router.get(
-    "/users/{user_id}",
+    "/users/{user_id:int}",
     response_model=UserPublic,
     summary="Another user's public profile",
-    responses={404: {"description": "no such user"}},
+    responses=errors(e404="No user has this id (`user_not_found`)."),
 )
-async def read_user(user_id: int, _user: CurrentUser, session: Session) -> UserPublic:
+async def read_user(user_id: UserIdPath, _user: CurrentUser, session: Session) -> UserPublic:
     other = await accounts.get(session, user_id)
     if other is None:
-        raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
+        raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
     return UserPublic.model_validate(other)
