@@ -236,13 +236,21 @@ class HubError(SignallingError):
 
 
 class HubAuthError(HubError):
-    """A socket could not be authenticated: closed with 4401 and this message as the reason."""
+    """A socket could not be authenticated: closed with `close_code` and this message as the reason."""
+
+    def __init__(self, message: str, close_code: int = 4401) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class FrameRefused(HubError):
-    """A valid frame the hub will not act on: answered with an `error` frame, the socket stays up."""
+    """A valid frame the hub will not act on: answered with an `error` frame, the socket stays up.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    As Synapse's SynapseError carries `additional_fields`, this carries the frame's typed extras:
+    `device_id` names the device at fault, so a client needs not parse the message."""
+
+    def __init__(self, code: ErrorCode, message: str, *, device_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.device_id = device_id

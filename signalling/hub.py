@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from signalling.backplane import Backplane, InProcessBackplane
 from signalling.connection import Authenticator, Connection, authenticate_socket, close_quietly
 from signalling.delivery import Delivery, accepted_json, deliver_json
-from signalling.device_socket import CLOSE_TOO_SLOW, DeviceSocket, Outgoing
+from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import HubAuthError, HubError
 from signalling.limits import HubLimits
 from signalling.presence import Presence
@@ -35,7 +35,6 @@ from store.mailbox import MailboxWriter
 
 # Names other modules (routes, tests) have always imported from here.
 __all__ = [
-    "CLOSE_TOO_SLOW",
     "Authenticator",
     "DeviceSocket",
     "Hub",
@@ -187,7 +186,7 @@ class Hub:
                 ws, self._authenticate, self._engine, self.limits.auth_timeout
             )
         except HubAuthError as exc:
-            await close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
+            await close_quietly(ws, exc.close_code, str(exc))
             return
         except WebSocketDisconnect:
             return

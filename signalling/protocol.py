@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,7 +26,11 @@ from pydantic import (
     model_validator,
 )
 
+# The frame protocol's version. A client may name the one it speaks (`?protocol=` on /ws, or
+# `protocol` in the auth frame; absent means 1); the server closes with
+# CloseCode.UNSUPPORTED_PROTOCOL when it does not speak it, and names its own in `ready`.
 PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = frozenset({1})
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
@@ -348,6 +352,19 @@ class ErrorBody(_Response):
 # --------------------------------------------------------------------------------------------------
 
 
+class ErrorCode(StrEnum):
+    """Stable `code` values of ErrorFrame; the message beside each says the specifics."""
+
+    MALFORMED = "malformed"  # not JSON, or fails validation
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_A_CONTACT = "not_a_contact"
+    UNKNOWN_DEVICE = "unknown_device"
+    QUOTA = "quota"
+    DUPLICATE = "duplicate"
+    INTERNAL = "internal"
+
+
 class SignalKind(StrEnum):
     OFFER = "offer"
     ANSWER = "answer"
@@ -359,8 +376,9 @@ class AuthFrame(_Model):
     """First frame for clients that cannot set an Authorization header (browsers)."""
 
     type: Literal["auth"] = "auth"
-    token: str
+    token: str = Field(description="an access token from POST /token")
     device_id: DeviceId
+    protocol: int = Field(default=1, ge=1, le=MAX_INT64, description="the frame protocol version spoken")
 
 
 class SignalFrame(_Model):
@@ -372,29 +390,34 @@ class SignalFrame(_Model):
 
     type: Literal["signal"] = "signal"
     kind: SignalKind
-    to_user: int
+    to_user: UserId = Field(description="the user whose device this is for")
     to_device: DeviceId
-    from_user: int | None = None
-    from_device: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
+    from_user: int | None = Field(default=None, description="filled in by the server")
+    from_device: str | None = Field(default=None, description="filled in by the server")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="opaque to the server; PeerPost peers sign it (docs/protocol.md, Signalling)",
+    )
 
 
 class SendFrame(_Model):
     """One envelope for one or more devices. `ref` pairs the `accepted` or `error` answer."""
 
     type: Literal["send"] = "send"
-    ref: str = Field(max_length=64)
-    message_id: MessageId
-    envelope: B64
-    recipients: list[RecipientDevice] = Field(min_length=1, max_length=256)
+    ref: str = Field(max_length=64, description="the client's tag, echoed in `accepted` or `error`")
+    message_id: MessageId = Field(description="must equal the envelope header's message_id")
+    envelope: B64 = Field(description="the sealed envelope (docs/protocol.md), unpadded base64url")
+    recipients: list[RecipientDevice] = Field(
+        min_length=1, max_length=256, description="every device it is for, distinct"
+    )
 
 
 class AcceptedFrame(_Model):
     """Sent only after every stored row is committed: from here on the server owns delivery."""
 
     type: Literal["accepted"] = "accepted"
-    ref: str
-    message_id: str
+    ref: str = Field(description="the `send`'s ref")
+    message_id: str = Field(description="the `send`'s message_id")
     live: list[str] = Field(default_factory=list, description="device ids it was pushed to now")
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
 
@@ -412,13 +435,15 @@ class AcceptedBatchFrame(_Model):
 
 
 class DeliverFrame(_Model):
+    """An envelope for this device: live, or from the mailbox during the drain. Ack it once saved."""
+
     type: Literal["deliver"] = "deliver"
-    message_id: str
-    sender_user: int
-    sender_device: str
-    envelope: B64
+    message_id: str = Field(description="the sender's `send` message_id; ack this id")
+    sender_user: int = Field(description="who sent it, as the server authenticated them")
+    sender_device: str = Field(description="the sending device, as the server authenticated it")
+    envelope: B64 = Field(description="the envelope exactly as sent")
     queued: bool = Field(description="true when it comes out of the mailbox")
-    queued_at: datetime | None = None
+    queued_at: datetime | None = Field(default=None, description="when the mailbox stored it (queued only)")
 
 
 MAX_ACK_IDS = 1000
@@ -458,9 +483,11 @@ class AckFrame(_Model):
 
 
 class PresenceFrame(_Model):
+    """A contact's device (or the contact) came online or went away (after a short grace)."""
+
     type: Literal["presence"] = "presence"
-    user_id: int
-    device_id: str | None = None
+    user_id: int = Field(description="an accepted contact (or you, for your other devices)")
+    device_id: str | None = Field(default=None, description="the device; null: the user as a whole")
     online: bool
     last_seen: datetime | None = None
 
@@ -494,12 +521,13 @@ class ContactFrame(_Model):
 
 
 class ReadyFrame(_Model):
-    """After auth: who the socket is, and how many mailbox rows will follow."""
+    """After auth: who the socket is, how many mailbox rows will follow, the protocol it speaks."""
 
     type: Literal["ready"] = "ready"
-    user_id: int
-    device_id: str
-    pending: int
+    user_id: int = Field(description="who the token belongs to")
+    device_id: str = Field(description="this socket's device")
+    pending: int = Field(description="mailbox rows that the drain will push before `drained`")
+    protocol: int = Field(default=PROTOCOL_VERSION, description="the frame protocol the server speaks")
 
 
 class DrainedFrame(_Model):
@@ -509,18 +537,27 @@ class DrainedFrame(_Model):
 
 
 class ErrorFrame(_Model):
+    """A frame the server did not act on; the socket stays up. `ref` is the refused `send`'s ref;
+    `device_id` names the device at fault when there is one (`unknown_device`: a signal or send to a
+    device that is not connected, not active, or not the named user's)."""
+
     type: Literal["error"] = "error"
-    code: str
-    message: str
-    ref: str | None = None
+    code: ErrorCode
+    message: str = Field(description="what was wrong, for a person")
+    ref: str | None = Field(default=None, description="the refused `send`'s ref (null for other frames)")
+    device_id: str | None = Field(default=None, description="the device at fault, when there is one")
 
 
 class PingFrame(_Model):
+    """Keep-alive and barrier: answered `pong` after every earlier send and ack is committed."""
+
     type: Literal["ping"] = "ping"
-    nonce: str | None = Field(default=None, max_length=64)
+    nonce: str | None = Field(default=None, max_length=64, description="echoed in the `pong`")
 
 
 class PongFrame(_Model):
+    """The answer to a `ping`, with its nonce."""
+
     type: Literal["pong"] = "pong"
     nonce: str | None = None
 
@@ -547,24 +584,13 @@ CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 SERVER_FRAME: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
 
 
-class ErrorCode(StrEnum):
-    """Stable `code` values of ErrorFrame; the message beside each says the specifics."""
+class CloseCode(IntEnum):
+    """WebSocket close codes the hub uses (4000-4999 are ours; the reason text says the specifics)."""
 
-    MALFORMED = "malformed"  # not JSON, or fails validation
-    TOO_LARGE = "too_large"
-    UNAUTHORIZED = "unauthorized"
-    NOT_A_CONTACT = "not_a_contact"
-    UNKNOWN_DEVICE = "unknown_device"
-    QUOTA = "quota"
-    DUPLICATE = "duplicate"
-    INTERNAL = "internal"
-
-
-class CloseCode:
-    """WebSocket close codes the hub uses (4000-4999 are ours)."""
-
+    SERVER_SHUTDOWN = 1001
+    TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
     UNAUTHORIZED = 4401
     REPLACED = 4409  # another socket for the same device took over
-    ACCOUNT_GONE = 4410  # logged out or deleted
+    ACCOUNT_GONE = 4410  # logged out, deleted, or this device revoked
+    UNSUPPORTED_PROTOCOL = 4426  # the client named a protocol version this server does not speak
     RATE_LIMITED = 4429
-    SERVER_SHUTDOWN = 1001
