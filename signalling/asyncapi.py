@@ -20,11 +20,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from signalling.protocol import (
+    CLIENT_FRAME,
     MAX_ACK_IDS,
     PROTOCOL_VERSION,
+    SERVER_FRAME,
     SUPPORTED_PROTOCOLS,
     ClientFrame,
     CloseCode,
@@ -89,8 +91,8 @@ def frame_type(model: type[BaseModel]) -> str:
 def _schemas() -> dict[str, Any]:
     """Every frame's JSON Schema, and the schemas they use, keyed by model name."""
     schemas: dict[str, Any] = {}
-    for union in (ClientFrame, ServerFrame):
-        generated = TypeAdapter(union).json_schema(ref_template=REF)
+    for adapter in (CLIENT_FRAME, SERVER_FRAME):
+        generated = adapter.json_schema(ref_template=REF)
         schemas.update(generated.get("$defs", {}))
     for model in CLIENT_FRAMES + SERVER_FRAMES:
         required = schemas[model.__name__].setdefault("required", [])

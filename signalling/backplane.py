@@ -257,7 +257,7 @@ class RedisBackplane(Backplane):
         )
 
     async def online_devices(self, user_id: int) -> set[str]:
-        members = list(await self._redis.smembers(self._k("user", user_id)))
+        members = [str(m) for m in await self._redis.smembers(self._k("user", user_id))]  # decoded
         if not members:
             return set()
         holders = await self._redis.mget([self._k("dev", d) for d in members])
@@ -319,7 +319,7 @@ class RedisBackplane(Backplane):
         holder = await self._redis.get(self._k("dev", device_id))
         if holder is None:
             return False
-        instance = holder.split("|", 1)[0]
+        instance = str(holder).split("|", 1)[0]  # decode_responses: already text
         if instance == self.instance_id:  # stale key of ours: the socket is gone
             return False
         message = {"op": "device", "device": device_id, "text": text, "mid": message_id}
@@ -329,7 +329,7 @@ class RedisBackplane(Backplane):
     async def send_to_user(self, user_id: int, text: str) -> None:
         members = list(await self._redis.smembers(self._k("user", user_id)))
         holders = await self._redis.mget([self._k("dev", d) for d in members]) if members else []
-        instances = {h.split("|", 1)[0] for h in holders if h is not None}
+        instances = {str(h).split("|", 1)[0] for h in holders if h is not None}
         for instance in instances:
             if instance == self.instance_id:
                 self._sockets().deliver_to_user(user_id, text)

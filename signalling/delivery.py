@@ -302,7 +302,7 @@ class Delivery:
                 acked.set_result(None)
             return
         if acked is not None:
-            future.add_done_callback(lambda _f: acked.done() or acked.set_result(None))
+            future.add_done_callback(lambda _f: _settle(acked))
         future.add_done_callback(lambda f: _after_store(held.sock, f, held.frame, live, rows))
 
     # -- the drain: what a socket writes before its live traffic ------------------------------------
@@ -421,3 +421,8 @@ def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) 
         NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
         for t in targets
     ]
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

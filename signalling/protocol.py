@@ -470,7 +470,7 @@ class AckFrame(_Model):
 
     @model_serializer(mode="wrap")
     def _without_unset_ids(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         for key in ("message_id", "message_ids"):
             if data.get(key) is None:
                 data.pop(key, None)

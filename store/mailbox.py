@@ -418,9 +418,9 @@ class MailboxWriter:
                 ]
             values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(chunk))
             await conn.exec_driver_sql(_SQLITE_INSERT.format(values=values), tuple(params))
-        for chunk in _chunks(deletes, _SQLITE_DELETE_ROWS):
-            values = ",".join(["(?,?)"] * len(chunk))
-            flat = tuple(x for pair in chunk for x in pair)
+        for pairs in _chunks(deletes, _SQLITE_DELETE_ROWS):
+            values = ",".join(["(?,?)"] * len(pairs))
+            flat = tuple(x for pair in pairs for x in pair)
             await conn.exec_driver_sql(_SQLITE_DELETE.format(values=values), flat)
 
     async def _load_usage(self, conn: AsyncConnection, batch: list[_Job]) -> None:
