@@ -82,6 +82,50 @@ def _complete(operation: dict[str, Any]) -> None:
         response.update(_error_response(status, None if generic else response["description"]))
 
 
+# OpenAPI links: what an answer's fields are good for next (clients and stateful fuzzers follow
+# them). (operation, status) -> {link name: (target path, method, parameters, request body)}.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str], dict[str, str] | None]]] = {
+    ("/users/", "post", "201"): {
+        "ReadUser": ("/users/{user_id}", "get", {"user_id": "$response.body#/id"}, None),
+        "ListDevices": ("/users/{user_id}/devices", "get", {"user_id": "$response.body#/id"}, None),
+        "AskToBeContacts": ("/me/contacts/", "post", {}, {"friend_id": "$response.body#/id"}),
+    },
+    ("/me/contacts/", "post", "201"): {
+        "Accept": ("/me/contacts/{user_id}/accept", "post", {"user_id": "$response.body#/user_id"}, None),
+        "Decline": ("/me/contacts/{user_id}/decline", "post", {"user_id": "$response.body#/user_id"}, None),
+        "Label": ("/me/contacts/{user_id}", "patch", {"user_id": "$response.body#/user_id"}, None),
+        "Remove": ("/me/contacts/{user_id}", "delete", {"user_id": "$response.body#/user_id"}, None),
+    },
+    ("/me/devices", "post", "201"): {
+        "FetchMailbox": ("/me/mailbox", "get", {"device_id": "$response.body#/device_id"}, None),
+        "Revoke": ("/me/devices/{device_id}", "delete", {"device_id": "$response.body#/device_id"}, None),
+    },
+    ("/blobs", "post", "201"): {
+        "Download": ("/blobs/{blob_id}", "get", {"blob_id": "$response.body#/blob_id"}, None),
+        "Delete": ("/blobs/{blob_id}", "delete", {"blob_id": "$response.body#/blob_id"}, None),
+    },
+}
+
+
+def _add_links(document: dict[str, Any]) -> None:
+    paths = document.get("paths", {})
+    for (path, method, status), links in LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        out = response.setdefault("links", {})
+        for name, (target, target_method, parameters, body) in links.items():
+            operation = paths.get(target, {}).get(target_method)
+            if operation is None:
+                continue
+            link: dict[str, Any] = {"operationId": operation["operationId"]}
+            if parameters:
+                link["parameters"] = parameters
+            if body is not None:
+                link["requestBody"] = body
+            out[name] = link
+
+
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
@@ -120,6 +164,7 @@ def exact_openapi(app: FastAPI) -> dict[str, Any]:
         schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schemas["ErrorBody"].pop("$defs", {}))
     _integer_bounds(document)
+    _add_links(document)
     app.openapi_schema = document
     return document
 

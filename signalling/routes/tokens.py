@@ -13,8 +13,7 @@ import re
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from signalling.deps import CurrentUser, Session, Tokens
 from signalling.errors import TooManyRequests, Unauthorized
@@ -28,6 +27,28 @@ from store.models import User
 
 router = APIRouter(tags=["auth"])
 _USERNAME = re.compile(USERNAME_PATTERN)
+
+
+class LoginForm:
+    """The OAuth2 password form (RFC 6749 §4.3), as FastAPI's OAuth2PasswordRequestForm, but with
+    what the server requires stated in the schema: a form field sent empty is a missing one, so
+    username and password are at least one character, and a form has no null, so no field is
+    nullable (the optional ones default to text)."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(min_length=1, max_length=256)],
+        password: Annotated[
+            str, Form(min_length=1, max_length=1024, json_schema_extra={"format": "password"})
+        ],
+        grant_type: Annotated[str, Form(pattern="^password$")] = "password",
+        scope: Annotated[str, Form(max_length=1024)] = "",
+        client_id: Annotated[str, Form(max_length=256)] = "",
+        client_secret: Annotated[str, Form(max_length=1024)] = "",
+    ) -> None:
+        self.username, self.password, self.grant_type = username, password, grant_type
+        self.scopes = scope.split()
+        self.client_id, self.client_secret = client_id, client_secret
 
 
 def client_address(request: Request) -> tuple[str, int | None]:
@@ -59,7 +80,7 @@ async def issue_pair(session: Session, tokens: TokenService, user: User) -> Toke
     ),
 )
 async def login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, tokens: Tokens
+    request: Request, form: Annotated[LoginForm, Depends()], session: Session, tokens: Tokens
 ) -> TokenPair:
     limits = request.app.state.login_limits
     address, port = client_address(request)
