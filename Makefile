@@ -20,6 +20,7 @@ lint:
 
 bench:
 	.venv/bin/python -m bench.crypto
+	.venv/bin/python -m bench.login_stall
 	.venv/bin/python -m bench.relay
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat
