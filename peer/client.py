@@ -24,8 +24,17 @@ from signalling.protocol import (
     ContactUpdate,
     DeviceBundleIn,
     DeviceOut,
+    GroupChange,
+    GroupCreate,
+    GroupMemberOut,
+    GroupMembersChange,
+    GroupOut,
+    GroupPromote,
+    GroupRecordOut,
+    GroupRename,
     IceConfig,
     MailboxItem,
+    RecipientDevice,
     RefreshRequest,
     TokenPair,
     UserCreate,
@@ -33,6 +42,8 @@ from signalling.protocol import (
     UserOut,
     UserPublic,
     UserUpdate,
+    b64decode,
+    b64encode,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -261,8 +272,13 @@ class ServerClient:
         params = {"device_id": device_id}
         return await self._json(TypeAdapter(list[MailboxItem]), "GET", "/me/mailbox", params=params)
 
-    async def upload_blob(self, chunks: AsyncIterator[bytes], readers: Iterable[int]) -> BlobOut:
+    async def upload_blob(
+        self, chunks: AsyncIterator[bytes], readers: Iterable[int], *, group_id: str | None = None
+    ) -> BlobOut:
+        """Upload an encrypted file; with `group_id` every member of that group may read it."""
         params = {"readers": ",".join(str(r) for r in readers)}
+        if group_id is not None:
+            params["group"] = group_id
         headers = {"Content-Type": "application/octet-stream"}
         return await self._json(BlobOut, "POST", "/blobs", params=params, content=chunks, headers=headers)
 
@@ -281,3 +297,89 @@ class ServerClient:
 
     async def delete_blob(self, blob_id: str) -> None:
         await self.request("DELETE", f"/blobs/{blob_id}")
+
+    # ---------------------------------------------------------------------------------------------
+    # groups (every change carries a record signed on this device: crypto.groupstate.sign_record,
+    # and `version` = the number of records this device verified; 409 `stale_version` = re-sign)
+    # ---------------------------------------------------------------------------------------------
+
+    async def create_group(self, group_id: str, name: str, members: Iterable[int], record: bytes) -> GroupOut:
+        body = GroupCreate(group_id=group_id, name=name, members=list(members), record=b64encode(record))
+        return await self._json(GroupOut, "POST", "/groups", json=body.model_dump())
+
+    async def groups(self, skip: int = 0, limit: int = 100) -> list[GroupOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(TypeAdapter(list[GroupOut]), "GET", "/groups", params=params)
+
+    async def group(self, group_id: str) -> GroupOut:
+        return await self._json(GroupOut, "GET", f"/groups/{group_id}")
+
+    async def group_members(self, group_id: str, skip: int = 0, limit: int = 500) -> list[GroupMemberOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(
+            TypeAdapter(list[GroupMemberOut]), "GET", f"/groups/{group_id}/members", params=params
+        )
+
+    async def all_group_members(self, group_id: str) -> list[GroupMemberOut]:
+        """Every member, page by page (a 1,000-member group is two pages)."""
+        members: list[GroupMemberOut] = []
+        while True:
+            page = await self.group_members(group_id, skip=len(members))
+            members += page
+            if len(page) < 500:
+                return members
+
+    async def group_records(self, group_id: str, after: int = -1) -> list[bytes]:
+        """Every membership record after seq `after`, in chain order (verify them before use)."""
+        records: list[bytes] = []
+        while True:
+            params = {"after": after + len(records), "limit": 500}
+            page = await self._json(
+                TypeAdapter(list[GroupRecordOut]), "GET", f"/groups/{group_id}/records", params=params
+            )
+            records += [b64decode(r.record) for r in page]
+            if len(page) < 500:
+                return records
+
+    async def group_devices(self, group_id: str) -> list[RecipientDevice]:
+        """Every active device of every member (this device's own included)."""
+        devices: list[RecipientDevice] = []
+        while True:
+            params: dict[str, Any] = {"after": devices[-1].device_id if devices else "", "limit": 500}
+            page = await self._json(
+                TypeAdapter(list[RecipientDevice]), "GET", f"/groups/{group_id}/devices", params=params
+            )
+            devices += page
+            if len(page) < 500:
+                return devices
+
+    async def rename_group(self, group_id: str, name: str, record: bytes, version: int) -> GroupOut:
+        body = GroupRename(name=name, record=b64encode(record), version=version)
+        return await self._json(GroupOut, "PATCH", f"/groups/{group_id}", json=body.model_dump())
+
+    async def add_group_members(
+        self, group_id: str, user_ids: Iterable[int], record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupMembersChange(user_ids=list(user_ids), record=b64encode(record), version=version)
+        return await self._json(GroupOut, "POST", f"/groups/{group_id}/members", json=body.model_dump())
+
+    async def remove_group_members(
+        self, group_id: str, user_ids: Iterable[int], record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupMembersChange(user_ids=list(user_ids), record=b64encode(record), version=version)
+        return await self._json(
+            GroupOut, "POST", f"/groups/{group_id}/members/remove", json=body.model_dump()
+        )
+
+    async def promote_group_member(
+        self, group_id: str, user_id: int, record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupPromote(user_id=user_id, record=b64encode(record), version=version)
+        return await self._json(GroupOut, "POST", f"/groups/{group_id}/admins", json=body.model_dump())
+
+    async def leave_group(self, group_id: str, record: bytes, version: int) -> None:
+        body = GroupChange(record=b64encode(record), version=version)
+        await self.request("POST", f"/groups/{group_id}/leave", json=body.model_dump())
+
+    async def delete_group(self, group_id: str) -> None:
+        await self.request("DELETE", f"/groups/{group_id}")

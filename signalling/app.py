@@ -28,7 +28,19 @@ from signalling.errors import install_error_handlers
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
 from signalling.ratelimit import SlidingWindowLimiter
-from signalling.routes import blobs, contacts, contract, devices, health, ice, mailbox, tokens, users, ws
+from signalling.routes import (
+    blobs,
+    contacts,
+    contract,
+    devices,
+    groups,
+    health,
+    ice,
+    mailbox,
+    tokens,
+    users,
+    ws,
+)
 from signalling.settings import Settings
 from signalling.tokens import TokenService, load_or_create_secret
 from store import migrate
@@ -42,6 +54,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     tokens,
     users,
     contacts,
+    groups,
     devices,
     ice,
     ws,

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,11 +35,15 @@ from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import FrameRefused
 from signalling.limits import HubLimits
 from signalling.protocol import (
+    AcceptedFrame,
     AckFrame,
     AuthFrame,
     DeliverFrame,
     DrainedFrame,
     ErrorCode,
+    GroupSendFrame,
+    GroupsFrame,
+    GroupSummary,
     PingFrame,
     PongFrame,
     ReadyFrame,
@@ -48,6 +53,7 @@ from signalling.protocol import (
     b64encode,
 )
 from signalling.reach import Reach
+from store import groups as group_store
 from store import mailbox
 from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
 
@@ -144,6 +150,8 @@ class Delivery:
                 future = await self.writer.submit_ack(sock.device_id, ids)
                 sock.last_commit = future
                 future.add_done_callback(lambda f: _after_ack(sock, f, ids))
+        elif isinstance(frame, GroupSendFrame):
+            await self._on_group_send(sock, frame)
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
@@ -187,6 +195,71 @@ class Delivery:
 
         sock.last_commit = future
         future.add_done_callback(lambda f: _after_store(sock, f, frame, live, rows))
+
+    async def _on_group_send(self, sock: DeviceSocket, frame: GroupSendFrame) -> None:
+        """One group message: stored once, a row per recipient device, pushed live to each.
+
+        Each device's row is its own job for the writer (they still commit in one transaction),
+        so one member's full mailbox costs only that member the message: it is named in the
+        answer's `full` list instead of failing the send for everyone.
+        """
+        if len(frame.envelope) % 4 == 1:
+            raise FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
+        async with self._engine.connect() as conn:
+            found = await group_store.member_devices(conn, frame.group_id, sock.user_id)
+        if found is None:
+            raise FrameRefused(ErrorCode.NOT_A_MEMBER, f"you are not a member of group {frame.group_id}")
+        group_pk, devices = found
+        targets = [(u, d) for u, d in devices if d != sock.device_id]
+        if frame.devices is not None:
+            wanted = set(frame.devices)
+            unknown = sorted(wanted - {d for _, d in targets})
+            if unknown:
+                named = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise FrameRefused(
+                    ErrorCode.UNKNOWN_DEVICE,
+                    f"not active devices of other members of group {frame.group_id}: {named}",
+                )
+            targets = [t for t in targets if t[1] in wanted]
+        if not targets:
+            sock.push(Outgoing(accepted_json(frame.ref, frame.message_id, [], []), accepted=True))
+            return
+        envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
+        expires = datetime.now(UTC) + self.limits.mailbox_retention
+        try:
+            async with self._engine.begin() as conn:
+                body_id = await mailbox.store_body(conn, group_pk, envelope, expires)
+        except Exception as exc:
+            log.error("storing a group message failed: %s", exc)
+            raise FrameRefused(ErrorCode.INTERNAL, "the server could not store this; send it again") from exc
+        futures: list[asyncio.Future[None]] = []
+        for user_id, device_id in targets:
+            row = NewMessage(
+                user_id,
+                device_id,
+                sock.user_id,
+                sock.device_id,
+                frame.message_id,
+                b"",
+                body_id,
+                len(envelope),
+            )
+            futures.append(await self.writer.submit_store([row]))
+        deliver = group_deliver_json(
+            frame.message_id, sock.user_id, sock.device_id, frame.envelope, frame.group_id
+        )
+        live = [d for _, d in targets if await self._push_live_text(d, deliver, frame.message_id)]
+        done = asyncio.gather(*futures, return_exceptions=True)
+        sock.last_commit = done
+        devices_in_order = [d for _, d in targets]
+        done.add_done_callback(lambda f: _after_group_store(sock, f, frame, live, devices_in_order))
+
+    async def _push_live_text(self, device_id: str, text: str, message_id: str) -> bool:
+        try:
+            return await self._backplane.send_to_device(device_id, text, message_id)
+        except Exception as exc:
+            log.warning("live push to %s failed, it stays queued: %s", device_id, exc)
+            return False
 
     def _push_here(self, device_id: str, text: str, message_id: str | None) -> bool:
         """Push to a socket of this instance (what `Hub.deliver_to_device` does for the backplane)."""
@@ -331,11 +404,21 @@ class Delivery:
                     envelope=b64encode(row.envelope),
                     queued=True,
                     queued_at=row.queued_at,
+                    group_id=row.group_id,
                 )
                 await ws.send_text(frame.model_dump_json())
                 sock.ack_credit += 1
                 drained_ids.add(row.message_id)
                 after = row.seq
+        if ws.query_params.get("groups") == "1":  # the client asked for it (it speaks groups)
+            # Membership the device may have missed while away: every group with its version.
+            async with self._engine.connect() as conn:
+                summaries = await group_store.summaries(conn, sock.user_id)
+            groups = [
+                GroupSummary(group_id=g.public_id, name=g.name, version=g.version, role=g.role)
+                for g in summaries
+            ]
+            await ws.send_text(GroupsFrame(groups=groups).model_dump_json())
         await ws.send_text(DrainedFrame().model_dump_json())
         return drained_ids
 
@@ -367,6 +450,34 @@ def _after_store(
         )
 
 
+def _after_group_store(
+    sock: DeviceSocket,
+    future: asyncio.Future[list[BaseException | None]],
+    frame: GroupSendFrame,
+    live: list[str],
+    devices: list[str],
+) -> None:
+    """Every device's row of a group send has committed or been refused: answer the sender."""
+    if sock.gone or future.cancelled():
+        return
+    queued: list[str] = []
+    full: list[str] = []
+    failed = False
+    for device_id, outcome in zip(devices, future.result(), strict=True):
+        if outcome is None:
+            queued.append(device_id)
+        elif isinstance(outcome, MailboxQuotaExceeded):
+            full.append(device_id)
+        else:
+            failed = True
+            log.error("mailbox write of a group message failed: %s", outcome)
+    if failed:
+        sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
+        return
+    answer = AcceptedFrame(ref=frame.ref, message_id=frame.message_id, live=live, queued=queued, full=full)
+    sock.push(Outgoing(answer.model_dump_json(), accepted=True))
+
+
 def _after_ack(sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
     if future.cancelled() or future.exception() is None:
         return
@@ -393,6 +504,18 @@ def deliver_json(message_id: str, sender_user: int, sender_device: str, envelope
         + '","envelope":"'
         + envelope
         + '","queued":false,"queued_at":null}'
+    )
+
+
+def group_deliver_json(
+    message_id: str, sender_user: int, sender_device: str, envelope: str, group_id: str
+) -> str:
+    """`deliver_json` of a group message: the same frame with `group_id` (32 hex, checked)."""
+    return (
+        deliver_json(message_id, sender_user, sender_device, envelope)[:-1]
+        + ',"group_id":"'
+        + group_id
+        + '"}'
     )
 
 

@@ -40,6 +40,7 @@ MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
 # (signalling/passwords.py), so nothing is truncated and nothing accepted here is refused later.
 PASSWORD_MIN_CHARS = 8
 PASSWORD_MAX_CHARS = 128
+GROUP_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 # Every integer the store keeps is a signed 64-bit column: a larger one is refused at the door (422
 # naming the field) instead of overflowing in the database.
@@ -90,6 +91,11 @@ Password = Annotated[
         description=f"{PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters",
     ),
 ]
+GroupId = Annotated[
+    str, Field(pattern=GROUP_ID_PATTERN, description="128-bit random id, hex, chosen by the creating device")
+]
+MAX_GROUP_RECORD_CHARS = 128 * 1024  # base64url of crypto.groupstate.MAX_RECORD_BYTES (64 KiB)
+MAX_GROUP_DEVICES_PER_SEND = 4096
 
 
 class _Model(BaseModel):
@@ -297,6 +303,98 @@ class BlobOut(_Response):
     created_at: datetime
 
 
+# --------------------------------------------------------------------------------------------------
+# Groups (docs/server.md "Groups"; the records are crypto.groupstate bytes, opaque to the server)
+# --------------------------------------------------------------------------------------------------
+
+
+class GroupRole(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+# 1-64 characters, no control characters, not blank (some character other than a space): stated
+# as a pattern so the schema says exactly what the server takes.
+GROUP_NAME_PATTERN = r"^[^\x00-\x1f]*[^\x00-\x20][^\x00-\x1f]*$"
+GroupName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=GROUP_NAME_PATTERN,
+        description="1-64 characters, not blank, no control characters",
+    ),
+]
+GroupRecordText = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=MAX_GROUP_RECORD_CHARS,
+        pattern=B64_PATTERN,
+        description="a signed membership record, unpadded base64url",
+    ),
+]
+
+
+class GroupCreate(_Model):
+    """A new group; `record` is its create record, signed on the creator's device."""
+
+    group_id: GroupId
+    name: GroupName
+    members: list[UserId] = Field(default_factory=list, max_length=999, description="accepted contacts")
+    record: GroupRecordText
+
+
+class GroupChange(_Model):
+    """Every change carries its signed record and the number of records the signing device had
+    verified (`version`): the record goes at that position, or the call fails with 409."""
+
+    record: GroupRecordText
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class GroupRename(GroupChange):
+    name: GroupName
+
+
+class GroupMembersChange(GroupChange):
+    user_ids: list[UserId] = Field(min_length=1, max_length=1000)
+
+
+class GroupPromote(GroupChange):
+    user_id: UserId
+
+
+class GroupOut(_Response):
+    group_id: str
+    name: str
+    role: GroupRole = Field(description="your role in it")
+    member_count: int
+    version: int = Field(description="membership records stored; compare with the chain you verified")
+    created_by: int | None = None
+    created_at: datetime
+
+
+class GroupMemberOut(_Response):
+    user_id: int
+    username: str
+    role: GroupRole
+    joined_at: datetime
+    added_by: int | None = None
+
+
+class GroupRecordOut(_Response):
+    seq: int
+    record: str
+
+
+class GroupSummary(_Response):
+    group_id: str
+    name: str
+    version: int
+    role: GroupRole
+
+
 class ApiErrorCode(StrEnum):
     """Stable `code` values of every REST error (ErrorBody); `detail` beside it says the specifics."""
 
@@ -330,6 +428,14 @@ class ApiErrorCode(StrEnum):
     DUPLICATE = "duplicate"
     NO_REQUEST = "no_request"
     NOT_A_CONTACT = "not_a_contact"
+    # groups
+    NOT_A_MEMBER = "not_a_member"
+    NOT_AN_ADMIN = "not_an_admin"
+    REMOVE_SELF = "remove_self"
+    STALE_VERSION = "stale_version"
+    GROUP_ID_TAKEN = "group_id_taken"
+    ALREADY = "already"
+    GROUP_FULL = "group_full"
     # devices, mailbox, blobs
     DEVICE_TAKEN = "device_taken"
     TOO_MANY_DEVICES = "too_many_devices"
@@ -361,6 +467,7 @@ class ErrorCode(StrEnum):
     NOT_A_CONTACT = "not_a_contact"
     UNKNOWN_DEVICE = "unknown_device"
     QUOTA = "quota"
+    NOT_A_MEMBER = "not_a_member"
     DUPLICATE = "duplicate"
     INTERNAL = "internal"
 
@@ -420,6 +527,25 @@ class AcceptedFrame(_Model):
     message_id: str = Field(description="the `send`'s message_id")
     live: list[str] = Field(default_factory=list, description="device ids it was pushed to now")
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
+    full: list[str] = Field(
+        default_factory=list, description="group sends: devices whose mailbox is full (not stored for them)"
+    )
+
+
+class GroupSendFrame(_Model):
+    """One group message (crypto.senderkeys bytes) for the devices of a group's members.
+
+    The server fans it out to every active device of every member but the sending device, or
+    only to `devices` (the ones the sender could not reach directly), storing the envelope once
+    with a mailbox row per device. The answer is an `accepted` frame (or an `error`).
+    """
+
+    type: Literal["group_send"] = "group_send"
+    ref: str = Field(max_length=64)
+    group_id: GroupId
+    message_id: MessageId
+    envelope: B64
+    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=MAX_GROUP_DEVICES_PER_SEND)
 
 
 class AcceptedBatchFrame(_Model):
@@ -444,6 +570,7 @@ class DeliverFrame(_Model):
     envelope: B64 = Field(description="the envelope exactly as sent")
     queued: bool = Field(description="true when it comes out of the mailbox")
     queued_at: datetime | None = Field(default=None, description="when the mailbox stored it (queued only)")
+    group_id: str | None = Field(default=None, description="set for a group message (a group_send)")
 
 
 MAX_ACK_IDS = 1000
@@ -520,6 +647,43 @@ class ContactFrame(_Model):
     contact: ContactOut | None = None
 
 
+class GroupEvent(StrEnum):
+    CREATED = "created"  # you were made a member of a new group (or created it)
+    MEMBERS_ADDED = "members_added"
+    MEMBERS_REMOVED = "members_removed"  # `user_ids` were removed (you, if you are among them)
+    PROMOTED = "promoted"
+    RENAMED = "renamed"
+    LEFT = "left"  # `user_ids` left; `promoted` became admin if the last admin left
+    DELETED = "deleted"
+
+
+class GroupFrame(_Model):
+    """A membership change, pushed after it is committed to every live device of every member
+    (and of whoever left or was removed). `group` is the receiver's view after the change, None
+    when they are no longer in it. Devices fetch the new records (`GET /groups/{id}/records`)
+    and verify them before they act on the change: this frame is a hint, the chain is the truth."""
+
+    type: Literal["group"] = "group"
+    event: GroupEvent
+    group_id: str
+    name: str
+    version: int
+    by_user: int
+    user_ids: list[int] = Field(default_factory=list)
+    promoted: list[int] = Field(default_factory=list)
+    group: GroupOut | None = None
+
+
+class GroupsFrame(_Model):
+    """Right after a socket's mailbox drain (before `drained`), for sockets that asked for it with
+    `?groups=1` on the /ws URL: every group the user is in, with
+    its version, so a device that was away catches up on membership changes it missed; a group it
+    knew and does not see here it has left, been removed from, or was deleted."""
+
+    type: Literal["groups"] = "groups"
+    groups: list[GroupSummary]
+
+
 class ReadyFrame(_Model):
     """After auth: who the socket is, how many mailbox rows will follow, the protocol it speaks."""
 
@@ -563,7 +727,7 @@ class PongFrame(_Model):
 
 
 ClientFrame = Annotated[
-    AuthFrame | SignalFrame | SendFrame | AckFrame | PingFrame,
+    AuthFrame | SignalFrame | SendFrame | AckFrame | PingFrame | GroupSendFrame,
     Field(discriminator="type"),
 ]
 ServerFrame = Annotated[
@@ -576,7 +740,9 @@ ServerFrame = Annotated[
     | DrainedFrame
     | ErrorFrame
     | PongFrame
-    | ContactFrame,
+    | ContactFrame
+    | GroupFrame
+    | GroupsFrame,
     Field(discriminator="type"),
 ]
 

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     )
     mailbox_purge_interval_seconds: float = Field(default=300.0, gt=0)
 
+    # --- groups ----------------------------------------------------------------------------------
+    group_max_members: int = Field(default=1000, gt=1, le=100_000, description="members of one group")
+    groups_per_user: int = Field(default=500, gt=0, description="groups one user may be a member of")
+
     # --- ICE servers handed to peers -----------------------------------------------------------
     ice_servers: UrlList = Field(default_factory=list, description="extra ICE urls handed on as they are")
     stun_urls: UrlList = Field(default_factory=list)

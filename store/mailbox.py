@@ -10,6 +10,10 @@ Writes go through one `MailboxWriter` per process: it batches the rows of many s
 transaction (group commit) and resolves each caller only after *its* batch has committed, so the
 server can answer `accepted` without paying one commit per envelope. It never holds plaintext: the
 envelope is opaque bytes to it.
+
+A group message is stored once (`store_body`, a row of `mailbox_bodies`) and each recipient
+device's row points at it (`NewMessage.body_id`, with an empty envelope of its own); the drain
+reads the body through the row, and the body goes with its last row (or on expiry) in the purge.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, case, delete, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.errors import QuotaExceeded, StoreError
-from store.models import MailboxEntry
+from store.models import Group, MailboxBody, MailboxEntry
 
 
 class MailboxError(StoreError):
@@ -60,6 +64,13 @@ class NewMessage:
     sender_device: str
     message_id: str
     envelope: bytes
+    body_id: int | None = None  # a group message's shared body; `envelope` is then empty
+    body_size: int = 0
+
+    @property
+    def size(self) -> int:
+        """What the row costs its device's quota (a shared body counts for every device)."""
+        return len(self.envelope) if self.body_id is None else self.body_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,7 @@ class StoredMessage:
     sender_device: str
     envelope: bytes
     queued_at: datetime
+    group_id: str | None = None  # the group's public id, for a group message
 
 
 T = TypeVar("T")
@@ -103,9 +115,12 @@ async def fetch_after(
             MailboxEntry.message_id,
             MailboxEntry.sender_user,
             MailboxEntry.sender_device,
-            MailboxEntry.envelope,
+            case((MailboxEntry.body_id.is_(None), MailboxEntry.envelope), else_=MailboxBody.envelope),
             MailboxEntry.created_at,
+            Group.public_id,
         )
+        .outerjoin(MailboxBody, MailboxBody.id == MailboxEntry.body_id)
+        .outerjoin(Group, Group.id == MailboxBody.group_id)
         .where(
             MailboxEntry.recipient_device == device_id,
             MailboxEntry.id > after_seq,
@@ -115,7 +130,7 @@ async def fetch_after(
         .limit(limit)
     )
     rows = (await conn.execute(stmt)).all()
-    return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
 
 async def usage(conn: AsyncConnection, device_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -145,8 +160,43 @@ async def delete_acked(conn: AsyncConnection, device_id: str, message_ids: Seque
 
 
 async def purge_expired(conn: AsyncConnection, now: datetime | None = None) -> int:
-    stmt = delete(MailboxEntry).where(MailboxEntry.expires_at <= (now or _utcnow()))
+    """Delete expired rows, and group bodies that expired or that no row points at any more."""
+    now = now or _utcnow()
+    stmt = delete(MailboxEntry).where(MailboxEntry.expires_at <= now)
+    removed = (await conn.execute(stmt)).rowcount or 0
+    await purge_bodies(conn, now)
+    return removed
+
+
+async def store_body(conn: AsyncConnection, group_pk: int, envelope: bytes, expires_at: datetime) -> int:
+    """Store one group message's ciphertext once; its rows then name the returned id."""
+    stmt = (
+        insert(MailboxBody)
+        .values(
+            group_id=group_pk,
+            envelope=envelope,
+            size=len(envelope),
+            created_at=_utcnow(),
+            expires_at=expires_at,
+        )
+        .returning(MailboxBody.id)
+    )
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def purge_bodies(conn: AsyncConnection, now: datetime | None = None) -> int:
+    """Bodies past expiry (their rows go with them) or acked by every device they were stored for."""
+    now = now or _utcnow()
+    referenced = select(MailboxEntry.body_id).where(MailboxEntry.body_id.is_not(None))
+    stmt = delete(MailboxBody).where(or_(MailboxBody.expires_at <= now, MailboxBody.id.not_in(referenced)))
     return (await conn.execute(stmt)).rowcount or 0
+
+
+async def body_bytes(conn: AsyncConnection) -> tuple[int, int]:
+    """(group bodies stored, their total bytes): what the mailbox holds once for many devices."""
+    stmt = select(func.count(), func.coalesce(func.sum(MailboxBody.size), 0)).select_from(MailboxBody)
+    count, size = (await conn.execute(stmt)).one()
+    return int(count), int(size)
 
 
 async def count_all(conn: AsyncConnection) -> int:
@@ -159,11 +209,11 @@ async def count_all(conn: AsyncConnection) -> int:
 
 
 _USAGE_RELOAD_AFTER_DELETE = 1.0  # seconds
-_SQLITE_INSERT_ROWS = 1000  # 9 parameters a row, well under SQLite's 32766
+_SQLITE_INSERT_ROWS = 1000  # 10 parameters a row, well under SQLite's 32766
 _SQLITE_DELETE_ROWS = 4000
 _SQLITE_INSERT = (
     "INSERT INTO mailbox (recipient_user, recipient_device, sender_user, sender_device, message_id,"
-    " envelope, size, created_at, expires_at) VALUES {values}"
+    " envelope, size, created_at, expires_at, body_id) VALUES {values}"
     " ON CONFLICT (recipient_device, message_id) DO NOTHING"
 )
 # The join walks the unique index for each pair; `(a, b) IN (VALUES ...)` would scan the table.
@@ -186,9 +236,10 @@ def _row(m: NewMessage, created: datetime, expires: datetime) -> dict[str, objec
         "sender_device": m.sender_device,
         "message_id": m.message_id,
         "envelope": m.envelope,
-        "size": len(m.envelope),
+        "size": m.size,
         "created_at": created,
         "expires_at": expires,
+        "body_id": m.body_id,
     }
 
 
@@ -372,7 +423,7 @@ class MailboxWriter:
         for m in inserts.values():
             known = self._usage.get(m.recipient_device)
             if known is not None:
-                known.size += len(m.envelope)
+                known.size += m.size
                 known.rows += 1
         for device in {d for d, _ in deletes}:
             known = self._usage.get(device)
@@ -412,11 +463,12 @@ class MailboxWriter:
                     m.sender_device,
                     m.message_id,
                     m.envelope,
-                    len(m.envelope),
+                    m.size,
                     created,
                     expiry,
+                    m.body_id,
                 ]
-            values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             await conn.exec_driver_sql(_SQLITE_INSERT.format(values=values), tuple(params))
         for pairs in _chunks(deletes, _SQLITE_DELETE_ROWS):
             values = ",".join(["(?,?)"] * len(pairs))
@@ -435,7 +487,7 @@ class MailboxWriter:
         extra: dict[str, list[int]] = {}
         for m in job.messages:
             entry = extra.setdefault(m.recipient_device, [0, 0])
-            entry[0] += len(m.envelope)
+            entry[0] += m.size
             entry[1] += 1
         for device, (size, rows) in extra.items():
             known = self._usage.get(device)

@@ -164,6 +164,70 @@ class MailboxEntry(Base):
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A group message is stored once in `mailbox_bodies`; its rows here hold an empty `envelope`
+    # and point at the body (`size` is still what the row costs its device's quota).
+    body_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("mailbox_bodies.id", ondelete="CASCADE"),
+        default=None,
+        index=True,
+    )
+
+
+class MailboxBody(Base):
+    """One group message's ciphertext, stored once for every recipient device's row."""
+
+    __tablename__ = "mailbox_bodies"
+    __table_args__ = (Index("ix_mailbox_bodies_expires", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Group(Base):
+    """A group conversation as the server routes it. `public_id` is chosen by the creating device
+    (it is signed into the membership chain); `version` counts the stored chain records."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None, onupdate=utcnow)
+
+
+class GroupMember(Base):
+    """One member of a group; the row id orders members by joining (the oldest has the lowest)."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("group_id", "user_id", name="uq_group_members_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # protocol.GroupRole values
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    joined_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class GroupRecord(Base):
+    """One signed membership record, opaque to the server (crypto.groupstate), in chain order."""
+
+    __tablename__ = "group_records"
+    __table_args__ = (UniqueConstraint("group_id", "seq", name="uq_group_records_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    record: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
 
 
 class Blob(Base):

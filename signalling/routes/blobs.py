@@ -22,8 +22,9 @@ from fastapi.responses import FileResponse
 from signalling.deps import CurrentUser
 from signalling.errors import Forbidden, NotFound, PayloadTooLarge
 from signalling.openapi import errors
-from signalling.protocol import ApiErrorCode, BlobOut
+from signalling.protocol import GROUP_ID_PATTERN, ApiErrorCode, BlobOut
 from signalling.settings import Settings
+from store import groups as group_store
 from store import reach
 from store.blobs import BlobNotFound, BlobQuotaExceeded, BlobStore, BlobTooLarge
 
@@ -79,7 +80,8 @@ MAX_READERS_CHARS = 4096
         }
     },
     responses=errors(
-        e403="A reader is not an accepted contact of yours (`not_a_contact`).",
+        e403="A reader is not an accepted contact of yours nor in a group with you (`not_a_contact`).",
+        e404="You are not a member of that group (`not_a_member`).",
         e413="Over the blob size limit (`too_large`) or your quota (`quota`).",
     ),
 )
@@ -94,19 +96,38 @@ async def upload_blob(
             description="user ids who may download it, comma-separated, e.g. `2,5`",
         ),
     ] = "",
+    group: Annotated[
+        str | None,
+        Query(pattern=GROUP_ID_PATTERN, description="a group of yours: every member may download it"),
+    ] = None,
 ) -> BlobOut:
     store: BlobStore = request.app.state.blobs
     reader_ids = [int(part) for part in readers.split(",") if part]
+    members: list[int] = []
     async with request.app.state.engine.connect() as conn:
-        for reader in set(reader_ids) - {user.id}:
-            if not await reach.is_accepted_contact(conn, user.id, reader):
+        if group is not None:
+            if await group_store.is_member(conn, group, user.id) is None:
+                raise NotFound(
+                    f"There is no group {group} that you are a member of.", code=ApiErrorCode.NOT_A_MEMBER
+                )
+            # Stored once, readable by every member (and so by each of their devices).
+            members = await group_store.user_ids_of(conn, group)
+        for reader in set(reader_ids) - {user.id} - set(members):
+            if not (
+                await reach.is_accepted_contact(conn, user.id, reader)
+                or await group_store.share_a_group(conn, user.id, reader)
+            ):
                 raise Forbidden(
-                    f"User {reader} is not an accepted contact of yours.", code=ApiErrorCode.NOT_A_CONTACT
+                    f"User {reader} is not an accepted contact of yours nor in a group with you.",
+                    code=ApiErrorCode.NOT_A_CONTACT,
                 )
     declared = request.headers.get("content-length")
     try:
         info = await store.put(
-            user.id, reader_ids, request.stream(), int(declared) if declared and declared.isdigit() else None
+            user.id,
+            [*reader_ids, *members],
+            request.stream(),
+            int(declared) if declared and declared.isdigit() else None,
         )
     except BlobTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc

@@ -129,13 +129,15 @@ class DeviceClient:
         self.ready: dict[str, Any] = {}
         self.backlog: list[dict[str, Any]] = []
 
-    async def open(self, *, by_frame: bool = False, wait_drained: bool = True, **kw: Any) -> None:
+    async def open(
+        self, *, by_frame: bool = False, wait_drained: bool = True, query: str = "", **kw: Any
+    ) -> None:
         if by_frame:
             self.ws = await websockets.connect(self.ws_url, max_size=None, **kw)
             await self.send({"type": "auth", "token": self.account.token, "device_id": self.device_id})
         else:
             self.ws = await websockets.connect(
-                f"{self.ws_url}?device_id={self.device_id}",
+                f"{self.ws_url}?device_id={self.device_id}{query}",
                 additional_headers=self.account.auth,
                 max_size=None,
                 **kw,
