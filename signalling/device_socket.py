@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
@@ -21,7 +21,7 @@ from signalling.protocol import CloseCode, ErrorCode, ErrorFrame
 class CommitBarrier(Protocol):
     """Something a `ping` must wait behind that is not yet a writer future (delivery's live hold)."""
 
-    def barrier(self) -> asyncio.Future[None] | None: ...
+    def barrier(self) -> asyncio.Future[Any] | None: ...
 
 
 @dataclass(slots=True)
@@ -44,7 +44,7 @@ class DeviceSocket:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=outbox_size)
         self.closing: tuple[int, str] | None = None
         # the newest send/ack handed to the writer, or the newest send held for live acks
-        self.last_commit: asyncio.Future[None] | CommitBarrier | None = None
+        self.last_commit: asyncio.Future[Any] | CommitBarrier | None = None
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
@@ -60,7 +60,7 @@ class DeviceSocket:
             return False
         return True
 
-    def commit_barrier(self) -> asyncio.Future[None] | None:
+    def commit_barrier(self) -> asyncio.Future[Any] | None:
         """What a `ping` now waits for: every earlier send and ack committed (None: nothing)."""
         last = self.last_commit
         if last is None or isinstance(last, asyncio.Future):
