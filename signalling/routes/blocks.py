@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from signalling.contact_news import Who
 from signalling.deps import CurrentUser, Session
 from signalling.errors import BadRequest, Conflict, Invalid, NotFound
-from signalling.protocol import BlockAdd, BlockOut, ContactEvent, ContactFrame
+from signalling.protocol import ApiErrorCode, BlockAdd, BlockOut, ContactEvent, ContactFrame
 from store import accounts
 from store import blocks as block_store
 from store import contacts as contact_store
@@ -57,15 +57,17 @@ async def block(body: BlockAdd, user: CurrentUser, request: Request, session: Se
         else await accounts.get_by_username(session, body.username or "")
     )
     if other is None:
-        raise NotFound("There is no such user.", code="user_not_found")
+        raise NotFound("There is no such user.", code=ApiErrorCode.USER_NOT_FOUND)
     if other.id == user.id:
-        raise BadRequest("You cannot block yourself.", code="self_block")
+        raise BadRequest("You cannot block yourself.", code=ApiErrorCode.SELF_BLOCK)
     me, them = Who(user.id, user.username), Who(other.id, other.username)
     had_row = await contact_store.view_of(session, them.id, me.id) is not None
     try:
         row = await block_store.block(session, me.id, them.id)
     except block_store.AlreadyBlocked as exc:
-        raise Conflict(f"You have blocked {them.username} already.", code="already_blocked") from exc
+        raise Conflict(
+            f"You have blocked {them.username} already.", code=ApiErrorCode.ALREADY_BLOCKED
+        ) from exc
     await session.commit()
     request.app.state.hub.forget_reach()  # the hub refuses their frames from now on
     await _push(
@@ -99,7 +101,7 @@ async def unblock(user_id: int, user: CurrentUser, request: Request, session: Se
     try:
         await block_store.unblock(session, me_id, user_id)
     except StoreNotFound as exc:
-        raise NotFound(f"You have not blocked user {user_id}.", code="not_blocked") from exc
+        raise NotFound(f"You have not blocked user {user_id}.", code=ApiErrorCode.NOT_BLOCKED) from exc
     await session.commit()
     other = await accounts.get(session, user_id)
     if other is not None:
