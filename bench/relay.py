@@ -101,6 +101,9 @@ class Link:
     receiver: Any
     frame: Callable[[str], str]
     ack: Callable[[list[str]], str] | None = None
+    # What the receiver yields -> the message id it carries (None: not a delivery). JSON text frames
+    # by default; bench/peers.py passes its XMPP client's parsed stanzas.
+    message_id_of: Callable[[Any], str | None] = field(default_factory=lambda: json_message_id)
     sent_at: dict[str, float] = field(default_factory=dict)
     unacked: list[str] = field(default_factory=list)
     closed_by_relay: str | None = None  # the relay shed this link (e.g. 1013: client not reading)
@@ -132,12 +135,19 @@ class Meter:
                 await self.all_in.wait()
 
 
+def json_message_id(text: str) -> str | None:
+    """The id of a hub `deliver` or a forwarded frame; None for any other frame."""
+    if '"deliver"' not in text and '"to"' not in text:
+        return None
+    return json.loads(text)["message_id"]
+
+
 async def _receive(link: Link, meter_of: Callable[[], Meter]) -> None:
-    with contextlib.suppress(websockets.ConnectionClosed):
-        async for text in link.receiver:
-            if '"deliver"' not in text and '"to"' not in text:
+    with contextlib.suppress(websockets.ConnectionClosed, ConnectionError):
+        async for item in link.receiver:
+            mid = link.message_id_of(item)
+            if mid is None:
                 continue
-            mid = json.loads(text)["message_id"]
             sent = link.sent_at.pop(mid, None)
             if sent is not None:
                 meter_of().hit(sent)
@@ -177,7 +187,7 @@ async def _send_paced(link: Link, rate: float, duration: float) -> int:
             link.sent_at[mid] = time.perf_counter()
             try:
                 await link.sender.send(link.frame(mid))
-            except websockets.ConnectionClosed as exc:  # past saturation the hub sheds slow readers
+            except (websockets.ConnectionClosed, ConnectionError) as exc:  # the hub sheds slow readers
                 link.closed_by_relay = str(exc)
                 return sent
             sent += 1
@@ -249,11 +259,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LAST_BASELINE_PID = [0]  # the running forwarder's process (bench/tail.py signals its probe)
+
+
 @contextlib.contextmanager
-def baseline_server() -> Any:
+def baseline_server(app: str = "bench.forwarder:app", extra_env: dict[str, str] | None = None) -> Any:
+    """The forwarder on a free port (bench/tail.py passes `bench.probed_forwarder:app` and its env)."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--ws-per-message-deflate", "false"]  # as the hub: ciphertext does not compress
     proc = subprocess.Popen(
         [*cmd, "--log-level", "warning"],
@@ -271,6 +285,7 @@ def baseline_server() -> Any:
             time.sleep(0.05)
         else:
             raise RuntimeError("the baseline forwarder did not start")
+        LAST_BASELINE_PID[0] = proc.pid
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
         proc.terminate()
@@ -307,11 +322,13 @@ async def _hub_socket(ws_url: str, account: Account) -> Any:
     return ws
 
 
-async def hub_links(ws_url: str, accounts: list[tuple[Account, Account]], envelope: str) -> list[Link]:
+async def hub_links(
+    ws_url: str, accounts: list[tuple[Account, Account]], envelope: str, receiver_ws_url: str | None = None
+) -> list[Link]:
     links = []
     for a, b in accounts:
         sender = await _hub_socket(ws_url, a)
-        receiver = await _hub_socket(ws_url, b)
+        receiver = await _hub_socket(receiver_ws_url or ws_url, b)
         prefix = f'{{"type":"send","ref":"b","envelope":"{envelope}","recipients":'
         prefix += f'[{{"user_id":{b.user_id},"device_id":"{b.device_id}"}}],"message_id":"'
         links.append(
@@ -394,44 +411,113 @@ async def _with_receivers(links: list[Link], body: Callable[[list[Meter]], Await
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class HubRun:
+    """One hub's sweep, its run at half of its saturation, and its mailbox write rate."""
+
+    steps: list[StepResult]
+    saturation: float
+    half: StepResult
+    mailbox: dict[str, Any]
+
+
+def header(what: str, pairs: int, step_seconds: float) -> None:
+    load = os.getloadavg()
+    print(
+        f"{what}: {pairs} pairs, {ENVELOPE_BYTES}-byte envelopes, {step_seconds:g} s steps"
+        f" (load average {load[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(f"{'relay':<9} {'offered':>8} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'delivered':>17}")
+
+
+async def baseline_sweep(
+    pairs: int, step_seconds: float, loads: list[int], envelope: str
+) -> list[StepResult]:
+    with baseline_server() as ws_url:
+        links = await baseline_links(ws_url, pairs, envelope)
+        return await _with_receivers(links, lambda box: step_up("baseline", links, step_seconds, box, loads))
+
+
+async def baseline_at(
+    pairs: int, rate: float, seconds: float, envelope: str, name: str, *, show: bool = True
+) -> StepResult:
+    """The bare forwarder at one offered rate (the hub's half-saturation rate, for the tail)."""
+    with baseline_server() as ws_url:
+        links = await baseline_links(ws_url, pairs, envelope)
+        result = await _with_receivers(links, lambda box: run_step(links, rate, seconds, box))
+    if show:
+        print(result.row(name), flush=True)
+    return result
+
+
+async def hub_phases(
+    ws_urls: list[str],
+    accounts: list[tuple[Account, Account]],
+    step_seconds: float,
+    loads: list[int],
+    envelope: str,
+    mailbox_envelopes: int,
+    name: str = "hub",
+) -> HubRun:
+    """Sweep, half-saturation run and mailbox writes on running hub(s). With two URLs, senders use
+    the first instance and receivers the second (every frame crosses the backplane)."""
+    send_url, receive_url = ws_urls[0], ws_urls[-1]
+    links = await hub_links(send_url, accounts, envelope, receive_url)
+    steps = await _with_receivers(links, lambda box: step_up(name, links, step_seconds, box, loads))
+    saturation = sustained(steps)
+    await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
+    links = await hub_links(send_url, accounts, envelope, receive_url)
+    half = await _with_receivers(links, lambda box: run_step(links, saturation / 2, step_seconds * 3, box))
+    print(half.row(f"{name}@half"), flush=True)
+    mailbox = await mailbox_writes(send_url, accounts, mailbox_envelopes, envelope)
+    print(
+        f"{name} mailbox writes (recipients offline): {mailbox['per_second']:.0f} envelopes/s "
+        f"({mailbox['envelopes']} in {mailbox['seconds']:.2f} s, group commit)",
+        flush=True,
+    )
+    return HubRun(steps, saturation, half, mailbox)
+
+
+async def hub_run(
+    pairs: int,
+    step_seconds: float,
+    loads: list[int],
+    envelope: str,
+    mailbox_envelopes: int,
+    env: dict[str, str] | None = None,
+) -> HubRun:
+    """The real server on SQLite (synchronous=FULL) in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="peerpost-bench-") as tmp:
+        async with (
+            RunningServer(Path(tmp) / "hub", env=env or HUB_ENV) as server,
+            World(server.url, server.ws_url) as world,
+        ):
+            accounts = await hub_accounts(world, pairs)
+            return await hub_phases(
+                [server.ws_url], accounts, step_seconds, loads, envelope, mailbox_envelopes
+            )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     envelope = b64encode(os.urandom(ENVELOPE_BYTES))
     loads = [load for load in LOADS if load <= args.max_load]
-    print(
-        f"relay benchmark: {args.pairs} pairs, {ENVELOPE_BYTES}-byte envelopes, {args.step_seconds:g} s steps"
-        f" (load average {load_before[0]:.1f} on {os.cpu_count()} CPUs)"
-    )
-    print(f"{'relay':<9} {'offered':>8} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'delivered':>17}")
+    header("relay benchmark", args.pairs, args.step_seconds)
 
-    with baseline_server() as ws_url:
-        links = await baseline_links(ws_url, args.pairs, envelope)
-        baseline = await _with_receivers(
-            links, lambda box: step_up("baseline", links, args.step_seconds, box, loads)
-        )
-
-    with tempfile.TemporaryDirectory(prefix="peerpost-bench-") as tmp:
-        async with (
-            RunningServer(Path(tmp) / "hub", env=HUB_ENV) as server,
-            World(server.url, server.ws_url) as world,
-        ):
-            accounts = await hub_accounts(world, args.pairs)
-            links = await hub_links(server.ws_url, accounts, envelope)
-            hub = await _with_receivers(
-                links, lambda box: step_up("hub", links, args.step_seconds, box, loads)
-            )
-            saturation = sustained(hub)
-            await asyncio.sleep(3.0)  # pacing: let the server work off the backlog of the saturated step
-            links = await hub_links(server.ws_url, accounts, envelope)
-            half = await _with_receivers(
-                links, lambda box: run_step(links, saturation / 2, args.step_seconds * 3, box)
-            )
-            print(half.row("hub@half"))
-            mailbox = await mailbox_writes(server.ws_url, accounts, args.mailbox_envelopes, envelope)
-            print(
-                f"mailbox writes (recipients offline): {mailbox['per_second']:.0f} envelopes/s "
-                f"({mailbox['envelopes']} in {mailbox['seconds']:.2f} s, group commit, synchronous=FULL)"
-            )
+    baseline = await baseline_sweep(args.pairs, args.step_seconds, loads, envelope)
+    hub = await hub_run(args.pairs, args.step_seconds, loads, envelope, args.mailbox_envelopes)
+    saturation, half, mailbox = hub.saturation, hub.half, hub.mailbox
+    # The tail's yardstick: the bare forwarder at the very rate the hub ran its half-load step.
+    base_half = await baseline_at(args.pairs, saturation / 2, args.step_seconds * 3, envelope, "base@hub½")
 
     base_sat = sustained(baseline)
     summary = {
@@ -439,27 +525,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "hub_saturation_msgs_per_s": round(saturation),
         "hub_to_baseline": round(saturation / base_sat, 3),
         "hub_p99_ms_at_half_saturation": round(half.p99_ms, 2),
+        "baseline_p99_ms_at_hub_half_rate": round(base_half.p99_ms, 2),
         "mailbox_writes_per_s": round(mailbox["per_second"]),
         "targets": {
             "hub_to_baseline>=0.5": saturation / base_sat >= 0.5,
             "p99_at_half<50ms": half.p99_ms < 50,
+            "p99_at_half<=2x_baseline": half.p99_ms <= 2 * base_half.p99_ms,
             "mailbox_writes>=5000": mailbox["per_second"] >= 5000,
         },
     }
     print(
         f"\nsaturation: baseline {base_sat:.0f} msgs/s, hub {saturation:.0f} msgs/s "
-        f"(ratio {saturation / base_sat:.2f}); hub p99 at half saturation {half.p99_ms:.1f} ms"
+        f"(ratio {saturation / base_sat:.2f}); at {saturation / 2:.0f} msgs/s p99: hub {half.p99_ms:.1f} ms, "
+        f"baseline {base_half.p99_ms:.1f} ms"
     )
     print("targets:", ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in summary["targets"].items()))
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        "machine": {**machine(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "config": {
             "pairs": args.pairs,
             "envelope_bytes": ENVELOPE_BYTES,
@@ -472,11 +555,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "baseline": [s.__dict__ for s in baseline],
-        "hub": [s.__dict__ for s in hub],
+        "hub": [s.__dict__ for s in hub.steps],
         "hub_at_half_saturation": half.__dict__,
+        "baseline_at_hub_half_rate": base_half.__dict__,
         "mailbox": mailbox,
         "summary": summary,
     }
+
+
+def run_bench(coro: Awaitable[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Run a benchmark's main on uvloop with the load generator's own GC kept quiet, write its JSON."""
+    # The load generator is Python too: keep its own collector from adding pauses to what it measures.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is pinned, but the bench should still run
+        runner = asyncio.run
+    report = runner(coro)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report
 
 
 def cli() -> None:
@@ -498,19 +600,7 @@ def cli() -> None:
     args = parser.parse_args()
     global ACCEPTED_BATCH
     ACCEPTED_BATCH = not args.no_accepted_batch
-    # The load generator is Python too: keep its own collector from adding pauses to what it measures.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is pinned, but the bench should still run
-        runner = asyncio.run
-    report = runner(main(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    run_bench(main(args), args.out)
 
 
 if __name__ == "__main__":

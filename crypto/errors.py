@@ -185,3 +185,67 @@ class TooManySkipped(SessionError):
 
 class SessionDecryptionFailed(SessionError):
     """The message does not authenticate under the session (altered, or the states diverged)."""
+
+
+# --- groups: signed membership chains and sender keys ----------------------------------------------
+
+
+class GroupError(CryptoError):
+    """A group's membership record, chain or message cannot be accepted."""
+
+
+class MalformedGroupRecord(GroupError):
+    """The bytes are not a well-formed, canonical membership record."""
+
+
+class GroupRecordSignatureInvalid(GroupError):
+    """A membership record's signature does not verify against its signer's pinned device key."""
+
+
+class UnauthorizedGroupChange(GroupError):
+    """A record makes a change its signer may not make (not an admin, not a member, unknown device)."""
+
+
+class GroupChainBroken(GroupError):
+    """A record does not follow the one before it (wrong group, sequence number or previous hash)."""
+
+
+class GroupRollback(GroupError):
+    """The chain served is older than, or forks from, the state this device already verified."""
+
+
+class GhostMember(GroupError):
+    """The server lists a member that no admin added in the verified chain."""
+
+    def __init__(self, group_id: str, user_ids: list[int]) -> None:
+        self.group_id = group_id
+        self.user_ids = user_ids
+        names = ", ".join(str(u) for u in user_ids)
+        super().__init__(
+            f"the server lists user(s) {names} in group {group_id}, but no admin added them: "
+            "nothing is sent to or accepted from them"
+        )
+
+
+class SenderKeyError(GroupError):
+    """A sender key, its distribution message or a group message cannot be used."""
+
+
+class MalformedGroupMessage(SenderKeyError):
+    """The bytes are not a well-formed group message or sender-key distribution."""
+
+
+class UnknownSenderKey(SenderKeyError):
+    """No sender key of this sender device and key id has been received (ask for a distribution)."""
+
+
+class GroupMessageInvalid(SenderKeyError):
+    """A group message's signature or ciphertext does not verify: it was forged or altered."""
+
+
+class GroupMessageReplayed(SenderKeyError):
+    """This sender key already opened a message at this position (a duplicate or a replay)."""
+
+
+class GroupMessageTooFarAhead(SenderKeyError):
+    """The message skips more positions of the chain than the window allows."""

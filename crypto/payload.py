@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._codec import canonical_json
+from ._codec import b64d, b64e, canonical_json
 from .errors import EnvelopeTooLarge, FileStreamError, MalformedEnvelope
 from .filestream import FileManifest
 
@@ -70,8 +70,29 @@ class Delete:
     kind: Literal["delete"] = field(default="delete", init=False, repr=False)
 
 
-Payload = Text | FileOffer | Receipt | Typing | Edit | Delete
-PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete")
+@dataclass(frozen=True)
+class SenderKey:
+    """A group sender key for the receiving device (`crypto.senderkeys.SenderKeyDistribution`
+    bytes). It travels only inside a pairwise envelope, which authenticates the sending device."""
+
+    distribution: bytes
+    kind: Literal["sender_key"] = field(default="sender_key", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SenderKeyRequest:
+    """ "I cannot open your group messages under key `key_id`": the sender answers with its current
+    sender key (messages before that position stay unreadable: the chain only moves forward)."""
+
+    group_id: str
+    key_id: int
+    kind: Literal["sender_key_request"] = field(default="sender_key_request", init=False, repr=False)
+
+
+Payload = Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey | SenderKeyRequest
+PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete", "sender_key", "sender_key_request")
+_GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_DISTRIBUTION_BYTES = 1024
 
 
 def bucket_size(n: int) -> int:
@@ -90,6 +111,18 @@ def _check_ids(ids: object, what: str) -> list[str]:
         if not isinstance(mid, str) or not _MESSAGE_ID.match(mid):
             raise MalformedEnvelope(f"{what}: {mid!r} is not a 32-hex message id")
     return ids
+
+
+def _check_group(value: object) -> str:
+    if not isinstance(value, str) or not _GROUP_ID.match(value):
+        raise MalformedEnvelope("group id must be 32 lowercase hex digits")
+    return value
+
+
+def _check_key_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise MalformedEnvelope("sender key id must be an integer from 0 to 2^32 - 1")
+    return value
 
 
 def _to_dict(p: Payload) -> dict[str, Any]:
@@ -113,6 +146,16 @@ def _to_dict(p: Payload) -> dict[str, Any]:
             return {"type": "edit", "message_id": mid, "body": body}
         case Delete(message_ids=ids):
             return {"type": "delete", "message_ids": _check_ids(list(ids), "delete")}
+        case SenderKey(distribution=raw):
+            if not isinstance(raw, bytes) or not 0 < len(raw) <= MAX_DISTRIBUTION_BYTES:
+                raise MalformedEnvelope(f"sender key must be 1-{MAX_DISTRIBUTION_BYTES} bytes")
+            return {"type": "sender_key", "distribution": b64e(raw)}
+        case SenderKeyRequest(group_id=gid, key_id=key_id):
+            return {
+                "type": "sender_key_request",
+                "group_id": _check_group(gid),
+                "key_id": _check_key_id(key_id),
+            }
     raise MalformedEnvelope(f"not a payload: {type(p).__name__}")
 
 
@@ -173,6 +216,18 @@ def _from_dict(d: dict[str, Any]) -> Payload:
     if kind == "delete":
         _fields(d, "message_ids")
         return Delete(_check_ids(d["message_ids"], "delete"))
+    if kind == "sender_key":
+        _fields(d, "distribution")
+        try:
+            raw = b64d(d["distribution"])
+        except ValueError as e:
+            raise MalformedEnvelope("sender key distribution is not base64url") from e
+        if not 0 < len(raw) <= MAX_DISTRIBUTION_BYTES:
+            raise MalformedEnvelope(f"sender key must be 1-{MAX_DISTRIBUTION_BYTES} bytes")
+        return SenderKey(raw)
+    if kind == "sender_key_request":
+        _fields(d, "group_id", "key_id")
+        return SenderKeyRequest(_check_group(d["group_id"]), _check_key_id(d["key_id"]))
     raise MalformedEnvelope(f"unknown payload type {kind!r}")
 
 

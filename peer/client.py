@@ -18,18 +18,29 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from peer.errors import AuthFailed, ConfigError, ServerError, ServerUnavailable
 from signalling.protocol import (
     BlobOut,
+    BlockAdd,
+    BlockOut,
     ContactAdd,
     ContactOut,
     ContactStatus,
     ContactUpdate,
     DeviceBundleIn,
     DeviceOut,
+    GroupChange,
+    GroupCreate,
+    GroupMemberOut,
+    GroupMembersChange,
+    GroupOut,
+    GroupPromote,
+    GroupRecordOut,
+    GroupRename,
     IceConfig,
     MailboxItem,
     PrekeyBundleOut,
     PrekeyClaimIn,
     PrekeysIn,
     PrekeyStockOut,
+    RecipientDevice,
     RefreshRequest,
     TokenPair,
     UserCreate,
@@ -37,6 +48,8 @@ from signalling.protocol import (
     UserOut,
     UserPublic,
     UserUpdate,
+    b64decode,
+    b64encode,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -135,7 +148,7 @@ class ServerClient:
         return cls(message, code=code, status=response.status_code)
 
     @staticmethod
-    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):  # type: ignore[no-untyped-def]
+    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):
         try:
             if isinstance(model, TypeAdapter):
                 return model.validate_json(response.content)
@@ -143,7 +156,7 @@ class ServerClient:
         except ValidationError as e:
             raise ServerError(f"the server sent an answer this peer does not understand: {e}") from e
 
-    async def _json(self, model, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    async def _json(self, model, method: str, path: str, **kwargs: Any):
         return self._parse(model, await self.request(method, path, **kwargs))
 
     # ---------------------------------------------------------------------------------------------
@@ -245,6 +258,18 @@ class ServerClient:
     async def remove_contact(self, user_id: int) -> None:
         await self.request("DELETE", f"/me/contacts/{user_id}")
 
+    async def block(self, *, user_id: int | None = None, username: str | None = None) -> BlockOut:
+        """Block someone: ends the contact; their requests, messages, signals and presence stop."""
+        body = BlockAdd(user_id=user_id, username=username)
+        return await self._json(BlockOut, "POST", "/me/blocks", json=body.model_dump(exclude_none=True))
+
+    async def unblock(self, user_id: int) -> None:
+        await self.request("DELETE", f"/me/blocks/{user_id}")
+
+    async def blocks(self, skip: int = 0, limit: int = 100) -> list[BlockOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(TypeAdapter(list[BlockOut]), "GET", "/me/blocks", params=params)
+
     # ---------------------------------------------------------------------------------------------
     # devices, ICE, mailbox, blobs
     # ---------------------------------------------------------------------------------------------
@@ -286,8 +311,13 @@ class ServerClient:
         params = {"device_id": device_id}
         return await self._json(TypeAdapter(list[MailboxItem]), "GET", "/me/mailbox", params=params)
 
-    async def upload_blob(self, chunks: AsyncIterator[bytes], readers: Iterable[int]) -> BlobOut:
+    async def upload_blob(
+        self, chunks: AsyncIterator[bytes], readers: Iterable[int], *, group_id: str | None = None
+    ) -> BlobOut:
+        """Upload an encrypted file; with `group_id` every member of that group may read it."""
         params = {"readers": ",".join(str(r) for r in readers)}
+        if group_id is not None:
+            params["group"] = group_id
         headers = {"Content-Type": "application/octet-stream"}
         return await self._json(BlobOut, "POST", "/blobs", params=params, content=chunks, headers=headers)
 
@@ -306,3 +336,89 @@ class ServerClient:
 
     async def delete_blob(self, blob_id: str) -> None:
         await self.request("DELETE", f"/blobs/{blob_id}")
+
+    # ---------------------------------------------------------------------------------------------
+    # groups (every change carries a record signed on this device: crypto.groupstate.sign_record,
+    # and `version` = the number of records this device verified; 409 `stale_version` = re-sign)
+    # ---------------------------------------------------------------------------------------------
+
+    async def create_group(self, group_id: str, name: str, members: Iterable[int], record: bytes) -> GroupOut:
+        body = GroupCreate(group_id=group_id, name=name, members=list(members), record=b64encode(record))
+        return await self._json(GroupOut, "POST", "/groups", json=body.model_dump())
+
+    async def groups(self, skip: int = 0, limit: int = 100) -> list[GroupOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(TypeAdapter(list[GroupOut]), "GET", "/groups", params=params)
+
+    async def group(self, group_id: str) -> GroupOut:
+        return await self._json(GroupOut, "GET", f"/groups/{group_id}")
+
+    async def group_members(self, group_id: str, skip: int = 0, limit: int = 500) -> list[GroupMemberOut]:
+        params = {"skip": skip, "limit": limit}
+        return await self._json(
+            TypeAdapter(list[GroupMemberOut]), "GET", f"/groups/{group_id}/members", params=params
+        )
+
+    async def all_group_members(self, group_id: str) -> list[GroupMemberOut]:
+        """Every member, page by page (a 1,000-member group is two pages)."""
+        members: list[GroupMemberOut] = []
+        while True:
+            page = await self.group_members(group_id, skip=len(members))
+            members += page
+            if len(page) < 500:
+                return members
+
+    async def group_records(self, group_id: str, after: int = -1) -> list[bytes]:
+        """Every membership record after seq `after`, in chain order (verify them before use)."""
+        records: list[bytes] = []
+        while True:
+            params = {"after": after + len(records), "limit": 500}
+            page = await self._json(
+                TypeAdapter(list[GroupRecordOut]), "GET", f"/groups/{group_id}/records", params=params
+            )
+            records += [b64decode(r.record) for r in page]
+            if len(page) < 500:
+                return records
+
+    async def group_devices(self, group_id: str) -> list[RecipientDevice]:
+        """Every active device of every member (this device's own included)."""
+        devices: list[RecipientDevice] = []
+        while True:
+            params: dict[str, Any] = {"after": devices[-1].device_id if devices else "", "limit": 500}
+            page = await self._json(
+                TypeAdapter(list[RecipientDevice]), "GET", f"/groups/{group_id}/devices", params=params
+            )
+            devices += page
+            if len(page) < 500:
+                return devices
+
+    async def rename_group(self, group_id: str, name: str, record: bytes, version: int) -> GroupOut:
+        body = GroupRename(name=name, record=b64encode(record), version=version)
+        return await self._json(GroupOut, "PATCH", f"/groups/{group_id}", json=body.model_dump())
+
+    async def add_group_members(
+        self, group_id: str, user_ids: Iterable[int], record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupMembersChange(user_ids=list(user_ids), record=b64encode(record), version=version)
+        return await self._json(GroupOut, "POST", f"/groups/{group_id}/members", json=body.model_dump())
+
+    async def remove_group_members(
+        self, group_id: str, user_ids: Iterable[int], record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupMembersChange(user_ids=list(user_ids), record=b64encode(record), version=version)
+        return await self._json(
+            GroupOut, "POST", f"/groups/{group_id}/members/remove", json=body.model_dump()
+        )
+
+    async def promote_group_member(
+        self, group_id: str, user_id: int, record: bytes, version: int
+    ) -> GroupOut:
+        body = GroupPromote(user_id=user_id, record=b64encode(record), version=version)
+        return await self._json(GroupOut, "POST", f"/groups/{group_id}/admins", json=body.model_dump())
+
+    async def leave_group(self, group_id: str, record: bytes, version: int) -> None:
+        body = GroupChange(record=b64encode(record), version=version)
+        await self.request("POST", f"/groups/{group_id}/leave", json=body.model_dump())
+
+    async def delete_group(self, group_id: str) -> None:
+        await self.request("DELETE", f"/groups/{group_id}")

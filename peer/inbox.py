@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
@@ -124,6 +124,17 @@ class Inbox:
             if server_id is not None:
                 await self._ack(server_id, None)
             return
+        if server_id is not None and header.message_id != server_id:
+            # The server's row is keyed by the frame's id: acking the header's id would leave the
+            # row to come back on every connect (and count against the quota). Drop it, ack the row.
+            self._publish(
+                ErrorEvent(
+                    f"a message from user {header.sender_user} was dropped: its id {header.message_id} "
+                    f"is not the id {server_id} it was delivered under"
+                )
+            )
+            await self._ack(server_id, None)
+            return
         who = f"user {header.sender_user}"
         try:
             await keyring.ensure_sender(header.sender_user, header.sender_device)
@@ -195,5 +206,7 @@ class Inbox:
             await store.set_message_state(message_id, status, reason=None)
             self._publish(MessageStateChanged(message_id, status, message.path, None))
 
-    async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
+    async def _send_receipt(
+        self, user_id: int, status: Literal["delivered", "read"], message_ids: list[str]
+    ) -> None:
         await self._outbox.send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)

@@ -565,9 +565,11 @@ class Peer:
             if frame.event is ContactEvent.ACCEPTED:
                 with contextlib.suppress(ServerError):
                     await keyring.refresh(frame.user_id, force=True)  # ready to write to them now
-            elif frame.event is ContactEvent.REMOVED:
+            elif frame.event in (ContactEvent.REMOVED, ContactEvent.BLOCKED):
+                # The hub no longer relays between us; a direct link would still carry their
+                # messages (a blocked user's above all): drop it, and the hub refuses a new one.
                 for device in keyring.devices_of(frame.user_id):
-                    await links.drop(device.device_id)  # the hub no longer relays between us
+                    await links.drop(device.device_id)
             contact = frame.contact.model_dump(mode="json") if frame.contact is not None else None
             news = ContactChanged(frame.event.value, frame.user_id, frame.username, frame.by_me, contact)
             self._publish(news)
@@ -606,10 +608,10 @@ class Peer:
                 self._offline_users.add(frame.user_id)
             self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
         elif isinstance(frame, ErrorFrame):
-            if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None:
+            if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None and frame.device_id:
                 # A signal to a device that is not connected: stop waiting for its answer.
                 for link in links.links():
-                    if link.remote_device in frame.message and not link.is_open:
+                    if link.remote_device == frame.device_id and not link.is_open:
                         self._device_presence[link.remote_device] = False
                         self._spawn(links.drop(link.remote_device), "drop-link")
             else:

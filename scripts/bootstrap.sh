@@ -12,7 +12,7 @@ say() { printf '[bootstrap] %s\n' "$*"; }
 
 apt_packages=(python3-venv)
 if [ "$want_test" = 1 ]; then
-  apt_packages+=(chromium coturn iptables conntrack iproute2 procps fonts-dejavu-core)
+  apt_packages+=(chromium coturn iptables conntrack iproute2 procps fonts-dejavu-core prosody)
 fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -28,6 +28,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # coturn's package starts a daemon on 3478 on some systems; the NAT bed runs its own.
   if [ "$want_test" = 1 ] && pgrep -x turnserver >/dev/null 2>&1 && [ -f /etc/init.d/coturn ]; then
     /etc/init.d/coturn stop >/dev/null 2>&1 || true
+  fi
+  # Likewise prosody's package may start its own daemon on 5222; bench/peers.py runs its own
+  # instance with a generated config in a temporary folder.
+  if [ "$want_test" = 1 ] && [ -f /etc/init.d/prosody ] && pgrep -u prosody -x lua5.4 >/dev/null 2>&1; then
+    /etc/init.d/prosody stop >/dev/null 2>&1 || true
   fi
 else
   say "not root: skipping system packages (${apt_packages[*]})"

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
+from signalling.data_dir import PRIVATE_UMASK
+from signalling.http_protocol import GuardedH11Protocol
 from signalling.settings import Settings
 
 
@@ -44,6 +48,22 @@ class _AnnouncingServer(uvicorn.Server):
             print(self._announce, flush=True)
 
 
+def _connection_cap(wanted: int) -> int:
+    """Raise the open-file limit as far as allowed; the connection cap stays below it, so the cap
+    answers 503 before accept() fails with "too many open files" (which resets connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - 64))  # database, blobs and the listening socket need some
+
+
 def _migrate_or_explain(settings: Settings) -> None:
     from store.errors import MigrationError
     from store.migrate import upgrade_sync
@@ -69,6 +89,11 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
     from signalling.app import create_app
 
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    os.umask(PRIVATE_UMASK)  # the database, its journal, the JWT secret and blobs: 0600 (signalling.data_dir)
+    max_connections = _connection_cap(settings.max_connections)
+    GuardedH11Protocol.configure(
+        header_timeout=settings.http_header_timeout_seconds, per_address=settings.max_connections_per_address
+    )
     _migrate_or_explain(settings)  # fail with one clear line, not a lifespan traceback
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -87,6 +112,12 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
+        # Slow and greedy clients (signalling.http_protocol, docs/server.md "Behind a proxy"): h11 for
+        # its bound on incomplete headers, with a header deadline and a per-address cap added.
+        http=GuardedH11Protocol,
+        timeout_keep_alive=int(max(1, settings.http_keepalive_timeout_seconds)),
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        limit_concurrency=max_connections,
         # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
         ws_max_size=settings.max_frame_bytes * 4 + 65536,
         # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing.

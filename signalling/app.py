@@ -4,7 +4,8 @@
 database, opens the engine, and keeps everything the routes need on `app.state`:
 
 - `settings`, `engine`, `sessions` (async_sessionmaker), `tokens` (TokenService),
-  `passwords` (PasswordHasher), `login_limits` (per-username and per-address limiters);
+  `passwords` (PasswordHasher), `login_limits` and `registration_limits`
+  (signalling.account_limits), `disk` (store.disk.DiskGuard);
 - `presence` (`signalling.presence.PresenceView`) and `hub` (`signalling.presence.LiveSockets`):
   defaults here; the hub replaces both in its own lifespan.
 
@@ -21,44 +22,56 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
+from signalling import data_dir, openapi
+from signalling.account_limits import LoginLimits, RegistrationLimits
 from signalling.errors import install_error_handlers
+from signalling.http_guard import HttpGuard
 from signalling.passwords import PasswordHasher
 from signalling.presence import MemoryPresence, NoLiveSockets
-from signalling.ratelimit import SlidingWindowLimiter
-from signalling.routes import blobs, contacts, devices, health, ice, mailbox, prekeys, tokens, users, ws
+from signalling.routes import (
+    blobs,
+    blocks,
+    contacts,
+    contract,
+    devices,
+    groups,
+    health,
+    ice,
+    mailbox,
+    metrics,
+    prekeys,
+    tokens,
+    users,
+    ws,
+)
 from signalling.settings import Settings
 from signalling.tokens import TokenService, load_or_create_secret
 from store import migrate
 from store.db import create_engine, session_factory
+from store.disk import DiskGuard
 
 log = logging.getLogger("peerpost.server")
 
 # Order matters only for the docs page and for lifespans (entered in this order).
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     health,
+    metrics,
     tokens,
     users,
     contacts,
+    groups,
+    blocks,
     devices,
     prekeys,
     ice,
     ws,
     mailbox,
     blobs,
+    contract,
 )
-
-
-class LoginLimits:
-    """Login attempts counted per username and per client address."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.per_username = SlidingWindowLimiter(
-            settings.login_attempts_per_username, settings.login_window_seconds
-        )
-        self.per_address = SlidingWindowLimiter(
-            settings.login_attempts_per_address, settings.login_window_seconds
-        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,10 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.secure(settings.data_dir)
         url = settings.effective_database_url
         await migrate.upgrade(url)
         engine = create_engine(url, synchronous=settings.sqlite_synchronous)
+        async with engine.connect():  # opens the WAL and its index, so they are tightened too
+            data_dir.secure(settings.data_dir)
         secret = (
             settings.jwt_secret.get_secret_value()
             if settings.jwt_secret is not None
@@ -81,8 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenService(
             secret, settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds
         )
-        app.state.passwords = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_concurrency)
+        app.state.passwords = PasswordHasher(
+            settings.bcrypt_rounds, settings.bcrypt_concurrency, settings.password_queue
+        )
         app.state.login_limits = LoginLimits(settings)
+        app.state.registration_limits = RegistrationLimits(settings)
+        app.state.disk = DiskGuard(settings.data_dir, settings.disk_min_free_bytes)
         app.state.presence = MemoryPresence()
         app.state.hub = NoLiveSockets()
         try:
@@ -98,7 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
-    app = FastAPI(
+    docs = "/docs" if settings.docs_enabled else None
+    app = FastAPIOffline(
+        docs_url=docs,
+        redoc_url="/redoc" if settings.docs_enabled else None,
         title="PeerPost signalling server",
         description="Accounts, contacts, device key bundles, presence, WebRTC signalling and a blind "
         "store-and-forward mailbox. The server only ever sees ciphertext.",
@@ -107,6 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Outside the routes' exception handling: a body over its limit is refused while it is read.
+    app.add_middleware(
+        HttpGuard,
+        body_max_bytes=settings.body_max_bytes,
+        unauthenticated_max_bytes=settings.body_max_bytes_unauthenticated,
+        body_idle_timeout=settings.http_body_timeout_seconds,
+    )
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    app.state.http_routes = [r for m in ROUTE_MODULES for r in m.router.routes if isinstance(r, APIRoute)]
+    openapi.install(app)
     return app

@@ -156,6 +156,9 @@ class InProcessBackplane(Backplane):
 
 
 # Deletes the device key only if this instance still owns it, and drops it from the user's set.
+ROUTE_TTL = 1.0  # seconds a device's instance is trusted without asking Redis again
+ROUTE_CACHE_SIZE = 100_000  # devices routed from memory at most; past it the cache starts over
+
 _DETACH_LUA = """
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] then
@@ -199,6 +202,11 @@ class RedisBackplane(Backplane):
         self._ttl = ttl
         self._local: LocalSockets | None = None
         self._held: dict[str, tuple[int, str]] = {}  # device -> (user, conn) held by this instance
+        # device -> (instance holding it, when looked up): saves a GET per envelope (bench/cluster.py).
+        # Dropped on every claim (a device attaching anywhere is broadcast on `all`); a device that
+        # left stays routed for at most ROUTE_TTL, and what is pushed to a socket that is gone is
+        # not lost: a send to another instance always has its row stored first.
+        self._routes: dict[str, tuple[str, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self._detach = self._redis.register_script(_DETACH_LUA)
@@ -257,7 +265,7 @@ class RedisBackplane(Backplane):
         )
 
     async def online_devices(self, user_id: int) -> set[str]:
-        members = list(await self._redis.smembers(self._k("user", user_id)))
+        members = [str(m) for m in await self._redis.smembers(self._k("user", user_id))]  # decoded
         if not members:
             return set()
         holders = await self._redis.mget([self._k("dev", d) for d in members])
@@ -316,11 +324,21 @@ class RedisBackplane(Backplane):
     async def send_to_device(self, device_id: str, text: str, message_id: str | None = None) -> bool:
         if device_id in self._held:
             return self._sockets().deliver_to_device(device_id, text, message_id)
-        holder = await self._redis.get(self._k("dev", device_id))
-        if holder is None:
-            return False
-        instance = holder.split("|", 1)[0]
+        now = time.monotonic()
+        route = self._routes.get(device_id)
+        if route is not None and now - route[1] < ROUTE_TTL:
+            instance = route[0]
+        else:
+            holder = await self._redis.get(self._k("dev", device_id))
+            if holder is None:
+                self._routes.pop(device_id, None)
+                return False
+            instance = str(holder).split("|", 1)[0]  # decode_responses: already text
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[device_id] = (instance, now)
         if instance == self.instance_id:  # stale key of ours: the socket is gone
+            self._routes.pop(device_id, None)
             return False
         message = {"op": "device", "device": device_id, "text": text, "mid": message_id}
         await self._publish(self._k("inst", instance), message)
@@ -329,7 +347,7 @@ class RedisBackplane(Backplane):
     async def send_to_user(self, user_id: int, text: str) -> None:
         members = list(await self._redis.smembers(self._k("user", user_id)))
         holders = await self._redis.mget([self._k("dev", d) for d in members]) if members else []
-        instances = {h.split("|", 1)[0] for h in holders if h is not None}
+        instances = {str(h).split("|", 1)[0] for h in holders if h is not None}
         for instance in instances:
             if instance == self.instance_id:
                 self._sockets().deliver_to_user(user_id, text)
@@ -370,6 +388,7 @@ class RedisBackplane(Backplane):
         elif op == "user":
             local.deliver_to_user(int(m["user"]), m["text"])
         elif op == "claim":
+            self._routes.pop(m["device"], None)
             held = self._held.get(m["device"])
             if held is not None and held[1] != m["conn"]:
                 local.close_device(

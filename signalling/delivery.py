@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,11 +35,15 @@ from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import FrameRefused
 from signalling.limits import HubLimits
 from signalling.protocol import (
+    AcceptedFrame,
     AckFrame,
     AuthFrame,
     DeliverFrame,
     DrainedFrame,
     ErrorCode,
+    GroupSendFrame,
+    GroupsFrame,
+    GroupSummary,
     PingFrame,
     PongFrame,
     ReadyFrame,
@@ -48,8 +53,10 @@ from signalling.protocol import (
     b64encode,
 )
 from signalling.reach import Reach
+from store import groups as group_store
 from store import mailbox
-from store.mailbox import MailboxClosed, MailboxError, MailboxQuotaExceeded, MailboxWriter, NewMessage
+from store.errors import QuotaExceeded
+from store.mailbox import DuplicateMessageId, MailboxClosed, MailboxError, MailboxWriter, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +138,7 @@ class Delivery:
             # A pong comes after every earlier send and ack of this socket has been committed (the
             # writer commits in order, so waiting for the last one is waiting for all of them).
             pong = Outgoing(PongFrame(nonce=frame.nonce).model_dump_json())
-            last = sock.last_commit
-            if isinstance(last, Held):
-                last = last.barrier()
+            last = sock.commit_barrier()
             if last is None or last.done():
                 sock.push(pong)
             else:
@@ -146,6 +151,8 @@ class Delivery:
                 future = await self.writer.submit_ack(sock.device_id, ids)
                 sock.last_commit = future
                 future.add_done_callback(lambda f: _after_ack(sock, f, ids))
+        elif isinstance(frame, GroupSendFrame):
+            await self._on_group_send(sock, frame)
         elif isinstance(frame, SignalFrame):
             await self._on_signal(sock, frame)
         elif isinstance(frame, AuthFrame):
@@ -163,6 +170,20 @@ class Delivery:
             seen.add(r.device_id)
             await self._reach.check(sock.user_id, r.user_id, r.device_id)
             targets.append(r)
+        for t in targets:
+            held = self._held.get((t.device_id, frame.message_id))
+            if held is not None and held.sock.device_id != sock.device_id:
+                raise FrameRefused(
+                    ErrorCode.DUPLICATE,
+                    f"message id {frame.message_id} is already used by another sender for device "
+                    f"{t.device_id}; send it again with a new message id",
+                )
+        # Refuse what the quotas refuse before anything is pushed live, so a full mailbox does not
+        # turn into frames queued on a socket that never reads (the commit checks again).
+        size = len(frame.envelope) * 3 // 4
+        refusal = self.writer.precheck(sock.user_id, [(t.user_id, t.device_id) for t in targets], size)
+        if refusal is not None:
+            raise FrameRefused(ErrorCode.QUOTA, str(refusal))
         deliver = deliver_json(frame.message_id, sock.user_id, sock.device_id, frame.envelope)
         if self.limits.live_hold > 0 and all(t.device_id in self._sockets for t in targets):
             # Every recipient has a socket here: push now, store only if they do not all ack
@@ -190,6 +211,79 @@ class Delivery:
         sock.last_commit = future
         future.add_done_callback(lambda f: _after_store(sock, f, frame, live, rows))
 
+    async def _on_group_send(self, sock: DeviceSocket, frame: GroupSendFrame) -> None:
+        """One group message: stored once, a row per recipient device, pushed live to each.
+
+        Each device's row is its own job for the writer (they still commit in one transaction),
+        so one member's full mailbox costs only that member the message: it is named in the
+        answer's `full` list instead of failing the send for everyone.
+        """
+        if len(frame.envelope) % 4 == 1:
+            raise FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
+        async with self._engine.connect() as conn:
+            found = await group_store.member_devices(conn, frame.group_id, sock.user_id)
+        if found is None:
+            raise FrameRefused(ErrorCode.NOT_A_MEMBER, f"you are not a member of group {frame.group_id}")
+        group_pk, devices = found
+        targets = [(u, d) for u, d in devices if d != sock.device_id]
+        if frame.devices is not None:
+            wanted = set(frame.devices)
+            unknown = sorted(wanted - {d for _, d in targets})
+            if unknown:
+                named = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise FrameRefused(
+                    ErrorCode.UNKNOWN_DEVICE,
+                    f"not active devices of other members of group {frame.group_id}: {named}",
+                )
+            targets = [t for t in targets if t[1] in wanted]
+        if not targets:
+            sock.push(Outgoing(accepted_json(frame.ref, frame.message_id, [], []), accepted=True))
+            return
+        envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
+        expires = datetime.now(UTC) + self.limits.mailbox_retention
+        try:
+            async with self._engine.begin() as conn:
+                body_id = await mailbox.store_body(conn, group_pk, envelope, expires)
+        except Exception as exc:
+            log.error("storing a group message failed: %s", exc)
+            raise FrameRefused(ErrorCode.INTERNAL, "the server could not store this; send it again") from exc
+        futures: list[asyncio.Future[None]] = []
+        for user_id, device_id in targets:
+            row = NewMessage(
+                user_id,
+                device_id,
+                sock.user_id,
+                sock.device_id,
+                frame.message_id,
+                b"",
+                body_id,
+                len(envelope),
+            )
+            futures.append(await self.writer.submit_store([row]))
+        deliver = group_deliver_json(
+            frame.message_id, sock.user_id, sock.device_id, frame.envelope, frame.group_id
+        )
+        # A device whose mailbox would refuse the row gets no live copy either (as for `send`).
+        refused = {
+            d for u, d in targets if self.writer.precheck(sock.user_id, [(u, d)], len(envelope)) is not None
+        }
+        live = [
+            d
+            for _, d in targets
+            if d not in refused and await self._push_live_text(d, deliver, frame.message_id)
+        ]
+        done = asyncio.gather(*futures, return_exceptions=True)
+        sock.last_commit = done
+        devices_in_order = [d for _, d in targets]
+        done.add_done_callback(lambda f: _after_group_store(sock, f, frame, live, devices_in_order))
+
+    async def _push_live_text(self, device_id: str, text: str, message_id: str) -> bool:
+        try:
+            return await self._backplane.send_to_device(device_id, text, message_id)
+        except Exception as exc:
+            log.warning("live push to %s failed, it stays queued: %s", device_id, exc)
+            return False
+
     def _push_here(self, device_id: str, text: str, message_id: str | None) -> bool:
         """Push to a socket of this instance (what `Hub.deliver_to_device` does for the backplane)."""
         sock = self._sockets.get(device_id)
@@ -207,7 +301,10 @@ class Delivery:
         await self._reach.check(sock.user_id, frame.to_user, frame.to_device)
         relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
         if not await self._backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
-            raise FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
+            device = frame.to_device
+            raise FrameRefused(
+                ErrorCode.UNKNOWN_DEVICE, f"device {device} is not connected", device_id=device
+            )
 
     # -- live holds: an envelope every recipient got live waits up to `live_hold` for their acks -----
 
@@ -301,7 +398,7 @@ class Delivery:
                 acked.set_result(None)
             return
         if acked is not None:
-            future.add_done_callback(lambda _f: acked.done() or acked.set_result(None))
+            future.add_done_callback(lambda _f: _settle(acked))
         future.add_done_callback(lambda f: _after_store(held.sock, f, held.frame, live, rows))
 
     # -- the drain: what a socket writes before its live traffic ------------------------------------
@@ -330,11 +427,21 @@ class Delivery:
                     envelope=b64encode(row.envelope),
                     queued=True,
                     queued_at=row.queued_at,
+                    group_id=row.group_id,
                 )
                 await ws.send_text(frame.model_dump_json())
                 sock.ack_credit += 1
                 drained_ids.add(row.message_id)
                 after = row.seq
+        if ws.query_params.get("groups") == "1":  # the client asked for it (it speaks groups)
+            # Membership the device may have missed while away: every group with its version.
+            async with self._engine.connect() as conn:
+                summaries = await group_store.summaries(conn, sock.user_id)
+            groups = [
+                GroupSummary(group_id=g.public_id, name=g.name, version=g.version, role=g.role)
+                for g in summaries
+            ]
+            await ws.send_text(GroupsFrame(groups=groups).model_dump_json())
         await ws.send_text(DrainedFrame().model_dump_json())
         return drained_ids
 
@@ -352,9 +459,12 @@ def _after_store(
     if future.cancelled():
         return
     exc = future.exception()
-    if isinstance(exc, MailboxQuotaExceeded):
+    if isinstance(exc, QuotaExceeded):
         sock.refuse(ErrorCode.QUOTA, str(exc), frame.ref)
+    elif isinstance(exc, DuplicateMessageId):
+        sock.refuse(ErrorCode.DUPLICATE, str(exc), frame.ref)
     elif exc is not None:
+        # The message names the failure, never the statement's parameters (the engine hides them).
         log.error("mailbox write failed: %s", exc)
         sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
     else:
@@ -364,6 +474,37 @@ def _after_store(
                 accepted=True,
             )
         )
+
+
+def _after_group_store(
+    sock: DeviceSocket,
+    future: asyncio.Future[list[BaseException | None]],
+    frame: GroupSendFrame,
+    live: list[str],
+    devices: list[str],
+) -> None:
+    """Every device's row of a group send has committed or been refused: answer the sender."""
+    if sock.gone or future.cancelled():
+        return
+    queued: list[str] = []
+    full: list[str] = []
+    failed = False
+    for device_id, outcome in zip(devices, future.result(), strict=True):
+        if outcome is None:
+            queued.append(device_id)
+        elif isinstance(outcome, QuotaExceeded):
+            full.append(device_id)
+        elif isinstance(outcome, DuplicateMessageId):
+            sock.refuse(ErrorCode.DUPLICATE, str(outcome), frame.ref)
+            return
+        else:
+            failed = True
+            log.error("mailbox write of a group message failed: %s", outcome)
+    if failed:
+        sock.refuse(ErrorCode.INTERNAL, "the server could not store this; send it again", frame.ref)
+        return
+    answer = AcceptedFrame(ref=frame.ref, message_id=frame.message_id, live=live, queued=queued, full=full)
+    sock.push(Outgoing(answer.model_dump_json(), accepted=True))
 
 
 def _after_ack(sock: DeviceSocket, future: asyncio.Future[None], ids: list[str]) -> None:
@@ -395,6 +536,18 @@ def deliver_json(message_id: str, sender_user: int, sender_device: str, envelope
     )
 
 
+def group_deliver_json(
+    message_id: str, sender_user: int, sender_device: str, envelope: str, group_id: str
+) -> str:
+    """`deliver_json` of a group message: the same frame with `group_id` (32 hex, checked)."""
+    return (
+        deliver_json(message_id, sender_user, sender_device, envelope)[:-1]
+        + ',"group_id":"'
+        + group_id
+        + '"}'
+    )
+
+
 def accepted_json(ref: str, message_id: str, live: list[str], queued: list[str]) -> str:
     return (
         '{"type":"accepted","ref":'
@@ -420,3 +573,8 @@ def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) 
         NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
         for t in targets
     ]
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -21,21 +21,23 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from signalling import memory
 from signalling.backplane import Backplane, InProcessBackplane
 from signalling.connection import Authenticator, Connection, authenticate_socket, close_quietly
 from signalling.delivery import Delivery, accepted_json, deliver_json
-from signalling.device_socket import CLOSE_TOO_SLOW, DeviceSocket, Outgoing
+from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import HubAuthError, HubError
 from signalling.limits import HubLimits
+from signalling.outbox import OutboxBudget
 from signalling.presence import Presence
 from signalling.protocol import CloseCode
 from signalling.reach import Reach
 from store import mailbox
+from store.disk import DiskGuard
 from store.mailbox import MailboxWriter
 
 # Names other modules (routes, tests) have always imported from here.
 __all__ = [
-    "CLOSE_TOO_SLOW",
     "Authenticator",
     "DeviceSocket",
     "Hub",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_RELEASE_AFTER_BYTES = 1024 * 1024  # a socket dropped with this much queued: trim the heap after it
 
 
 class Hub:
@@ -58,6 +61,7 @@ class Hub:
         authenticate: Authenticator,
         limits: HubLimits | None = None,
         backplane: Backplane | None = None,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.limits = limits or HubLimits()
         self._engine = engine
@@ -69,7 +73,11 @@ class Hub:
             retention=self.limits.mailbox_retention,
             device_quota_bytes=self.limits.mailbox_quota_bytes,
             device_quota_messages=self.limits.mailbox_quota_messages,
+            sender_share=self.limits.mailbox_sender_share,
+            account_quota_bytes=self.limits.account_quota_bytes,
+            disk=disk,
         )
+        self.outbox = OutboxBudget(self.limits.outbox_max_bytes, self.limits.outbox_max_bytes_per_account)
         self._sockets: dict[str, DeviceSocket] = {}
         self._by_user: dict[int, set[str]] = {}
         self._reach = Reach(engine, self.limits.reach_cache_ttl)
@@ -121,6 +129,7 @@ class Hub:
         self, user_id: int, code: int = CloseCode.ACCOUNT_GONE, reason: str = ""
     ) -> None:
         """Close every socket of the user on every instance (logout, password change, deletion)."""
+        self._reach.clear()
         await self.backplane.disconnect_user(user_id, code, reason or "the account was logged out")
 
     async def disconnect_device(
@@ -174,6 +183,7 @@ class Hub:
         await self.presence.device_vanished(user_id, device_id)
 
     def close_user(self, user_id: int, code: int, reason: str) -> None:
+        self._reach.clear()  # a deleted account's devices must stop being reachable at once
         for device_id in list(self._by_user.get(user_id, ())):
             self._sockets[device_id].close(code, reason)
 
@@ -187,12 +197,12 @@ class Hub:
                 ws, self._authenticate, self._engine, self.limits.auth_timeout
             )
         except HubAuthError as exc:
-            await close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
+            await close_quietly(ws, exc.close_code, str(exc))
             return
         except WebSocketDisconnect:
             return
 
-        sock = DeviceSocket(ws, user_id, device_id, self.limits.outbox_size)
+        sock = DeviceSocket(ws, user_id, device_id, self.limits.outbox_size, self.outbox)
         self._register(sock)
         replaced = False
         try:
@@ -200,6 +210,13 @@ class Hub:
             await self.presence.device_came(user_id, device_id)
             await Connection(sock, self.limits, self._delivery).run()
         finally:
+            big = (
+                sock.queued_bytes >= _RELEASE_AFTER_BYTES
+                or (sock.closing or (0, ""))[0] == CloseCode.TOO_SLOW
+            )
+            sock.discard()  # what it never read is freed now, not at the next full collection
+            if big:
+                memory.release()
             replaced = self._unregister(sock)
             with contextlib.suppress(Exception):
                 await self.backplane.detach(user_id, device_id, sock.conn_id)

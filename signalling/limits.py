@@ -15,7 +15,13 @@ class HubLimits:
     presence_grace: float = 5.0
     auth_timeout: float = 10.0
     drain_page: int = 256
-    outbox_size: int = 4096
+    # Frames queued per socket: the byte budget below is the real bound; this only caps the count
+    # (one group commit may answer thousands of pipelined sends of one socket at once).
+    outbox_size: int = 32768
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    outbox_max_bytes_per_account: int = 32 * 1024 * 1024
+    mailbox_sender_share: float = 1.0
+    account_quota_bytes: int | None = None
     reach_cache_ttl: float = 5.0
     mailbox_retention: timedelta = timedelta(days=30)
     mailbox_quota_bytes: int = 64 * 1024 * 1024
@@ -37,4 +43,9 @@ class HubLimits:
             mailbox_quota_bytes=settings.mailbox_quota_bytes,
             mailbox_quota_messages=settings.mailbox_quota_messages,
             purge_interval=settings.mailbox_purge_interval_seconds,
+            outbox_max_bytes=settings.outbox_max_bytes,
+            outbox_max_bytes_per_account=settings.outbox_max_bytes_per_account,
+            mailbox_sender_share=settings.mailbox_sender_share,
+            account_quota_bytes=settings.account_quota_bytes,
+            live_hold=settings.live_hold_seconds,
         )

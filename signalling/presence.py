@@ -136,9 +136,11 @@ class Presence:
             timer.cancel()
         if await self._backplane.take_leaving(device_id):
             quiet = True  # it left less than a grace ago (maybe from another instance)
-        await self._touch(user_id, now)
+        # Contacts hear it before `last_seen` is written: that write is a commit (an fsync on
+        # SQLite FULL) and used to sit in front of the fan-out (bench/scale.py, docs/hub.md).
         if not quiet:
             await self._announce(user_id, device_id, online=True, when=now)
+        await self._touch(user_id, now)
 
     async def device_left(self, user_id: int, device_id: str) -> None:
         """Start the grace; the announcement happens later unless the device comes back."""

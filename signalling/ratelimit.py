@@ -37,6 +37,11 @@ class SlidingWindowLimiter:
             return max(0.0, hits[0] + self.window - now)
         return None
 
+    def count(self, key: str) -> int:
+        """Attempts of `key` inside the window now."""
+        hits = self._prune(key, self._clock())
+        return 0 if hits is None else len(hits)
+
     def hit(self, key: str) -> None:
         now = self._clock()
         hits = self._prune(key, now)
@@ -82,11 +87,12 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: int = 1) -> bool:
+        """Spend `cost` tokens (a frame, or each id of an ack); False when there are not enough."""
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
-        if self._tokens < 1.0:
+        if self._tokens < cost:
             return False
-        self._tokens -= 1.0
+        self._tokens -= cost
         return True

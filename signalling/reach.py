@@ -1,6 +1,7 @@
 """Who may reach whom over the hub: the permission check of every `send` and `signal`.
 
-The answers come from `store.reach` (device owner, accepted contacts); positive ones are kept for a
+The answers come from `store.reach` (device owner, accepted contacts) and `store.groups` (a group
+in common); positive ones are kept for a
 few seconds, so a busy sender costs no query per frame. Only positive answers are kept: a new
 contact or device works at once, a removed one stops within `ttl` seconds (at once when the server
 calls `Hub.forget_reach`). It never writes anything.
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from signalling.errors import FrameRefused
 from signalling.protocol import ErrorCode
+from store.groups import share_a_group
 from store.reach import device_owner, is_accepted_contact
 
 _CACHE_MAX = 100_000
@@ -35,19 +37,30 @@ class Reach:
             async with self._engine.connect() as conn:
                 found = await device_owner(conn, device_id)
             if found is None or not found.active:
-                raise FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}")
+                raise FrameRefused(
+                    ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}", device_id=device_id
+                )
             owner = found.user_id
             self._remember_owner(device_id, owner)
         if owner != user_id:
             raise FrameRefused(
-                ErrorCode.UNKNOWN_DEVICE, f"device {device_id} does not belong to user {user_id}"
+                ErrorCode.UNKNOWN_DEVICE,
+                f"device {device_id} does not belong to user {user_id}",
+                device_id=device_id,
             )
         if user_id == sender or self._are_contacts(sender, user_id):
             return
         async with self._engine.connect() as conn:
-            ok = await is_accepted_contact(conn, sender, user_id)
+            # Members of one group reach each other's devices even when they are not contacts:
+            # sender keys travel in pairwise envelopes, and direct links carry group messages.
+            ok = await is_accepted_contact(conn, sender, user_id) or await share_a_group(
+                conn, sender, user_id
+            )
         if not ok:
-            raise FrameRefused(ErrorCode.NOT_A_CONTACT, f"user {user_id} is not an accepted contact of yours")
+            raise FrameRefused(
+                ErrorCode.NOT_A_CONTACT,
+                f"user {user_id} is not an accepted contact of yours nor in a group with you",
+            )
         self._remember_contacts(sender, user_id)
 
     def clear(self) -> None:

@@ -49,6 +49,28 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    # --- connections and bodies (signalling.http_limits, docs/server.md "Behind a proxy") -------
+    http_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request's headers must be complete within this"
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a request body may pause at most this long between chunks"
+    )
+    http_keepalive_timeout_seconds: float = Field(default=5.0, gt=0, description="idle keep-alive connection")
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="request line + headers")
+    max_connections: int = Field(
+        default=4096, gt=0, description="open connections (sockets included); more get 503"
+    )
+    max_connections_per_address: int = Field(
+        default=256, gt=0, description="open HTTP connections from one client address; more get 503"
+    )
+    body_max_bytes: int = Field(default=1024 * 1024, gt=0, description="a JSON or form body")
+    body_max_bytes_unauthenticated: int = Field(
+        default=16 * 1024, gt=0, description="a body on register, login and refresh"
+    )
+    metrics_enabled: bool = Field(default=False, description="serve /metrics (counts only; keep it private)")
+    docs_enabled: bool = Field(default=True, description="serve /docs and /redoc (assets are local)")
+
     # --- accounts and tokens -------------------------------------------------------------------
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 key; when unset, generated once and kept in <data_dir>/jwt-secret"
@@ -62,6 +84,19 @@ class Settings(BaseSettings):
     login_attempts_per_username: int = Field(default=10, gt=0)
     login_attempts_per_address: int = Field(default=30, gt=0)
     login_window_seconds: float = Field(default=60.0, gt=0)
+    login_failures_per_account: int = Field(
+        default=50, gt=0, description="failures for one name from all addresses before answers slow down"
+    )
+    login_backoff_max_seconds: float = Field(default=4.0, ge=0, description="the slowest a login is made")
+    registrations_per_address: int = Field(default=10, gt=0, description="per registration window")
+    registrations_global: int = Field(default=120, gt=0, description="per registration window, all addresses")
+    registration_window_seconds: float = Field(default=600.0, gt=0)
+    password_queue: int = Field(
+        default=16, ge=0, description="hashes that may wait for a worker before new ones are refused (503)"
+    )
+    contact_decline_cooldown_seconds: float = Field(
+        default=7 * 24 * 3600.0, ge=0, description="a declined asker may not ask again before this"
+    )
     max_devices_per_user: int = Field(default=16, gt=0)
     max_one_time_prekeys: int = Field(default=200, gt=0, description="per device and kind (curve, ML-KEM)")
 
@@ -69,10 +104,34 @@ class Settings(BaseSettings):
     mailbox_retention_days: int = Field(default=30, gt=0)
     mailbox_quota_messages: int = Field(default=10_000, gt=0, description="stored envelopes per device")
     mailbox_quota_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="stored bytes per device")
+    mailbox_sender_share: float = Field(
+        default=0.25, gt=0, le=1, description="part of a device's mailbox quota one other sender may fill"
+    )
+    account_quota_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="mailbox envelopes an account sent and still stored, plus its blobs",
+    )
+    disk_min_free_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=0, description="below this much free space, new writes are refused"
+    )
+    outbox_max_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="frames queued for one socket that is not reading"
+    )
+    outbox_max_bytes_per_account: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="frames queued for all sockets of one account"
+    )
     max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
     ws_rate_per_second: float = Field(default=200.0, gt=0, description="sustained client frames per second")
     ws_rate_burst: int = Field(default=400, gt=0)
     presence_grace_seconds: float = Field(default=5.0, ge=0)
+    live_hold_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long an envelope every recipient got live waits for their acks before it is "
+        "stored (docs/hub.md, live holds); 0 stores every envelope at once",
+    )
     backplane_url: str | None = Field(default=None, description="redis://... for several instances")
     backplane_prefix: str = Field(
         default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"
@@ -81,6 +140,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a dead instance's devices count as online for at most this long"
     )
     mailbox_purge_interval_seconds: float = Field(default=300.0, gt=0)
+
+    # --- groups ----------------------------------------------------------------------------------
+    group_max_members: int = Field(default=1000, gt=1, le=100_000, description="members of one group")
+    groups_per_user: int = Field(default=500, gt=0, description="groups one user may be a member of")
 
     # --- ICE servers handed to peers -----------------------------------------------------------
     ice_servers: UrlList = Field(default_factory=list, description="extra ICE urls handed on as they are")

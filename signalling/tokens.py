@@ -1,7 +1,8 @@
 """Access tokens (JWT, HS256) and the opaque refresh tokens that renew them.
 
 An access token carries `sub` (user id), `ver` (the user's token version: logout and password
-change bump it, so older tokens stop working at once), `jti`, `iat` and `exp`. The algorithm is
+change bump it, so older tokens stop working at once), `fam` (the login's refresh-token family: a
+family revoked for reuse takes its access tokens with it at once), `jti`, `iat` and `exp`. The algorithm is
 pinned on decode; there is no default key in code: the secret comes from settings or is generated
 on first start into `<data_dir>/jwt-secret` with mode 0600. Several instances must share it
 (set `PEERPOST_JWT_SECRET` or share the data dir).
@@ -22,6 +23,7 @@ from pathlib import Path
 from jose import JWTError, jwt
 
 from signalling.errors import Unauthorized
+from signalling.protocol import ApiErrorCode
 
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
@@ -51,6 +53,7 @@ class AccessClaims:
     version: int
     jti: str
     expires_at: int
+    family: str | None = None  # the refresh-token family (login) it was issued from
 
 
 class TokenService:
@@ -61,9 +64,9 @@ class TokenService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
 
-    def issue_access(self, user_id: int, version: int) -> str:
+    def issue_access(self, user_id: int, version: int, *, family: str | None = None) -> str:
         now = int(time.time())
-        claims = {
+        claims: dict[str, object] = {
             "sub": str(user_id),
             "ver": version,
             "jti": uuid.uuid4().hex,
@@ -71,6 +74,8 @@ class TokenService:
             "exp": now + self.access_ttl,
             "typ": "access",
         }
+        if family is not None:
+            claims["fam"] = family
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
@@ -88,7 +93,7 @@ class TokenService:
                 "The access token has expired; refresh it or log in again."
                 if expired
                 else "The access token is not valid.",
-                code="token_expired" if expired else "invalid_token",
+                code=ApiErrorCode.TOKEN_EXPIRED if expired else ApiErrorCode.INVALID_TOKEN,
             ) from exc
         try:
             if claims.get("typ") != "access":
@@ -98,9 +103,10 @@ class TokenService:
                 version=int(claims["ver"]),
                 jti=str(claims["jti"]),
                 expires_at=int(claims["exp"]),
+                family=str(claims["fam"]) if claims.get("fam") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise Unauthorized("The access token is not valid.", code="invalid_token") from exc
+            raise Unauthorized("The access token is not valid.", code=ApiErrorCode.INVALID_TOKEN) from exc
 
     @staticmethod
     def new_refresh_token() -> str:

@@ -1,8 +1,9 @@
 """Accounts: create, find, update and delete users.
 
-Usernames are unique without regard to case (an index on lower(username)); e-mail addresses are
-stored lower-cased. Functions take the caller's session and flush, never commit: the caller owns
-the transaction. Deleting an account removes everything it owns in one transaction.
+Usernames are unique without regard to case (an index on lower(username)) and to look-alike
+letters (`name_key`, store.names); e-mail addresses are stored lower-cased. Functions take the
+caller's session and flush, never commit: the caller owns the transaction. Deleting an account
+removes everything it owns in one transaction, and retires its device ids.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.errors import EmailTaken, NotFound, UsernameTaken
-from store.models import Blob, Contact, Device, MailboxEntry, RefreshToken, User, utcnow
+from store.models import Blob, Contact, Device, MailboxEntry, RefreshToken, RetiredDevice, User, utcnow
+from store.names import name_key
 
 
 def normalise_email(email: str) -> str:
@@ -39,8 +41,17 @@ async def get_by_username(session: AsyncSession, username: str) -> User | None:
     return result.scalar_one_or_none()
 
 
+async def name_taken(session: AsyncSession, username: str) -> str | None:
+    """The existing name that `username` clashes with: the same ignoring case, or one that looks
+    the same (store.names); None when it is free."""
+    query = select(User.username).where(
+        or_(User.name_key == name_key(username), func.lower(User.username) == username.lower())
+    )
+    return (await session.execute(query.limit(1))).scalar_one_or_none()
+
+
 async def _username_taken(session: AsyncSession, username: str) -> bool:
-    return await get_by_username(session, username) is not None
+    return await name_taken(session, username) is not None
 
 
 async def _email_taken(session: AsyncSession, email: str, *, other_than: int | None = None) -> bool:
@@ -68,6 +79,7 @@ async def create(
         username=username,
         email=normalise_email(email),
         password_hash=password_hash,
+        name_key=name_key(username),
         last_address=address,
         last_port=port,
         created_at=utcnow(),
@@ -157,6 +169,12 @@ async def delete_account(session: AsyncSession, user_id: int) -> None:
     )
     await session.execute(
         delete(Contact).where(or_(Contact.owner_id == user_id, Contact.friend_id == user_id))
+    )
+    # Its device ids are retired, never published again (a peer pinned their keys).
+    await session.execute(
+        insert(RetiredDevice).from_select(
+            ["device_id"], select(Device.device_id).where(Device.user_id == user_id)
+        )
     )
     await session.execute(delete(Device).where(Device.user_id == user_id))
     await session.execute(delete(RefreshToken).where(RefreshToken.user_id == user_id))

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import delete, func, insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from store.disk import DiskGuard
 from store.errors import NotFound, QuotaExceeded, StoreError
-from store.models import Blob, BlobReader
+from store.models import Blob, BlobReader, MailboxEntry
 
 _WRITE_CHUNK = 1024 * 1024  # gather this much before one write in a worker thread
 _ORPHAN_AGE_SECONDS = 3600.0
@@ -72,9 +73,19 @@ class BlobInfo:
 
 class BlobStore:
     def __init__(
-        self, engine: AsyncEngine, root: Path, *, max_bytes: int, user_quota: int, retention: timedelta
+        self,
+        engine: AsyncEngine,
+        root: Path,
+        *,
+        max_bytes: int,
+        user_quota: int,
+        retention: timedelta,
+        account_quota: int | None = None,
+        disk: DiskGuard | None = None,
     ) -> None:
         self._engine = engine
+        self.account_quota = account_quota
+        self._disk = disk
         self.root = root
         self._tmp = root / "tmp"
         self.max_bytes = max_bytes
@@ -89,10 +100,34 @@ class BlobStore:
 
     async def used_by(self, owner_id: int) -> int:
         async with self._engine.connect() as conn:
-            total = await conn.execute(
-                select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.owner_id == owner_id)
-            )
-            return int(total.scalar_one())
+            return await self._used(conn, owner_id)
+
+    async def _used(self, conn: AsyncConnection, owner_id: int) -> int:
+        """What counts against the owner's quota: its blobs, and (with an account quota) the
+        envelopes it sent that still wait in mailboxes, so both share one account-wide limit."""
+        blobs = int(
+            (
+                await conn.execute(
+                    select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.owner_id == owner_id)
+                )
+            ).scalar_one()
+        )
+        if self.account_quota is None:
+            return blobs
+        sent = int(
+            (
+                await conn.execute(
+                    select(func.coalesce(func.sum(MailboxEntry.size), 0)).where(
+                        MailboxEntry.sender_user == owner_id
+                    )
+                )
+            ).scalar_one()
+        )
+        return blobs + sent
+
+    @property
+    def quota(self) -> int:
+        return self.user_quota if self.account_quota is None else min(self.user_quota, self.account_quota)
 
     async def put(
         self,
@@ -104,10 +139,12 @@ class BlobStore:
         """Stream `chunks` to disk and record the blob; nothing is kept if any limit is passed."""
         if declared_size is not None and declared_size > self.max_bytes:
             raise BlobTooLarge(self.max_bytes)
+        if self._disk is not None and (full := self._disk.refusal()) is not None:
+            raise full
         used = await self.used_by(owner_id)
-        room = min(self.max_bytes, self.user_quota - used)
-        if declared_size is not None and declared_size > self.user_quota - used:
-            raise BlobQuotaExceeded(used, self.user_quota)
+        room = min(self.max_bytes, self.quota - used)
+        if declared_size is not None and declared_size > self.quota - used:
+            raise BlobQuotaExceeded(used, self.quota)
         await asyncio.to_thread(self._tmp.mkdir, parents=True, exist_ok=True)
         blob_id = secrets.token_hex(16)
         part = self._tmp / f"{blob_id}.part"
@@ -121,7 +158,7 @@ class BlobStore:
                 if size > room:
                     if size > self.max_bytes:
                         raise BlobTooLarge(self.max_bytes)
-                    raise BlobQuotaExceeded(used, self.user_quota)
+                    raise BlobQuotaExceeded(used, self.quota)
                 buffer += chunk
                 if len(buffer) >= _WRITE_CHUNK:
                     data, buffer = bytes(buffer), bytearray()
@@ -150,12 +187,9 @@ class BlobStore:
         now = datetime.now(UTC)
         expires = now + self.retention
         async with self._quota_lock, self._engine.begin() as conn:
-            used = await conn.execute(
-                select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.owner_id == owner_id)
-            )
-            used_bytes = int(used.scalar_one())
-            if used_bytes + size > self.user_quota:
-                raise BlobQuotaExceeded(used_bytes, self.user_quota)
+            used_bytes = await self._used(conn, owner_id)
+            if used_bytes + size > self.quota:
+                raise BlobQuotaExceeded(used_bytes, self.quota)
             result = await conn.execute(
                 insert(Blob)
                 .values(

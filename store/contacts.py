@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from store.errors import DuplicateContact, NotFound
-from store.models import Contact, User, utcnow
+from store.models import Block, Contact, User, utcnow
 
 PENDING, ACCEPTED, DECLINED = "pending", "accepted", "declined"
 Direction = Literal["outgoing", "incoming"]
@@ -123,10 +123,11 @@ async def list_own(
 async def incoming_requests(
     session: AsyncSession, user_id: int, *, skip: int = 0, limit: int = 50
 ) -> list[ContactView]:
+    blocked = select(Block.blocked_id).where(Block.blocker_id == user_id)
     query = (
         select(Contact, User)
         .join(User, User.id == Contact.owner_id)
-        .where(Contact.friend_id == user_id, Contact.status == PENDING)
+        .where(Contact.friend_id == user_id, Contact.status == PENDING, Contact.owner_id.not_in(blocked))
         .order_by(Contact.id)
         .offset(skip)
         .limit(limit)
@@ -146,10 +147,16 @@ async def view_of(session: AsyncSession, owner_id: int, friend_id: int) -> Conta
     own = await _own_rows(session, owner_id=owner_id, only_friend=friend_id)
     if own:
         return own[0]
+    blocked = select(Block.blocked_id).where(Block.blocker_id == owner_id)
     query = (
         select(Contact, User)
         .join(User, User.id == Contact.owner_id)
-        .where(Contact.owner_id == friend_id, Contact.friend_id == owner_id, Contact.status == PENDING)
+        .where(
+            Contact.owner_id == friend_id,
+            Contact.friend_id == owner_id,
+            Contact.status == PENDING,
+            Contact.owner_id.not_in(blocked),
+        )
     )
     found = (await session.execute(query)).first()
     return ContactView(found[0], found[1], "incoming") if found is not None else None

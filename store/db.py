@@ -34,7 +34,9 @@ def create_engine(
     url: str, *, synchronous: Literal["NORMAL", "FULL"] = "FULL", echo: bool = False
 ) -> AsyncEngine:
     """An async engine for `url`, with the SQLite connection pragmas applied on connect."""
-    kwargs: dict[str, Any] = {"echo": echo}
+    # hide_parameters: a failed statement's message must not carry its parameters (envelopes, hashes)
+    # into a log line.
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None:

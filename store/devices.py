@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.errors import DeviceIdTaken, NotFound, TooManyDevices
-from store.models import Device, MailboxEntry, Prekey, utcnow
+from store.models import Device, MailboxEntry, Prekey, RetiredDevice, utcnow
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ async def publish(
         if existing.user_id == user_id and existing.revoked_at is None and _same_bundle(existing, bundle):
             return existing, False
         raise DeviceIdTaken(bundle.device_id)
+    if await session.get(RetiredDevice, bundle.device_id) is not None:
+        raise DeviceIdTaken(bundle.device_id)  # its account was deleted: ids are never reused
     active = await session.scalar(
         select(func.count()).select_from(Device).where(Device.user_id == user_id, Device.revoked_at.is_(None))
     )

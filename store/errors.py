@@ -50,6 +50,11 @@ class RefreshTokenInvalid(StoreError):
 class RefreshTokenReused(RefreshTokenInvalid):
     """A spent refresh token came back: its whole family has been revoked."""
 
+    def __init__(self, family: str, user_id: int = 0) -> None:
+        super().__init__(family)
+        self.family = family
+        self.user_id = user_id
+
 
 class MigrationError(StoreError):
     """The schema could not be brought to the current revision."""

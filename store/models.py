@@ -11,7 +11,6 @@ ciphertext envelopes. No column ever holds a message's plaintext.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -76,7 +75,7 @@ class User(Base):
     __tablename__ = "users"
     # Never hand a deleted account's id to a new one: access tokens name the user by id, and SQLite
     # without AUTOINCREMENT reuses the highest rowid after a delete. (PostgreSQL sequences never do.)
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
@@ -89,10 +88,50 @@ class User(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     # Bumped on logout and password change: access tokens carry it, and stop working at once.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The confusable skeleton of the name (store.names): "paypal" and "paypaI" share one.
+    name_key: Mapped[str | None] = mapped_column(String(128), default=None)
 
 
 # "Alice" and "alice" are one name to a person: refuse the second at the database, not only in code.
 Index("uq_users_username_lower", func.lower(User.username), unique=True)
+# So are "paypal" and "paypaI".
+Index("uq_users_name_key", User.name_key, unique=True)
+
+
+class RetiredDevice(Base):
+    """A device id whose account was deleted: it can never be published again (a peer that pinned
+    its keys must not meet a stranger under the same id)."""
+
+    __tablename__ = "retired_devices"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class Block(Base):
+    """`blocker` blocked `blocked`: nothing of `blocked` reaches `blocker` (requests, messages,
+    signals, presence) until it is lifted."""
+
+    __tablename__ = "blocks"
+    __table_args__ = (UniqueConstraint("blocker_id", "blocked_id", name="uq_blocks_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    blocker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    blocked_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class ContactCooldown(Base):
+    """`asker`'s request to `target` was declined: it may not ask again before `until`, even after
+    removing the declined row."""
+
+    __tablename__ = "contact_cooldowns"
+    __table_args__ = (UniqueConstraint("asker_id", "target_id", name="uq_contact_cooldowns_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    until: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Device(Base):
@@ -177,6 +216,8 @@ class MailboxEntry(Base):
     __table_args__ = (
         UniqueConstraint("recipient_device", "message_id", name="uq_mailbox_device_message"),
         Index("ix_mailbox_device_seq", "recipient_device", "id"),
+        # pending_count and usage read only the index (migration 0005)
+        Index("ix_mailbox_device_expires", "recipient_device", "expires_at", "size"),
         Index("ix_mailbox_expires", "expires_at"),
     )
 
@@ -190,6 +231,70 @@ class MailboxEntry(Base):
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A group message is stored once in `mailbox_bodies`; its rows here hold an empty `envelope`
+    # and point at the body (`size` is still what the row costs its device's quota).
+    body_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("mailbox_bodies.id", ondelete="CASCADE"),
+        default=None,
+        index=True,
+    )
+
+
+class MailboxBody(Base):
+    """One group message's ciphertext, stored once for every recipient device's row."""
+
+    __tablename__ = "mailbox_bodies"
+    __table_args__ = (Index("ix_mailbox_bodies_expires", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Group(Base):
+    """A group conversation as the server routes it. `public_id` is chosen by the creating device
+    (it is signed into the membership chain); `version` counts the stored chain records."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None, onupdate=utcnow)
+
+
+class GroupMember(Base):
+    """One member of a group; the row id orders members by joining (the oldest has the lowest)."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("group_id", "user_id", name="uq_group_members_pair"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # protocol.GroupRole values
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    joined_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
+
+
+class GroupRecord(Base):
+    """One signed membership record, opaque to the server (crypto.groupstate), in chain order."""
+
+    __tablename__ = "group_records"
+    __table_args__ = (UniqueConstraint("group_id", "seq", name="uq_group_records_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    record: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
 
 
 class Blob(Base):

@@ -61,8 +61,20 @@ async def rotate(
     )
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         await revoke_family(session, row.family)
-        raise RefreshTokenReused(row.family)
+        raise RefreshTokenReused(row.family, row.user_id)
     return await issue(session, row.user_id, new_hash, ttl=ttl, family=row.family)
+
+
+async def family_revoked(session: AsyncSession, family: str) -> bool:
+    """True when the login family was revoked (reuse detected, logout): its access tokens are dead."""
+    row = (
+        await session.execute(
+            select(RefreshToken.id)
+            .where(RefreshToken.family == family, RefreshToken.revoked.is_(True))
+            .limit(1)
+        )
+    ).first()
+    return row is not None
 
 
 async def revoke_family(session: AsyncSession, family: str) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from signalling.deps import CurrentUser, Session
+from signalling.deps import CurrentUser, Session, UserIdPath
 from signalling.errors import Conflict, Forbidden, Invalid, NotFound
+from signalling.openapi import errors
 from signalling.protocol import (
+    ApiErrorCode,
     PrekeyBundleOut,
     PrekeyClaimIn,
     PrekeyKindName,
@@ -71,17 +73,17 @@ def _stock_out(device_id: str, s: prekey_store.Stock) -> PrekeyStockOut:
 async def _own_device(session: Session, user_id: int, device_id: str) -> None:
     device = await device_store.get_active(session, device_id)
     if device is None or device.user_id != user_id:
-        raise NotFound(f"You have no active device '{device_id}'.", code="device_not_found")
+        raise NotFound(f"You have no active device '{device_id}'.", code=ApiErrorCode.DEVICE_NOT_FOUND)
 
 
 @router.post(
     "/me/devices/{device_id}/prekeys",
     response_model=PrekeyStockOut,
     summary="Publish or refill this device's prekeys; answers the stock the server now holds",
-    responses={
-        404: {"description": "no active device of yours with that id"},
-        409: {"description": "id reused"},
-    },
+    responses=errors(
+        e404="You have no active device with that id (`device_not_found`).",
+        e409="A key id reused with other bytes (`prekey_id_taken`), or a full stock (`prekey_stock_full`).",
+    ),
 )
 async def publish(
     device_id: str, body: PrekeysIn, user: CurrentUser, request: Request, session: Session
@@ -112,9 +114,9 @@ async def publish(
             replace=body.replace,
         )
     except prekey_store.PrekeyConflict as exc:
-        raise Conflict(f"{exc} Use a new key id.", code="prekey_id_taken") from exc
+        raise Conflict(f"{exc} Use a new key id.", code=ApiErrorCode.PREKEY_ID_TAKEN) from exc
     except QuotaExceeded as exc:
-        raise Conflict(f"Too many one-time prekeys: {exc}.", code="prekey_stock_full") from exc
+        raise Conflict(f"Too many one-time prekeys: {exc}.", code=ApiErrorCode.PREKEY_STOCK_FULL) from exc
     await session.commit()
     return _stock_out(device_id, stock)
 
@@ -123,7 +125,7 @@ async def publish(
     "/me/devices/{device_id}/prekeys",
     response_model=PrekeyStockOut,
     summary="How many one-time prekeys the server still holds for this device",
-    responses={404: {"description": "no active device of yours with that id"}},
+    responses=errors(e404="You have no active device with that id (`device_not_found`)."),
 )
 async def stock(device_id: str, user: CurrentUser, session: Session) -> PrekeyStockOut:
     await _own_device(session, user.id, device_id)
@@ -134,25 +136,29 @@ async def stock(device_id: str, user: CurrentUser, session: Session) -> PrekeySt
     "/users/{user_id}/prekey-bundles",
     response_model=list[PrekeyBundleOut],
     summary="Claim a prekey bundle for each (or each named) active device of a user (uses up one-time keys)",
-    responses={
-        403: {"description": "not yourself and not an accepted contact"},
-        404: {"description": "no such user, or a named device has no published prekeys"},
-    },
+    responses=errors(
+        e403="Not yourself and not an accepted contact (`not_a_contact`).",
+        e404="No such user (`user_not_found`), no such active device (`device_not_found`), or a named device"
+        " has published no prekeys (`prekeys_not_published`).",
+    ),
 )
 async def claim(
-    user_id: int, body: PrekeyClaimIn, user: CurrentUser, session: Session
+    user_id: UserIdPath, body: PrekeyClaimIn, user: CurrentUser, session: Session
 ) -> list[PrekeyBundleOut]:
     if await accounts.get(session, user_id) is None:
-        raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
+        raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
     if user_id != user.id and not await is_accepted_contact(await session.connection(), user.id, user_id):
-        raise Forbidden(f"User {user_id} is not an accepted contact of yours.", code="not_a_contact")
+        raise Forbidden(
+            f"User {user_id} is not an accepted contact of yours.", code=ApiErrorCode.NOT_A_CONTACT
+        )
     devices = await device_store.list_active(session, user_id)
     wanted = body.device_ids
     if wanted is not None:
         unknown = set(wanted) - {d.device_id for d in devices}
         if unknown:
             raise NotFound(
-                f"User {user_id} has no active device {sorted(unknown)[0]!r}.", code="device_not_found"
+                f"User {user_id} has no active device {sorted(unknown)[0]!r}.",
+                code=ApiErrorCode.DEVICE_NOT_FOUND,
             )
         devices = [d for d in devices if d.device_id in set(wanted)]
     out = []
@@ -163,7 +169,7 @@ async def claim(
             if wanted is not None:
                 raise NotFound(
                     f"Device {device.device_id!r} has not published prekeys yet.",
-                    code="prekeys_not_published",
+                    code=ApiErrorCode.PREKEYS_NOT_PUBLISHED,
                 ) from exc
             continue  # an older peer without prekeys: the sender uses the envelope format for it
         out.append(

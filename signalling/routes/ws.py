@@ -3,13 +3,13 @@ the lifespan that builds the hub (and its backplane) for the app."""
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, WebSocket
 
+from signalling import memory
 from signalling.backplane import Backplane, InProcessBackplane, RedisBackplane
 from signalling.deps import authenticate_token
 from signalling.hub import Hub, HubLimits
@@ -17,7 +17,6 @@ from signalling.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-GC_YOUNG_THRESHOLD = 50_000
 
 
 def make_backplane(settings: Settings) -> Backplane:
@@ -35,17 +34,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def authenticate(token: str) -> int:
         return (await authenticate_token(app, token)).id
 
-    hub = Hub(app.state.engine, authenticate, HubLimits.from_settings(settings), make_backplane(settings))
+    hub = Hub(
+        app.state.engine,
+        authenticate,
+        HubLimits.from_settings(settings),
+        make_backplane(settings),
+        disk=app.state.disk,
+    )
     await hub.start()
     app.state.hub = hub
     app.state.presence = hub.presence
-    # Everything loaded at start-up (modules, models, compiled SQL) lives as long as the process:
-    # moving it out of the collector's sight keeps full collections short. Every frame allocates
-    # dozens of short-lived containers; at the default threshold (700) a young collection ran every
-    # few messages. Measured with bench/relay.py on this machine: the hub saturated at 6-9k
-    # envelopes/s with the defaults and kept up with 12k at p50 under 2 ms with these.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    memory.tune()  # the collector and allocator settings, and why: signalling.memory
     try:
         yield
     finally:

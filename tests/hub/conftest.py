@@ -15,6 +15,8 @@ HUB_TEST_ENV = {
     "PEERPOST_MAX_FRAME_BYTES": "65536",
     "PEERPOST_WS_RATE_PER_SECOND": "2000",
     "PEERPOST_WS_RATE_BURST": "4000",
+    # These tests decline and ask again to see the pushes; the cool-down has its own test.
+    "PEERPOST_CONTACT_DECLINE_COOLDOWN_SECONDS": "0",
 }
 
 

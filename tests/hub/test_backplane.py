@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from signalling.protocol import CloseCode, b64decode
+from signalling.protocol import CloseCode, b64decode, b64encode
 from tests.hub.world import World, opaque_envelope
 from tests.support.server import RunningServer
 
@@ -225,3 +225,43 @@ async def test_a_killed_instance_s_devices_go_offline_when_their_keys_expire(tmp
             await a.close()
             with contextlib.suppress(Exception):
                 await b.close()
+
+
+async def test_group_news_and_group_messages_reach_members_wherever_their_sockets_are(
+    cluster: Cluster,
+) -> None:
+    near, far, alice, bob = await _pair(cluster)
+    async with near, far:
+        carol = await near.account()
+        await near.befriend(alice, carol)
+        b, c = await far.connect(bob), await far.connect(carol)
+        a = await near.connect(alice)
+        group_id = secrets.token_hex(16)
+        body = {"group_id": group_id, "name": "g", "members": [bob.user_id], "record": "b3BhcXVl"}
+        r = await near.http.post("/groups", json=body, headers=alice.auth)
+        assert r.status_code == 201, r.text
+        assert (await b.expect("group"))["event"] == "created"
+        envelope = opaque_envelope()
+        send = {
+            "type": "group_send",
+            "ref": "g1",
+            "group_id": group_id,
+            "message_id": secrets.token_hex(16),
+            "envelope": b64encode(envelope),
+        }
+        await a.send(send)
+        accepted = await a.expect("accepted")
+        assert accepted["live"] == [bob.device_id] and accepted["queued"] == [bob.device_id]
+        delivered = await b.expect("deliver")
+        assert (delivered["group_id"], b64decode(delivered["envelope"])) == (group_id, envelope)
+        r = await near.http.post(
+            f"/groups/{group_id}/members",
+            json={"record": "b3BhcXVl", "version": 1, "user_ids": [carol.user_id]},
+            headers=alice.auth,
+        )
+        assert r.status_code == 200, r.text
+        for client in (b, c):
+            told = await client.expect("group", where=lambda f: f["event"] == "members_added")
+            assert told["user_ids"] == [carol.user_id]
+        for client in (a, b, c):
+            await client.close()

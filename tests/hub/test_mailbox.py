@@ -72,7 +72,9 @@ async def test_offline_delivery_survives_sigkill_in_order_exactly_once(tmp_path:
 
 async def test_a_kill_in_mid_stream_keeps_every_accepted_envelope(tmp_path: Path) -> None:
     """SIGKILL while sends keep coming: whatever was `accepted` comes back, in send order, once."""
-    server = RunningServer(tmp_path / "srv", env={**OFFLINE_ENV, "PEERPOST_WS_RATE_BURST": "100000"})
+    # One sender pumps thousands into one device: the per-sender share (test_abuse) is lifted here.
+    env = {**OFFLINE_ENV, "PEERPOST_WS_RATE_BURST": "100000", "PEERPOST_MAILBOX_SENDER_SHARE": "1"}
+    server = RunningServer(tmp_path / "srv", env=env)
     async with server:
         async with World(server.url, server.ws_url) as world:
             alice, bob = await world.account(), await world.account()
@@ -156,7 +158,8 @@ async def test_the_database_holds_ciphertext_but_never_the_plaintext(tmp_path: P
 
 
 async def test_a_full_mailbox_refuses_with_a_quota_error_and_keeps_what_it_has(tmp_path: Path) -> None:
-    env = {**OFFLINE_ENV, "PEERPOST_MAILBOX_QUOTA_MESSAGES": "3"}
+    # One sender may fill the whole device here: the per-sender share has its own test (test_abuse).
+    env = {**OFFLINE_ENV, "PEERPOST_MAILBOX_QUOTA_MESSAGES": "3", "PEERPOST_MAILBOX_SENDER_SHARE": "1"}
     async with RunningServer(tmp_path / "srv", env=env) as server, World(server.url, server.ws_url) as world:
         alice, bob = await world.account(), await world.account()
         await world.befriend(alice, bob)

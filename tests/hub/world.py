@@ -81,7 +81,7 @@ class World:
         account = Account(user_id, name, token, "")
         for _ in range(devices):
             account.devices.append(await self.publish_device(account))
-        account.device_id = account.devices[0]
+        account.device_id = account.devices[0] if account.devices else ""
         return account
 
     async def login(self, username: str) -> str:
@@ -129,13 +129,15 @@ class DeviceClient:
         self.ready: dict[str, Any] = {}
         self.backlog: list[dict[str, Any]] = []
 
-    async def open(self, *, by_frame: bool = False, wait_drained: bool = True, **kw: Any) -> None:
+    async def open(
+        self, *, by_frame: bool = False, wait_drained: bool = True, query: str = "", **kw: Any
+    ) -> None:
         if by_frame:
             self.ws = await websockets.connect(self.ws_url, max_size=None, **kw)
             await self.send({"type": "auth", "token": self.account.token, "device_id": self.device_id})
         else:
             self.ws = await websockets.connect(
-                f"{self.ws_url}?device_id={self.device_id}",
+                f"{self.ws_url}?device_id={self.device_id}{query}",
                 additional_headers=self.account.auth,
                 max_size=None,
                 **kw,
@@ -158,16 +160,18 @@ class DeviceClient:
             return json.loads(await self.ws.recv())
 
     async def expect(
-        self, kind: str, deadline: float = 5.0, where: Callable[[dict], bool] | None = None
+        self, kind: str | tuple[str, ...], deadline: float = 5.0, where: Callable[[dict], bool] | None = None
     ) -> dict:
-        """The next frame of type `kind` (matching `where`); other frames are kept for later."""
+        """The next frame of type `kind` (or one of the types; matching `where`); other frames are
+        kept for later."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         for i, frame in enumerate(self.backlog):
-            if frame["type"] == kind and (where is None or where(frame)):
+            if frame["type"] in kinds and (where is None or where(frame)):
                 return self.backlog.pop(i)
         async with asyncio.timeout(deadline):
             while True:
                 frame = json.loads(await self.ws.recv())
-                if frame["type"] == kind and (where is None or where(frame)):
+                if frame["type"] in kinds and (where is None or where(frame)):
                     return frame
                 self.backlog.append(frame)
 

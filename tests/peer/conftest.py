@@ -41,7 +41,8 @@ def foreign_tasks(before: set[asyncio.Task]) -> list[asyncio.Task]:
 
 
 PASSWORD = "correct horse battery"
-SERVER_ENV = {"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
+# The contact-event tests decline and ask again; the decline cool-down has its own server test.
+SERVER_ENV = {"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2", "PEERPOST_CONTACT_DECLINE_COOLDOWN_SECONDS": "0"}
 
 
 def fixed_keys(n: int) -> DeviceKeys:

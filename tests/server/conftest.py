@@ -67,6 +67,8 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "turn_secret": None,
         "jwt_secret": None,
         "database_url": None,
+        "registrations_per_address": 1_000_000,
+        "registrations_global": 1_000_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -185,7 +185,11 @@ async def test_the_api_works_on_postgresql(pg_url: str, app_factory: AppFactory)
         assert (
             await client.post("/token/refresh", json={"refresh_token": alice.refresh_token})
         ).status_code == 401
-        assert (await client.delete("/users/self", headers=alice.headers)).status_code == 204
+        # The reuse revoked the family, and its access tokens with it (issue #11, finding 11).
+        assert (await client.get("/users/me", headers=alice.headers)).status_code == 401
+        again = (await client.post("/token", data={"username": "alice", "password": alice.password})).json()
+        fresh = {"Authorization": f"Bearer {again['access_token']}"}
+        assert (await client.delete("/users/self", headers=fresh)).status_code == 204
         assert (await client.get("/me/contacts/", headers=bob.headers)).json() == []
 
 

@@ -7,7 +7,7 @@ and stops the process on exit. `kill()` is a SIGKILL (nothing flushed, nothing c
 
 Use it as `async with RunningServer() as server:` or synchronously via `start()`/`stop()`.
 Settings go in as `env={"PEERPOST_PRESENCE_GRACE_SECONDS": "0.2", ...}`; tests default to a low
-bcrypt cost (`PEERPOST_BCRYPT_ROUNDS=4`) unless they pass their own.
+bcrypt cost (`PEERPOST_BCRYPT_ROUNDS=4`) and no registration limit unless they pass their own.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ TEST_DEFAULT_ENV = {
     "PEERPOST_BCRYPT_ROUNDS": "4",
     "PEERPOST_SQLITE_SYNCHRONOUS": "NORMAL",
     "PEERPOST_LOG_LEVEL": "warning",
+    # Every test account registers from 127.0.0.1; the registration limits get their own tests.
+    "PEERPOST_REGISTRATIONS_PER_ADDRESS": "1000000",
+    "PEERPOST_REGISTRATIONS_GLOBAL": "1000000",
 }
 
 
@@ -51,6 +54,7 @@ class RunningServer:
         host: str = "127.0.0.1",
         port: int = 0,
         start_timeout: float = 30.0,
+        module: str = "signalling",
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -62,6 +66,7 @@ class RunningServer:
         self.port = port
         self.env = {**TEST_DEFAULT_ENV, **(env or {})}
         self.start_timeout = start_timeout
+        self.module = module  # benchmarks run `bench.probed_server`, the same CLI with probes in it
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self._output: deque[str] = deque(maxlen=200)
@@ -85,7 +90,7 @@ class RunningServer:
     def start(self) -> RunningServer:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("server already running")
-        cmd = [sys.executable, "-m", "signalling", "serve", "--host", self.host, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", self.module, "serve", "--host", self.host, "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]

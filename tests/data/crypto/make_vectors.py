@@ -22,9 +22,23 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
-from crypto import envelope, filestream, keystore, pairwise, payload, pqxdh, prekeys, safety, signaling, stego  # noqa: E402
+from crypto import (  # noqa: E402
+    envelope,
+    filestream,
+    groupstate,
+    keystore,
+    pairwise,
+    payload,
+    pqxdh,
+    prekeys,
+    safety,
+    senderkeys,
+    signaling,
+    stego,
+)
 from crypto._codec import b64d, b64e  # noqa: E402
 from crypto.bundle import make_bundle  # noqa: E402
 from tests.support.keys import fixed_device_keys  # noqa: E402
@@ -213,6 +227,79 @@ def pairwise_vectors(keys: list) -> None:
     )
 
 
+GROUP_ID = "0123456789abcdef" * 2
+GROUP_CHAIN_KEY = bytes(range(100, 132))
+GROUP_SIGNING_SEED = bytes(range(200, 232))
+
+
+def groups(keys: list) -> None:
+    """A membership chain (Ed25519 is deterministic: these bytes regenerate identically), the
+    sender-key schedule from a fixed chain key, a distribution, and group messages (their nonces
+    are random: pinned by opening them)."""
+    alice = envelope.LocalDevice(1, DEVICES[0][1], keys[0])
+    bob = envelope.LocalDevice(2, DEVICES[1][1], keys[1])
+    at = SENT_AT_MS
+    steps = [
+        (alice, groupstate.GroupOp.CREATE, {"group_id": GROUP_ID, "name": "climbing", "users": [2, 3]}),
+        (alice, groupstate.GroupOp.ADD, {"users": [4]}),
+        (alice, groupstate.GroupOp.PROMOTE, {"users": [2]}),
+        (bob, groupstate.GroupOp.REMOVE, {"users": [3]}),
+        (bob, groupstate.GroupOp.RENAME, {"name": "climbing · winter"}),
+        (alice, groupstate.GroupOp.LEAVE, {}),
+    ]
+    directory = groupstate.MapDirectory(
+        {
+            (1, DEVICES[0][1]): keys[0].identity_public_bytes(),
+            (2, DEVICES[1][1]): keys[1].identity_public_bytes(),
+        }
+    )
+    records: list[bytes] = []
+    state = None
+    for n, (signer, op, fields) in enumerate(steps):
+        raw = groupstate.sign_record(signer, state, op, at_ms=at + n * 1000, **fields)
+        records.append(raw)
+        state = groupstate.verify_chain(records, directory)
+    assert state is not None
+    own = senderkeys.OwnSenderKey(
+        GROUP_ID, 1, DEVICES[0][1], 0x01020304, GROUP_CHAIN_KEY, 0,
+        Ed25519PrivateKey.from_private_bytes(GROUP_SIGNING_SEED), at,
+    )  # fmt: skip
+    distribution = own.distribution().to_bytes()
+    chain, schedule = GROUP_CHAIN_KEY, []
+    for _ in range(4):
+        seed = senderkeys._message_seed(chain)
+        schedule.append({"message_seed": seed.hex(), "aes_key": senderkeys._aes_key(seed).hex()})
+        chain = senderkeys._next_chain(chain)
+    texts = ["hello group", "second", "ünïcødé ✓"]
+    messages = [
+        {
+            "iteration": i,
+            "text": t,
+            "message": b64e(own.encrypt(payload.Text(t), message_id=f"{i + 0x301:032x}", sent_at_ms=at)),
+        }
+        for i, t in enumerate(texts)
+    ]
+    dump(
+        "groups.json",
+        {
+            "group_id": GROUP_ID,
+            "records": [b64e(r) for r in records],
+            "final": {
+                "name": state.name,
+                "members": state.member_ids,
+                "admins": state.admin_ids,
+                "seq": state.seq,
+                "head": state.head_hash.hex(),
+            },
+            "chain_key": GROUP_CHAIN_KEY.hex(),
+            "signing_seed": GROUP_SIGNING_SEED.hex(),
+            "schedule": schedule,
+            "distribution": b64e(distribution),
+            "messages": messages,
+        },
+    )
+
+
 def main() -> None:
     keys = [fixed_device_keys(i) for i in range(len(DEVICES))]
     if sys.argv[1:] == ["envelopes-v2"]:  # regenerate only these (the rest has fresh randomness)
@@ -220,6 +307,9 @@ def main() -> None:
         return
     if sys.argv[1:] == ["pairwise"]:
         pairwise_vectors(keys)
+        return
+    if sys.argv[1:] == ["groups"]:
+        groups(keys)
         return
     pairwise_vectors(keys)
     dump(
