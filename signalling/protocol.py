@@ -201,10 +201,25 @@ class ContactUpdate(_Model):
 
 
 class BlockAdd(_Model):
-    """Block someone by id or by username; exactly one of the two."""
+    """Block someone by id or by username; exactly one of the two (null = not given)."""
 
-    user_id: int | None = None
-    username: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "integer"}}},
+                {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            ]
+        }
+    )
+
+    user_id: UserId | None = None
+    username: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BlockAdd:
+        if (self.user_id is None) == (self.username is None):
+            raise ValueError("give exactly one of user_id or username")
+        return self
 
 
 class BlockOut(_Response):

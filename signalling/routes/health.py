@@ -29,7 +29,7 @@ class Health(BaseModel):
     """`ok`, or `degraded` with `storage: full` when the disk floor refuses new writes."""
 
     status: Literal["ok", "degraded"] = "ok"
-    storage: Literal["ok", "full"] = "ok"
+    storage: Literal["full"] | None = None
     detail: str | None = None
     free_bytes: int | None = None
 
