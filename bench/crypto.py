@@ -7,6 +7,12 @@ Measures, in one run on this machine: RSA-4096 + Ed25519 key generation; envelop
 cache miss — one RSA decryption — and on a hit); file-stream encrypt/decrypt throughput against
 raw AES-256-GCM on the same buffer; LSB embed/extract on a 12-megapixel PNG. Targets (issue 3):
 seal ≤ 0.5 ms and open ≤ 2 ms for 2 devices, file stream ≥ 0.8× raw AES-GCM, 12 MP embed < 2 s.
+
+Pairwise sessions (issue 14; `--only ratchet` runs just these and merges them into the JSON):
+prekey generation, PQXDH set-up on each side, ratchet seal and open per message on one chain and
+ping-pong (a DH step on every message), the same through the store-backed SessionManager (one
+SQLite transaction per message), and bytes per message beside envelope v2 for one device, all in
+the same run. Goal: ratchet seal and open ≤ 0.1 ms per message.
 """
 
 from __future__ import annotations
@@ -30,14 +36,38 @@ import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from crypto import filestream, stego  # noqa: E402
+from crypto import filestream, pairwise, stego  # noqa: E402
 from crypto.envelope import LocalDevice, MemorySeenIds, Recipient, open_envelope, seal  # noqa: E402
 from crypto.keys import generate_device_keys  # noqa: E402
-from crypto.payload import Text  # noqa: E402
+from crypto.payload import Text, encode_payload  # noqa: E402
+from crypto.prekeys import PrekeyBundle, PrekeyKind, generate_prekey, verify_prekey_bundle  # noqa: E402
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache  # noqa: E402
 from tests.support.keys import FIXED_DEVICE_COUNT, fixed_device_keys  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "crypto.json"
+
+# The crypto layer's budgets (issue 3; moved out of the unit tests by issue 12, where a loaded box
+# made them fail at random). Checked here against the median of a quiet-enough run and reported.
+BUDGETS_MS = {
+    "seal_ms_median": 0.5,
+    "seal_session_ms_median": 0.5,
+    "open_ms_median": 2.0,
+    "open_hit_ms_median": 0.5,
+}
+STEGO_EMBED_CPU_BUDGET_S = 2.0
+
+
+def budget_rows(result: dict) -> list[tuple[str, float, float]]:
+    """(what, measured, budget) for every budget: envelopes for 2 devices, the 12 MP embed in CPU s."""
+    two = next(r for r in result["envelopes"] if r["recipients"] == 2)
+    rows = [(f"2 devices {key}", two[key], limit) for key, limit in BUDGETS_MS.items()]
+    rows.append(("stego 12 MP embed CPU s", result["stego"]["embed_cpu_s_best"], STEGO_EMBED_CPU_BUDGET_S))
+    rows.append(("filestream encrypt / raw (x, floor)", result["filestream"]["encrypt_vs_raw"], 0.8))
+    return rows
+
+
+def budget_met(what: str, measured: float, limit: float) -> bool:
+    return measured >= limit if "floor" in what else measured <= limit
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -191,11 +221,202 @@ def bench_stego(rounds: int) -> dict:
     }
 
 
+def _stats(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {
+        "median_ms": statistics.median(values) * 1000,
+        "p95_ms": ordered[int(len(ordered) * 0.95)] * 1000,
+    }
+
+
+def bench_ratchet(messages: int) -> dict:
+    alice_keys, bob_keys = fixed_device_keys(0), fixed_device_keys(1)
+    a_dev, b_dev = "alice-laptop-0", "bob-phone-00001"
+    gen = {
+        "x25519_prekey": timed(lambda: generate_prekey(bob_keys, b_dev, PrekeyKind.ONE_TIME, 1), 200),
+        "mlkem768_prekey": timed(lambda: generate_prekey(bob_keys, b_dev, PrekeyKind.KEM_ONE_TIME, 1), 200),
+    }
+    counter = iter(range(1, 10**9))
+
+    def bundle() -> tuple[PrekeyBundle, dict]:
+        pairs = [
+            generate_prekey(bob_keys, b_dev, kind, next(counter))
+            for kind in (PrekeyKind.SIGNED, PrekeyKind.KEM_ONE_TIME, PrekeyKind.ONE_TIME)
+        ]
+        raw = PrekeyBundle(2, b_dev, bob_keys.identity_public_bytes(), *(p.public for p in pairs))
+        return raw, {(p.public.kind, p.public.key_id): p for p in pairs}
+
+    def privates_of(table: dict):  # type: ignore[no-untyped-def]
+        return lambda k, i: table.get((k, i))
+
+    setups = [bundle() for _ in range(60)]
+    verify_t, start_t, accept_t = [], [], []
+    for raw, privates in setups:
+        t = time.perf_counter()
+        b = verify_prekey_bundle(raw, bob_keys.identity_public_bytes())
+        verify_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sa = pairwise.start_session(alice_keys, 1, a_dev, b)
+        start_t.append(time.perf_counter() - t)
+        first = pairwise.seal(sa, b"x", os.urandom(16).hex())
+        parsed = pairwise.peek(first)
+        t = time.perf_counter()
+        pairwise.accept_session(
+            bob_keys, 2, b_dev, parsed, alice_keys.identity_public_bytes(), privates_of(privates)
+        )
+        accept_t.append(time.perf_counter() - t)
+
+    # an established session, then one chain (consecutive messages one way)
+    raw, privates = bundle()
+    sa = pairwise.start_session(
+        alice_keys, 1, a_dev, verify_prekey_bundle(raw, bob_keys.identity_public_bytes())
+    )
+    first = pairwise.seal(sa, b"hello", os.urandom(16).hex())
+    sb = pairwise.accept_session(
+        bob_keys,
+        2,
+        b_dev,
+        pairwise.peek(first),
+        alice_keys.identity_public_bytes(),
+        lambda k, i: privates.get((k, i)),
+    )
+    pairwise.open_message(sb, pairwise.peek(first))
+    pairwise.open_message(sa, pairwise.peek(pairwise.seal(sb, b"hi", os.urandom(16).hex())))
+    body = encode_payload(Text("a typical chat message of a few dozen characters"))  # padded to 256
+    seal_t, open_t = [], []
+    for _ in range(messages // 200):  # chains of 200, opened in order after each is sealed
+        ids = [os.urandom(16).hex() for _ in range(200)]
+        sealed = []
+        for mid in ids:
+            t = time.perf_counter()
+            sealed.append(pairwise.seal(sa, body, mid))
+            seal_t.append(time.perf_counter() - t)
+        for data in sealed:
+            t = time.perf_counter()
+            pairwise.open_message(sb, pairwise.peek(data))
+            open_t.append(time.perf_counter() - t)
+    # ping-pong: every message starts a new chain (a DH ratchet step on each side)
+    pp_seal, pp_open = [], []
+    for i in range(messages // 2):
+        s_, r_ = (sa, sb) if i % 2 == 0 else (sb, sa)
+        t = time.perf_counter()
+        data = pairwise.seal(s_, body, os.urandom(16).hex())
+        pp_seal.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        pairwise.open_message(r_, pairwise.peek(data))
+        pp_open.append(time.perf_counter() - t)
+    state_bytes = len(sb.to_bytes())
+    # beside it, envelope v2 for one device with a warm session-key cache (what 1:1 uses today)
+    sender = LocalDevice(1, a_dev, alice_keys)
+    me = LocalDevice(2, b_dev, bob_keys)
+    rec = [Recipient(2, b_dev, bob_keys.encryption_public_der())]
+    sessions, cache, seen = SessionKeyCache(max_messages=10 * messages), UnwrapCache(), MemorySeenIds()
+    lookup = {(1, a_dev): alice_keys.identity_public_bytes()}.get
+    text = Text("a typical chat message of a few dozen characters")
+    env = [seal(text, sender, rec, "u:2", session_keys=sessions) for _ in range(messages)]
+    open_envelope(env[0], me, lambda u, d: lookup((u, d)), seen, unwrap_cache=cache)
+    it3 = iter(env[1:])
+    env_open = timed(
+        lambda: open_envelope(next(it3), me, lambda u, d: lookup((u, d)), seen, unwrap_cache=cache),
+        messages - 1,
+    )
+    env_seal = timed(lambda: seal(text, sender, rec, "u:2", session_keys=sessions), messages)
+    result = {
+        "prekey_generation": {k: _stats(v) for k, v in gen.items()},
+        "setup": {
+            "verify_bundle": _stats(verify_t),
+            "initiator_pqxdh": _stats(start_t),
+            "responder_pqxdh": _stats(accept_t),
+        },
+        "same_chain": {"seal": _stats(seal_t), "open": _stats(open_t)},
+        "ping_pong": {"seal": _stats(pp_seal), "open": _stats(pp_open)},
+        "envelope_v2_one_device_warm": {"seal": _stats(env_seal), "open": _stats(env_open)},
+        "bytes": {
+            "padded_payload": len(body),
+            "ratchet_message": len(sealed[0]),
+            "ratchet_overhead": len(sealed[0]) - len(body),
+            "prekey_message": len(first),
+            "envelope_v2_one_device": len(env[0]),
+            "session_state_record": state_bytes,
+        },
+    }
+    result["store_backed"] = _bench_session_manager(min(messages, 300))
+    return result
+
+
+def _bench_session_manager(messages: int) -> dict:
+    """seal + open through SessionManager on real SQLite stores (one transaction per message)."""
+    import asyncio
+    import shutil
+
+    from tests.peer.sessionworld import Directory, SessionDevice
+
+    async def run() -> dict:
+        folder = Path(tempfile.mkdtemp(prefix="bench-ratchet-"))
+        directory, pins = Directory(), {}
+        a = SessionDevice(folder, 1, "alice-laptop-0", fixed_device_keys(0), directory, pins)
+        b = SessionDevice(folder, 2, "bob-phone-00001", fixed_device_keys(1), directory, pins)
+        try:
+            for d in (a, b):
+                pins[(d.user_id, d.device_id)] = d.keys.identity_public_bytes()
+                await d.open()
+                await directory.refresh(d)
+            body = encode_payload(Text("a typical chat message of a few dozen characters"))
+            out = await a.sessions.seal(2, b.device_id, body, os.urandom(16).hex())
+            await b.sessions.open(out.data)
+            seal_t, open_t = [], []
+            for _ in range(messages):
+                t = time.perf_counter()
+                out = await a.sessions.seal(2, b.device_id, body, os.urandom(16).hex())
+                seal_t.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                await b.sessions.open(out.data)
+                open_t.append(time.perf_counter() - t)
+            return {"seal": _stats(seal_t), "open": _stats(open_t)}
+        finally:
+            await a.close()
+            await b.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return asyncio.run(run())
+
+
+def print_ratchet(r: dict) -> None:
+    print("pairwise sessions (median / p95 ms)")
+    for group in (
+        "prekey_generation",
+        "setup",
+        "same_chain",
+        "ping_pong",
+        "envelope_v2_one_device_warm",
+        "store_backed",
+    ):
+        cells = "  ".join(f"{k} {v['median_ms']:.3f}/{v['p95_ms']:.3f}" for k, v in r[group].items())
+        print(f"  {group:<28} {cells}")
+    b = r["bytes"]
+    print(
+        f"  bytes: ratchet message {b['ratchet_message']} (overhead {b['ratchet_overhead']} over a "
+        f"{b['padded_payload']}-byte padded payload), prekey message {b['prekey_message']}, "
+        f"envelope v2 for one device {b['envelope_v2_one_device']}, session state {b['session_state_record']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--only", choices=["ratchet"], help="run one part and merge it into the JSON")
     args = parser.parse_args()
     q = args.quick
+    if args.only == "ratchet":
+        ratchet = bench_ratchet(400 if q else 2000)
+        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        merged["ratchet"] = ratchet
+        merged["ratchet_when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        merged["ratchet_loadavg_at_start"] = os.getloadavg()
+        RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+        print_ratchet(ratchet)
+        print(f"written {RESULTS.relative_to(ROOT)}")
+        return
     result = {
         "machine": {
             "python": platform.python_version(),
@@ -208,7 +429,11 @@ def main() -> None:
         "envelopes": bench_envelopes(100 if q else 600),
         "filestream": bench_filestream(16 if q else 64, 2 if q else 3),
         "stego": bench_stego(1 if q else 3),
+        "ratchet": bench_ratchet(400 if q else 2000),
     }
+    result["budgets"] = [
+        {"what": w, "measured": m, "budget": b, "met": budget_met(w, m, b)} for w, m, b in budget_rows(result)
+    ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -239,6 +464,11 @@ def main() -> None:
         f"stego 12 MP embed {s['embed_s_best']:.2f} s (CPU {s['embed_cpu_s_best']:.2f} s), "
         f"extract {s['extract_s']:.2f} s, capacity {s['capacity_bytes']} B"
     )
+    print_ratchet(result["ratchet"])
+    print(f"{'budget':<40} {'measured':>10} {'budget':>8}  verdict")
+    for row in result["budgets"]:
+        verdict = "met" if row["met"] else "MISSED"
+        print(f"{row['what']:<40} {row['measured']:>10.3f} {row['budget']:>8.2f}  {verdict}")
     print(f"written {RESULTS.relative_to(ROOT)}")
 
 

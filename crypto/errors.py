@@ -147,6 +147,46 @@ class WrongPassphrase(StegoError):
     """The hidden payload does not open with this passphrase (or the image was altered)."""
 
 
+# --- prekeys and pairwise sessions (PQXDH + double ratchet) ---------------------------------------
+
+
+class PrekeyInvalid(BundleInvalid):
+    """A published prekey is malformed or its signature by the device's identity key does not verify."""
+
+
+class SessionError(EnvelopeError):
+    """A pairwise (double ratchet) message cannot be built or opened."""
+
+
+class MalformedSessionMessage(SessionError):
+    """The bytes are not a well-formed pairwise message (PPR) or heal request."""
+
+
+class IdentityMismatch(SessionError):
+    """A session message names an identity key other than the one pinned for its sender device."""
+
+
+class NoSession(SessionError):
+    """No session (or no prekey) to open this message with: state lost or restored from an old copy.
+
+    Healable: tell the sender (`crypto.pairwise.make_heal_request`) so it starts a new session."""
+
+
+class StaleMessage(SessionError):
+    """This message's key was already used or discarded (a duplicate, or past the skipped-key bound).
+
+    A duplicate is normal (a message that came both directly and through the mailbox); one whose id
+    was never seen means the sender's state went back in time, and is healed like `NoSession`."""
+
+
+class TooManySkipped(SessionError):
+    """The message is further ahead of its chain than the skipped-key bound allows."""
+
+
+class SessionDecryptionFailed(SessionError):
+    """The message does not authenticate under the session (altered, or the states diverged)."""
+
+
 # --- groups: signed membership chains and sender keys ----------------------------------------------
 
 

@@ -36,6 +36,10 @@ from signalling.protocol import (
     GroupRename,
     IceConfig,
     MailboxItem,
+    PrekeyBundleOut,
+    PrekeyClaimIn,
+    PrekeysIn,
+    PrekeyStockOut,
     RecipientDevice,
     RefreshRequest,
     TokenPair,
@@ -147,7 +151,7 @@ class ServerClient:
         return cls(message, code=code, status=response.status_code)
 
     @staticmethod
-    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):  # type: ignore[no-untyped-def]
+    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):
         try:
             if isinstance(model, TypeAdapter):
                 return model.validate_json(response.content)
@@ -155,7 +159,7 @@ class ServerClient:
         except ValidationError as e:
             raise ServerError(f"the server sent an answer this peer does not understand: {e}") from e
 
-    async def _json(self, model, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    async def _json(self, model, method: str, path: str, **kwargs: Any):
         return self._parse(model, await self.request(method, path, **kwargs))
 
     # ---------------------------------------------------------------------------------------------
@@ -281,6 +285,27 @@ class ServerClient:
 
     async def revoke_device(self, device_id: str) -> None:
         await self.request("DELETE", f"/me/devices/{device_id}")
+
+    async def publish_prekeys(self, device_id: str, prekeys: PrekeysIn) -> PrekeyStockOut:
+        """Publish or refill this device's prekeys; the answer is the stock the server now holds."""
+        return await self._json(
+            PrekeyStockOut, "POST", f"/me/devices/{device_id}/prekeys", json=prekeys.model_dump(mode="json")
+        )
+
+    async def prekey_stock(self, device_id: str) -> PrekeyStockOut:
+        return await self._json(PrekeyStockOut, "GET", f"/me/devices/{device_id}/prekeys")
+
+    async def claim_prekey_bundles(
+        self, user_id: int, device_ids: list[str] | None = None
+    ) -> list[PrekeyBundleOut]:
+        """One bundle per (named) active device of `user_id` that has prekeys; uses up one-time keys."""
+        body = PrekeyClaimIn(device_ids=device_ids)
+        return await self._json(
+            TypeAdapter(list[PrekeyBundleOut]),
+            "POST",
+            f"/users/{user_id}/prekey-bundles",
+            json=body.model_dump(),
+        )
 
     async def ice(self) -> IceConfig:
         return await self._json(IceConfig, "GET", "/ice")

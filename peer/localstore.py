@@ -1,5 +1,6 @@
 """The peer's own SQLite database (one per profile): history, contacts cache, pinned device keys,
-seen message ids, outgoing deliveries and file transfers.
+seen message ids, outgoing deliveries, file transfers, and the pairwise-session tables (ratchet
+state, own prekeys, sent copies for resending, heal requests: used by `peer.ratchetstore`).
 
 Message bodies are sealed at rest with `crypto.atrest` under the keystore's storage key (the
 message id as associated data, so rows cannot be swapped), so a copied profile without the
@@ -79,6 +80,43 @@ CREATE TABLE IF NOT EXISTS devices (
     PRIMARY KEY (user_id, device_id)
 );
 CREATE TABLE IF NOT EXISTS verified_users (user_id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ratchet_sessions (
+    peer_device TEXT NOT NULL,
+    session_id BLOB NOT NULL,
+    peer_user INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    used_ms INTEGER NOT NULL,
+    PRIMARY KEY (peer_device, session_id)
+);
+CREATE TABLE IF NOT EXISTS ratchet_active (
+    peer_device TEXT PRIMARY KEY,
+    session_id BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS own_prekeys (
+    kind INTEGER NOT NULL,
+    key_id INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    retired_ms INTEGER,
+    PRIMARY KEY (kind, key_id)
+);
+CREATE TABLE IF NOT EXISTS ratchet_sent (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    peer_device TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    peer_user INTEGER NOT NULL,
+    plaintext BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (peer_device, message_id)
+);
+CREATE TABLE IF NOT EXISTS ratchet_heal (
+    peer_device TEXT PRIMARY KEY,
+    session_id BLOB NOT NULL,
+    requested_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS transfers (
     transfer_id TEXT PRIMARY KEY,
     outgoing INTEGER NOT NULL,
@@ -164,6 +202,36 @@ class LocalStore:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(db)` on the store's thread inside one IMMEDIATE transaction: all or nothing.
+
+        The pairwise sessions use it to save ratchet state together with the message it produced or
+        consumed (the caller's part runs inside the same `fn`)."""
+
+        def _tx() -> T:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await self._run(_tx)
+
+    def seal_value(self, aad: bytes, plaintext: bytes) -> bytes:
+        """Seal a value for a row under the storage key (`aad` names the row)."""
+        return seal_at_rest(self._key, plaintext, aad=aad)
+
+    def open_value(self, aad: bytes, blob: bytes) -> bytes:
+        return open_at_rest(self._key, blob, aad=aad)
+
+    def remember_after_commit(self, pairs: list[tuple[str, str]]) -> None:
+        """Add seen ids to the in-memory set once the transaction that stored them committed."""
+        self._seen.update(pairs)
+
     async def open(self) -> None:
         def _open() -> None:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -242,38 +310,37 @@ class LocalStore:
         "sent_at_ms, stored_at_ms, path, state, reason"
     )
 
+    def insert_message(self, db: sqlite3.Connection, message: StoredMessage) -> bool:
+        """Insert a message (and mark its id seen) inside the caller's transaction, on the store's
+        thread (e.g. in `transaction(fn)`, with the ratchet state that opened it); False if it was
+        already there."""
+        cur = db.execute(
+            f"INSERT OR IGNORE INTO messages ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+            (
+                message.message_id,
+                message.conversation,
+                message.sender_user,
+                message.sender_device,
+                int(message.outgoing),
+                message.content_type,
+                self._seal(message.message_id, message.payload),
+                message.sent_at_ms,
+                message.stored_at_ms,
+                message.path,
+                message.state,
+                message.reason,
+            ),
+        )
+        if not message.outgoing:
+            db.execute(
+                "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
+                (message.sender_device, message.message_id, now_ms()),
+            )
+        return cur.rowcount == 1
+
     async def save_message(self, message: StoredMessage) -> bool:
         """Insert a message (and mark its id seen) in one transaction; False if it was already there."""
-        body = self._seal(message.message_id, message.payload)
-
-        def _save() -> bool:
-            with self.db:
-                self.db.execute("BEGIN")
-                cur = self.db.execute(
-                    f"INSERT OR IGNORE INTO messages ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
-                    (
-                        message.message_id,
-                        message.conversation,
-                        message.sender_user,
-                        message.sender_device,
-                        int(message.outgoing),
-                        message.content_type,
-                        body,
-                        message.sent_at_ms,
-                        message.stored_at_ms,
-                        message.path,
-                        message.state,
-                        message.reason,
-                    ),
-                )
-                if not message.outgoing:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
-                        (message.sender_device, message.message_id, now_ms()),
-                    )
-                return cur.rowcount == 1
-
-        return await self._run(_save)
+        return await self.transaction(lambda db: self.insert_message(db, message))
 
     async def get_message(self, message_id: str) -> StoredMessage | None:
         def _get() -> StoredMessage | None:
@@ -289,7 +356,8 @@ class LocalStore:
         self, conversation: str | None = None, limit: int = 100, before_ms: int | None = None
     ) -> list[StoredMessage]:
         def _history() -> list[StoredMessage]:
-            where, args = [], []
+            where: list[str] = []
+            args: list[object] = []
             if conversation is not None:
                 where.append("conversation = ?")
                 args.append(conversation)

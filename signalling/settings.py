@@ -98,6 +98,7 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600.0, ge=0, description="a declined asker may not ask again before this"
     )
     max_devices_per_user: int = Field(default=16, gt=0)
+    max_one_time_prekeys: int = Field(default=200, gt=0, description="per device and kind (curve, ML-KEM)")
 
     # --- mailbox, frames, presence (used by the hub) -------------------------------------------
     mailbox_retention_days: int = Field(default=30, gt=0)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.errors import DeviceIdTaken, NotFound, TooManyDevices
-from store.models import Device, MailboxEntry, RetiredDevice, utcnow
+from store.models import Device, MailboxEntry, Prekey, RetiredDevice, utcnow
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ async def get_active(session: AsyncSession, device_id: str) -> Device | None:
 
 
 async def revoke(session: AsyncSession, user_id: int, device_id: str) -> Device:
-    """Mark the user's device revoked and drop the envelopes queued for it (nobody can read them)."""
+    """Mark the user's device revoked and drop the envelopes queued for it (nobody can read them)
+    and its prekeys (nobody may start a session with it any more)."""
     query = select(Device).where(
         Device.user_id == user_id, Device.device_id == device_id, Device.revoked_at.is_(None)
     )
@@ -93,5 +94,6 @@ async def revoke(session: AsyncSession, user_id: int, device_id: str) -> Device:
         raise NotFound(device_id)
     device.revoked_at = utcnow()
     await session.execute(delete(MailboxEntry).where(MailboxEntry.recipient_device == device_id))
+    await session.execute(delete(Prekey).where(Prekey.device_id == device_id))
     await session.flush()
     return device

@@ -11,7 +11,6 @@ ciphertext envelopes. No column ever holds a message's plaintext.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -76,7 +75,7 @@ class User(Base):
     __tablename__ = "users"
     # Never hand a deleted account's id to a new one: access tokens name the user by id, and SQLite
     # without AUTOINCREMENT reuses the highest rowid after a delete. (PostgreSQL sequences never do.)
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)
@@ -148,6 +147,31 @@ class Device(Base):
     signed_at: Mapped[int] = mapped_column(BigInteger)  # the bundle's own created-at, as signed
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+
+class Prekey(Base):
+    """One published prekey of a device (kinds as `crypto.prekeys.PrekeyKind`, stored as given).
+
+    Signed and last-resort keys (kinds 1 and 3) are kept current: publishing a new one replaces
+    the older. One-time keys (2 and 4) are deleted by the claim that hands them out, so each goes
+    to one initiator only. The server never verifies the signatures: peers do.
+    """
+
+    __tablename__ = "prekeys"
+    __table_args__ = (
+        UniqueConstraint("device_id", "kind", "key_id", name="uq_prekeys_device_kind_key"),
+        Index("ix_prekeys_device_kind_seq", "device_id", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[int] = mapped_column(BigInteger)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(1184))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    signed_at: Mapped[int] = mapped_column(BigInteger)  # the prekey's own created-at, as signed
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
 
 
 class Contact(Base):

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from signalling.deps import CurrentUser, Session
-from signalling.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
+from signalling.deps import CurrentUser, Session, Skip
+from signalling.errors import ApiError, Conflict, Forbidden, Invalid, NotFound
 from signalling.group_news import group_out, tell_members
+from signalling.openapi import errors
 from signalling.protocol import (
+    GROUP_ID_PATTERN,
+    MAX_INT64,
+    ApiErrorCode,
     GroupChange,
     GroupCreate,
     GroupEvent,
@@ -36,14 +40,22 @@ from store import groups as group_store
 from store.errors import StoreError
 from store.groups import Change
 
-router = APIRouter(prefix="/groups", tags=["groups"])
-
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
+router = APIRouter(
+    prefix="/groups",
+    tags=["groups"],
+    responses=errors(
+        e403="Not an admin of the group (`not_an_admin`), or a user is not your contact (`not_a_contact`).",
+        e404="No such group that you are a member of (`not_a_member`).",
+        e409="Stale version (`stale_version`), id taken, already members, or removing yourself.",
+        e413="The group or your groups are full (`group_full`).",
+    ),
+)
+GroupIdPath = Annotated[str, Path(pattern=GROUP_ID_PATTERN, description="the group's id, 32 hex")]
 
 
 class GroupTooLarge(ApiError):
     status_code = 413
-    code = "group_full"
+    code = ApiErrorCode.GROUP_FULL
 
 
 def _settings(request: Request) -> Settings:
@@ -54,21 +66,21 @@ def _translate(exc: StoreError) -> ApiError:
     """The store's refusals in words for a person, with a stable code for a program."""
     text = str(exc)
     if isinstance(exc, group_store.GroupNotFound | group_store.NotMembers):
-        return NotFound(text[:1].upper() + text[1:] + ".", code="not_a_member")
+        return NotFound(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_A_MEMBER)
     if isinstance(exc, group_store.NotGroupAdmin):
-        return Forbidden(text[:1].upper() + text[1:] + ".", code="not_an_admin")
+        return Forbidden(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_AN_ADMIN)
     if isinstance(exc, group_store.NotYourContacts):
-        return Forbidden(text[:1].upper() + text[1:] + ".", code="not_a_contact")
+        return Forbidden(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_A_CONTACT)
     if isinstance(exc, group_store.CannotRemoveSelf):
-        return BadRequest(text[:1].upper() + text[1:] + ".", code="remove_self")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.REMOVE_SELF)
     if isinstance(exc, group_store.GroupFull | group_store.TooManyGroups):
         return GroupTooLarge(text[:1].upper() + text[1:] + ".")
     if isinstance(exc, group_store.StaleGroupVersion):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="stale_version")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.STALE_VERSION)
     if isinstance(exc, group_store.GroupIdTaken):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="group_id_taken")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.GROUP_ID_TAKEN)
     if isinstance(exc, group_store.AlreadyMembers):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="already")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.ALREADY)
     raise exc
 
 
@@ -76,7 +88,7 @@ def _record(text: str) -> bytes:
     try:
         return b64decode(text)
     except ValueError as exc:
-        raise BadRequest("record: must be unpadded base64url.", code="malformed") from exc
+        raise Invalid("record: must be unpadded base64url.", field="record") from exc
 
 
 async def _commit_and_tell(
@@ -91,10 +103,6 @@ async def _commit_and_tell(
     response_model=GroupOut,
     status_code=status.HTTP_201_CREATED,
     summary="Create a group of you (its admin) and some of your accepted contacts",
-    responses={
-        403: {"description": "a member is not your accepted contact"},
-        409: {"description": "id taken"},
-    },
 )
 async def create_group(body: GroupCreate, user: CurrentUser, request: Request, session: Session) -> GroupOut:
     settings = _settings(request)
@@ -125,7 +133,7 @@ async def list_groups(
 
 
 @router.get("/{group_id}", response_model=GroupOut, summary="One of your groups")
-async def get_group(group_id: str, user: CurrentUser, session: Session) -> GroupOut:
+async def get_group(group_id: GroupIdPath, user: CurrentUser, session: Session) -> GroupOut:
     try:
         return group_out(await group_store.get_for_member(session, group_id, user.id))
     except StoreError as exc:
@@ -134,7 +142,7 @@ async def get_group(group_id: str, user: CurrentUser, session: Session) -> Group
 
 @router.get("/{group_id}/members", response_model=list[GroupMemberOut], summary="Members, oldest first")
 async def list_members(
-    group_id: str,
+    group_id: GroupIdPath,
     user: CurrentUser,
     session: Session,
     skip: Skip = 0,
@@ -162,10 +170,10 @@ async def list_members(
     summary="The signed membership records after seq `after`, in chain order (verify them on the device)",
 )
 async def list_records(
-    group_id: str,
+    group_id: GroupIdPath,
     user: CurrentUser,
     session: Session,
-    after: Annotated[int, Query(ge=-1)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_INT64)] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> list[GroupRecordOut]:
     try:
@@ -181,7 +189,7 @@ async def list_records(
     summary="Active devices of every member, by device id, after `after` (for fan-out and sender keys)",
 )
 async def list_devices(
-    group_id: str,
+    group_id: GroupIdPath,
     user: CurrentUser,
     request: Request,
     after: Annotated[str, Query(max_length=64)] = "",
@@ -190,13 +198,15 @@ async def list_devices(
     async with request.app.state.engine.connect() as conn:
         found = await group_store.member_devices(conn, group_id, user.id, after=after, limit=limit)
     if found is None:
-        raise NotFound(f"There is no group {group_id} that you are a member of.", code="not_a_member")
+        raise NotFound(
+            f"There is no group {group_id} that you are a member of.", code=ApiErrorCode.NOT_A_MEMBER
+        )
     return [RecipientDevice(user_id=u, device_id=d) for u, d in found[1]]
 
 
 @router.patch("/{group_id}", response_model=GroupOut, summary="Rename (admins)")
 async def rename_group(
-    group_id: str, body: GroupRename, user: CurrentUser, request: Request, session: Session
+    group_id: GroupIdPath, body: GroupRename, user: CurrentUser, request: Request, session: Session
 ) -> GroupOut:
     user_id = user.id
     try:
@@ -211,7 +221,7 @@ async def rename_group(
 
 @router.post("/{group_id}/members", response_model=GroupOut, summary="Add your accepted contacts (admins)")
 async def add_members(
-    group_id: str, body: GroupMembersChange, user: CurrentUser, request: Request, session: Session
+    group_id: GroupIdPath, body: GroupMembersChange, user: CurrentUser, request: Request, session: Session
 ) -> GroupOut:
     settings = _settings(request)
     user_id = user.id
@@ -228,7 +238,7 @@ async def add_members(
 
 @router.post("/{group_id}/members/remove", response_model=GroupOut, summary="Remove members (admins)")
 async def remove_members(
-    group_id: str, body: GroupMembersChange, user: CurrentUser, request: Request, session: Session
+    group_id: GroupIdPath, body: GroupMembersChange, user: CurrentUser, request: Request, session: Session
 ) -> GroupOut:
     user_id = user.id
     try:
@@ -243,7 +253,7 @@ async def remove_members(
 
 @router.post("/{group_id}/admins", response_model=GroupOut, summary="Make a member an admin (admins)")
 async def promote_member(
-    group_id: str, body: GroupPromote, user: CurrentUser, request: Request, session: Session
+    group_id: GroupIdPath, body: GroupPromote, user: CurrentUser, request: Request, session: Session
 ) -> GroupOut:
     user_id = user.id
     try:
@@ -262,7 +272,7 @@ async def promote_member(
     summary="Leave (the last admin leaving makes the oldest member admin; the last member deletes it)",
 )
 async def leave_group(
-    group_id: str, body: GroupChange, user: CurrentUser, request: Request, session: Session
+    group_id: GroupIdPath, body: GroupChange, user: CurrentUser, request: Request, session: Session
 ) -> Response:
     user_id = user.id
     try:
@@ -275,7 +285,9 @@ async def leave_group(
 
 
 @router.delete("/{group_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete the group (admins)")
-async def delete_group(group_id: str, user: CurrentUser, request: Request, session: Session) -> Response:
+async def delete_group(
+    group_id: GroupIdPath, user: CurrentUser, request: Request, session: Session
+) -> Response:
     user_id = user.id
     try:
         change = await group_store.delete_group(session, group_id, user_id)

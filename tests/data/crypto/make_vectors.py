@@ -10,6 +10,7 @@ re-creating them. `envelopes.json` (version 1) is frozen: seal writes version 2 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -22,9 +23,23 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
-from crypto import envelope, filestream, groupstate, keystore, payload, safety, senderkeys, signaling, stego  # noqa: E402
-from crypto._codec import b64e  # noqa: E402
+from crypto import (  # noqa: E402
+    envelope,
+    filestream,
+    groupstate,
+    keystore,
+    pairwise,
+    payload,
+    pqxdh,
+    prekeys,
+    safety,
+    senderkeys,
+    signaling,
+    stego,
+)
+from crypto._codec import b64d, b64e  # noqa: E402
 from crypto.bundle import make_bundle  # noqa: E402
 from tests.support.keys import fixed_device_keys  # noqa: E402
 
@@ -81,6 +96,135 @@ def envelopes_v2(keys: list) -> None:
             }
         )
     dump("envelopes-v2.json", envelopes)
+
+
+def _fixed(label: str, n: int = 32) -> bytes:
+    return hashlib.sha512(b"peerpost vector " + label.encode()).digest()[:n]
+
+
+def pairwise_vectors(keys: list) -> None:
+    """PQXDH + double ratchet: Bob's prekeys from fixed private bytes, Alice's ephemeral and first
+    ratchet key fixed, so her first two (prekey) messages are fixed bytes. ML-KEM encapsulation has
+    no deterministic API: the committed ciphertext is reused (fresh only on the first run) and the
+    shared secret comes from decapsulating it with Bob's fixed seed. Bob's reply and the later
+    message carry fresh ratchet keys: they are pinned by opening them."""
+    (au, ad), (bu, bd) = DEVICES[0], DEVICES[1]
+    created = 1_767_225_600
+    spk = prekeys.generate_prekey(keys[1], bd, prekeys.PrekeyKind.SIGNED, 1, created, private=_fixed("spk"))
+    opk = prekeys.generate_prekey(keys[1], bd, prekeys.PrekeyKind.ONE_TIME, 2, created, private=_fixed("opk"))
+    kem = prekeys.generate_prekey(
+        keys[1], bd, prekeys.PrekeyKind.KEM_ONE_TIME, 3, created, private=_fixed("kem", 64)
+    )
+    last = prekeys.generate_prekey(
+        keys[1], bd, prekeys.PrekeyKind.KEM_LAST_RESORT, 4, created, private=_fixed("last", 64)
+    )
+    old = HERE / "pairwise.json"
+    if old.exists():
+        kem_ct = b64d(json.loads(old.read_text())["kem_ciphertext"])
+    else:
+        _, kem_ct = kem.mlkem().public_key().encapsulate()
+    kem_ss = kem.mlkem().decapsulate(kem_ct)
+    bundle = prekeys.verify_prekey_bundle(
+        prekeys.PrekeyBundle(bu, bd, keys[1].identity_public_bytes(), spk.public, kem.public, opk.public),
+        keys[1].identity_public_bytes(),
+    )
+    ek = X25519PrivateKey.from_private_bytes(_fixed("ephemeral"))
+    agreement, header = pqxdh.initiate(
+        keys[0], au, ad, bundle, ephemeral=ek, kem_encapsulation=(kem_ss, kem_ct)
+    )
+    rk = X25519PrivateKey.from_private_bytes(_fixed("alice-ratchet"))
+    pair = (rk.private_bytes_raw(), rk.public_key().public_bytes_raw())
+    alice = pairwise.start_session(
+        keys[0], au, ad, bundle, now_ms=SENT_AT_MS, _agreement=(agreement, header), _ratchet_pair=pair
+    )
+    first = [
+        pairwise.seal(alice, b"hello bob, first contact", f"{0x301:032x}"),
+        pairwise.seal(alice, b"second, still a prekey message", f"{0x302:032x}"),
+    ]
+    lookup = {(p.public.kind, p.public.key_id): p for p in (spk, opk, kem, last)}
+    bob = pairwise.accept_session(
+        keys[1],
+        bu,
+        bd,
+        pairwise.peek(first[0]),
+        keys[0].identity_public_bytes(),
+        lambda k, i: lookup.get((k, i)),
+    )
+    for m in first:
+        pairwise.open_message(bob, pairwise.peek(m))
+    reply = pairwise.seal(bob, b"hi alice", f"{0x303:032x}")
+    bob_state = bob.to_bytes()  # pins the state record format and lets the test open `after`
+    pairwise.open_message(alice, pairwise.peek(reply))
+    after = pairwise.seal(alice, b"a normal message", f"{0x304:032x}")
+    heal = pairwise.make_heal_request(
+        keys[1],
+        bu,
+        bd,
+        ad,
+        f"{0x305:032x}",
+        agreement.session_id,
+        [f"{0x304:032x}"],
+        have_message_ids=[f"{0x302:032x}", f"{0x301:032x}"],
+        at_ms=SENT_AT_MS,
+    )
+
+    def pub(p: prekeys.PrekeyPair) -> dict:
+        return {
+            "kind": p.public.kind.name,
+            "key_id": p.public.key_id,
+            "created_at": p.public.created_at,
+            "public_key": b64e(p.public.public_key),
+            "signature": b64e(p.public.signature),
+            "private": b64e(p.private),
+        }
+
+    dump(
+        "pairwise.json",
+        {
+            "alice": 0,
+            "bob": 1,
+            "prekeys": [pub(p) for p in (spk, opk, kem, last)],
+            "ephemeral_private": b64e(_fixed("ephemeral")),
+            "alice_ratchet_private": b64e(_fixed("alice-ratchet")),
+            "kem_ciphertext": b64e(kem_ct),
+            "kem_shared_secret": b64e(kem_ss),
+            "shared_secret": b64e(agreement.shared_secret),
+            "associated_data": b64e(agreement.associated_data),
+            "session_id": agreement.session_id.hex(),
+            "messages": [
+                {
+                    "from": "alice",
+                    "message_id": f"{0x301:032x}",
+                    "plaintext": "hello bob, first contact",
+                    "data": b64e(first[0]),
+                    "fixed": True,
+                },
+                {
+                    "from": "alice",
+                    "message_id": f"{0x302:032x}",
+                    "plaintext": "second, still a prekey message",
+                    "data": b64e(first[1]),
+                    "fixed": True,
+                },
+                {
+                    "from": "bob",
+                    "message_id": f"{0x303:032x}",
+                    "plaintext": "hi alice",
+                    "data": b64e(reply),
+                    "fixed": False,
+                },
+                {
+                    "from": "alice",
+                    "message_id": f"{0x304:032x}",
+                    "plaintext": "a normal message",
+                    "data": b64e(after),
+                    "fixed": False,
+                },
+            ],
+            "heal_request": b64e(heal),
+            "bob_state_after_reply": b64e(bob_state),
+        },
+    )
 
 
 GROUP_ID = "0123456789abcdef" * 2
@@ -161,9 +305,13 @@ def main() -> None:
     if sys.argv[1:] == ["envelopes-v2"]:  # regenerate only these (the rest has fresh randomness)
         envelopes_v2(keys)
         return
+    if sys.argv[1:] == ["pairwise"]:
+        pairwise_vectors(keys)
+        return
     if sys.argv[1:] == ["groups"]:
         groups(keys)
         return
+    pairwise_vectors(keys)
     dump(
         "devices.json",
         [{"user_id": u, "device_id": d, "pem": f"devices/device{i}.pem"} for i, (u, d) in enumerate(DEVICES)],
