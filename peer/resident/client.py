@@ -74,7 +74,7 @@ class NodeClient:
         line = self._reader.readline(rpc.MAX_LINE_BYTES + 1)
         if not line:
             return None
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)
 
     def call(self, method: str, **params: Any) -> Any:
         """Send one request and return its result; raises RpcError with the node's own sentence."""

@@ -233,7 +233,7 @@ class ResidentNode:
         if self._peer is not None:
             return self._peer
         if self._bridge is not None:
-            return self._bridge.peer  # type: ignore[no-any-return]
+            return self._bridge.peer
         return None
 
     def require_peer(self) -> Peer:
@@ -388,7 +388,7 @@ class ResidentNode:
     async def ui_link(self) -> str:
         if self._ui is None:
             await self._start_ui()
-        return self._ui.new_launch_url()  # type: ignore[no-any-return]
+        return self._ui.new_launch_url()
 
     async def _start_ui(self) -> None:
         from peer.ui.bridge import PeerBridge

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from starlette.datastructures import UploadFile
@@ -404,7 +404,7 @@ class PeerBridge:
                     "last_at_ms": summary.last_at_ms if summary else 0,
                 }
             )
-        rows.sort(key=lambda r: (-r["last_at_ms"], r["username"].lower()))
+        rows.sort(key=lambda r: (-cast(int, r["last_at_ms"]), cast(str, r["username"]).lower()))
         return {
             "contacts": rows,
             "incoming": [{"user_id": c.user_id, "username": c.username} for c in book.incoming],
