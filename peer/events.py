@@ -100,6 +100,11 @@ class MessageStateChanged(Event):
     path: DeliveryPath | None = None
     reason: str | None = None
 
+    @classmethod
+    def of(cls, message_id: str, state: str, path: str | None, reason: str | None) -> MessageStateChanged:
+        """From the words the local store keeps (it stores the vocabularies' plain values)."""
+        return cls(message_id, MessageState(state), DeliveryPath(path) if path else None, reason)
+
 
 @dataclass(frozen=True)
 class ReadMarked(Event):

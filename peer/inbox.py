@@ -41,6 +41,7 @@ from peer.router import DIRECT, Router
 from peer.session import HubSession
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, payload_record
+from peer.vocab import ReceiptStatus
 from signalling.protocol import b64decode
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ class Inbox:
         if isinstance(payload, Receipt):
             for message_id in payload.message_ids:
                 await self._apply_receipt(message_id, payload.status, h.sender_user)
-            self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
+            self._publish(
+                ReceiptReceived(h.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
+            )
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(h.sender_user, conversation, payload.active))
 
@@ -204,7 +207,7 @@ class Inbox:
             return
         if STATE_RANK.get(status, 0) > STATE_RANK.get(message.state, 0):
             await store.set_message_state(message_id, status, reason=None)
-            self._publish(MessageStateChanged(message_id, status, message.path, None))
+            self._publish(MessageStateChanged.of(message_id, status, message.path, None))
 
     async def _send_receipt(
         self, user_id: int, status: Literal["delivered", "read"], message_ids: list[str]

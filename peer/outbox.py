@@ -26,7 +26,7 @@ from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, MessageView, payload_record
-from peer.vocab import MessageState
+from peer.vocab import DeliveryPath, DeliveryState
 
 
 class Outbox:
@@ -127,7 +127,7 @@ class Outbox:
             return None
         state, path, reason = _summary(outcomes, user_id)
         await store.set_message_state(message_id, state, path, reason)
-        self._publish(MessageStateChanged(message_id, state, path, reason))
+        self._publish(MessageStateChanged.of(message_id, state, path, reason))
         return await self._history.message(message_id)
 
     async def refresh_state(self, message_id: str) -> None:
@@ -136,17 +136,19 @@ class Outbox:
         if message is None:
             return
         rows = await store.deliveries(message_id)
-        outcomes = [DeviceOutcome(u, d, p, s) for u, d, p, s in rows]
+        outcomes = [
+            DeviceOutcome(u, d, DeliveryPath(p) if p else None, DeliveryState(s)) for u, d, p, s in rows
+        ]
         state, path, reason = _summary(outcomes, self._target_user(message.conversation))
         if STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
             # A receipt got here first (delivered before the flush's bookkeeping): keep its state,
             # but the message still gets the path it travelled.
             if path is not None and message.path is None:
                 await store.set_message_state(message_id, message.state, path, message.reason)
-                self._publish(MessageStateChanged(message_id, MessageState(message.state), path, None))
+                self._publish(MessageStateChanged.of(message_id, message.state, path, None))
             return
         await store.set_message_state(message_id, state, path, reason)
-        self._publish(MessageStateChanged(message_id, state, path, reason))
+        self._publish(MessageStateChanged.of(message_id, state, path, reason))
 
     async def send_text(self, conversation: str, body: str) -> MessageView:
         view = await self.send(conversation, Text(body))
@@ -208,7 +210,7 @@ class Outbox:
                     f"direct transfer failed ({failures[0]}); sent again through the server as {again_id}"
                 )
                 await store.set_message_state(message_id, FAILED, reason=reason)
-                self._publish(MessageStateChanged(message_id, FAILED, DIRECT, reason))
+                self._publish(MessageStateChanged.of(message_id, FAILED, DIRECT, reason))
                 assert again is not None
                 return again
         return await self._history.message(message_id) or view
