@@ -48,6 +48,7 @@ class History:
             reason=m.reason,
             devices=devices,
             unread=not m.outgoing and m.state == MessageState.RECEIVED,
+            edited_at_ms=m.payload.get("edited_at_ms"),
         )
 
     async def history(

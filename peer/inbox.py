@@ -19,9 +19,10 @@ from typing import Any
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
-from crypto.payload import FileOffer, Receipt, Text, Typing
+from crypto.payload import Delete, Edit, FileOffer, Receipt, Text, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
+from peer.edits import MessageEdits
 from peer.errors import LinkFailed, ServerError
 from peer.events import (
     DuplicateDropped,
@@ -63,6 +64,7 @@ class Inbox:
         publish: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], object],
         receipts: bool,
+        edit_window: float = 48 * 3600.0,
     ) -> None:
         self._me = me
         self._local_device = local_device
@@ -78,6 +80,14 @@ class Inbox:
         self._spawn = spawn  # the Peer's: its tasks are owned (and cancelled) by the Peer
         self._receipts = receipts
         self._queue: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        self.edits = MessageEdits(
+            me_user=me.user_id,
+            store=store,
+            history=history,
+            send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
+            publish=publish,
+            window=edit_window,
+        )
 
     def close(self) -> None:
         """Stop `run` when it reaches this point of the queue (the Peer cancels it right after)."""
@@ -196,6 +206,10 @@ class Inbox:
             self._publish(ReceiptReceived(h.sender_user, payload.status, list(payload.message_ids)))
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+        elif isinstance(payload, Edit):
+            await self.edits.on_edit(h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, Delete):
+            await self.edits.on_delete(h.sender_user, h.sent_at_ms, payload)
 
     async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
         store = self._store

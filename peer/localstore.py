@@ -356,6 +356,31 @@ class LocalStore:
 
         return await self._run(_mark)
 
+    async def replace_payload(self, message_id: str, content_type: str, payload: dict[str, Any]) -> None:
+        """Overwrite a stored message's content (an edit, a tombstone); sealed like any message."""
+        body = self._seal(message_id, payload)
+
+        def _replace() -> None:
+            self.db.execute(
+                "UPDATE messages SET content_type = ?, body = ? WHERE message_id = ?",
+                (content_type, body, message_id),
+            )
+
+        await self._run(_replace)
+
+    async def delete_message(self, message_id: str) -> bool:
+        """Remove a message and its delivery rows (its id stays seen: a late copy is not shown)."""
+
+        def _delete() -> bool:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
+                self.db.execute("DELETE FROM transfers WHERE transfer_id = ?", (message_id,))
+                cur = self.db.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+                return cur.rowcount == 1
+
+        return await self._run(_delete)
+
     async def set_message_state(
         self, message_id: str, state: str, path: str | None = None, reason: str | None = None
     ) -> None:

@@ -107,6 +107,7 @@ from peer.views import (
 )
 from peer.vocab import DeliveryPath
 from signalling.protocol import (
+    BlockOut,
     ContactDirection,
     ContactEvent,
     ContactFrame,
@@ -623,6 +624,7 @@ class Peer:
             publish=self._publish,
             spawn=self._spawn,
             receipts=self.settings.receipts,
+            edit_window=self.settings.edit_window,
         )
         return _Running(
             me=me,
@@ -742,6 +744,8 @@ class Peer:
                     self._spawn(parts.keyring.refresh(frame.user_id, force=True), "refresh-keys")
                 if not frame.online:
                     self._spawn(parts.links.drop(frame.device_id), "drop-link")
+                    # Gone for good (revoked)? The refresh says so: a "device removed" notice.
+                    self._spawn(parts.keyring.refresh(frame.user_id, force=True), "refresh-keys")
             self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
         elif isinstance(frame, ErrorFrame):
             if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None:
@@ -1006,6 +1010,36 @@ class Peer:
     @_mapped
     async def accept_key_change(self, user_id: int) -> None:
         await self._parts().keyring.accept_change(user_id)
+
+    # ---------------------------------------------------------------------------------------------
+    # edit and delete (peer/edits.py), block (the server's; issue 15)
+    # ---------------------------------------------------------------------------------------------
+
+    @_mapped
+    async def edit_message(self, message_id: str, body: str) -> MessageView:
+        return await self._parts().inbox.edits.edit(message_id, body)
+
+    @_mapped
+    async def delete_message(self, message_id: str, *, for_everyone: bool) -> None:
+        edits = self._parts().inbox.edits
+        if for_everyone:
+            await edits.delete_for_everyone(message_id)
+        else:
+            await edits.delete_for_me(message_id)
+
+    @_mapped
+    async def block(self, user_id: int) -> BlockOut:
+        """Block someone (the server ends the contact and stops their requests, messages, signals
+        and presence; its `blocked` push drops our links to them)."""
+        return await self._client.block(user_id=user_id)
+
+    @_mapped
+    async def unblock(self, user_id: int) -> None:
+        await self._client.unblock(user_id)
+
+    @_mapped
+    async def blocked(self) -> list[BlockOut]:
+        return await self._client.blocks()
 
     # ---------------------------------------------------------------------------------------------
     # settings that can change while running

@@ -158,6 +158,20 @@ class HubSession:
             self._ws = None
         self._fail_pending(ServerUnavailable("the peer is shutting down"))
 
+    async def resume(self) -> None:
+        """Connect again after the session ended (new tokens after a password change): the same
+        session object, so the peer's parts keep their reference to it."""
+        if self.state is SessionState.CLOSED:
+            return
+        task = self._task
+        if task is not None and not task.done() and self.state is SessionState.ENDED:
+            await asyncio.gather(task, return_exceptions=True)  # it is returning
+        if task is not None and task.done():
+            self._task = None
+            self.ended_reason = None
+        self.start()
+        self.retry_now()
+
     def retry_now(self) -> None:
         """Cut the current back-off short: the next connection attempt starts at once."""
         self._retry.set()

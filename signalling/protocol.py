@@ -220,6 +220,13 @@ class DeviceOut(_Response):
     created_at: int
     signature: str
     revoked: bool = False
+    name: str | None = None
+    added_at: datetime | None = None
+    last_seen: datetime | None = None
+
+
+class DeviceRename(_Model):
+    name: str | None = Field(default=None, max_length=64, description="a label; null or empty clears it")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -148,6 +148,9 @@ class Device(Base):
     signed_at: Mapped[int] = mapped_column(BigInteger)  # the bundle's own created-at, as signed
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    # Chosen by the owner ("work laptop"), never part of the signed bundle: a label, not a key.
+    name: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class Contact(Base):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from signalling.deps import CurrentUser, Session
 from signalling.errors import Conflict, Invalid, NotFound
-from signalling.protocol import CloseCode, DeviceBundleIn, DeviceOut, b64decode, b64encode
+from signalling.protocol import CloseCode, DeviceBundleIn, DeviceOut, DeviceRename, b64decode, b64encode
 from store import accounts
 from store import devices as device_store
 from store.devices import Bundle
@@ -34,6 +34,9 @@ def device_out(device: Device) -> DeviceOut:
         created_at=device.signed_at,
         signature=b64encode(device.signature),
         revoked=device.revoked_at is not None,
+        name=device.name,
+        added_at=device.created_at,
+        last_seen=device.last_seen_at,
     )
 
 
@@ -113,3 +116,19 @@ async def revoke(device_id: str, user: CurrentUser, request: Request, session: S
         user_id, device_id, CloseCode.ACCOUNT_GONE, "device revoked"
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/me/devices/{device_id}",
+    response_model=DeviceOut,
+    summary="Name one of your devices (the name is a label only you and your devices see)",
+    responses={404: {"description": "no active device of yours with that id"}},
+)
+async def rename(device_id: str, body: DeviceRename, user: CurrentUser, session: Session) -> DeviceOut:
+    name = (body.name or "").strip() or None
+    try:
+        device = await device_store.rename(session, user.id, device_id, name)
+    except StoreNotFound as exc:
+        raise NotFound(f"You have no active device '{device_id}'.", code="device_not_found") from exc
+    await session.commit()
+    return device_out(device)

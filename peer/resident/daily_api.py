@@ -1,0 +1,143 @@
+"""The local API's everyday calls (issue 15): block, my devices, account, edit and delete.
+
+Registered into `peer.resident.api.METHODS` when that module loads (its last line imports this
+one), so docs/local-api.md's table has one home per feature and the groups work merges apart.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from peer import account
+from peer import devices as my_devices
+from peer.resident.api import BadInput, _str, method, resolve
+
+if TYPE_CHECKING:
+    from peer.resident.node import ResidentNode
+
+
+def _need(params: dict[str, Any], key: str) -> str:
+    value = _str(params, key)
+    assert value is not None
+    return value
+
+
+def _password(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadInput(f"the parameter {key!r} (a password) is missing")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# block
+# ------------------------------------------------------------------------------------------------
+
+
+@method("block")
+async def block(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    who = _need(params, "who")
+    user_id = await resolve(peer, who)
+    if user_id == peer.me.user_id:
+        raise BadInput("you cannot block yourself")
+    return (await peer.block(user_id)).model_dump(mode="json")
+
+
+@method("unblock")
+async def unblock(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    who = _need(params, "who")
+    if who.isdigit():
+        user_id = int(who)
+    else:  # a blocked user is no contact any more: look in the blocked list first
+        listed = {b.username.lower(): b.user_id for b in await peer.blocked()}
+        user_id = listed.get(who.lower()) or await resolve(peer, who)
+    await peer.unblock(user_id)
+    return {"user_id": user_id, "blocked": False}
+
+
+@method("blocks.list")
+async def blocks_list(node: ResidentNode, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b.model_dump(mode="json") for b in await node.require_peer().blocked()]
+
+
+# ------------------------------------------------------------------------------------------------
+# my devices
+# ------------------------------------------------------------------------------------------------
+
+
+@method("devices.mine")
+async def devices_mine(node: ResidentNode, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d.to_dict() for d in await my_devices.list_own(node.require_peer())]
+
+
+@method("devices.rename")
+async def devices_rename(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    name = _str(params, "name", required=False)
+    return (await my_devices.rename(peer, _need(params, "device_id"), name)).to_dict()
+
+
+@method("devices.revoke")
+async def devices_revoke(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    device_id = _need(params, "device_id")
+    await my_devices.revoke(node.require_peer(), device_id)
+    return {"device_id": device_id, "revoked": True}
+
+
+# ------------------------------------------------------------------------------------------------
+# account
+# ------------------------------------------------------------------------------------------------
+
+
+@method("account.password")
+async def account_password(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    await account.change_password(peer, _password(params, "current"), _password(params, "new"))
+    return {"changed": True}
+
+
+@method("account.email")
+async def account_email(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    me = await account.change_email(peer, _need(params, "email"), _password(params, "password"))
+    return {"email": me.email}
+
+
+@method("account.delete")
+async def account_delete(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    await account.delete_account(peer, _password(params, "password"), _need(params, "confirm"))
+    await node.lock()  # no session left: the node says `logged_out`
+    return {"deleted": True}
+
+
+# ------------------------------------------------------------------------------------------------
+# edit and delete
+# ------------------------------------------------------------------------------------------------
+
+
+def _message_id(params: dict[str, Any]) -> str:
+    value = _need(params, "id").lower()
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise BadInput(f"{value!r} is not a message id (32 hex digits; `peerpost history --json` shows them)")
+    return value
+
+
+@method("message.edit")
+async def message_edit(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    text = params.get("text")
+    if not isinstance(text, str):
+        raise BadInput("the parameter 'text' must be text")
+    return (await peer.edit_message(_message_id(params), text)).to_dict()
+
+
+@method("message.delete")
+async def message_delete(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    peer = node.require_peer()
+    everyone = bool(params.get("everyone", False))
+    message_id = _message_id(params)
+    await peer.delete_message(message_id, for_everyone=everyone)
+    return {"id": message_id, "deleted": True, "for_everyone": everyone}
