@@ -60,3 +60,16 @@ async def delete_account(peer: Peer, password: str, typed: str) -> None:
         raise ConfigError(f"type your username ({peer.me.username}) to confirm the deletion")
     await check_password(peer, password)
     await peer.delete_account()
+
+
+async def set_display_name(peer: Peer, name: str | None) -> UserMe:
+    """The name shown beside my username to my contacts (None or empty clears it)."""
+    try:
+        update = UserUpdate(display_name=(name or "").strip())
+    except ValidationError as e:
+        raise ConfigError("a display name can be at most 64 characters") from e
+    return await peer.server.update_me(update)
+
+
+async def me(peer: Peer) -> UserMe:
+    return await peer.server.me()

@@ -648,11 +648,12 @@ def contacts() -> None:
 
 def _contact_table(rows: list[dict[str, Any]]) -> None:
     _table(
-        ["id", "username", "status", "direction", "group", "remark", "online"],
+        ["id", "username", "name", "status", "direction", "group", "remark", "online"],
         [
             [
                 str(r["user_id"]),
                 r["username"],
+                r.get("display_name") or "",
                 r["status"],
                 r["direction"],
                 r.get("group") or "",

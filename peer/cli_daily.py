@@ -136,7 +136,24 @@ def password(opts: Options, new_password_file: Path | None) -> None:
 
 @click.group()
 def account() -> None:
-    """Your account: e-mail, deletion."""
+    """Your account: display name, e-mail, deletion."""
+
+
+@account.command("show")
+@click.pass_obj
+def account_show(opts: Options) -> None:
+    """Your username, display name and e-mail."""
+    me = call(opts, "account.show")
+    emit(opts, me, lambda: click.echo(f"{me['username']}  {me.get('display_name') or '-'}  {me['email']}"))
+
+
+@account.command("name")
+@click.argument("name", nargs=-1)
+@click.pass_obj
+def account_name(opts: Options, name: tuple[str, ...]) -> None:
+    """Set the display name your contacts see beside your username (no NAME: clear it)."""
+    result = call(opts, "account.name", name=" ".join(name) or None)
+    emit(opts, result, lambda: click.echo(f"display name: {result['display_name'] or '-'}"))
 
 
 @account.command("email")

@@ -110,6 +110,7 @@ class UserOut(_Response):
 
 
 class UserMe(UserOut):
+    display_name: str | None = None
     updated_at: datetime | None = None
     last_seen: datetime | None = None
 
@@ -118,6 +119,9 @@ class UserUpdate(_Model):
     email: EmailStr | None = None
     password: str | None = Field(default=None, description="new password; needs current_password")
     current_password: str | None = None
+    display_name: str | None = Field(
+        default=None, max_length=64, description="shown beside the username; empty clears it"
+    )
 
     @field_validator("password")
     @classmethod
@@ -130,6 +134,7 @@ class UserPublic(_Response):
 
     id: int
     username: str
+    display_name: str | None = None
 
 
 class TokenPair(_Response):
@@ -188,6 +193,7 @@ class BlockOut(_Response):
 class ContactOut(_Response):
     user_id: int
     username: str
+    display_name: str | None = None
     status: ContactStatus
     direction: ContactDirection
     group: str | None = None

@@ -87,6 +87,7 @@ class User(Base):
     last_address: Mapped[str | None] = mapped_column(String(64), default=None)
     last_port: Mapped[int | None] = mapped_column(Integer, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    display_name: Mapped[str | None] = mapped_column(String(64), default=None)  # shown beside the username
     # Bumped on logout and password change: access tokens carry it, and stop working at once.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The confusable skeleton of the name (store.names): "paypal" and "paypaI" share one.

@@ -105,6 +105,17 @@ async def account_email(node: ResidentNode, params: dict[str, Any]) -> dict[str,
     return {"email": me.email}
 
 
+@method("account.name")
+async def account_name(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    me = await account.set_display_name(node.require_peer(), _str(params, "name", required=False))
+    return {"username": me.username, "display_name": me.display_name}
+
+
+@method("account.show")
+async def account_show(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    return (await account.me(node.require_peer())).model_dump(mode="json")
+
+
 @method("account.delete")
 async def account_delete(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
     peer = node.require_peer()

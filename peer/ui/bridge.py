@@ -394,6 +394,7 @@ class PeerBridge:
                 {
                     "user_id": c.user_id,
                     "username": c.username,
+                    "display_name": c.display_name,
                     "online": peer.is_online(c.user_id),
                     "group": c.group,
                     "remark": c.remark,

@@ -94,6 +94,19 @@ def routes(bridge: PeerBridge) -> list[Route]:
         return JSONResponse({"email": me.email})
 
     @_api
+    async def me(request: Request) -> Response:
+        async with _errors():
+            if request.method == "PATCH":
+                body = await _json(request)
+                name = body.get("display_name")
+                if name is not None and not isinstance(name, str):
+                    raise UiError("A display name must be text.", code="bad_request")
+                mine = await account.set_display_name(peer(), name)
+            else:
+                mine = await account.me(peer())
+        return JSONResponse(mine.model_dump(mode="json"))
+
+    @_api
     async def delete_account(request: Request) -> Response:
         body = await _json(request)
         async with _errors():
@@ -127,6 +140,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
         Route("/api/blocks/{user_id:int}", unblock, methods=["DELETE"]),
         Route("/api/devices", devices, methods=["GET"]),
         Route("/api/devices/{device_id:str}", device, methods=["PATCH", "DELETE"]),
+        Route("/api/account", me, methods=["GET", "PATCH"]),
         Route("/api/account/password", password, methods=["POST"]),
         Route("/api/account/email", email, methods=["POST"]),
         Route("/api/account/delete", delete_account, methods=["POST"]),

@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from peer import Peer
+from signalling.protocol import UserUpdate
 from tests.browser.steps import TIMEOUT_MS, register, wait_keygen_then_chats
 from tests.peer.conftest import PASSWORD, World
 
@@ -116,7 +117,15 @@ async def test_devices_account_and_unverify_from_the_settings(server, peer_uis, 
     await laptop.login("alice", ALICE_PASSWORD)
     laptop_device = laptop.me.device_id
 
+    await bob.server.update_me(UserUpdate(display_name="Bob Builder"))
+    await a.reload()
+    await expect(contact(a, "bob").locator(".display-name")).to_have_text("Bob Builder", timeout=TIMEOUT_MS)
     await a.click('.navbtn[data-view="settings"]')
+    await a.fill("#display-name", "Alice Martin")
+    await a.click("#name-save")
+    await expect(a.locator("#toasts")).to_contain_text("Alice Martin", timeout=TIMEOUT_MS)
+    bobs_view = [c for c in await bob.contacts() if c.username == "alice"]
+    assert [c.display_name for c in bobs_view] == ["Alice Martin"]
     rows = a.locator("#devices-list .device")
     await expect(rows).to_have_count(2, timeout=TIMEOUT_MS)
     await expect(rows.first).to_contain_text("(this device)")

@@ -131,3 +131,14 @@ def test_an_email_change_needs_the_right_password(people: Cli, tmp_path):
     refused = people.run("d", "--password-file", str(bad), "account", "email", "x@example.org", check=False)
     assert refused.returncode == 1 and "not the current password" in refused.stderr
     assert PASSWORD
+
+
+def test_a_display_name_is_shown_to_contacts_beside_the_username(people: Cli):
+    assert people.json("d", "account", "name", "Dora", "Dee")["display_name"] == "Dora Dee"
+    rows = people.json("e", "contacts", "list")
+    assert [(r["username"], r["display_name"]) for r in rows if r["username"] == "dora"] == [
+        ("dora", "Dora Dee")
+    ]
+    assert "Dora Dee" in people.run("e", "contacts", "list").stdout
+    assert people.json("d", "account", "show")["display_name"] == "Dora Dee"
+    assert people.json("d", "account", "name")["display_name"] is None  # cleared

@@ -169,11 +169,22 @@ async function deleteAccount() {
   applyState(state);
 }
 
+async function loadAccount() {
+  const me = await api("GET", "/api/account");
+  $("#display-name").value = me.display_name || "";
+}
+
+async function saveName() {
+  const me = await api("PATCH", "/api/account", { display_name: $("#display-name").value });
+  $("#display-name").value = me.display_name || "";
+  toast(me.display_name ? `Your contacts now see “${me.display_name}”.` : "Display name cleared.", "info");
+}
+
 const baseLoadSettings = loadSettings;
 loadSettings = async function () {  // eslint-disable-line no-global-assign
   await baseLoadSettings();
   if (!ui.state || ui.state.phase !== "ready") return;
-  await Promise.all([loadDevices(), loadBlocked()]).catch((err) => toast(err.message));
+  await Promise.all([loadDevices(), loadBlocked(), loadAccount()]).catch((err) => toast(err.message));
 };
 
 // ---------------------------------------------------------------- verified can be undone
@@ -204,9 +215,26 @@ function renderTitle() {
   document.title = total ? `(${total}) PeerPost` : "PeerPost";
 }
 
+// Display names beside the username (the username stays the one that identifies them).
+function showDisplayNames() {
+  for (const c of ui.contacts.contacts) {
+    if (!c.display_name) continue;
+    const who = document.querySelector(`#contact-groups button.person[data-user="${CSS.escape(c.username)}"] .who`);
+    if (who) who.querySelector(".name").after(el("span", { class: "display-name", text: c.display_name }));
+  }
+}
+
+const baseRenderConvHeader = renderConvHeader;
+renderConvHeader = function () {  // eslint-disable-line no-global-assign
+  baseRenderConvHeader();
+  const c = contactById(ui.current);
+  $("#conv-display").textContent = c && c.display_name ? c.display_name : "";
+};
+
 const baseRenderContacts = renderContacts;
 renderContacts = function () {  // eslint-disable-line no-global-assign
   baseRenderContacts();
+  showDisplayNames();
   renderTitle();
   offerNotifications();
 };
@@ -256,6 +284,7 @@ function wireDaily() {
   $("#edit-save").addEventListener("click", guarded(saveEdit, $("#edit-save")));
   $("#delete-everyone").addEventListener("click", guarded(() => deleteMessage(true), $("#delete-everyone")));
   $("#delete-me").addEventListener("click", guarded(() => deleteMessage(false), $("#delete-me")));
+  $("#name-form").addEventListener("submit", guarded(saveName, $("#name-save")));
   $("#password-form").addEventListener("submit", guarded(changePassword, $("#pw-save")));
   $("#email-form").addEventListener("submit", guarded(changeEmail, $("#email-save")));
   $("#delete-form").addEventListener("submit", guarded(deleteAccount, $("#delete-account-btn")));

@@ -1,4 +1,5 @@
-"""Devices get a name and a last-seen time (issue 15, "devices": list, rename, revoke).
+"""Devices get a name and a last-seen time (issue 15, "devices": list, rename, revoke); users
+get a display name (issue 15, "names"), shown beside the username and chosen by its owner.
 
 `name` is a label the owner chooses ("work laptop"); it is not part of the signed bundle, so a
 rename never changes a key anyone pinned. `last_seen_at` is written when the device's socket comes
@@ -23,6 +24,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("display_name", sa.String(length=64), nullable=True))
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.add_column(sa.Column("name", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True))
@@ -32,3 +35,5 @@ def downgrade() -> None:
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.drop_column("last_seen_at")
         batch_op.drop_column("name")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("display_name")
