@@ -134,7 +134,6 @@ class UserPublic(_Response):
 
     id: int
     username: str
-    display_name: str | None = None
 
 
 class TokenPair(_Response):
