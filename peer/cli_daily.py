@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from peer.cli import Options, _table, call, emit, password_for
+from peer.cli import Options, _table, call, emit, node_for, password_for
 
 
 def _when(iso: str | None) -> str:
@@ -199,6 +199,33 @@ def delete(opts: Options, message_id: str, everyone: bool) -> None:
     emit(opts, result, lambda: click.echo("deleted for everyone" if everyone else "deleted on this device"))
 
 
+@click.command("search")
+@click.argument("query", nargs=-1, required=True)
+@click.option("--with", "who", help="only in the conversation with this person")
+@click.option("--limit", default=50, show_default=True, help="at most this many, the newest")
+@click.pass_obj
+def search(opts: Options, query: tuple[str, ...], who: str | None, limit: int) -> None:
+    """Search your history on this device (every word, as a prefix; newest first)."""
+    from peer.cli import Transcript
+
+    with node_for(opts) as node:
+        rows = call(
+            opts, "search", node, query=" ".join(query), limit=limit, **({"with": who} if who else {})
+        )
+        names = {} if opts.as_json else call(opts, "names", node)
+
+    def human() -> None:
+        if not rows:
+            click.echo("nothing found")
+            return
+        transcript = Transcript(names)
+        for m in reversed(rows):  # oldest first, as a transcript reads
+            for line in transcript.lines(m):
+                click.echo(line)
+
+    emit(opts, rows, human)
+
+
 def _blocked_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("you have blocked nobody")
@@ -240,5 +267,5 @@ def blocked(opts: Options) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (devices, password, account, edit, delete, block, unblock, blocked):
+    for command in (devices, password, account, edit, delete, search, block, unblock, blocked):
         main.add_command(command)

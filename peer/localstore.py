@@ -160,6 +160,30 @@ class LocalStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localstore")
         self._db: sqlite3.Connection | None = None
         self._seen: set[tuple[str, str]] = set()
+        self._watchers: list[set[str]] = []  # ids of messages changed or deleted (peer/search.py)
+
+    def watch_changes(self) -> set[str]:
+        """A set that collects the id of every message edited, tombstoned or deleted from now on
+        (the search index drains it before each query)."""
+        watcher: set[str] = set()
+        self._watchers.append(watcher)
+        return watcher
+
+    def _changed(self, message_id: str) -> None:
+        for watcher in self._watchers:
+            watcher.add(message_id)
+
+    async def messages_after(self, rowid: int, limit: int) -> list[tuple[int, StoredMessage]]:
+        """Stored messages in insertion order after `rowid` (the search index reads them in batches)."""
+
+        def _after() -> list[tuple[int, StoredMessage]]:
+            rows = self.db.execute(
+                f"SELECT rowid, {self._COLUMNS} FROM messages WHERE rowid > ? ORDER BY rowid LIMIT ?",  # noqa: S608
+                (rowid, limit),
+            ).fetchall()
+            return [(r[0], self._row(r[1:])) for r in rows]
+
+        return await self._run(_after)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -359,6 +383,7 @@ class LocalStore:
     async def replace_payload(self, message_id: str, content_type: str, payload: dict[str, Any]) -> None:
         """Overwrite a stored message's content (an edit, a tombstone); sealed like any message."""
         body = self._seal(message_id, payload)
+        self._changed(message_id)
 
         def _replace() -> None:
             self.db.execute(
@@ -370,6 +395,7 @@ class LocalStore:
 
     async def delete_message(self, message_id: str) -> bool:
         """Remove a message and its delivery rows (its id stays seen: a late copy is not shown)."""
+        self._changed(message_id)
 
         def _delete() -> bool:
             with self.db:

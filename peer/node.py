@@ -93,6 +93,7 @@ from peer.outbox import Outbox
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import RoutePolicy, Router
+from peer.search import SearchIndex
 from peer.session import Backoff, HubSession, SessionTap
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
@@ -229,6 +230,7 @@ class Peer:
         self.presence = Presence()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._contact_news = asyncio.Lock()  # FIFO: contact events keep the order the server sent
+        self._search_index: SearchIndex | None = None  # built at the first search (peer/search.py)
 
     # ---------------------------------------------------------------------------------------------
     # lifetime
@@ -1026,6 +1028,19 @@ class Peer:
             await edits.delete_for_everyone(message_id)
         else:
             await edits.delete_for_me(message_id)
+
+    @_mapped
+    async def search_messages(
+        self, query: str, to: int | str | None = None, limit: int = 50
+    ) -> list[MessageView]:
+        """My history's messages matching every word of `query` (prefixes), newest first; the
+        index is in memory only, built from the store at the first search after unlock."""
+        parts = self._parts()
+        if self._search_index is None or self._search_index.store is not parts.store:
+            self._search_index = SearchIndex(parts.store)
+        conversation = conversation_of(to) if to is not None else None
+        found = await self._search_index.search(query, conversation, limit)
+        return [view for message_id in found if (view := await parts.history.message(message_id))]
 
     @_mapped
     async def block(self, user_id: int) -> BlockOut:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from peer import account
 from peer import devices as my_devices
-from peer.resident.api import BadInput, _str, method, resolve
+from peer.resident.api import BadInput, _int, _str, method, resolve
 
 if TYPE_CHECKING:
     from peer.resident.node import ResidentNode
@@ -122,6 +122,23 @@ async def account_delete(node: ResidentNode, params: dict[str, Any]) -> dict[str
     await account.delete_account(peer, _password(params, "password"), _need(params, "confirm"))
     await node.lock()  # no session left: the node says `logged_out`
     return {"deleted": True}
+
+
+# ------------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------------
+
+
+@method("search")
+async def search(node: ResidentNode, params: dict[str, Any]) -> list[dict[str, Any]]:
+    peer = node.require_peer()
+    query = _need(params, "query")
+    if len(query) > 256:
+        raise BadInput("the search is too long (at most 256 characters)")
+    who = _str(params, "with", required=False)
+    limit = _int(params, "limit", 50, 1, 1000)
+    to = await resolve(peer, who) if who else None
+    return [m.to_dict() for m in await peer.search_messages(query, to, limit)]
 
 
 # ------------------------------------------------------------------------------------------------

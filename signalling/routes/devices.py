@@ -25,7 +25,8 @@ SIGNATURE_BYTES = 64
 MAX_ENCRYPTION_KEY_BYTES = 1024
 
 
-def device_out(device: Device) -> DeviceOut:
+def device_out(device: Device, *, owner: bool = False) -> DeviceOut:
+    """A bundle as anyone may see it; its name and times only for its owner (`owner`)."""
     return DeviceOut(
         user_id=device.user_id,
         device_id=device.device_id,
@@ -34,9 +35,9 @@ def device_out(device: Device) -> DeviceOut:
         created_at=device.signed_at,
         signature=b64encode(device.signature),
         revoked=device.revoked_at is not None,
-        name=device.name,
-        added_at=device.created_at,
-        last_seen=device.last_seen_at,
+        name=device.name if owner else None,
+        added_at=device.created_at if owner else None,
+        last_seen=device.last_seen_at if owner else None,
     )
 
 
@@ -84,7 +85,7 @@ async def publish(
     await session.commit()
     if not created:
         response.status_code = status.HTTP_200_OK
-    return device_out(device)
+    return device_out(device, owner=True)
 
 
 @router.get(
@@ -96,7 +97,8 @@ async def publish(
 async def list_devices(user_id: int, _user: CurrentUser, session: Session) -> list[DeviceOut]:
     if await accounts.get(session, user_id) is None:
         raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
-    return [device_out(d) for d in await device_store.list_active(session, user_id)]
+    own = user_id == _user.id
+    return [device_out(d, owner=own) for d in await device_store.list_active(session, user_id)]
 
 
 @router.delete(
@@ -131,4 +133,4 @@ async def rename(device_id: str, body: DeviceRename, user: CurrentUser, session:
     except StoreNotFound as exc:
         raise NotFound(f"You have no active device '{device_id}'.", code="device_not_found") from exc
     await session.commit()
-    return device_out(device)
+    return device_out(device, owner=True)
