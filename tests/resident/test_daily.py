@@ -142,3 +142,17 @@ def test_a_display_name_is_shown_to_contacts_beside_the_username(people: Cli):
     assert "Dora Dee" in people.run("e", "contacts", "list").stdout
     assert people.json("d", "account", "show")["display_name"] == "Dora Dee"
     assert people.json("d", "account", "name")["display_name"] is None  # cleared
+
+
+def test_search_finds_my_history_across_conversations_and_in_one(people: Cli):
+    people.run("d", "send", "eve", "the quarterly figures are in")
+    people.register("g", "gus")
+    people.run("g", "contacts", "add", "dora")
+    people.run("d", "contacts", "accept", "gus")
+    people.run("d", "send", "gus", "quarterly party on friday")
+    found = people.json("d", "search", "quarter")
+    assert [m["text"] for m in found] == ["quarterly party on friday", "the quarterly figures are in"]
+    only_eve = people.json("d", "search", "quarter", "--with", "eve")
+    assert [m["text"] for m in only_eve] == ["the quarterly figures are in"]
+    assert "quarterly party" in people.run("d", "search", "party", "fri").stdout
+    assert "nothing found" in people.run("d", "search", "xylophone").stdout
