@@ -128,6 +128,27 @@ def routes(bridge: PeerBridge) -> list[Route]:
         return JSONResponse({"id": message_id, "deleted": True, "for_everyone": everyone})
 
     @_api
+    async def search_messages(request: Request) -> Response:
+        query = request.query_params.get("q", "").strip()[:256]
+        if not query:
+            return JSONResponse([])
+        async with _errors():
+            found = await peer().search_messages(query, limit=50)
+        rows = []
+        for view in found:
+            other = view.other_user
+            if other is None:
+                continue
+            rows.append(
+                {
+                    **bridge._message_json(view),
+                    "user_id": other,
+                    "username": bridge._usernames.get(other, f"user {other}"),
+                }
+            )
+        return JSONResponse(rows)
+
+    @_api
     async def unverify(request: Request) -> Response:
         user_id = int(request.path_params["user_id"])
         async with _errors():
@@ -144,6 +165,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
         Route("/api/account/password", password, methods=["POST"]),
         Route("/api/account/email", email, methods=["POST"]),
         Route("/api/account/delete", delete_account, methods=["POST"]),
+        Route("/api/messages/search", search_messages, methods=["GET"]),
         Route("/api/messages/{message_id:str}", message, methods=["PATCH", "DELETE"]),
         Route("/api/safety/{user_id:int}/unverify", unverify, methods=["POST"]),
     ]

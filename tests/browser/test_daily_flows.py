@@ -221,3 +221,23 @@ async def test_deleting_the_account_needs_the_username_and_ends_at_the_login(
     with pytest.raises(Exception, match=r"(?i)password|credentials|incorrect"):
         await fresh.login("alice", ALICE_PASSWORD)
     alice.assert_clean(allow_http_4xx=True)
+
+
+async def test_searching_my_messages_finds_them_and_opens_the_conversation(server, peer_uis, chromium, world):
+    _alice_ui, alice, bob = await alice_with_bob(peer_uis, chromium, world)
+    a = alice.page
+    alice_id = await bob.resolve_user("alice")
+    await bob.send_text(alice_id, "the quarterly figures are ready")
+    await bob.send_text(alice_id, "and lunch is at noon")
+    await expect(contact(a, "bob").locator(".last")).to_have_text("and lunch is at noon", timeout=TIMEOUT_MS)
+    await a.fill("#msg-search-input", "quarter fig")
+    await a.press("#msg-search-input", "Enter")
+    found = a.locator("#msg-search-results .found")
+    await expect(found).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(found).to_contain_text("the quarterly figures are ready")
+    await found.click()
+    await expect(a.locator("#conv-name")).to_have_text("bob", timeout=TIMEOUT_MS)
+    await a.fill("#msg-search-input", "xylophone")
+    await a.press("#msg-search-input", "Enter")
+    await expect(a.locator("#msg-search-results")).to_contain_text("No message contains", timeout=TIMEOUT_MS)
+    alice.assert_clean()

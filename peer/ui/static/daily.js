@@ -277,10 +277,27 @@ handleEvent = function (ev) {  // eslint-disable-line no-global-assign
   if (ev.type === "unread" || ev.type === "message") renderTitle();
 };
 
+// ---------------------------------------------------------------- search my history (served by the peer)
+
+async function searchMessages() {
+  const q = $("#msg-search-input").value.trim();
+  const list = $("#msg-search-results");
+  if (!q) { list.replaceChildren(); return; }
+  const rows = await api("GET", `/api/messages/search?q=${encodeURIComponent(q)}`);
+  list.replaceChildren(...(rows.length ? rows.map((m) =>
+    el("li", {},
+      el("button", { type: "button", class: "found", "data-id": m.id,
+        onclick: () => { list.replaceChildren(); $("#msg-search-input").value = ""; openConversation(m.user_id); } },
+      el("span", { class: "name", text: m.direction === "out" ? `You to ${m.username}` : m.username }),
+      el("span", { class: "sub", text: m.kind === "file" ? `File: ${m.file ? m.file.name : ""}` : m.text || "" }))))
+    : [el("li", { class: "muted small empty", text: `No message contains “${q}”.` })]));
+}
+
 // ---------------------------------------------------------------- wiring
 
 function wireDaily() {
   $("#block-btn").addEventListener("click", guarded(blockCurrent, $("#block-btn")));
+  $("#msg-search-form").addEventListener("submit", guarded(searchMessages));
   $("#edit-save").addEventListener("click", guarded(saveEdit, $("#edit-save")));
   $("#delete-everyone").addEventListener("click", guarded(() => deleteMessage(true), $("#delete-everyone")));
   $("#delete-me").addEventListener("click", guarded(() => deleteMessage(false), $("#delete-me")));
