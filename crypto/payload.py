@@ -89,8 +89,29 @@ class SenderKeyRequest:
     kind: Literal["sender_key_request"] = field(default="sender_key_request", init=False, repr=False)
 
 
-Payload = Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey | SenderKeyRequest
-PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete", "sender_key", "sender_key_request")
+@dataclass(frozen=True)
+class Timer:
+    """Disappearing messages for this conversation from now on: each message is removed
+    `seconds` after it was sent (0: off). Both sides keep the latest timer either of them set."""
+
+    seconds: int
+    kind: Literal["timer"] = field(default="timer", init=False, repr=False)
+
+
+MAX_TIMER_SECONDS = 28 * 24 * 3600
+
+Payload = Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey | SenderKeyRequest | Timer
+PAYLOAD_KINDS = (
+    "text",
+    "file",
+    "receipt",
+    "typing",
+    "edit",
+    "delete",
+    "sender_key",
+    "sender_key_request",
+    "timer",
+)
 _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_DISTRIBUTION_BYTES = 1024
 
@@ -125,6 +146,12 @@ def _check_key_id(value: object) -> int:
     return value
 
 
+def _check_timer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMER_SECONDS:
+        raise MalformedEnvelope(f"a disappearing timer must be 0 to {MAX_TIMER_SECONDS} seconds")
+    return value
+
+
 def _to_dict(p: Payload) -> dict[str, Any]:
     match p:
         case Text(body=body):
@@ -156,6 +183,8 @@ def _to_dict(p: Payload) -> dict[str, Any]:
                 "group_id": _check_group(gid),
                 "key_id": _check_key_id(key_id),
             }
+        case Timer(seconds=seconds):
+            return {"type": "timer", "seconds": _check_timer(seconds)}
     raise MalformedEnvelope(f"not a payload: {type(p).__name__}")
 
 
@@ -228,6 +257,9 @@ def _from_dict(d: dict[str, Any]) -> Payload:
     if kind == "sender_key_request":
         _fields(d, "group_id", "key_id")
         return SenderKeyRequest(_check_group(d["group_id"]), _check_key_id(d["key_id"]))
+    if kind == "timer":
+        _fields(d, "seconds")
+        return Timer(_check_timer(d["seconds"]))
     raise MalformedEnvelope(f"unknown payload type {kind!r}")
 
 

@@ -782,6 +782,8 @@ def _local_time(ms: int) -> Any:
 def _what(m: dict[str, Any]) -> str:
     if m["kind"] == "deleted":
         return "[message deleted]"
+    if m["kind"] == "timer":
+        return f"[{m['text']}]"
     if m["kind"] == "text":
         return str(m["text"]) + (" (edited)" if m.get("edited_at_ms") else "")
     file = m.get("file") or {}

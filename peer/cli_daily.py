@@ -199,6 +199,40 @@ def delete(opts: Options, message_id: str, everyone: bool) -> None:
     emit(opts, result, lambda: click.echo("deleted for everyone" if everyone else "deleted on this device"))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> int:
+    """'30s', '5m', '1h', '7d', '1w', a number of seconds, or 'off'."""
+    text = text.strip().lower()
+    if text in ("off", "0"):
+        return 0
+    unit = _UNITS.get(text[-1:])
+    number = text[:-1] if unit else text
+    if not number.isdigit():
+        raise click.BadParameter(f"{text!r}: say e.g. 30s, 5m, 1h, 7d, 1w or off")
+    return int(number) * (unit or 1)
+
+
+@click.command("timer")
+@click.argument("who")
+@click.argument("duration", required=False)
+@click.pass_obj
+def timer(opts: Options, who: str, duration: str | None) -> None:
+    """Disappearing messages with WHO: set the timer (30s, 5m, 1h, 7d, 1w, off) or show it."""
+    if duration is None:
+        result = call(opts, "timer", **{"with": who})
+    else:
+        result = call(opts, "timer", seconds=_duration(duration), **{"with": who})
+
+    def human() -> None:
+        from peer.disappearing import describe
+
+        click.echo(describe(result["seconds"]) + f" with {who}")
+
+    emit(opts, result, human)
+
+
 @click.command("search")
 @click.argument("query", nargs=-1, required=True)
 @click.option("--with", "who", help="only in the conversation with this person")
@@ -267,5 +301,5 @@ def blocked(opts: Options) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (devices, password, account, edit, delete, search, block, unblock, blocked):
+    for command in (devices, password, account, edit, delete, timer, search, block, unblock, blocked):
         main.add_command(command)

@@ -95,7 +95,7 @@ class MessageEdits:
         message = await self._store.get_message(message_id)
         if message is None:
             raise ConfigError(f"there is no message {message_id} on this device")
-        await self._remove_file(message_id)
+        await self.remove_file(message_id)
         await self._store.delete_message(message_id)
         self._publish(MessageDeleted(message_id, message.conversation, for_everyone=False))
 
@@ -141,12 +141,12 @@ class MessageEdits:
         return view
 
     async def _tombstone(self, message: StoredMessage) -> None:
-        await self._remove_file(message.message_id)
+        await self.remove_file(message.message_id)
         payload = {"type": TOMBSTONE, "was": message.content_type, "deleted_at_ms": now_ms()}
         await self._store.replace_payload(message.message_id, TOMBSTONE, payload)
         self._publish(MessageDeleted(message.message_id, message.conversation, for_everyone=True))
 
-    async def _remove_file(self, message_id: str) -> None:
+    async def remove_file(self, message_id: str) -> None:
         """A received file's sealed copy and its decrypted copy (never a sender's own original)."""
         transfer = await self._store.get_transfer(message_id)
         if transfer is None or transfer.outgoing:

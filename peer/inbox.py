@@ -19,9 +19,10 @@ from typing import Any
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
-from crypto.payload import Delete, Edit, FileOffer, Receipt, Text, Typing
+from crypto.payload import Delete, Edit, FileOffer, Receipt, Text, Timer, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
+from peer.disappearing import Disappearing
 from peer.edits import MessageEdits
 from peer.errors import LinkFailed, ServerError
 from peer.events import (
@@ -87,6 +88,17 @@ class Inbox:
             send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
             publish=publish,
             window=edit_window,
+        )
+        self.disappearing = Disappearing(
+            me_user=me.user_id,
+            me_device=me.device_id,
+            store=store,
+            history=history,
+            send=lambda conversation, payload, message_id: outbox.send(
+                conversation, payload, record=False, message_id=message_id
+            ),
+            remove_file=self.edits.remove_file,
+            publish=publish,
         )
 
     def close(self) -> None:
@@ -210,6 +222,10 @@ class Inbox:
             await self.edits.on_edit(h.sender_user, h.sent_at_ms, payload)
         elif isinstance(payload, Delete):
             await self.edits.on_delete(h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, Timer):
+            await self.disappearing.on_timer(
+                h.message_id, conversation, h.sender_user, h.sender_device, h.sent_at_ms, payload
+            )
 
     async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
         store = self._store

@@ -90,6 +90,14 @@ CREATE TABLE IF NOT EXISTS transfers (
     blob_id TEXT,
     export_path TEXT
 );
+CREATE TABLE IF NOT EXISTS conversation_timers (
+    conversation TEXT PRIMARY KEY,
+    seconds INTEGER NOT NULL,
+    set_by INTEGER NOT NULL,
+    set_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS expiries (message_id TEXT PRIMARY KEY, expires_at_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS expiries_by_time ON expiries (expires_at_ms);
 """
 
 
@@ -295,6 +303,15 @@ class LocalStore:
                         "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
                         (message.sender_device, message.message_id, now_ms()),
                     )
+                if cur.rowcount == 1 and message.content_type in ("text", "file"):
+                    # Disappearing messages (peer/disappearing.py): the conversation's timer when
+                    # the message is stored decides when every copy of it goes.
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO expiries (message_id, expires_at_ms) "
+                        "SELECT ?, ? + seconds * 1000 FROM conversation_timers "
+                        "WHERE conversation = ? AND seconds > 0",
+                        (message.message_id, message.sent_at_ms, message.conversation),
+                    )
                 return cur.rowcount == 1
 
         return await self._run(_save)
@@ -380,6 +397,51 @@ class LocalStore:
 
         return await self._run(_mark)
 
+    async def set_timer(self, conversation: str, seconds: int, set_by: int, at_ms: int) -> bool:
+        """Keep the latest timer set in a conversation; False when a later one is already there."""
+
+        def _set() -> bool:
+            cur = self.db.execute(
+                "INSERT INTO conversation_timers (conversation, seconds, set_by, set_at_ms) VALUES (?,?,?,?) "
+                "ON CONFLICT (conversation) DO UPDATE SET seconds = excluded.seconds, "
+                "set_by = excluded.set_by, set_at_ms = excluded.set_at_ms "
+                "WHERE excluded.set_at_ms >= conversation_timers.set_at_ms",
+                (conversation, seconds, set_by, at_ms),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(_set)
+
+    async def timer(self, conversation: str) -> tuple[int, int, int] | None:
+        """(seconds, set_by, set_at_ms) of the conversation's timer, or None if never set."""
+
+        def _get() -> tuple[int, int, int] | None:
+            row = self.db.execute(
+                "SELECT seconds, set_by, set_at_ms FROM conversation_timers WHERE conversation = ?",
+                (conversation,),
+            ).fetchone()
+            return (int(row[0]), int(row[1]), int(row[2])) if row else None
+
+        return await self._run(_get)
+
+    async def expired(self, at_ms: int, limit: int = 500) -> tuple[list[str], int | None]:
+        """Message ids whose time ran out by `at_ms`, and the next expiry after them (or None)."""
+
+        def _get() -> tuple[list[str], int | None]:
+            ids = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT message_id FROM expiries WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+                    (at_ms, limit),
+                )
+            ]
+            row = self.db.execute(
+                "SELECT MIN(expires_at_ms) FROM expiries WHERE expires_at_ms > ?", (at_ms,)
+            ).fetchone()
+            return ids, (int(row[0]) if row and row[0] is not None else None)
+
+        return await self._run(_get)
+
     async def replace_payload(self, message_id: str, content_type: str, payload: dict[str, Any]) -> None:
         """Overwrite a stored message's content (an edit, a tombstone); sealed like any message."""
         body = self._seal(message_id, payload)
@@ -402,6 +464,7 @@ class LocalStore:
                 self.db.execute("BEGIN")
                 self.db.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
                 self.db.execute("DELETE FROM transfers WHERE transfer_id = ?", (message_id,))
+                self.db.execute("DELETE FROM expiries WHERE message_id = ?", (message_id,))
                 cur = self.db.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
                 return cur.rowcount == 1
 

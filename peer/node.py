@@ -526,6 +526,7 @@ class Peer:
         self._running = running
         self._set_state(PeerState.RUNNING)
         self._spawn(running.inbox.run(), "inbox")
+        self._spawn(running.inbox.disappearing.run(), "disappearing")  # peer/disappearing.py
         if self.settings.online:
             running.session.start()
 
@@ -1041,6 +1042,16 @@ class Peer:
         conversation = conversation_of(to) if to is not None else None
         found = await self._search_index.search(query, conversation, limit)
         return [view for message_id in found if (view := await parts.history.message(message_id))]
+
+    @_mapped
+    async def set_timer(self, to: int | str, seconds: int) -> MessageView:
+        """Set this conversation's disappearing-message timer (0: off), for both of us."""
+        disappearing = self._parts().inbox.disappearing
+        return await disappearing.set_timer(conversation_of(to), seconds, self.new_message_id())
+
+    @_mapped
+    async def timer(self, to: int | str) -> int:
+        return await self._parts().inbox.disappearing.timer(conversation_of(to))
 
     @_mapped
     async def block(self, user_id: int) -> BlockOut:

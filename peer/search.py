@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import re
 import sys
 from array import array
@@ -139,5 +140,5 @@ class SearchIndex:
         docs = [d for n in hits or () if (d := self._docs[n]) is not None]
         if conversation is not None:
             docs = [d for d in docs if d.conversation == conversation]
-        docs.sort(key=lambda d: d.sent_at_ms, reverse=True)
-        return [d.message_id for d in docs[:limit]]
+        newest = heapq.nlargest(limit, docs, key=lambda d: d.sent_at_ms)
+        return [d.message_id for d in newest]

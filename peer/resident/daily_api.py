@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from peer import account
 from peer import devices as my_devices
-from peer.resident.api import BadInput, _int, _str, method, resolve
+from peer.resident.api import BadInput, _int, _str, check_can_send, method, resolve
 
 if TYPE_CHECKING:
     from peer.resident.node import ResidentNode
@@ -122,6 +122,25 @@ async def account_delete(node: ResidentNode, params: dict[str, Any]) -> dict[str
     await account.delete_account(peer, _password(params, "password"), _need(params, "confirm"))
     await node.lock()  # no session left: the node says `logged_out`
     return {"deleted": True}
+
+
+# ------------------------------------------------------------------------------------------------
+# disappearing messages
+# ------------------------------------------------------------------------------------------------
+
+
+@method("timer")
+async def timer(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    """`seconds` given: set the conversation's timer (0: off); else: what it is."""
+    peer = node.require_peer()
+    who = _need(params, "with")
+    user_id = await resolve(peer, who)
+    if "seconds" in params:
+        seconds = _int(params, "seconds", 0, 0, 28 * 24 * 3600)
+        await check_can_send(peer, user_id, who)
+        view = await peer.set_timer(user_id, seconds)
+        return {"with": user_id, "seconds": seconds, "message": view.to_dict()}
+    return {"with": user_id, "seconds": await peer.timer(user_id)}
 
 
 # ------------------------------------------------------------------------------------------------
