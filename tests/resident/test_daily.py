@@ -156,3 +156,35 @@ def test_search_finds_my_history_across_conversations_and_in_one(people: Cli):
     assert [m["text"] for m in only_eve] == ["the quarterly figures are in"]
     assert "quarterly party" in people.run("d", "search", "party", "fri").stdout
     assert "nothing found" in people.run("d", "search", "xylophone").stdout
+
+
+def test_a_disappearing_timer_is_shown_to_both_and_messages_vanish_from_both_stores(people: Cli):
+    dora, eve = people.listen("d"), people.listen("e")
+    try:
+        set_it = people.json("d", "timer", "eve", "5s")
+        assert set_it["seconds"] == 5
+        notice = eve.wait_for(lambda e: e["type"] == "message" and e["message"]["kind"] == "timer")
+        assert notice["message"]["text"] == "Disappearing messages set to 5 seconds"
+        assert people.json("e", "timer", "dora")["seconds"] == 5
+        assert "set to 5 seconds" in people.run("e", "history", "dora").stdout
+        sent = people.json("d", "send", "eve", "this will vanish")
+        eve.wait_for(received("this will vanish"))
+        for listener in (dora, eve):
+            listener.wait_for(
+                lambda e: e["type"] == "message_deleted" and e["message_id"] == sent["message_id"]
+            )
+        for who, other in (("d", "eve"), ("e", "dora")):
+            assert "this will vanish" not in people.run(who, "history", other).stdout
+        people.run("e", "timer", "dora", "off")
+        dora.wait_for(
+            lambda e: e["type"] == "message" and e["message"]["text"] == "Disappearing messages turned off"
+        )
+        assert people.json("d", "timer", "eve")["seconds"] == 0
+        kept = people.json("d", "send", "eve", "this one stays")
+        eve.wait_for(received("this one stays"))
+        assert kept["message_id"] in [m["message_id"] for m in people.json("e", "history", "dora")]
+        refused = people.run("d", "timer", "eve", "1s", check=False)
+        assert refused.returncode == 1 and "5 s" in refused.stderr
+    finally:
+        dora.stop()
+        eve.stop()
