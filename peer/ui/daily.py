@@ -149,6 +149,20 @@ def routes(bridge: PeerBridge) -> list[Route]:
         return JSONResponse(rows)
 
     @_api
+    async def timer(request: Request) -> Response:
+        user_id = int(request.path_params["user_id"])
+        p = peer()
+        async with _errors():
+            if request.method == "POST":
+                body = await _json(request)
+                seconds = body.get("seconds")
+                if isinstance(seconds, bool) or not isinstance(seconds, int):
+                    raise UiError("The timer must be a whole number of seconds.", code="bad_request")
+                view = await p.set_timer(user_id, seconds)
+                return JSONResponse({"seconds": seconds, "message": bridge._message_json(view)})
+            return JSONResponse({"seconds": await p.timer(user_id)})
+
+    @_api
     async def unverify(request: Request) -> Response:
         user_id = int(request.path_params["user_id"])
         async with _errors():
@@ -168,6 +182,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
         Route("/api/messages/search", search_messages, methods=["GET"]),
         Route("/api/messages/{message_id:str}", message, methods=["PATCH", "DELETE"]),
         Route("/api/safety/{user_id:int}/unverify", unverify, methods=["POST"]),
+        Route("/api/conversations/{user_id:int}/timer", timer, methods=["GET", "POST"]),
     ]
 
 

@@ -241,3 +241,27 @@ async def test_searching_my_messages_finds_them_and_opens_the_conversation(serve
     await a.press("#msg-search-input", "Enter")
     await expect(a.locator("#msg-search-results")).to_contain_text("No message contains", timeout=TIMEOUT_MS)
     alice.assert_clean()
+
+
+async def test_a_disappearing_timer_shows_in_the_conversation_and_messages_vanish(
+    server, peer_uis, chromium, world
+):
+    _alice_ui, alice, bob = await alice_with_bob(peer_uis, chromium, world)
+    a = alice.page
+    bob_events = world.record(bob)
+    alice_id = await bob.resolve_user("alice")
+    await contact(a, "bob").click()
+    await bob.set_timer(alice_id, 5)
+    await expect(a.locator("#messages .msg.system")).to_contain_text(
+        "Disappearing messages set to 5 seconds", timeout=TIMEOUT_MS
+    )
+    await expect(a.locator("#timer-select")).to_have_value("5")
+    await bob.send_text(alice_id, "gone in five")
+    vanishing = a.locator("#messages .msg.in", has_text="gone in five")
+    await expect(vanishing).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(vanishing).to_have_count(0, timeout=TIMEOUT_MS)  # the timer ran out
+    await a.select_option("#timer-select", "0")
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.kind == "timer")
+    assert await bob.timer(alice_id) == 0
+    await expect(a.locator("#messages .msg.system").last).to_contain_text("turned off", timeout=TIMEOUT_MS)
+    alice.assert_clean()

@@ -39,6 +39,7 @@ messageNode = function (m) {  // eslint-disable-line no-global-assign
     node.append(actionsButton(m));
     return node;
   }
+  if (m.kind === "timer") return baseMessageNode({ ...m, kind: "system" });
   const node = baseMessageNode(m);
   if (m.kind === "system") return node;
   if (m.kind === "text" && m.text) node.querySelector(".bubble").replaceChildren(...linkified(m.text));
@@ -86,6 +87,34 @@ function removeMessage(userId, id) {
   const map = ui.messages.get(userId);
   if (map && map.delete(id) && userId === ui.current) renderMessages();
 }
+
+// ---------------------------------------------------------------- disappearing messages
+
+function showTimer(seconds) {
+  const select = $("#timer-select");
+  if (![...select.options].some((o) => Number(o.value) === seconds)) {
+    select.append(el("option", { value: String(seconds), text: `Vanish after ${seconds} s` }));
+  }
+  select.value = String(seconds);
+}
+
+async function loadTimer(userId) {
+  const data = await api("GET", `/api/conversations/${userId}/timer`);
+  if (ui.current === userId) showTimer(data.seconds);
+}
+
+async function setTimer() {
+  const userId = ui.current;
+  const data = await api("POST", `/api/conversations/${userId}/timer`, { seconds: Number($("#timer-select").value) });
+  upsertMessage(userId, data.message, false);
+}
+
+const baseOpenConversation = openConversation;
+openConversation = async function (userId) {  // eslint-disable-line no-global-assign
+  const opened = baseOpenConversation(userId);
+  await loadTimer(userId).catch((err) => toast(err.message));
+  return opened;
+};
 
 // ---------------------------------------------------------------- block
 
@@ -265,7 +294,10 @@ function notify(ev) {
 const seenLive = new Set();
 const baseHandleEvent = handleEvent;
 handleEvent = function (ev) {  // eslint-disable-line no-global-assign
-  if (ev.type === "message" && ev.message && !seenLive.has(ev.message.id)) {
+  if (ev.type === "message" && ev.message && ev.message.kind === "timer" && ev.user_id === ui.current) {
+    loadTimer(ev.user_id).catch(() => {});
+  }
+  if (ev.type === "message" && ev.message && ev.message.kind !== "timer" && !seenLive.has(ev.message.id)) {
     seenLive.add(ev.message.id);
     notify(ev);
   } else if (ev.type === "message_removed") {
@@ -298,6 +330,7 @@ async function searchMessages() {
 function wireDaily() {
   $("#block-btn").addEventListener("click", guarded(blockCurrent, $("#block-btn")));
   $("#msg-search-form").addEventListener("submit", guarded(searchMessages));
+  $("#timer-select").addEventListener("change", guarded(setTimer));
   $("#edit-save").addEventListener("click", guarded(saveEdit, $("#edit-save")));
   $("#delete-everyone").addEventListener("click", guarded(() => deleteMessage(true), $("#delete-everyone")));
   $("#delete-me").addEventListener("click", guarded(() => deleteMessage(false), $("#delete-me")));
