@@ -318,15 +318,27 @@ class HubSession:
         await self._send_raw(AckFrame(message_id=message_id).model_dump_json())
 
     async def send_envelope(
-        self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
+        self,
+        message_id: str,
+        envelope_b64: str,
+        recipients: list[RecipientDevice],
+        within: float,
+        expires_in: int | None = None,
     ) -> AcceptedFrame:
-        """Hand an envelope to the hub and wait for `accepted` (committed) or an error."""
+        """Hand an envelope to the hub and wait for `accepted` (committed) or an error;
+        `expires_in` (seconds): the mailbox drops it then (a disappearing message)."""
         ref = f"m{next(self._refs)}"
         future: asyncio.Future[AcceptedFrame] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
-        frame = SendFrame(ref=ref, message_id=message_id, envelope=envelope_b64, recipients=recipients)
+        frame = SendFrame(
+            ref=ref,
+            message_id=message_id,
+            envelope=envelope_b64,
+            recipients=recipients,
+            expires_in=expires_in,
+        )
         try:
-            await self._send_raw(frame.model_dump_json())
+            await self._send_raw(frame.model_dump_json(exclude_none=True))
             if self._tap is not None:
                 self._tap.sent(message_id)
             async with asyncio.timeout(within):

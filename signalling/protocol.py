@@ -421,6 +421,8 @@ class SendFrame(_Model):
     message_id: MessageId
     envelope: B64
     recipients: list[RecipientDevice] = Field(min_length=1, max_length=256)
+    # A disappearing message: the mailbox keeps it at most this long (never past its retention).
+    expires_in: int | None = Field(default=None, ge=1, le=28 * 24 * 3600)
 
     _b64 = field_validator("envelope")(_check_b64)
 
