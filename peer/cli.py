@@ -437,9 +437,16 @@ def login(opts: Options, username: str) -> None:
             emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
             return
     password = password_for(opts)
+    new_device = not _has_account(profile)
     result = _account(opts, username, lambda p, progress: p.login(username, password, progress=progress))
     _tell_running_node(profile, password)  # a locked or logged-out node takes the new session
-    emit(opts, result, lambda: click.echo(f"logged in as {result['username']}"))
+
+    def human() -> None:
+        click.echo(f"logged in as {result['username']}")
+        if new_device:
+            click.echo("this device starts with an empty history: earlier messages stay on your others")
+
+    emit(opts, result, human)
 
 
 @main.command()

@@ -43,7 +43,8 @@ def test_block_lists_the_person_refuses_their_messages_and_unblock_clears_it(peo
 
 
 def test_my_devices_are_listed_named_and_a_revoked_one_gets_nothing_more(people: Cli):
-    people.run("d2", "--server", people.server.url, "login", "dora")  # dora's second device
+    login = people.run("d2", "--server", people.server.url, "login", "dora")  # dora's second device
+    assert "starts with an empty history" in login.stdout
     listener = people.listen("e")
     try:
         mine = people.json("d", "devices")
