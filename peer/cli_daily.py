@@ -108,6 +108,18 @@ def devices_revoke(opts: Options, device_id: str, yes: bool) -> None:
     emit(opts, result, lambda: click.echo(f"revoked {device_id}; it gets no further message"))
 
 
+@devices.command("send-history")
+@click.argument("device_id")
+@click.option("--yes", is_flag=True, help="do not ask (you confirm on this, the old, device)")
+@click.pass_obj
+def devices_send_history(opts: Options, device_id: str, yes: bool) -> None:
+    """Send your history to a new device of yours, over a direct link, end to end encrypted."""
+    if not yes and not click.confirm(f"Send your whole message history to your device {device_id}?"):
+        raise click.ClickException("not sent")
+    result = call(opts, "devices.send_history", device_id=device_id)
+    emit(opts, result, lambda: click.echo(f"sent {result['sent']} messages to {device_id}"))
+
+
 def _read_secret(path: Path | None, prompt: str) -> str:
     if path is not None:
         try:

@@ -174,6 +174,15 @@ class MessageDeleted(Event):
 
 
 @dataclass(frozen=True)
+class HistoryReceived(Event):
+    """Another device of mine sent its history here (device transfer): `stored` messages new."""
+
+    type: ClassVar[str] = "history_received"
+    from_device: str
+    stored: int
+
+
+@dataclass(frozen=True)
 class SignalRejectedEvent(Event):
     type: ClassVar[str] = "signal_rejected"
     user_id: int

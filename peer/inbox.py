@@ -19,7 +19,7 @@ from typing import Any
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
-from crypto.payload import Delete, Edit, FileOffer, Receipt, Text, Timer, Typing
+from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Receipt, Text, Timer, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
 from peer.disappearing import Disappearing
@@ -35,6 +35,7 @@ from peer.events import (
     TypingChanged,
 )
 from peer.history import History
+from peer.history_transfer import HistoryTransfer
 from peer.keyring import Keyring
 from peer.link import Link
 from peer.localstore import LocalStore, StoredMessage, now_ms
@@ -99,6 +100,9 @@ class Inbox:
             ),
             remove_file=self.edits.remove_file,
             publish=publish,
+        )
+        self.history_transfer = HistoryTransfer(
+            me=me, local_device=local_device, store=store, keyring=keyring, router=router, publish=publish
         )
 
     def close(self) -> None:
@@ -222,6 +226,8 @@ class Inbox:
             await self.edits.on_edit(h.sender_user, h.sent_at_ms, payload)
         elif isinstance(payload, Delete):
             await self.edits.on_delete(h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, HistoryChunk):
+            await self.history_transfer.receive(h.sender_user, h.sender_device, link is not None, payload)
         elif isinstance(payload, Timer):
             await self.disappearing.on_timer(
                 h.message_id, conversation, h.sender_user, h.sender_device, h.sent_at_ms, payload

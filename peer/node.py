@@ -1054,6 +1054,12 @@ class Peer:
         return await self._parts().inbox.disappearing.timer(conversation_of(to))
 
     @_mapped
+    async def send_history(self, device_id: str) -> int:
+        """Send my history to another device of mine over a direct link (confirmed by the caller
+        on this, the old, device); the number of messages sent."""
+        return await self._parts().inbox.history_transfer.send_to(device_id)
+
+    @_mapped
     async def block(self, user_id: int) -> BlockOut:
         """Block someone (the server ends the contact and stops their requests, messages, signals
         and presence; its `blocked` push drops our links to them)."""

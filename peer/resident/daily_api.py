@@ -86,6 +86,15 @@ async def devices_revoke(node: ResidentNode, params: dict[str, Any]) -> dict[str
     return {"device_id": device_id, "revoked": True}
 
 
+@method("devices.send_history")
+async def devices_send_history(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    """Run on the old device: the call is the confirmation (the CLI and the UI ask first)."""
+    device_id = _need(params, "device_id")
+    await node.settle_start()
+    sent = await node.require_peer().send_history(device_id)
+    return {"device_id": device_id, "sent": sent}
+
+
 # ------------------------------------------------------------------------------------------------
 # account
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from peer import account
 from peer import devices as my_devices
-from peer.events import DeviceRemoved, EventHandlers, MessageDeleted, MessageEdited
+from peer.events import DeviceRemoved, EventHandlers, HistoryReceived, MessageDeleted, MessageEdited
 from peer.ui.bridge import UiError, _errors
 from peer.vocab import ConversationId
 
@@ -78,6 +78,13 @@ def routes(bridge: PeerBridge) -> list[Route]:
                 raise UiError("A device name must be text.", code="bad_request")
             row = await my_devices.rename(peer(), device_id, name)
         return JSONResponse(row.to_dict())
+
+    @_api
+    async def send_history(request: Request) -> Response:
+        device_id = str(request.path_params["device_id"])
+        async with _errors():
+            sent = await peer().send_history(device_id)
+        return JSONResponse({"device_id": device_id, "sent": sent})
 
     @_api
     async def password(request: Request) -> Response:
@@ -175,6 +182,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
         Route("/api/blocks/{user_id:int}", unblock, methods=["DELETE"]),
         Route("/api/devices", devices, methods=["GET"]),
         Route("/api/devices/{device_id:str}", device, methods=["PATCH", "DELETE"]),
+        Route("/api/devices/{device_id:str}/history", send_history, methods=["POST"]),
         Route("/api/account", me, methods=["GET", "PATCH"]),
         Route("/api/account/password", password, methods=["POST"]),
         Route("/api/account/email", email, methods=["POST"]),
@@ -205,4 +213,14 @@ def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> Even
         text = f"A device of yours was removed ({ev.device_id})." if mine else f"{who} removed a device."
         bridge.events.publish({"type": "notice", "user_id": ev.user_id, "text": text, "mine": mine})
 
-    return handlers.on(MessageEdited, changed).on(MessageDeleted, deleted).on(DeviceRemoved, removed)
+    def history(ev: HistoryReceived) -> None:
+        text = f"{ev.stored} messages arrived from your other device."
+        bridge.events.publish({"type": "notice", "text": text, "mine": True})
+        bridge.events.publish({"type": "contacts_changed"})
+
+    return (
+        handlers.on(MessageEdited, changed)
+        .on(MessageDeleted, deleted)
+        .on(DeviceRemoved, removed)
+        .on(HistoryReceived, history)
+    )

@@ -265,3 +265,23 @@ async def test_a_disappearing_timer_shows_in_the_conversation_and_messages_vanis
     assert await bob.timer(alice_id) == 0
     await expect(a.locator("#messages .msg.system").last).to_contain_text("turned off", timeout=TIMEOUT_MS)
     alice.assert_clean()
+
+
+async def test_my_history_goes_to_a_new_device_after_i_confirm_here(server, peer_uis, chromium, world):
+    _alice_ui, alice, bob = await alice_with_bob(peer_uis, chromium, world)
+    a = alice.page
+    a.on("dialog", lambda d: d.accept())
+    alice_id = await bob.resolve_user("alice")
+    await bob.send_text(alice_id, "history worth keeping")
+    await expect(contact(a, "bob").locator(".last")).to_have_text("history worth keeping", timeout=TIMEOUT_MS)
+    laptop = world.peer("alice-laptop", 2)
+    await laptop.login("alice", ALICE_PASSWORD)
+    assert await laptop.history(bob.me.user_id) == []  # a new device starts empty
+    laptop_events = world.record(laptop)
+    await a.click('.navbtn[data-view="settings"]')
+    await a.get_by_role("button", name=f"Send my history to device {laptop.me.device_id}").click()
+    await expect(a.locator("#toasts")).to_contain_text("Sent", timeout=TIMEOUT_MS)
+    got = await laptop_events.wait_for(lambda e: e.type == "history_received")
+    assert got.stored >= 1
+    assert "history worth keeping" in [m.text for m in await laptop.history(bob.me.user_id)]
+    alice.assert_clean()

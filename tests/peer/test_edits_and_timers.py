@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from crypto.payload import HistoryChunk
 from peer.edits import EditRefused
 from peer.errors import PeerError
 
@@ -71,3 +72,22 @@ async def test_a_timer_set_by_one_side_applies_to_both_and_expired_messages_go(w
         )
     assert await alice.message(sent.message_id) is None and await bob.message(sent.message_id) is None
     assert not await alice.search_messages("short")
+
+
+async def test_history_from_someone_else_is_refused_and_stores_nothing(world):
+    alice, bob = await world.pair()
+    alice_events = world.record(alice)
+    record = {
+        "message_id": "ab" * 16,
+        "conversation": f"u:{bob.me.user_id}",
+        "sender_user": bob.me.user_id,
+        "sender_device": bob.me.device_id,
+        "kind": "text",
+        "payload": {"type": "text", "body": "planted"},
+        "sent_at_ms": 1,
+        "state": "read",
+    }
+    await bob._parts().outbox.send(f"u:{alice.me.user_id}", HistoryChunk([record]), record=False)
+    refused = await alice_events.wait_for(lambda e: e.type == "error" and "history" in e.message)
+    assert "refused" in refused.message
+    assert await alice.message("ab" * 16) is None

@@ -189,3 +189,24 @@ def test_a_disappearing_timer_is_shown_to_both_and_messages_vanish_from_both_sto
     finally:
         dora.stop()
         eve.stop()
+
+
+def test_a_new_device_gets_my_history_over_a_direct_link_after_i_confirm_on_the_old_one(people: Cli):
+    people.run("d", "send", "eve", "from before the new laptop")
+    people.run("d3", "--server", people.server.url, "login", "dora")
+    assert "from before the new laptop" not in people.run("d3", "history", "eve").stdout  # starts empty
+    new = people.json("d3", "whoami")["device_id"]
+    listener = people.listen("d3")
+    try:
+        refused = people.run("d", "devices", "send-history", new, check=False, stdin="n\n")
+        assert refused.returncode == 1 and "not sent" in refused.stderr  # asked on the old device
+        result = people.json("d", "devices", "send-history", new, "--yes")
+        assert result["sent"] >= 1
+        got = listener.wait_for(lambda e: e["type"] == "history_received")
+        assert got["stored"] >= 1 and got["from_device"] == people.json("d", "whoami")["device_id"]
+        assert "from before the new laptop" in people.run("d3", "history", "eve").stdout
+        assert [link["open"] for link in people.json("d", "status")["links"] if link["device_id"] == new] == [
+            True
+        ]
+    finally:
+        listener.stop()

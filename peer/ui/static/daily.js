@@ -165,6 +165,12 @@ async function loadDevices() {
         name,
         el("button", { type: "button", class: "secondary small", text: "Rename", "aria-label": `Rename device ${d.device_id}`,
           onclick: guarded(async () => { await api("PATCH", `/api/devices/${d.device_id}`, { name: name.value }); await loadDevices(); }) }),
+        d.this_device ? null : el("button", { type: "button", class: "secondary small", text: "Send my history", "aria-label": `Send my history to device ${d.device_id}`,
+          onclick: guarded(async () => {
+            if (!confirm(`Send your whole message history to ${d.name || d.device_id}, over a direct link?`)) return;
+            const data = await api("POST", `/api/devices/${d.device_id}/history`);
+            toast(`Sent ${data.sent} messages to ${d.name || d.device_id}.`, "info");
+          }) }),
         d.this_device ? null : el("button", { type: "button", class: "danger small", text: "Revoke", "aria-label": `Revoke device ${d.device_id}`,
           onclick: guarded(async () => {
             if (!confirm(`Revoke ${d.name || d.device_id}? It gets no further message. This cannot be undone.`)) return;
