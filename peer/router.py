@@ -223,7 +223,8 @@ class Router:
                 b64encode(envelope),
                 [RecipientDevice(user_id=u, device_id=d) for u, d in targets],
                 within=self.policy.server_deadline,
-                expires_in=expires_in,
+                # Only when asked: a session without disappearing messages keeps the old signature.
+                **({"expires_in": expires_in} if expires_in is not None else {}),
             )
         except (ServerUnavailable, DeliveryTimeout) as e:
             # Kept in the outbox: sent again after the next reconnect.
