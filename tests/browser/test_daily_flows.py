@@ -121,6 +121,7 @@ async def test_devices_account_and_unverify_from_the_settings(server, peer_uis, 
     await a.reload()
     await expect(contact(a, "bob").locator(".display-name")).to_have_text("Bob Builder", timeout=TIMEOUT_MS)
     await a.click('.navbtn[data-view="settings"]')
+    await expect(a.locator("#devices-list .device")).to_have_count(2, timeout=TIMEOUT_MS)  # settings read
     await a.fill("#display-name", "Alice Martin")
     await a.click("#name-save")
     await expect(a.locator("#toasts")).to_contain_text("Alice Martin", timeout=TIMEOUT_MS)

@@ -206,12 +206,14 @@ async function deleteAccount() {
 
 async function loadAccount() {
   const me = await api("GET", "/api/account");
-  $("#display-name").value = me.display_name || "";
+  // Never over what the person is typing (this answer can come after they started).
+  if (!$("#display-name").dataset.dirty) $("#display-name").value = me.display_name || "";
 }
 
 async function saveName() {
   const me = await api("PATCH", "/api/account", { display_name: $("#display-name").value });
   $("#display-name").value = me.display_name || "";
+  delete $("#display-name").dataset.dirty;
   toast(me.display_name ? `Your contacts now see “${me.display_name}”.` : "Display name cleared.", "info");
 }
 
@@ -341,6 +343,7 @@ function wireDaily() {
   $("#delete-everyone").addEventListener("click", guarded(() => deleteMessage(true), $("#delete-everyone")));
   $("#delete-me").addEventListener("click", guarded(() => deleteMessage(false), $("#delete-me")));
   $("#name-form").addEventListener("submit", guarded(saveName, $("#name-save")));
+  $("#display-name").addEventListener("input", () => { $("#display-name").dataset.dirty = "1"; });
   $("#password-form").addEventListener("submit", guarded(changePassword, $("#pw-save")));
   $("#email-form").addEventListener("submit", guarded(changeEmail, $("#email-save")));
   $("#delete-form").addEventListener("submit", guarded(deleteAccount, $("#delete-account-btn")));
