@@ -89,8 +89,47 @@ class SenderKeyRequest:
     kind: Literal["sender_key_request"] = field(default="sender_key_request", init=False, repr=False)
 
 
-Payload = Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey | SenderKeyRequest
-PAYLOAD_KINDS = ("text", "file", "receipt", "typing", "edit", "delete", "sender_key", "sender_key_request")
+@dataclass(frozen=True)
+class Timer:
+    """Disappearing messages for this conversation from now on: each message is removed
+    `seconds` after it was sent (0: off). Both sides keep the latest timer either of them set."""
+
+    seconds: int
+    kind: Literal["timer"] = field(default="timer", init=False, repr=False)
+
+
+MAX_TIMER_SECONDS = 28 * 24 * 3600
+MAX_HISTORY_RECORDS = 500
+HISTORY_FIELDS = frozenset(
+    {"message_id", "conversation", "sender_user", "sender_device", "kind", "payload", "sent_at_ms", "state"}
+)
+
+
+@dataclass(frozen=True)
+class HistoryChunk:
+    """Part of my history, from one of my devices to another (device transfer): stored messages
+    as records with exactly `HISTORY_FIELDS`; the receiver takes them only from its own user and
+    only over a direct link."""
+
+    records: list[dict[str, Any]]
+    kind: Literal["history"] = field(default="history", init=False, repr=False)
+
+
+Payload = (
+    Text | FileOffer | Receipt | Typing | Edit | Delete | SenderKey | SenderKeyRequest | Timer | HistoryChunk
+)
+PAYLOAD_KINDS = (
+    "text",
+    "file",
+    "receipt",
+    "typing",
+    "edit",
+    "delete",
+    "sender_key",
+    "sender_key_request",
+    "timer",
+    "history",
+)
 _GROUP_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_DISTRIBUTION_BYTES = 1024
 
@@ -125,6 +164,30 @@ def _check_key_id(value: object) -> int:
     return value
 
 
+def _check_records(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_HISTORY_RECORDS:
+        raise MalformedEnvelope(f"a history chunk holds 1-{MAX_HISTORY_RECORDS} records")
+    for record in value:
+        if not isinstance(record, dict) or set(record) != HISTORY_FIELDS:
+            raise MalformedEnvelope(f"a history record has exactly the fields {sorted(HISTORY_FIELDS)}")
+        _check_ids([record["message_id"]], "history record")
+        if not isinstance(record["payload"], dict) or not isinstance(record["conversation"], str):
+            raise MalformedEnvelope("a history record's payload is an object, its conversation text")
+        for name in ("sender_user", "sent_at_ms"):
+            if isinstance(record[name], bool) or not isinstance(record[name], int):
+                raise MalformedEnvelope(f"a history record's {name} is a whole number")
+        for name in ("sender_device", "kind", "state"):
+            if not isinstance(record[name], str):
+                raise MalformedEnvelope(f"a history record's {name} is text")
+    return value
+
+
+def _check_timer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMER_SECONDS:
+        raise MalformedEnvelope(f"a disappearing timer must be 0 to {MAX_TIMER_SECONDS} seconds")
+    return value
+
+
 def _to_dict(p: Payload) -> dict[str, Any]:
     match p:
         case Text(body=body):
@@ -156,6 +219,10 @@ def _to_dict(p: Payload) -> dict[str, Any]:
                 "group_id": _check_group(gid),
                 "key_id": _check_key_id(key_id),
             }
+        case Timer(seconds=seconds):
+            return {"type": "timer", "seconds": _check_timer(seconds)}
+        case HistoryChunk(records=records):
+            return {"type": "history", "records": _check_records(list(records))}
     raise MalformedEnvelope(f"not a payload: {type(p).__name__}")
 
 
@@ -228,6 +295,12 @@ def _from_dict(d: dict[str, Any]) -> Payload:
     if kind == "sender_key_request":
         _fields(d, "group_id", "key_id")
         return SenderKeyRequest(_check_group(d["group_id"]), _check_key_id(d["key_id"]))
+    if kind == "timer":
+        _fields(d, "seconds")
+        return Timer(_check_timer(d["seconds"]))
+    if kind == "history":
+        _fields(d, "records")
+        return HistoryChunk(_check_records(d["records"]))
     raise MalformedEnvelope(f"unknown payload type {kind!r}")
 
 

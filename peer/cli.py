@@ -437,9 +437,16 @@ def login(opts: Options, username: str) -> None:
             emit(opts, result, lambda: click.echo(f"logged in as {result['username']} (node running)"))
             return
     password = password_for(opts)
+    new_device = not _has_account(profile)
     result = _account(opts, username, lambda p, progress: p.login(username, password, progress=progress))
     _tell_running_node(profile, password)  # a locked or logged-out node takes the new session
-    emit(opts, result, lambda: click.echo(f"logged in as {result['username']}"))
+
+    def human() -> None:
+        click.echo(f"logged in as {result['username']}")
+        if new_device:
+            click.echo("this device starts with an empty history: earlier messages stay on your others")
+
+    emit(opts, result, human)
 
 
 @main.command()
@@ -648,11 +655,12 @@ def contacts() -> None:
 
 def _contact_table(rows: list[dict[str, Any]]) -> None:
     _table(
-        ["id", "username", "status", "direction", "group", "remark", "online"],
+        ["id", "username", "name", "status", "direction", "group", "remark", "online"],
         [
             [
                 str(r["user_id"]),
                 r["username"],
+                r.get("display_name") or "",
                 r["status"],
                 r["direction"],
                 r.get("group") or "",
@@ -734,32 +742,6 @@ def contacts_remark(opts: Options, who: str, remark: str | None) -> None:
     emit(opts, result, lambda: click.echo(f"{result['username']}: remark {result.get('remark') or '-'}"))
 
 
-@main.command()
-@click.argument("who", required=False)
-@click.pass_obj
-def devices(opts: Options, who: str | None) -> None:
-    """Devices (and their pinned keys) of a user, or your own."""
-    rows = call(opts, "devices", who=who)
-
-    def state(d: dict[str, Any]) -> str:
-        if d["key_changed"]:
-            return "KEY CHANGED (not trusted)"
-        if d["this_device"]:
-            return "this device"
-        if d["revoked"]:
-            return "revoked"
-        return "" if d["confirmed"] else "new, not confirmed"
-
-    emit(
-        opts,
-        rows,
-        lambda: _table(
-            ["device", "fingerprint", "state"],
-            [[d["device_id"], d["fingerprint"][:32], state(d)] for d in rows],
-        ),
-    )
-
-
 @main.command("safety-number")
 @click.argument("who")
 @click.option("--qr/--no-qr", default=True, help="also print a QR code")
@@ -805,8 +787,12 @@ def _local_time(ms: int) -> Any:
 
 
 def _what(m: dict[str, Any]) -> str:
+    if m["kind"] == "deleted":
+        return "[message deleted]"
+    if m["kind"] == "timer":
+        return f"[{m['text']}]"
     if m["kind"] == "text":
-        return str(m["text"])
+        return str(m["text"]) + (" (edited)" if m.get("edited_at_ms") else "")
     file = m.get("file") or {}
     return f"[file {file.get('name', '?')}, {file.get('size', 0)} B]"
 
@@ -909,8 +895,9 @@ def send_file(opts: Options, who: str, path: Path) -> None:
 @main.command()
 @click.argument("who", required=False)
 @click.option("--limit", default=50, show_default=True, help="at most this many, the newest")
+@click.option("--ids", is_flag=True, help="show each message's id (for `edit` and `delete`)")
 @click.pass_obj
-def history(opts: Options, who: str | None, limit: int) -> None:
+def history(opts: Options, who: str | None, limit: int, ids: bool) -> None:
     """Stored messages (decrypted on this device; works with the server down), oldest first."""
     with node_for(opts) as node:
         rows = call(opts, "history", node, limit=limit, **({"with": who} if who else {}))
@@ -920,7 +907,7 @@ def history(opts: Options, who: str | None, limit: int) -> None:
         transcript = Transcript(names)
         for m in rows:
             for line in transcript.lines(m):
-                click.echo(line)
+                click.echo(f"{m['message_id']}  {line}" if ids and not line.startswith("──") else line)
 
     emit(opts, rows, human)
 
@@ -1177,6 +1164,10 @@ def upgrade(ctx: click.Context) -> None:
     """Apply database migrations (`python -m signalling db upgrade ...`; --help lists options)."""
     _signalling(["db", "upgrade", *ctx.args])
 
+
+from peer import cli_daily  # noqa: E402  (devices, account, edit/delete, block: issue 15)
+
+cli_daily.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="peerpost")

@@ -26,6 +26,7 @@ from signalling.protocol import (
     ContactUpdate,
     DeviceBundleIn,
     DeviceOut,
+    DeviceRename,
     GroupChange,
     GroupCreate,
     GroupMemberOut,
@@ -183,6 +184,12 @@ class ServerClient:
         self._set_tokens(tokens)
         return tokens
 
+    async def login_again(self, username: str, password: str) -> TokenPair:
+        """Log in while no refresh is in flight: a refresh that fails with a revoked token clears
+        the tokens, and must not clear the fresh pair (after a password change)."""
+        async with self._refresh_lock:
+            return await self.login(username, password)
+
     async def refresh(self, stale: str | None = None) -> TokenPair:
         async with self._refresh_lock:
             if self.tokens is None or not self.tokens.refresh_token:
@@ -306,6 +313,10 @@ class ServerClient:
             f"/users/{user_id}/prekey-bundles",
             json=body.model_dump(),
         )
+
+    async def rename_device(self, device_id: str, name: str | None) -> DeviceOut:
+        body = DeviceRename(name=name).model_dump()
+        return await self._json(DeviceOut, "PATCH", f"/me/devices/{device_id}", json=body)
 
     async def ice(self) -> IceConfig:
         return await self._json(IceConfig, "GET", "/ice")

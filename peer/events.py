@@ -151,6 +151,43 @@ class KeyWarning(Event):
 
 
 @dataclass(frozen=True)
+class DeviceRemoved(Event):
+    """A device of this user (or of a contact) was revoked: a notice ("device removed"), not a
+    key warning; nothing is sealed for it any more."""
+
+    type: ClassVar[str] = "device_removed"
+    user_id: int
+    device_id: str
+
+
+@dataclass(frozen=True)
+class MessageEdited(Event):
+    """A message's text was replaced by its sender (`message` is the view with the new text)."""
+
+    type: ClassVar[str] = "message_edited"
+    message: MessageView
+
+
+@dataclass(frozen=True)
+class MessageDeleted(Event):
+    """A message was deleted: `for_everyone` leaves a tombstone, else it is gone from this device."""
+
+    type: ClassVar[str] = "message_deleted"
+    message_id: str
+    conversation: str
+    for_everyone: bool
+
+
+@dataclass(frozen=True)
+class HistoryReceived(Event):
+    """Another device of mine sent its history here (device transfer): `stored` messages new."""
+
+    type: ClassVar[str] = "history_received"
+    from_device: str
+    stored: int
+
+
+@dataclass(frozen=True)
 class SignalRejectedEvent(Event):
     type: ClassVar[str] = "signal_rejected"
     user_id: int
@@ -276,7 +313,7 @@ def decode_event(data: dict[str, Any]) -> Event:
         if f.name not in data:
             continue
         value = data[f.name]
-        if cls is MessageReceived and f.name == "message":
+        if cls in (MessageReceived, MessageEdited) and f.name == "message":
             value = message_from_dict(value)
         elif cls is StateChanged:
             pass  # the lifecycle's words stay strings (peer.node.PeerState is the node's)

@@ -40,7 +40,7 @@ class History:
             sender_device=m.sender_device,
             outgoing=m.outgoing,
             kind=m.content_type,
-            text=m.payload.get("body") if m.content_type == "text" else None,
+            text=m.payload.get("body") if m.content_type in ("text", "timer") else None,
             file=file,
             sent_at_ms=m.sent_at_ms,
             path=DeliveryPath(m.path) if m.path else None,
@@ -48,6 +48,7 @@ class History:
             reason=m.reason,
             devices=devices,
             unread=not m.outgoing and m.state == MessageState.RECEIVED,
+            edited_at_ms=m.payload.get("edited_at_ms"),
         )
 
     async def history(

@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
-from crypto.payload import FileOffer, Receipt, Text, Typing
+from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Receipt, Text, Timer, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
+from peer.disappearing import Disappearing
+from peer.edits import MessageEdits
 from peer.errors import LinkFailed, ServerError
 from peer.events import (
     DuplicateDropped,
@@ -33,6 +35,7 @@ from peer.events import (
     TypingChanged,
 )
 from peer.history import History
+from peer.history_transfer import HistoryTransfer
 from peer.keyring import Keyring
 from peer.link import Link
 from peer.localstore import LocalStore, StoredMessage, now_ms
@@ -64,6 +67,7 @@ class Inbox:
         publish: Callable[[Event], None],
         spawn: Callable[[Coroutine[Any, Any, Any], str], object],
         receipts: bool,
+        edit_window: float = 48 * 3600.0,
     ) -> None:
         self._me = me
         self._local_device = local_device
@@ -79,6 +83,28 @@ class Inbox:
         self._spawn = spawn  # the Peer's: its tasks are owned (and cancelled) by the Peer
         self._receipts = receipts
         self._queue: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        self.edits = MessageEdits(
+            me_user=me.user_id,
+            store=store,
+            history=history,
+            send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
+            publish=publish,
+            window=edit_window,
+        )
+        self.disappearing = Disappearing(
+            me_user=me.user_id,
+            me_device=me.device_id,
+            store=store,
+            history=history,
+            send=lambda conversation, payload, message_id: outbox.send(
+                conversation, payload, record=False, message_id=message_id
+            ),
+            remove_file=self.edits.remove_file,
+            publish=publish,
+        )
+        self.history_transfer = HistoryTransfer(
+            me=me, local_device=local_device, store=store, keyring=keyring, router=router, publish=publish
+        )
 
     def close(self) -> None:
         """Stop `run` when it reaches this point of the queue (the Peer cancels it right after)."""
@@ -199,6 +225,16 @@ class Inbox:
             )
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+        elif isinstance(payload, Edit):
+            await self.edits.on_edit(h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, Delete):
+            await self.edits.on_delete(h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, HistoryChunk):
+            await self.history_transfer.receive(h.sender_user, h.sender_device, link is not None, payload)
+        elif isinstance(payload, Timer):
+            await self.disappearing.on_timer(
+                h.message_id, conversation, h.sender_user, h.sender_device, h.sent_at_ms, payload
+            )
 
     async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
         store = self._store

@@ -22,7 +22,7 @@ from crypto.bundle import verify_bundle
 from crypto.envelope import Recipient
 from crypto.errors import BundleInvalid
 from peer.errors import KeyChanged, ServerUnavailable
-from peer.events import KeyWarning
+from peer.events import DeviceRemoved, KeyWarning
 from peer.localstore import LocalStore, PinnedDevice
 from peer.vocab import KeyChange
 from signalling.protocol import DeviceOut, b64decode
@@ -47,7 +47,7 @@ class Keyring:
         client: DeviceDirectory,
         own_user: int,
         own_device: str,
-        warn: Callable[[KeyWarning], None],
+        warn: Callable[[KeyWarning | DeviceRemoved], None],
         refresh_after: float = 30.0,
     ) -> None:
         self._store = store
@@ -202,6 +202,8 @@ class Keyring:
             if u == user_id and device_id not in seen and not pinned.revoked:
                 await self._store.set_revoked(user_id, device_id, True)
                 self._pinned[(u, device_id)] = _with(pinned, revoked=True)
+                self._warnings.get(user_id, {}).pop(device_id, None)  # a removed device needs no trust
+                self._warn(DeviceRemoved(user_id, device_id))  # a notice, not a warning
 
     async def ensure_sender(self, user_id: int, device_id: str) -> bytes | None:
         """The pinned key of a sending device, fetching the user's bundles once if unknown."""

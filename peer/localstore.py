@@ -128,6 +128,14 @@ CREATE TABLE IF NOT EXISTS transfers (
     blob_id TEXT,
     export_path TEXT
 );
+CREATE TABLE IF NOT EXISTS conversation_timers (
+    conversation TEXT PRIMARY KEY,
+    seconds INTEGER NOT NULL,
+    set_by INTEGER NOT NULL,
+    set_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS expiries (message_id TEXT PRIMARY KEY, expires_at_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS expiries_by_time ON expiries (expires_at_ms);
 """
 
 
@@ -198,6 +206,30 @@ class LocalStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localstore")
         self._db: sqlite3.Connection | None = None
         self._seen: set[tuple[str, str]] = set()
+        self._watchers: list[set[str]] = []  # ids of messages changed or deleted (peer/search.py)
+
+    def watch_changes(self) -> set[str]:
+        """A set that collects the id of every message edited, tombstoned or deleted from now on
+        (the search index drains it before each query)."""
+        watcher: set[str] = set()
+        self._watchers.append(watcher)
+        return watcher
+
+    def _changed(self, message_id: str) -> None:
+        for watcher in self._watchers:
+            watcher.add(message_id)
+
+    async def messages_after(self, rowid: int, limit: int) -> list[tuple[int, StoredMessage]]:
+        """Stored messages in insertion order after `rowid` (the search index reads them in batches)."""
+
+        def _after() -> list[tuple[int, StoredMessage]]:
+            rows = self.db.execute(
+                f"SELECT rowid, {self._COLUMNS} FROM messages WHERE rowid > ? ORDER BY rowid LIMIT ?",  # noqa: S608
+                (rowid, limit),
+            ).fetchall()
+            return [(r[0], self._row(r[1:])) for r in rows]
+
+        return await self._run(_after)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -336,6 +368,15 @@ class LocalStore:
                 "INSERT OR IGNORE INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
                 (message.sender_device, message.message_id, now_ms()),
             )
+        if cur.rowcount == 1 and message.content_type in ("text", "file"):
+            # Disappearing messages (peer/disappearing.py): the conversation's timer when the
+            # message is stored decides when every copy of it goes.
+            db.execute(
+                "INSERT OR IGNORE INTO expiries (message_id, expires_at_ms) "
+                "SELECT ?, ? + seconds * 1000 FROM conversation_timers "
+                "WHERE conversation = ? AND seconds > 0",
+                (message.message_id, message.sent_at_ms, message.conversation),
+            )
         return cur.rowcount == 1
 
     async def save_message(self, message: StoredMessage) -> bool:
@@ -423,6 +464,79 @@ class LocalStore:
             return changed
 
         return await self._run(_mark)
+
+    async def set_timer(self, conversation: str, seconds: int, set_by: int, at_ms: int) -> bool:
+        """Keep the latest timer set in a conversation; False when a later one is already there."""
+
+        def _set() -> bool:
+            cur = self.db.execute(
+                "INSERT INTO conversation_timers (conversation, seconds, set_by, set_at_ms) VALUES (?,?,?,?) "
+                "ON CONFLICT (conversation) DO UPDATE SET seconds = excluded.seconds, "
+                "set_by = excluded.set_by, set_at_ms = excluded.set_at_ms "
+                "WHERE excluded.set_at_ms >= conversation_timers.set_at_ms",
+                (conversation, seconds, set_by, at_ms),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(_set)
+
+    async def timer(self, conversation: str) -> tuple[int, int, int] | None:
+        """(seconds, set_by, set_at_ms) of the conversation's timer, or None if never set."""
+
+        def _get() -> tuple[int, int, int] | None:
+            row = self.db.execute(
+                "SELECT seconds, set_by, set_at_ms FROM conversation_timers WHERE conversation = ?",
+                (conversation,),
+            ).fetchone()
+            return (int(row[0]), int(row[1]), int(row[2])) if row else None
+
+        return await self._run(_get)
+
+    async def expired(self, at_ms: int, limit: int = 500) -> tuple[list[str], int | None]:
+        """Message ids whose time ran out by `at_ms`, and the next expiry after them (or None)."""
+
+        def _get() -> tuple[list[str], int | None]:
+            ids = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT message_id FROM expiries WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+                    (at_ms, limit),
+                )
+            ]
+            row = self.db.execute(
+                "SELECT MIN(expires_at_ms) FROM expiries WHERE expires_at_ms > ?", (at_ms,)
+            ).fetchone()
+            return ids, (int(row[0]) if row and row[0] is not None else None)
+
+        return await self._run(_get)
+
+    async def replace_payload(self, message_id: str, content_type: str, payload: dict[str, Any]) -> None:
+        """Overwrite a stored message's content (an edit, a tombstone); sealed like any message."""
+        body = self._seal(message_id, payload)
+        self._changed(message_id)
+
+        def _replace() -> None:
+            self.db.execute(
+                "UPDATE messages SET content_type = ?, body = ? WHERE message_id = ?",
+                (content_type, body, message_id),
+            )
+
+        await self._run(_replace)
+
+    async def delete_message(self, message_id: str) -> bool:
+        """Remove a message and its delivery rows (its id stays seen: a late copy is not shown)."""
+        self._changed(message_id)
+
+        def _delete() -> bool:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("DELETE FROM deliveries WHERE message_id = ?", (message_id,))
+                self.db.execute("DELETE FROM transfers WHERE transfer_id = ?", (message_id,))
+                self.db.execute("DELETE FROM expiries WHERE message_id = ?", (message_id,))
+                cur = self.db.execute("DELETE FROM messages WHERE message_id = ?", (message_id,))
+                return cur.rowcount == 1
+
+        return await self._run(_delete)
 
     async def set_message_state(
         self, message_id: str, state: str, path: str | None = None, reason: str | None = None

@@ -93,6 +93,7 @@ from peer.outbox import Outbox
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import RoutePolicy, Router
+from peer.search import SearchIndex
 from peer.session import Backoff, HubSession, SessionTap
 from peer.transfer import FileTransfers, export_sealed
 from peer.views import (
@@ -107,6 +108,7 @@ from peer.views import (
 )
 from peer.vocab import DeliveryPath
 from signalling.protocol import (
+    BlockOut,
     ContactDirection,
     ContactEvent,
     ContactFrame,
@@ -228,6 +230,7 @@ class Peer:
         self.presence = Presence()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._contact_news = asyncio.Lock()  # FIFO: contact events keep the order the server sent
+        self._search_index: SearchIndex | None = None  # built at the first search (peer/search.py)
 
     # ---------------------------------------------------------------------------------------------
     # lifetime
@@ -523,6 +526,7 @@ class Peer:
         self._running = running
         self._set_state(PeerState.RUNNING)
         self._spawn(running.inbox.run(), "inbox")
+        self._spawn(running.inbox.disappearing.run(), "disappearing")  # peer/disappearing.py
         if self.settings.online:
             running.session.start()
 
@@ -623,6 +627,7 @@ class Peer:
             publish=self._publish,
             spawn=self._spawn,
             receipts=self.settings.receipts,
+            edit_window=self.settings.edit_window,
         )
         return _Running(
             me=me,
@@ -742,6 +747,8 @@ class Peer:
                     self._spawn(parts.keyring.refresh(frame.user_id, force=True), "refresh-keys")
                 if not frame.online:
                     self._spawn(parts.links.drop(frame.device_id), "drop-link")
+                    # Gone for good (revoked)? The refresh says so: a "device removed" notice.
+                    self._spawn(parts.keyring.refresh(frame.user_id, force=True), "refresh-keys")
             self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
         elif isinstance(frame, ErrorFrame):
             if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None and frame.device_id:
@@ -1006,6 +1013,65 @@ class Peer:
     @_mapped
     async def accept_key_change(self, user_id: int) -> None:
         await self._parts().keyring.accept_change(user_id)
+
+    # ---------------------------------------------------------------------------------------------
+    # edit and delete (peer/edits.py), block (the server's; issue 15)
+    # ---------------------------------------------------------------------------------------------
+
+    @_mapped
+    async def edit_message(self, message_id: str, body: str) -> MessageView:
+        return await self._parts().inbox.edits.edit(message_id, body)
+
+    @_mapped
+    async def delete_message(self, message_id: str, *, for_everyone: bool) -> None:
+        edits = self._parts().inbox.edits
+        if for_everyone:
+            await edits.delete_for_everyone(message_id)
+        else:
+            await edits.delete_for_me(message_id)
+
+    @_mapped
+    async def search_messages(
+        self, query: str, to: int | str | None = None, limit: int = 50
+    ) -> list[MessageView]:
+        """My history's messages matching every word of `query` (prefixes), newest first; the
+        index is in memory only, built from the store at the first search after unlock."""
+        parts = self._parts()
+        if self._search_index is None or self._search_index.store is not parts.store:
+            self._search_index = SearchIndex(parts.store)
+        conversation = conversation_of(to) if to is not None else None
+        found = await self._search_index.search(query, conversation, limit)
+        return [view for message_id in found if (view := await parts.history.message(message_id))]
+
+    @_mapped
+    async def set_timer(self, to: int | str, seconds: int) -> MessageView:
+        """Set this conversation's disappearing-message timer (0: off), for both of us."""
+        disappearing = self._parts().inbox.disappearing
+        return await disappearing.set_timer(conversation_of(to), seconds, self.new_message_id())
+
+    @_mapped
+    async def timer(self, to: int | str) -> int:
+        return await self._parts().inbox.disappearing.timer(conversation_of(to))
+
+    @_mapped
+    async def send_history(self, device_id: str) -> int:
+        """Send my history to another device of mine over a direct link (confirmed by the caller
+        on this, the old, device); the number of messages sent."""
+        return await self._parts().inbox.history_transfer.send_to(device_id)
+
+    @_mapped
+    async def block(self, user_id: int) -> BlockOut:
+        """Block someone (the server ends the contact and stops their requests, messages, signals
+        and presence; its `blocked` push drops our links to them)."""
+        return await self._client.block(user_id=user_id)
+
+    @_mapped
+    async def unblock(self, user_id: int) -> None:
+        await self._client.unblock(user_id)
+
+    @_mapped
+    async def blocked(self) -> list[BlockOut]:
+        return await self._client.blocks()
 
     # ---------------------------------------------------------------------------------------------
     # settings that can change while running

@@ -116,12 +116,15 @@ class Outbox:
             # Committed before the envelope leaves. (Overlapping the two was measured: no gain on
             # this 2-core box, where the writer thread competes with aiortc for the CPU and the GIL.)
             await store.save_message(message)
+        timer = await store.timer(conversation) if record else None  # disappearing messages
+        expiry = {"expires_in": timer[0]} if timer and timer[0] > 0 else {}
         outcomes = await router.deliver(
             message_id,
             envelope,
             [(r.user_id, r.device_id) for r in recipients],
             connect=connect,
             persistent=persistent and record,
+            **expiry,
         )
         if not record:
             return None

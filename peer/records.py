@@ -63,6 +63,7 @@ class MessageView:
     reason: str | None
     devices: list[dict[str, Any]] = field(default_factory=list)
     unread: bool = False  # incoming and not yet marked read on this device
+    edited_at_ms: int | None = None  # set when its sender edited it (the text is the latest)
 
     @property
     def other_user(self) -> int | None:

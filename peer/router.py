@@ -54,7 +54,12 @@ class ServerPath(Protocol):
     def connected(self) -> bool: ...
 
     async def send_envelope(
-        self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
+        self,
+        message_id: str,
+        envelope_b64: str,
+        recipients: list[RecipientDevice],
+        within: float,
+        expires_in: int | None = None,
     ) -> AcceptedFrame: ...
 
 
@@ -166,6 +171,11 @@ class Router:
         finally:
             self._acks.pop((message_id, device_id), None)
 
+    async def send_direct(self, message_id: str, envelope: bytes, user_id: int, device_id: str) -> bool:
+        """Over a direct link only (opened if need be), acknowledged; False if none could be had.
+        Never the server: for what must not leave the two devices' link (history transfer)."""
+        return await self._direct(message_id, envelope, user_id, device_id, connect=True)
+
     async def deliver(
         self,
         message_id: str,
@@ -174,8 +184,10 @@ class Router:
         *,
         connect: bool = True,
         persistent: bool = True,
+        expires_in: int | None = None,
     ) -> list[DeviceOutcome]:
-        """Deliver to every target device; returns each device's path and state."""
+        """Deliver to every target device; returns each device's path and state. `expires_in`:
+        the server's mailbox keeps it at most that many seconds (a disappearing message)."""
         if len(targets) == 1:  # the common case: no task to schedule before the frame leaves
             results = [await self._direct(message_id, envelope, *targets[0], connect)]
         else:
@@ -190,11 +202,16 @@ class Router:
             for o in outcomes:
                 await self._store.set_delivery(message_id, o.user_id, o.device_id, DIRECT, SENT)
         if rest:
-            outcomes += await self._via_server(message_id, envelope, rest, persistent)
+            outcomes += await self._via_server(message_id, envelope, rest, persistent, expires_in)
         return outcomes
 
     async def _via_server(
-        self, message_id: str, envelope: bytes, targets: list[tuple[int, str]], persistent: bool
+        self,
+        message_id: str,
+        envelope: bytes,
+        targets: list[tuple[int, str]],
+        persistent: bool,
+        expires_in: int | None = None,
     ) -> list[DeviceOutcome]:
         if persistent:
             await self._store.outbox_put(message_id, envelope)
@@ -206,6 +223,8 @@ class Router:
                 b64encode(envelope),
                 [RecipientDevice(user_id=u, device_id=d) for u, d in targets],
                 within=self.policy.server_deadline,
+                # Only when asked: a session without disappearing messages keeps the old signature.
+                **({"expires_in": expires_in} if expires_in is not None else {}),
             )
         except (ServerUnavailable, DeliveryTimeout) as e:
             # Kept in the outbox: sent again after the next reconnect.

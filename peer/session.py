@@ -159,6 +159,20 @@ class HubSession:
             self._ws = None
         self._fail_pending(ServerUnavailable("the peer is shutting down"))
 
+    async def resume(self) -> None:
+        """Connect again after the session ended (new tokens after a password change): the same
+        session object, so the peer's parts keep their reference to it."""
+        if self.state is SessionState.CLOSED:
+            return
+        task = self._task
+        if task is not None and not task.done() and self.state is SessionState.ENDED:
+            await asyncio.gather(task, return_exceptions=True)  # it is returning
+        if task is not None and task.done():
+            self._task = None
+            self.ended_reason = None
+        self.start()
+        self.retry_now()
+
     def retry_now(self) -> None:
         """Cut the current back-off short: the next connection attempt starts at once."""
         self._retry.set()
@@ -313,15 +327,27 @@ class HubSession:
         await self._send_raw(AckFrame(message_id=message_id).model_dump_json())
 
     async def send_envelope(
-        self, message_id: str, envelope_b64: str, recipients: list[RecipientDevice], within: float
+        self,
+        message_id: str,
+        envelope_b64: str,
+        recipients: list[RecipientDevice],
+        within: float,
+        expires_in: int | None = None,
     ) -> AcceptedFrame:
-        """Hand an envelope to the hub and wait for `accepted` (committed) or an error."""
+        """Hand an envelope to the hub and wait for `accepted` (committed) or an error;
+        `expires_in` (seconds): the mailbox drops it then (a disappearing message)."""
         ref = f"m{next(self._refs)}"
         future: asyncio.Future[AcceptedFrame] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
-        frame = SendFrame(ref=ref, message_id=message_id, envelope=envelope_b64, recipients=recipients)
+        frame = SendFrame(
+            ref=ref,
+            message_id=message_id,
+            envelope=envelope_b64,
+            recipients=recipients,
+            expires_in=expires_in,
+        )
         try:
-            await self._send_raw(frame.model_dump_json())
+            await self._send_raw(frame.model_dump_json(exclude_none=True))
             if self._tap is not None:
                 self._tap.sent(message_id)
             async with asyncio.timeout(within):

@@ -60,6 +60,7 @@ class PeerSettings:
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating
     scrypt_n: int = DEFAULT_SCRYPT_N
     key_refresh_after: float = 30.0  # seconds a user's fetched device list is reused before sending
+    edit_window: float = 48 * 3600.0  # seconds after sending that its sender may edit or delete it for all
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def contact_out(view: ContactView, online: set[int]) -> ContactOut:
     return ContactOut(
         user_id=view.other.id,
         username=view.other.username,
+        display_name=view.other.display_name,
         status=ContactStatus(view.contact.status),
         direction=ContactDirection(view.direction),
         group=view.contact.group_name,

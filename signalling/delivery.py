@@ -570,7 +570,15 @@ def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) 
     """The mailbox rows of a send (decoding the envelope only now: held sends never need it)."""
     envelope = base64.urlsafe_b64decode(frame.envelope + "=" * (-len(frame.envelope) % 4))
     return [
-        NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
+        NewMessage(
+            t.user_id,
+            t.device_id,
+            sock.user_id,
+            sock.device_id,
+            frame.message_id,
+            envelope,
+            ttl_s=frame.expires_in,
+        )
         for t in targets
     ]
 

@@ -140,7 +140,7 @@ class Presence:
         # SQLite FULL) and used to sit in front of the fan-out (bench/scale.py, docs/hub.md).
         if not quiet:
             await self._announce(user_id, device_id, online=True, when=now)
-        await self._touch(user_id, now)
+        await self._touch(user_id, now, device_id)
 
     async def device_left(self, user_id: int, device_id: str) -> None:
         """Start the grace; the announcement happens later unless the device comes back."""
@@ -175,12 +175,14 @@ class Presence:
         if await self._backplane.is_device_online(device_id):
             return  # came back, possibly on another instance
         now = datetime.now(UTC)
-        await self._touch(user_id, now)
+        await self._touch(user_id, now, device_id)
         await self._announce(user_id, device_id, online=False, when=now)
 
-    async def _touch(self, user_id: int, when: datetime) -> None:
+    async def _touch(self, user_id: int, when: datetime, device_id: str | None = None) -> None:
         async with self._engine.begin() as conn:
             await reach.touch_last_seen(conn, user_id, when)
+            if device_id is not None:
+                await reach.touch_device_seen(conn, device_id, when)
 
     async def _announce(self, user_id: int, device_id: str, *, online: bool, when: datetime) -> None:
         async with self._engine.connect() as conn:

@@ -128,6 +128,7 @@ class UserOut(_Response):
 
 
 class UserMe(UserOut):
+    display_name: str | None = None
     updated_at: datetime | None = None
     last_seen: datetime | None = None
 
@@ -136,6 +137,9 @@ class UserUpdate(_Model):
     email: Email | None = None
     password: Password | None = Field(default=None, description="new password; needs current_password")
     current_password: str | None = None
+    display_name: str | None = Field(
+        default=None, max_length=64, description="shown beside the username; empty clears it"
+    )
 
 
 class UserPublic(_Response):
@@ -231,6 +235,7 @@ class BlockOut(_Response):
 class ContactOut(_Response):
     user_id: int
     username: str
+    display_name: str | None = None
     status: ContactStatus
     direction: ContactDirection
     group: str | None = None
@@ -281,6 +286,13 @@ class DeviceOut(_Response):
     created_at: int
     signature: str
     revoked: bool = False
+    name: str | None = None
+    added_at: datetime | None = None
+    last_seen: datetime | None = None
+
+
+class DeviceRename(_Model):
+    name: str | None = Field(default=None, max_length=64, description="a label; null or empty clears it")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,6 +646,12 @@ class SendFrame(_Model):
     envelope: B64 = Field(description="the sealed envelope (docs/protocol.md), unpadded base64url")
     recipients: list[RecipientDevice] = Field(
         min_length=1, max_length=256, description="every device it is for, distinct"
+    )
+    expires_in: int | None = Field(
+        default=None,
+        ge=1,
+        le=28 * 24 * 3600,
+        description="a disappearing message: the mailbox keeps it at most this many seconds (within retention)",
     )
 
 

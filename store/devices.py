@@ -97,3 +97,16 @@ async def revoke(session: AsyncSession, user_id: int, device_id: str) -> Device:
     await session.execute(delete(Prekey).where(Prekey.device_id == device_id))
     await session.flush()
     return device
+
+
+async def rename(session: AsyncSession, user_id: int, device_id: str, name: str | None) -> Device:
+    """Give one of the user's active devices a label (None clears it)."""
+    query = select(Device).where(
+        Device.user_id == user_id, Device.device_id == device_id, Device.revoked_at.is_(None)
+    )
+    device = (await session.execute(query)).scalar_one_or_none()
+    if device is None:
+        raise NotFound(device_id)
+    device.name = name
+    await session.flush()
+    return device

@@ -109,6 +109,7 @@ class NewMessage:
     envelope: bytes
     body_id: int | None = None  # a group message's shared body; `envelope` is then empty
     body_size: int = 0
+    ttl_s: int | None = None  # the sender asked for a shorter life than the retention (disappearing)
 
     @property
     def size(self) -> int:
@@ -310,6 +311,13 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def _expiry(m: NewMessage, created: datetime, retention_end: datetime) -> datetime:
+    """The row's end: the retention, or sooner when its sender asked (a disappearing message)."""
+    if m.ttl_s is None:
+        return retention_end
+    return min(retention_end, created + timedelta(seconds=m.ttl_s))
+
+
 def _row(m: NewMessage, created: datetime, expires: datetime) -> dict[str, object]:
     return {
         "recipient_user": m.recipient_user,
@@ -320,7 +328,7 @@ def _row(m: NewMessage, created: datetime, expires: datetime) -> dict[str, objec
         "envelope": m.envelope,
         "size": m.size,
         "created_at": created,
-        "expires_at": expires,
+        "expires_at": _expiry(m, created, expires),
         "body_id": m.body_id,
     }
 
@@ -681,6 +689,7 @@ class MailboxWriter:
         created = self._bind_time(now)
         expiry = self._bind_time(expires)
         written: set[tuple[str, str]] = set()
+        sooner = {id(m): self._bind_time(_expiry(m, now, expires)) for m in inserts if m.ttl_s is not None}
         for chunk in _chunks(inserts, _SQLITE_INSERT_ROWS):
             params: list[object] = []
             for m in chunk:
@@ -693,7 +702,7 @@ class MailboxWriter:
                     m.envelope,
                     m.size,
                     created,
-                    expiry,
+                    sooner.get(id(m), expiry),
                     m.body_id,
                 ]
             values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))

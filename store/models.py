@@ -86,6 +86,7 @@ class User(Base):
     last_address: Mapped[str | None] = mapped_column(String(64), default=None)
     last_port: Mapped[int | None] = mapped_column(Integer, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    display_name: Mapped[str | None] = mapped_column(String(64), default=None)  # shown beside the username
     # Bumped on logout and password change: access tokens carry it, and stop working at once.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The confusable skeleton of the name (store.names): "paypal" and "paypaI" share one.
@@ -147,6 +148,9 @@ class Device(Base):
     signed_at: Mapped[int] = mapped_column(BigInteger)  # the bundle's own created-at, as signed
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    # Chosen by the owner ("work laptop"), never part of the signed bundle: a label, not a key.
+    name: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class Prekey(Base):

@@ -58,6 +58,11 @@ async def touch_last_seen(conn: AsyncConnection, user_id: int, when: datetime) -
     await conn.execute(update(User).where(User.id == user_id).values(last_seen=when))
 
 
+async def touch_device_seen(conn: AsyncConnection, device_id: str, when: datetime) -> None:
+    """When this device last held (or dropped) a socket: the owner's device list shows it."""
+    await conn.execute(update(Device).where(Device.device_id == device_id).values(last_seen_at=when))
+
+
 async def last_seen(conn: AsyncConnection, user_id: int) -> datetime | None:
     row = (await conn.execute(select(User.last_seen).where(User.id == user_id))).first()
     return None if row is None else row[0]

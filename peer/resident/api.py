@@ -380,3 +380,6 @@ async def typing(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
     assert who is not None
     await peer.send_typing(await resolve(peer, who), bool(params.get("active", True)))
     return {"ok": True}
+
+
+from peer.resident import daily_api as _daily_api  # noqa: E402,F401  (registers its calls)

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from peer.ui import daily
 from peer.ui.bridge import PeerBridge, UiError
 from peer.ui.security import SESSION_COOKIE, SESSION_MAX_AGE_S, OriginPolicy, RequestRefused, SessionGate
 
@@ -359,6 +360,7 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
         Route("/api/stego/hide", stego_hide, methods=["POST"]),
         Route("/api/stego/reveal", stego_reveal, methods=["POST"]),
         Route("/api/stego/capacity", stego_capacity, methods=["POST"]),
+        *daily.routes(bridge),  # issue 15: block, devices, account, edit/delete, unverify
         WebSocketRoute("/api/events", events),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

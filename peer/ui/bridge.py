@@ -394,6 +394,7 @@ class PeerBridge:
                 {
                     "user_id": c.user_id,
                     "username": c.username,
+                    "display_name": c.display_name,
                     "online": peer.is_online(c.user_id),
                     "group": c.group,
                     "remark": c.remark,
@@ -553,6 +554,8 @@ class PeerBridge:
             "state": view.state,
             "reason": view.reason,
             "unread": view.unread,
+            "edited": view.edited_at_ms is not None,
+            "editable": view.outgoing and view.kind == "text",
         }
         if view.file is not None:
             data["file"] = {
@@ -625,7 +628,7 @@ class PeerBridge:
             for message_id in ev.message_ids:
                 await self._publish_message(peer, message_id)
 
-        return (
+        handlers = (
             EventHandlers()
             .on(PresenceChanged, self._on_presence)
             .on(PresenceSnapshot, self._on_presence_snapshot)
@@ -647,6 +650,9 @@ class PeerBridge:
                 lambda ev: self.events.publish({"type": "error", "message": _sentence(ev.message)}),
             )
         )
+        from peer.ui import daily  # edits, deletions, removed devices (issue 15)
+
+        return daily.page_events(self, peer, handlers)
 
     def _on_presence(self, ev: PresenceChanged) -> None:
         # Presence changes the one contact's dot in the page; nothing is re-read from the server.

@@ -11,7 +11,15 @@ from fastapi import APIRouter, Request, Response, status
 from signalling.deps import CurrentUser, Session, UserIdPath
 from signalling.errors import Conflict, NotFound
 from signalling.openapi import errors
-from signalling.protocol import ApiErrorCode, CloseCode, DeviceBundleIn, DeviceOut, b64decode, b64encode
+from signalling.protocol import (
+    ApiErrorCode,
+    CloseCode,
+    DeviceBundleIn,
+    DeviceOut,
+    DeviceRename,
+    b64decode,
+    b64encode,
+)
 from store import accounts
 from store import devices as device_store
 from store.devices import Bundle
@@ -22,7 +30,8 @@ from store.models import Device
 router = APIRouter(tags=["devices"])
 
 
-def device_out(device: Device) -> DeviceOut:
+def device_out(device: Device, *, owner: bool = False) -> DeviceOut:
+    """A bundle as anyone may see it; its name and times only for its owner (`owner`)."""
     return DeviceOut(
         user_id=device.user_id,
         device_id=device.device_id,
@@ -31,6 +40,9 @@ def device_out(device: Device) -> DeviceOut:
         created_at=device.signed_at,
         signature=b64encode(device.signature),
         revoked=device.revoked_at is not None,
+        name=device.name if owner else None,
+        added_at=device.created_at if owner else None,
+        last_seen=device.last_seen_at if owner else None,
     )
 
 
@@ -76,7 +88,7 @@ async def publish(
     await session.commit()
     if not created:
         response.status_code = status.HTTP_200_OK
-    return device_out(device)
+    return device_out(device, owner=True)
 
 
 @router.get(
@@ -88,7 +100,8 @@ async def publish(
 async def list_devices(user_id: UserIdPath, _user: CurrentUser, session: Session) -> list[DeviceOut]:
     if await accounts.get(session, user_id) is None:
         raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
-    return [device_out(d) for d in await device_store.list_active(session, user_id)]
+    own = user_id == _user.id
+    return [device_out(d, owner=own) for d in await device_store.list_active(session, user_id)]
 
 
 @router.delete(
@@ -110,3 +123,21 @@ async def revoke(device_id: str, user: CurrentUser, request: Request, session: S
         user_id, device_id, CloseCode.ACCOUNT_GONE, "device revoked"
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/me/devices/{device_id}",
+    response_model=DeviceOut,
+    summary="Name one of your devices (the name is a label only you and your devices see)",
+    responses=errors(e404="You have no active device with that id (`device_not_found`)."),
+)
+async def rename(device_id: str, body: DeviceRename, user: CurrentUser, session: Session) -> DeviceOut:
+    name = (body.name or "").strip() or None
+    try:
+        device = await device_store.rename(session, user.id, device_id, name)
+    except StoreNotFound as exc:
+        raise NotFound(
+            f"You have no active device '{device_id}'.", code=ApiErrorCode.DEVICE_NOT_FOUND
+        ) from exc
+    await session.commit()
+    return device_out(device, owner=True)

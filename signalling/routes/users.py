@@ -106,6 +106,9 @@ async def update_me(body: UserUpdate, user: CurrentUser, request: Request, sessi
             raise Conflict(
                 "An account with this e-mail address already exists.", code=ApiErrorCode.EMAIL_TAKEN
             ) from exc
+    if body.display_name is not None:
+        shown = "".join(ch for ch in body.display_name if ch.isprintable())
+        user.display_name = " ".join(shown.split()) or None
     if body.password is not None:
         new_hash = await request.app.state.passwords.hash(body.password)
         await accounts.change_password(session, user, new_hash)

@@ -122,3 +122,25 @@ async def test_closing_commits_what_is_queued_and_refuses_what_comes_after(engin
         assert await mailbox.count_all(conn) == 50
     with pytest.raises(mailbox.MailboxClosed):
         await writer.store([_message()])
+
+
+async def test_a_disappearing_message_expires_when_its_sender_asked_not_at_the_retention(
+    engine: AsyncEngine,
+) -> None:
+    writer = await _writer(engine)
+    kept = _message()
+    short = NewMessage(2, "bob-device-1", 1, "alice-device-1", secrets.token_hex(16), b"x" * 50, ttl_s=60)
+    capped = NewMessage(2, "bob-device-1", 1, "alice-device-1", secrets.token_hex(16), b"y" * 50, ttl_s=10**7)
+    await writer.store([kept, short, capped])
+    later = datetime.now(UTC) + timedelta(minutes=2)  # past the minute, well inside the day
+    async with engine.connect() as conn:
+        assert await mailbox.pending_count(conn, "bob-device-1") == 3
+        assert await mailbox.pending_count(conn, "bob-device-1", now=later) == 2
+    async with engine.begin() as conn:
+        assert await mailbox.purge_expired(conn, now=later) == 1
+    past_retention = datetime.now(UTC) + timedelta(days=2)
+    async with engine.connect() as conn:  # a long timer never outlives the retention
+        assert await mailbox.pending_count(conn, "bob-device-1", now=past_retention) == 0
+        rows = await mailbox.fetch_after(conn, "bob-device-1", 0, 10)
+        assert short.message_id not in [r.message_id for r in rows]
+    await writer.close()

@@ -28,7 +28,9 @@ def bundle(device_id: str = "laptop-0001", *, seed: int = 1, **overrides: object
 async def test_publish_stores_the_bundle_as_given(client: httpx.AsyncClient, alice: Account) -> None:
     response = await client.post("/me/devices", json=bundle(), headers=alice.headers)
     assert response.status_code == 201
-    assert response.json() == {
+    published = response.json()
+    assert published.pop("added_at") is not None  # its owner sees when it was added
+    assert published == {
         "user_id": alice.id,
         "device_id": "laptop-0001",
         "identity_key": b64encode(b"\x01" * 32),
@@ -36,6 +38,8 @@ async def test_publish_stores_the_bundle_as_given(client: httpx.AsyncClient, ali
         "created_at": 1_760_000_000,
         "signature": b64encode(b"\x01" * 64),
         "revoked": False,
+        "name": None,
+        "last_seen": None,
     }
 
 
@@ -157,3 +161,21 @@ async def test_the_number_of_active_devices_is_limited(app_factory: AppFactory) 
         assert (await client.delete("/me/devices/device-0000", headers=alice.headers)).status_code == 204
         again = await client.post("/me/devices", json=bundle("device-0009", seed=9), headers=alice.headers)
         assert again.status_code == 201
+
+
+async def test_a_device_name_and_times_are_shown_to_its_owner_only(
+    client: httpx.AsyncClient, alice: Account, bob: Account
+) -> None:
+    await client.post("/me/devices", json=bundle(), headers=alice.headers)
+    renamed = await client.patch(
+        "/me/devices/laptop-0001", json={"name": " work laptop "}, headers=alice.headers
+    )
+    assert renamed.status_code == 200 and renamed.json()["name"] == "work laptop"
+    mine = (await client.get(f"/users/{alice.id}/devices", headers=alice.headers)).json()
+    assert [(d["name"], d["added_at"] is not None) for d in mine] == [("work laptop", True)]
+    theirs = (await client.get(f"/users/{alice.id}/devices", headers=bob.headers)).json()
+    assert [(d["name"], d["added_at"], d["last_seen"]) for d in theirs] == [(None, None, None)]
+    missing = await client.patch("/me/devices/laptop-0001", json={"name": "x"}, headers=bob.headers)
+    assert missing.status_code == 404
+    too_long = await client.patch("/me/devices/laptop-0001", json={"name": "x" * 65}, headers=alice.headers)
+    assert too_long.status_code == 422

@@ -1,0 +1,157 @@
+"""Edit and delete messages: mine for everyone (within a window), anyone's for me.
+
+Only the sender may edit a message or delete it for everyone, and only within `edit_window`
+seconds of sending it (PeerSettings; 48 hours by default, as Signal and WhatsApp do). The change
+travels as an `Edit` or `Delete` payload in the same conversation, to the other person's devices
+and to mine, so every device shows the same thing: the latest text marked "edited", or a tombstone
+("message deleted") whose content is gone. A received change is applied only when its sender sent
+the original and it was sent within the window of the original; anything else is refused and said.
+A deleted file goes too: this device's sealed copy and the decrypted copy it made.
+
+Delete for me removes the message from this device's store only (its id stays seen, so a late
+copy by another path does not bring it back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from crypto.payload import Delete, Edit
+from peer.errors import ConfigError, PeerError
+from peer.events import ErrorEvent, Event, MessageDeleted, MessageEdited
+from peer.history import History
+from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.views import MessageView
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE = "deleted"
+EDITABLE = ("text",)
+DELETABLE = ("text", "file")
+MAX_TEXT_CHARS = 64 * 1024
+_DONE = {"edit": "edited", "delete": "deleted"}
+
+
+class EditRefused(PeerError):
+    """An edit or delete this user may not make (not theirs, too late, already deleted)."""
+
+
+class MessageEdits:
+    def __init__(
+        self,
+        *,
+        me_user: int,
+        store: LocalStore,
+        history: History,
+        send: Callable[[str, Edit | Delete], object],
+        publish: Callable[[Event], None],
+        window: float,
+    ) -> None:
+        self._me = me_user
+        self._store = store
+        self._history = history
+        self._send = send  # the outbox's send: (conversation, payload) -> awaitable
+        self._publish = publish
+        self.window = window
+
+    # ------------------------------------------------------------------ mine
+
+    async def _own(self, message_id: str, kinds: tuple[str, ...], what: str) -> StoredMessage:
+        message = await self._store.get_message(message_id)
+        if message is None:
+            raise ConfigError(f"there is no message {message_id} on this device")
+        if message.sender_user != self._me:
+            raise EditRefused(f"only its sender can {what} a message")
+        if message.content_type == TOMBSTONE:
+            raise EditRefused("that message was deleted")
+        if message.content_type not in kinds:
+            raise EditRefused(f"a {message.content_type} message cannot be {_DONE[what]}")
+        if now_ms() - message.sent_at_ms > self.window * 1000:
+            hours = self.window / 3600
+            raise EditRefused(
+                f"a message can be {_DONE[what]} for {hours:g} hours after sending; this one is older"
+            )
+        return message
+
+    async def edit(self, message_id: str, body: str) -> MessageView:
+        if not body.strip():
+            raise ConfigError("the new text is empty; delete the message instead")
+        if len(body) > MAX_TEXT_CHARS:
+            raise ConfigError(f"the text is too long ({len(body)} characters; at most {MAX_TEXT_CHARS})")
+        message = await self._own(message_id, EDITABLE, "edit")
+        await self._send(message.conversation, Edit(message_id, body))  # type: ignore[misc]
+        return await self._apply_edit(message, body, now_ms())
+
+    async def delete_for_everyone(self, message_id: str) -> None:
+        message = await self._own(message_id, DELETABLE, "delete")
+        await self._send(message.conversation, Delete([message_id]))  # type: ignore[misc]
+        await self._tombstone(message)
+
+    async def delete_for_me(self, message_id: str) -> None:
+        message = await self._store.get_message(message_id)
+        if message is None:
+            raise ConfigError(f"there is no message {message_id} on this device")
+        await self.remove_file(message_id)
+        await self._store.delete_message(message_id)
+        self._publish(MessageDeleted(message_id, message.conversation, for_everyone=False))
+
+    # ------------------------------------------------------------------ theirs (or my other devices')
+
+    async def on_edit(self, sender_user: int, sent_at_ms: int, edit: Edit) -> None:
+        message = await self._checked(sender_user, sent_at_ms, edit.message_id, EDITABLE, "edit")
+        if message is not None and edit.body.strip() and len(edit.body) <= MAX_TEXT_CHARS:
+            await self._apply_edit(message, edit.body, sent_at_ms)
+
+    async def on_delete(self, sender_user: int, sent_at_ms: int, delete: Delete) -> None:
+        for message_id in delete.message_ids[:100]:
+            message = await self._checked(sender_user, sent_at_ms, message_id, DELETABLE, "delete")
+            if message is not None:
+                await self._tombstone(message)
+
+    async def _checked(
+        self, sender_user: int, sent_at_ms: int, message_id: str, kinds: tuple[str, ...], what: str
+    ) -> StoredMessage | None:
+        message = await self._store.get_message(message_id)
+        if message is None or message.content_type == TOMBSTONE:
+            return None  # never arrived here, deleted for me, or already gone: nothing to change
+        refused = None
+        if message.sender_user != sender_user:
+            refused = f"user {sender_user} tried to {what} a message they did not send; refused"
+        elif message.content_type not in kinds:
+            refused = f"user {sender_user} tried to {what} a {message.content_type} message; refused"
+        elif sent_at_ms - message.sent_at_ms > self.window * 1000:
+            refused = f"user {sender_user} tried to {what} message {message_id} after the window; refused"
+        if refused:
+            self._publish(ErrorEvent(refused))
+            return None
+        return message
+
+    # ------------------------------------------------------------------ both
+
+    async def _apply_edit(self, message: StoredMessage, body: str, at_ms: int) -> MessageView:
+        payload = {**message.payload, "body": body, "edited_at_ms": at_ms}
+        await self._store.replace_payload(message.message_id, message.content_type, payload)
+        view = await self._history.message(message.message_id)
+        assert view is not None
+        self._publish(MessageEdited(view))
+        return view
+
+    async def _tombstone(self, message: StoredMessage) -> None:
+        await self.remove_file(message.message_id)
+        payload = {"type": TOMBSTONE, "was": message.content_type, "deleted_at_ms": now_ms()}
+        await self._store.replace_payload(message.message_id, TOMBSTONE, payload)
+        self._publish(MessageDeleted(message.message_id, message.conversation, for_everyone=True))
+
+    async def remove_file(self, message_id: str) -> None:
+        """A received file's sealed copy and its decrypted copy (never a sender's own original)."""
+        transfer = await self._store.get_transfer(message_id)
+        if transfer is None or transfer.outgoing:
+            return
+        for path in (transfer.local_path, transfer.export_path):
+            if path:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(Path(path).unlink, missing_ok=True)
