@@ -651,7 +651,7 @@ class SendFrame(_Model):
         default=None,
         ge=1,
         le=28 * 24 * 3600,
-        description="a disappearing message: the mailbox keeps it at most this many seconds (within retention)",
+        description="a disappearing message: the mailbox keeps it at most this many seconds",
     )
 
 
