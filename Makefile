@@ -6,18 +6,21 @@ run:
 	scripts/bootstrap.sh
 	.venv/bin/peerpost up
 
-# Lint, then every test: unit, integration, crypto vectors, network namespaces, browser.
+# Lint (ruff and mypy), then every test: unit, integration, crypto vectors, network namespaces, browser.
 test:
 	scripts/bootstrap.sh --test
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
+	$(MAKE) lint
 	.venv/bin/python -m pytest
 
+# ruff (style and bugs) and mypy (types; strict for crypto/ and signalling/protocol.py, see pyproject.toml).
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 bench:
 	.venv/bin/python -m bench.crypto
+	.venv/bin/python -m bench.login_stall
 	.venv/bin/python -m bench.relay
 	.venv/bin/python -m bench.p2p
 	.venv/bin/python -m bench.nat

@@ -39,6 +39,29 @@ from tests.support.keys import FIXED_DEVICE_COUNT, fixed_device_keys  # noqa: E4
 
 RESULTS = ROOT / "bench" / "results" / "crypto.json"
 
+# The crypto layer's budgets (issue 3; moved out of the unit tests by issue 12, where a loaded box
+# made them fail at random). Checked here against the median of a quiet-enough run and reported.
+BUDGETS_MS = {
+    "seal_ms_median": 0.5,
+    "seal_session_ms_median": 0.5,
+    "open_ms_median": 2.0,
+    "open_hit_ms_median": 0.5,
+}
+STEGO_EMBED_CPU_BUDGET_S = 2.0
+
+
+def budget_rows(result: dict) -> list[tuple[str, float, float]]:
+    """(what, measured, budget) for every budget: envelopes for 2 devices, the 12 MP embed in CPU s."""
+    two = next(r for r in result["envelopes"] if r["recipients"] == 2)
+    rows = [(f"2 devices {key}", two[key], limit) for key, limit in BUDGETS_MS.items()]
+    rows.append(("stego 12 MP embed CPU s", result["stego"]["embed_cpu_s_best"], STEGO_EMBED_CPU_BUDGET_S))
+    rows.append(("filestream encrypt / raw (x, floor)", result["filestream"]["encrypt_vs_raw"], 0.8))
+    return rows
+
+
+def budget_met(what: str, measured: float, limit: float) -> bool:
+    return measured >= limit if "floor" in what else measured <= limit
+
 
 def timed(fn, repeat: int) -> list[float]:
     out = []
@@ -209,6 +232,9 @@ def main() -> None:
         "filestream": bench_filestream(16 if q else 64, 2 if q else 3),
         "stego": bench_stego(1 if q else 3),
     }
+    result["budgets"] = [
+        {"what": w, "measured": m, "budget": b, "met": budget_met(w, m, b)} for w, m, b in budget_rows(result)
+    ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -239,6 +265,10 @@ def main() -> None:
         f"stego 12 MP embed {s['embed_s_best']:.2f} s (CPU {s['embed_cpu_s_best']:.2f} s), "
         f"extract {s['extract_s']:.2f} s, capacity {s['capacity_bytes']} B"
     )
+    print(f"{'budget':<40} {'measured':>10} {'budget':>8}  verdict")
+    for row in result["budgets"]:
+        verdict = "met" if row["met"] else "MISSED"
+        print(f"{row['what']:<40} {row['measured']:>10.3f} {row['budget']:>8.2f}  {verdict}")
     print(f"written {RESULTS.relative_to(ROOT)}")
 
 

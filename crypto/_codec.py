@@ -72,10 +72,12 @@ class Reader:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return struct.unpack(">H", self.take(2))[0]
+        value: int = struct.unpack(">H", self.take(2))[0]
+        return value
 
     def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
+        value: int = struct.unpack(">I", self.take(4))[0]
+        return value
 
     def remaining(self) -> int:
         return len(self._data) - self._pos

@@ -14,7 +14,7 @@ import hashlib
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,9 @@ def encrypt_chunk(manifest: FileManifest, index: int, plaintext: bytes) -> bytes
     return header + AESGCM(manifest.key).encrypt(manifest.nonce_prefix + header, plaintext, _aad(index, last))
 
 
-def encrypt_chunks(manifest: FileManifest, path: str | os.PathLike[str], start: int = 0) -> Iterator[bytes]:
+def encrypt_chunks(
+    manifest: FileManifest, path: str | os.PathLike[str], start: int = 0
+) -> Generator[bytes, None, None]:
     """Yield encrypted chunks `start..chunk_count-1` read from `path`, one chunk in memory at a time."""
     if not 0 <= start < manifest.chunk_count:
         raise ChunkOutOfOrder(

@@ -52,7 +52,7 @@ class HiddenPayload:
 def _load(image_bytes: bytes) -> tuple[np.ndarray, bool]:
     """Decode to an (H, W, 3 or 4) uint8 array; refuses lossy or unsuitable images with reasons."""
     try:
-        img = Image.open(io.BytesIO(image_bytes))
+        img: Image.Image = Image.open(io.BytesIO(image_bytes))
         fmt = img.format
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise StegoError("not an image Pillow can read (use PNG or BMP)") from e
@@ -85,7 +85,7 @@ def _load(image_bytes: bytes) -> tuple[np.ndarray, bool]:
 
 
 def _capacity_of(arr: np.ndarray) -> int:
-    return arr.shape[0] * arr.shape[1] * 3 // 8 - HEADER_BYTES
+    return int(arr.shape[0] * arr.shape[1] * 3 // 8 - HEADER_BYTES)
 
 
 def capacity(image_bytes: bytes) -> int:

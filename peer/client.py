@@ -144,7 +144,7 @@ class ServerClient:
         return cls(message, code=code, status=response.status_code)
 
     @staticmethod
-    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):  # type: ignore[no-untyped-def]
+    def _parse(model: type[M] | TypeAdapter, response: httpx.Response):
         try:
             if isinstance(model, TypeAdapter):
                 return model.validate_json(response.content)
@@ -152,7 +152,7 @@ class ServerClient:
         except ValidationError as e:
             raise ServerError(f"the server sent an answer this peer does not understand: {e}") from e
 
-    async def _json(self, model, method: str, path: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    async def _json(self, model, method: str, path: str, **kwargs: Any):
         return self._parse(model, await self.request(method, path, **kwargs))
 
     # ---------------------------------------------------------------------------------------------

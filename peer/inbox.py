@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
@@ -206,5 +206,7 @@ class Inbox:
             await store.set_message_state(message_id, status, reason=None)
             self._publish(MessageStateChanged(message_id, status, message.path, None))
 
-    async def _send_receipt(self, user_id: int, status: str, message_ids: list[str]) -> None:
+    async def _send_receipt(
+        self, user_id: int, status: Literal["delivered", "read"], message_ids: list[str]
+    ) -> None:
         await self._outbox.send(f"u:{user_id}", Receipt(status, message_ids), record=False, own_devices=False)

@@ -274,7 +274,8 @@ class LocalStore:
         self, conversation: str | None = None, limit: int = 100, before_ms: int | None = None
     ) -> list[StoredMessage]:
         def _history() -> list[StoredMessage]:
-            where, args = [], []
+            where: list[str] = []
+            args: list[object] = []
             if conversation is not None:
                 where.append("conversation = ?")
                 args.append(conversation)

@@ -608,10 +608,10 @@ class Peer:
                 self._offline_users.add(frame.user_id)
             self._publish(PresenceChanged(frame.user_id, frame.device_id, frame.online))
         elif isinstance(frame, ErrorFrame):
-            if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None:
+            if frame.code == ErrorCode.UNKNOWN_DEVICE and frame.ref is None and frame.device_id:
                 # A signal to a device that is not connected: stop waiting for its answer.
                 for link in links.links():
-                    if link.remote_device in frame.message and not link.is_open:
+                    if link.remote_device == frame.device_id and not link.is_open:
                         self._device_presence[link.remote_device] = False
                         self._spawn(links.drop(link.remote_device), "drop-link")
             else:

@@ -79,7 +79,7 @@ class Router:
         self._acks: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._flush_lock = asyncio.Lock()
         self._backoff: dict[str, _Backoff] = {}
-        self._background: dict[str, asyncio.Task[None]] = {}
+        self._background: dict[str, asyncio.Task[Link | None]] = {}
 
     def on_ack(self, device_id: str, message_id: str) -> None:
         future = self._acks.get((message_id, device_id))

@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from peer.client import ServerClient, ws_url
 from peer.errors import AuthFailed, DeliveryTimeout, ServerError, ServerUnavailable
 from signalling.protocol import (
+    PROTOCOL_VERSION,
     SERVER_FRAME,
     AcceptedFrame,
     AckFrame,
@@ -141,7 +142,11 @@ class HubSession:
     async def _connect_once(self) -> None:
         if self._client.tokens is None:
             raise SessionEnded("not logged in")
-        url = ws_url(self._client.server_url) + "?" + urlencode({"device_id": self._device_id})
+        url = (
+            ws_url(self._client.server_url)
+            + "?"
+            + urlencode({"device_id": self._device_id, "protocol": PROTOCOL_VERSION})
+        )
         headers = {"Authorization": f"Bearer {self._client.tokens.access_token}"}
         try:
             ws = await websockets.connect(
@@ -160,6 +165,10 @@ class HubSession:
                 "logged out or account deleted"
                 if code == CloseCode.ACCOUNT_GONE
                 else "another session for this device took over"
+            )
+        if code == CloseCode.UNSUPPORTED_PROTOCOL:
+            raise SessionEnded(
+                f"the server does not speak frame protocol {PROTOCOL_VERSION}: {ws.close_reason}"
             )
         if code == CloseCode.UNAUTHORIZED:
             await self._refresh_or_end()

@@ -28,7 +28,7 @@ from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encry
 from peer import frames
 from peer.client import ServerClient
 from peer.errors import LinkFailed, TransferFailed
-from peer.events import FileProgress, FileReceived
+from peer.events import Event, FileProgress, FileReceived
 from peer.link import Link
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore, TransferRecord
@@ -81,7 +81,7 @@ class FileTransfers:
         client: ServerClient,
         links: LinkSet,
         profile: Profile,
-        publish: Callable[[object], None],
+        publish: Callable[[Event], None],
         link_deadline: float,
         stall_after: float,
         download_dir: Path | None = None,
@@ -437,7 +437,7 @@ def export_sealed(manifest: FileManifest, sealed: Path, folder: Path, message_id
     return target
 
 
-def _take(iterator, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _take(iterator, n: int) -> list[bytes]:
     out = []
     for item in iterator:
         out.append(item)

@@ -22,9 +22,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
-from signalling import data_dir
+from signalling import data_dir, openapi
 from signalling.account_limits import LoginLimits, RegistrationLimits
 from signalling.errors import install_error_handlers
 from signalling.http_guard import HttpGuard
@@ -34,6 +35,7 @@ from signalling.routes import (
     blobs,
     blocks,
     contacts,
+    contract,
     devices,
     groups,
     health,
@@ -66,6 +68,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     ws,
     mailbox,
     blobs,
+    contract,
 )
 
 
@@ -133,4 +136,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    app.state.http_routes = [r for m in ROUTE_MODULES for r in m.router.routes if isinstance(r, APIRoute)]
+    openapi.install(app)
     return app

@@ -265,7 +265,7 @@ class RedisBackplane(Backplane):
         )
 
     async def online_devices(self, user_id: int) -> set[str]:
-        members = list(await self._redis.smembers(self._k("user", user_id)))
+        members = [str(m) for m in await self._redis.smembers(self._k("user", user_id))]  # decoded
         if not members:
             return set()
         holders = await self._redis.mget([self._k("dev", d) for d in members])
@@ -333,7 +333,7 @@ class RedisBackplane(Backplane):
             if holder is None:
                 self._routes.pop(device_id, None)
                 return False
-            instance = holder.split("|", 1)[0]
+            instance = str(holder).split("|", 1)[0]  # decode_responses: already text
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()
             self._routes[device_id] = (instance, now)
@@ -347,7 +347,7 @@ class RedisBackplane(Backplane):
     async def send_to_user(self, user_id: int, text: str) -> None:
         members = list(await self._redis.smembers(self._k("user", user_id)))
         holders = await self._redis.mget([self._k("dev", d) for d in members]) if members else []
-        instances = {h.split("|", 1)[0] for h in holders if h is not None}
+        instances = {str(h).split("|", 1)[0] for h in holders if h is not None}
         for instance in instances:
             if instance == self.instance_id:
                 self._sockets().deliver_to_user(user_id, text)

@@ -23,7 +23,15 @@ from signalling.delivery import Delivery
 from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import FrameRefused, HubAuthError
 from signalling.limits import HubLimits
-from signalling.protocol import CLIENT_FRAME, DEVICE_ID_PATTERN, AckFrame, AuthFrame, CloseCode, ErrorCode
+from signalling.protocol import (
+    CLIENT_FRAME,
+    DEVICE_ID_PATTERN,
+    SUPPORTED_PROTOCOLS,
+    AckFrame,
+    AuthFrame,
+    CloseCode,
+    ErrorCode,
+)
 from signalling.ratelimit import TokenBucket
 from store import reach
 
@@ -46,6 +54,7 @@ async def authenticate_socket(
         device_id = ws.query_params.get("device_id")
         if not device_id:
             raise HubAuthError("the device_id query parameter is missing")
+        _check_protocol(ws.query_params.get("protocol", "1"))
     else:
         try:
             async with asyncio.timeout(auth_timeout):
@@ -59,6 +68,7 @@ async def authenticate_socket(
         except ValidationError as exc:
             raise HubAuthError("the first frame must be an auth frame with token and device_id") from exc
         token, device_id = frame.token, frame.device_id
+        _check_protocol(ws.query_params.get("protocol", str(frame.protocol)))
     if not _DEVICE_ID.fullmatch(device_id):
         raise HubAuthError("device_id must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
     try:
@@ -72,6 +82,16 @@ async def authenticate_socket(
     if not owner.active:
         raise HubAuthError(f"device {device_id} has been revoked")
     return user_id, device_id
+
+
+def _check_protocol(named: str) -> None:
+    """The socket names the frame protocol it speaks; one this server does not speak closes it."""
+    if not named.isdigit() or int(named) not in SUPPORTED_PROTOCOLS:
+        spoken = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOLS))
+        raise HubAuthError(
+            f"protocol {named[:16]!r} is not spoken here; this server speaks {spoken}",
+            close_code=CloseCode.UNSUPPORTED_PROTOCOL,
+        )
 
 
 class _Closing(Exception):
@@ -156,7 +176,7 @@ class Connection:
             try:
                 await dispatch(sock, frame)
             except FrameRefused as exc:
-                sock.refuse(exc.code, exc.message, getattr(frame, "ref", None))
+                sock.refuse(exc.code, exc.message, getattr(frame, "ref", None), exc.device_id)
 
     def _charge(self, sock: DeviceSocket, bucket: TokenBucket, cost: int = 1) -> bool:
         """Take `cost` from the socket's budget; close it (False) when the budget is spent."""
@@ -233,7 +253,7 @@ def _ref_of(text: str) -> str | None:
     """Best effort: echo a `ref` back so the client can pair the error, if the JSON had one."""
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack allows
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     ref = value.get("ref") if isinstance(value, dict) else None
     return ref if isinstance(ref, str) and len(ref) <= 64 else None

@@ -138,9 +138,7 @@ class Delivery:
             # A pong comes after every earlier send and ack of this socket has been committed (the
             # writer commits in order, so waiting for the last one is waiting for all of them).
             pong = Outgoing(PongFrame(nonce=frame.nonce).model_dump_json())
-            last = sock.last_commit
-            if isinstance(last, Held):
-                last = last.barrier()
+            last = sock.commit_barrier()
             if last is None or last.done():
                 sock.push(pong)
             else:
@@ -303,7 +301,10 @@ class Delivery:
         await self._reach.check(sock.user_id, frame.to_user, frame.to_device)
         relayed = frame.model_copy(update={"from_user": sock.user_id, "from_device": sock.device_id})
         if not await self._backplane.send_to_device(frame.to_device, relayed.model_dump_json()):
-            raise FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"device {frame.to_device} is not connected")
+            device = frame.to_device
+            raise FrameRefused(
+                ErrorCode.UNKNOWN_DEVICE, f"device {device} is not connected", device_id=device
+            )
 
     # -- live holds: an envelope every recipient got live waits up to `live_hold` for their acks -----
 
@@ -397,7 +398,7 @@ class Delivery:
                 acked.set_result(None)
             return
         if acked is not None:
-            future.add_done_callback(lambda _f: acked.done() or acked.set_result(None))
+            future.add_done_callback(lambda _f: _settle(acked))
         future.add_done_callback(lambda f: _after_store(held.sock, f, held.frame, live, rows))
 
     # -- the drain: what a socket writes before its live traffic ------------------------------------
@@ -572,3 +573,8 @@ def _rows(sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) 
         NewMessage(t.user_id, t.device_id, sock.user_id, sock.device_id, frame.message_id, envelope)
         for t in targets
     ]
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

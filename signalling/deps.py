@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 
 from signalling.errors import Unauthorized
+from signalling.protocol import MAX_INT64, ApiErrorCode
 from signalling.settings import Settings
 from signalling.tokens import TokenService
 from store import accounts
@@ -24,6 +25,12 @@ from store import tokens as refresh_tokens
 from store.models import User
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
+
+# Parameters shared by the routers, bounded so that the schema says what the store can hold (a
+# 64-bit integer column): a bigger number is a 422 naming the parameter, never a database overflow.
+UserIdPath = Annotated[int, Path(ge=1, le=MAX_INT64, description="a user's id")]
+Skip = Annotated[int, Query(ge=0, le=MAX_INT64, description="rows to skip")]
+Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -47,15 +54,16 @@ async def user_for_token(session: AsyncSession, tokens: TokenService, token: str
     claims = tokens.decode_access(token)
     user = await accounts.get(session, claims.user_id)
     if user is None:
-        raise Unauthorized("This account no longer exists.", code="account_gone")
+        raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE)
     if user.token_version != claims.version:
         raise Unauthorized(
-            "This token was revoked (logout or password change); log in again.", code="token_revoked"
+            "This token was revoked (logout or password change); log in again.",
+            code=ApiErrorCode.TOKEN_REVOKED,
         )
     if claims.family is not None and await refresh_tokens.family_revoked(session, claims.family):
         raise Unauthorized(
             "This token's session was signed out (its refresh token was used twice); log in again.",
-            code="token_revoked",
+            code=ApiErrorCode.TOKEN_REVOKED,
         )
     return user
 

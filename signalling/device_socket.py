@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
 from signalling.outbox import OutboxBudget
-from signalling.protocol import ErrorCode, ErrorFrame
+from signalling.protocol import CloseCode, ErrorCode, ErrorFrame
 
-if TYPE_CHECKING:
-    from signalling.delivery import Held
-
-CLOSE_TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
 FRAME_OVERHEAD = 64  # bytes a queued frame costs beyond its text (the Outgoing and its slot), counted too
+
+
+class CommitBarrier(Protocol):
+    """Something a `ping` must wait behind that is not yet a writer future (delivery's live hold)."""
+
+    def barrier(self) -> asyncio.Future[Any] | None: ...
 
 
 @dataclass(slots=True)
@@ -56,7 +58,7 @@ class DeviceSocket:
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=outbox_size)
         self.closing: tuple[int, str] | None = None
         # the newest send/ack handed to the writer, or the newest send held for live acks
-        self.last_commit: asyncio.Future[None] | Held | None = None
+        self.last_commit: asyncio.Future[Any] | CommitBarrier | None = None
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
         self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
@@ -68,7 +70,7 @@ class DeviceSocket:
         size = len(item.text) + FRAME_OVERHEAD
         if self.outbox.full() or not self.budget.admit(self.user_id, self.queued_bytes, size):
             self.budget.closed_too_slow += 1
-            self.close(CLOSE_TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
+            self.close(CloseCode.TOO_SLOW, "the client is not reading its frames; reconnect to fetch them")
             self.discard()
             return False
         self.outbox.put_nowait(item)
@@ -90,9 +92,19 @@ class DeviceSocket:
             self.budget.release(self.user_id, self.queued_bytes)
             self.queued_bytes = 0
 
-    def refuse(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+    def commit_barrier(self) -> asyncio.Future[Any] | None:
+        """What a `ping` now waits for: every earlier send and ack committed (None: nothing)."""
+        last = self.last_commit
+        if last is None or isinstance(last, asyncio.Future):
+            return last
+        return last.barrier()
+
+    def refuse(
+        self, code: ErrorCode, message: str, ref: str | None = None, device_id: str | None = None
+    ) -> None:
         """Answer a frame with an `error` frame; the socket stays up."""
-        self.push(Outgoing(ErrorFrame(code=code, message=message, ref=ref).model_dump_json()))
+        frame = ErrorFrame(code=code, message=message, ref=ref, device_id=device_id)
+        self.push(Outgoing(frame.model_dump_json()))
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:

@@ -25,7 +25,7 @@ from signalling import memory
 from signalling.backplane import Backplane, InProcessBackplane
 from signalling.connection import Authenticator, Connection, authenticate_socket, close_quietly
 from signalling.delivery import Delivery, accepted_json, deliver_json
-from signalling.device_socket import CLOSE_TOO_SLOW, DeviceSocket, Outgoing
+from signalling.device_socket import DeviceSocket, Outgoing
 from signalling.errors import HubAuthError, HubError
 from signalling.limits import HubLimits
 from signalling.outbox import OutboxBudget
@@ -38,7 +38,6 @@ from store.mailbox import MailboxWriter
 
 # Names other modules (routes, tests) have always imported from here.
 __all__ = [
-    "CLOSE_TOO_SLOW",
     "Authenticator",
     "DeviceSocket",
     "Hub",
@@ -198,7 +197,7 @@ class Hub:
                 ws, self._authenticate, self._engine, self.limits.auth_timeout
             )
         except HubAuthError as exc:
-            await close_quietly(ws, CloseCode.UNAUTHORIZED, str(exc))
+            await close_quietly(ws, exc.close_code, str(exc))
             return
         except WebSocketDisconnect:
             return
@@ -211,7 +210,10 @@ class Hub:
             await self.presence.device_came(user_id, device_id)
             await Connection(sock, self.limits, self._delivery).run()
         finally:
-            big = sock.queued_bytes >= _RELEASE_AFTER_BYTES or (sock.closing or (0, ""))[0] == CLOSE_TOO_SLOW
+            big = (
+                sock.queued_bytes >= _RELEASE_AFTER_BYTES
+                or (sock.closing or (0, ""))[0] == CloseCode.TOO_SLOW
+            )
             sock.discard()  # what it never read is freed now, not at the next full collection
             if big:
                 memory.release()

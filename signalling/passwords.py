@@ -13,13 +13,20 @@ The queue is short and has two lanes: checks (login, the current password of a c
 new hashes (registration, a new password), so a registration flood cannot make a login wait behind
 it; and a new hash that finds `queue` others already waiting is refused at once (`Busy`, 503 with
 Retry-After) instead of waiting for seconds. Checks may queue four times as deep.
+
+bcrypt reads at most 72 bytes. A password longer than that in UTF-8 (the contract allows 128
+characters, signalling.protocol.Password) is first reduced to the base64 of its SHA-256 (44 bytes),
+as passlib's bcrypt_sha256 does: nothing past byte 72 is silently ignored, and every password of at
+most 72 bytes — all that older servers accepted — is hashed exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -27,14 +34,26 @@ from collections.abc import AsyncIterator
 import bcrypt
 
 from signalling.errors import ApiError
+from signalling.protocol import ApiErrorCode
 
 
 class Busy(ApiError):
     status_code = 503
-    code = "busy"
+    code = ApiErrorCode.BUSY
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"Retry-After": "2"})
+
+
+BCRYPT_MAX_BYTES = 72
+
+
+def bcrypt_input(password: str) -> bytes:
+    """The bytes bcrypt sees: the password itself up to 72 bytes, else base64(SHA-256(password))."""
+    data = password.encode("utf-8")
+    if len(data) <= BCRYPT_MAX_BYTES:
+        return data
+    return base64.b64encode(hashlib.sha256(data).digest())
 
 
 def default_concurrency() -> int:
@@ -107,14 +126,11 @@ class PasswordHasher:
         self._running -= 1
 
     def _hash_blocking(self, password: str) -> bytes:
-        return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=self.rounds))
+        return bcrypt.hashpw(bcrypt_input(password), bcrypt.gensalt(rounds=self.rounds))
 
     @staticmethod
     def _check_blocking(password: str, hashed: bytes) -> bool:
-        data = password.encode("utf-8")
-        if len(data) > 72:  # bcrypt 5 raises past 72 bytes; such a password was never accepted
-            return False
         try:
-            return bcrypt.checkpw(data, hashed)
+            return bcrypt.checkpw(bcrypt_input(password), hashed)
         except ValueError:
             return False

@@ -14,13 +14,12 @@ from __future__ import annotations
 import base64
 import re
 from datetime import datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     TypeAdapter,
     field_validator,
@@ -28,16 +27,29 @@ from pydantic import (
     model_validator,
 )
 
+# The frame protocol's version. A client may name the one it speaks (`?protocol=` on /ws, or
+# `protocol` in the auth frame; absent means 1); the server closes with
+# CloseCode.UNSUPPORTED_PROTOCOL when it does not speak it, and names its own in `ready`.
 PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = frozenset({1})
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
 MESSAGE_ID_PATTERN = r"^[0-9a-f]{32}$"
 GROUP_ID_PATTERN = r"^[0-9a-f]{32}$"
-PASSWORD_MIN_BYTES = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt's hard limit; longer passwords are refused, never truncated
+# Counted in characters (as JSON Schema's minLength/maxLength count), so the published schema says
+# exactly what the server accepts. The server pre-hashes a password longer than bcrypt's 72 bytes
+# (signalling/passwords.py), so nothing is truncated and nothing accepted here is refused later.
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_CHARS = 128
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+# Every integer the store keeps is a signed 64-bit column: a larger one is refused at the door (422
+# naming the field) instead of overflowing in the database.
+MAX_INT64 = 2**63 - 1
+
+# Unpadded base64url: groups of 4, then 0, 2 or 3 characters (a length of 1 mod 4 encodes nothing).
+B64_PATTERN = r"^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$"
+_B64URL = re.compile(B64_PATTERN)
 
 
 def b64encode(data: bytes) -> str:
@@ -52,21 +64,39 @@ def b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _check_b64(value: str) -> str:
-    if not _B64URL.match(value):
-        raise ValueError("must be unpadded base64url (A-Z a-z 0-9 - _)")
-    return value
+def b64_length(size: int) -> int:
+    """Characters of the unpadded base64url form of `size` bytes."""
+    return (size * 4 + 2) // 3
 
 
-B64 = Annotated[str, Field(description="unpadded base64url bytes")]
+B64 = Annotated[str, Field(pattern=B64_PATTERN, description="unpadded base64url bytes (RFC 4648 §5, no '=')")]
 Username = Annotated[str, Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")]
-DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, hex")]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="8-64 of A-Z a-z 0-9 _ -")]
+MessageId = Annotated[str, Field(pattern=MESSAGE_ID_PATTERN, description="128-bit random id, 32 hex")]
 GroupId = Annotated[
     str, Field(pattern=GROUP_ID_PATTERN, description="128-bit random id, hex, chosen by the creating device")
 ]
 MAX_GROUP_RECORD_CHARS = 128 * 1024  # base64url of crypto.groupstate.MAX_RECORD_BYTES (64 KiB)
 MAX_GROUP_DEVICES_PER_SEND = 4096
+UserId = Annotated[int, Field(ge=1, le=MAX_INT64, description="a user's id")]
+# The server never sends mail, so an address is checked for shape only, by a rule the schema states
+# exactly: one '@', a local part of 1-64 characters, a dotted domain, no spaces or control
+# characters (C0, C1, DEL). Written without `\s`, whose meaning differs between Python, ECMA (the
+# schema's dialect) and Rust (pydantic's) regular expressions.
+_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0]"
+_EMAIL_LABEL = r"[^@.\x00-\x20\x7f-\xa0]+"
+EMAIL_PATTERN = rf"^{_EMAIL_CHAR}{{1,64}}@{_EMAIL_LABEL}(?:\.{_EMAIL_LABEL})+$"
+Email = Annotated[
+    str, Field(pattern=EMAIL_PATTERN, max_length=254, description="an e-mail address (compared lower-case)")
+]
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN_CHARS,
+        max_length=PASSWORD_MAX_CHARS,
+        description=f"{PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters",
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -79,15 +109,6 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, from_attributes=True)
 
 
-def _check_password(value: str) -> str:
-    size = len(value.encode("utf-8"))
-    if size < PASSWORD_MIN_BYTES or size > PASSWORD_MAX_BYTES:
-        raise ValueError(
-            f"password must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes in UTF-8, got {size}"
-        )
-    return value
-
-
 # --------------------------------------------------------------------------------------------------
 # Accounts and tokens
 # --------------------------------------------------------------------------------------------------
@@ -95,11 +116,9 @@ def _check_password(value: str) -> str:
 
 class UserCreate(_Model):
     username: Username
-    email: EmailStr
-    password: str
+    email: Email
+    password: Password
     public_key: str | None = Field(default=None, description="accepted for the seed's clients, unused")
-
-    _password = field_validator("password")(_check_password)
 
 
 class UserOut(_Response):
@@ -115,14 +134,9 @@ class UserMe(UserOut):
 
 
 class UserUpdate(_Model):
-    email: EmailStr | None = None
-    password: str | None = Field(default=None, description="new password; needs current_password")
+    email: Email | None = None
+    password: Password | None = Field(default=None, description="new password; needs current_password")
     current_password: str | None = None
-
-    @field_validator("password")
-    @classmethod
-    def _new_password(cls, value: str | None) -> str | None:
-        return None if value is None else _check_password(value)
 
 
 class UserPublic(_Response):
@@ -161,10 +175,25 @@ class ContactDirection(StrEnum):
 
 
 class ContactAdd(_Model):
-    """Add by id (the seed's `friend_id`) or by username; exactly one of the two."""
+    """Add by id (the seed's `friend_id`) or by username; exactly one of the two (null = not given)."""
 
-    friend_id: int | None = None
-    username: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["friend_id"], "properties": {"friend_id": {"type": "integer"}}},
+                {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            ]
+        }
+    )
+
+    friend_id: UserId | None = None
+    username: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ContactAdd:
+        if (self.friend_id is None) == (self.username is None):
+            raise ValueError("give exactly one of friend_id or username")
+        return self
 
 
 class ContactUpdate(_Model):
@@ -173,10 +202,25 @@ class ContactUpdate(_Model):
 
 
 class BlockAdd(_Model):
-    """Block someone by id or by username; exactly one of the two."""
+    """Block someone by id or by username; exactly one of the two (null = not given)."""
 
-    user_id: int | None = None
-    username: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "integer"}}},
+                {"required": ["username"], "properties": {"username": {"type": "string"}}},
+            ]
+        }
+    )
+
+    user_id: UserId | None = None
+    username: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BlockAdd:
+        if (self.user_id is None) == (self.username is None):
+            raise ValueError("give exactly one of user_id or username")
+        return self
 
 
 class BlockOut(_Response):
@@ -202,14 +246,32 @@ class ContactOut(_Response):
 # --------------------------------------------------------------------------------------------------
 
 
-class DeviceBundleIn(_Model):
-    device_id: DeviceId
-    identity_key: B64 = Field(description="Ed25519 public key, 32 raw bytes")
-    encryption_key: B64 = Field(description="RSA-4096 public key, DER SubjectPublicKeyInfo")
-    created_at: int = Field(description="unix seconds, as signed")
-    signature: B64 = Field(description="Ed25519 self-signature over the canonical bundle bytes")
+IDENTITY_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+MAX_ENCRYPTION_KEY_BYTES = 1024
 
-    _b64 = field_validator("identity_key", "encryption_key", "signature")(_check_b64)
+
+class DeviceBundleIn(_Model):
+    """A device's public bundle. Sizes are checked here (and so in the schema); the signature is
+    checked by peers against the identity key they pin, never by the server."""
+
+    device_id: DeviceId
+    identity_key: B64 = Field(
+        min_length=b64_length(IDENTITY_KEY_BYTES),
+        max_length=b64_length(IDENTITY_KEY_BYTES),
+        description=f"Ed25519 public key, {IDENTITY_KEY_BYTES} raw bytes",
+    )
+    encryption_key: B64 = Field(
+        min_length=2,
+        max_length=b64_length(MAX_ENCRYPTION_KEY_BYTES),
+        description=f"RSA-4096 public key, DER SubjectPublicKeyInfo (1 to {MAX_ENCRYPTION_KEY_BYTES} bytes)",
+    )
+    created_at: int = Field(ge=0, le=MAX_INT64, description="unix seconds, as signed")
+    signature: B64 = Field(
+        min_length=b64_length(SIGNATURE_BYTES),
+        max_length=b64_length(SIGNATURE_BYTES),
+        description=f"Ed25519 self-signature over the canonical bundle bytes ({SIGNATURE_BYTES} bytes)",
+    )
 
 
 class DeviceOut(_Response):
@@ -244,7 +306,7 @@ class IceConfig(_Response):
 
 
 class RecipientDevice(_Model):
-    user_id: int
+    user_id: UserId
     device_id: DeviceId
 
 
@@ -280,15 +342,34 @@ class GroupRole(StrEnum):
     MEMBER = "member"
 
 
+# Not blank, no control characters: one character that is neither a space nor a control one.
+GROUP_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+_GROUP_NAME = re.compile(GROUP_NAME_PATTERN)
+
+
 def _check_group_name(value: str) -> str:
-    if not value.strip() or any(ord(c) < 32 for c in value):
+    if not _GROUP_NAME.match(value) or not value.strip():
         raise ValueError("a group name must not be blank or hold control characters")
     return value
 
 
-GroupName = Annotated[str, Field(min_length=1, max_length=64)]
+GroupName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=GROUP_NAME_PATTERN,
+        description="not blank, no control characters",
+    ),
+]
 GroupRecordText = Annotated[
-    str, Field(min_length=1, max_length=MAX_GROUP_RECORD_CHARS, description="a signed membership record")
+    str,
+    Field(
+        min_length=2,
+        max_length=MAX_GROUP_RECORD_CHARS,
+        pattern=B64_PATTERN,
+        description="a signed membership record, unpadded base64url",
+    ),
 ]
 
 
@@ -297,11 +378,10 @@ class GroupCreate(_Model):
 
     group_id: GroupId
     name: GroupName
-    members: list[int] = Field(default_factory=list, max_length=999, description="accepted contacts")
+    members: list[UserId] = Field(default_factory=list, max_length=999, description="accepted contacts")
     record: GroupRecordText
 
     _name = field_validator("name")(_check_group_name)
-    _b64 = field_validator("record")(_check_b64)
 
 
 class GroupChange(_Model):
@@ -311,8 +391,6 @@ class GroupChange(_Model):
     record: GroupRecordText
     version: int = Field(ge=1, le=2**31 - 1)
 
-    _b64 = field_validator("record")(_check_b64)
-
 
 class GroupRename(GroupChange):
     name: GroupName
@@ -321,11 +399,11 @@ class GroupRename(GroupChange):
 
 
 class GroupMembersChange(GroupChange):
-    user_ids: list[int] = Field(min_length=1, max_length=1000)
+    user_ids: list[UserId] = Field(min_length=1, max_length=1000)
 
 
 class GroupPromote(GroupChange):
-    user_id: int
+    user_id: UserId
 
 
 class GroupOut(_Response):
@@ -358,16 +436,89 @@ class GroupSummary(_Response):
     role: GroupRole
 
 
+class ApiErrorCode(StrEnum):
+    """Stable `code` values of every REST error (ErrorBody); `detail` beside it says the specifics."""
+
+    # generic, by HTTP status
+    BAD_REQUEST = "bad_request"  # 400: the body could not be parsed at all
+    UNAUTHORIZED = "unauthorized"  # 401: no bearer token
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    INVALID = "invalid"  # 422: a field is wrong; `field` names it
+    RATE_LIMITED = "rate_limited"  # 429, with Retry-After
+    INTERNAL = "internal"
+    DATABASE_UNAVAILABLE = "database_unavailable"  # 503 from /health
+    # accounts and tokens
+    BAD_CREDENTIALS = "bad_credentials"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - a code word, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105
+    INVALID_REFRESH = "invalid_refresh"
+    REFRESH_REUSED = "refresh_reused"
+    ACCOUNT_GONE = "account_gone"
+    USERNAME_TAKEN = "username_taken"
+    EMAIL_TAKEN = "email_taken"
+    CURRENT_PASSWORD_REQUIRED = "current_password_required"  # noqa: S105
+    WRONG_PASSWORD = "wrong_password"  # noqa: S105
+    USER_NOT_FOUND = "user_not_found"
+    # contacts
+    SELF_CONTACT = "self_contact"
+    DUPLICATE = "duplicate"
+    NO_REQUEST = "no_request"
+    NOT_A_CONTACT = "not_a_contact"
+    # devices, mailbox, blobs
+    DEVICE_TAKEN = "device_taken"
+    TOO_MANY_DEVICES = "too_many_devices"
+    DEVICE_NOT_FOUND = "device_not_found"
+    UNKNOWN_DEVICE = "unknown_device"
+    QUOTA = "quota"
+    STORAGE_FULL = "storage_full"  # 507: the server's disk is at its floor
+    BUSY = "busy"  # 503 with Retry-After: too many password hashes queued
+    MALFORMED = "malformed"  # a field's bytes are not what they must be (e.g. not base64url)
+    # blocks
+    BLOCKED = "blocked"
+    SELF_BLOCK = "self_block"
+    ALREADY_BLOCKED = "already_blocked"
+    NOT_BLOCKED = "not_blocked"
+    # groups
+    NOT_A_MEMBER = "not_a_member"
+    NOT_AN_ADMIN = "not_an_admin"
+    REMOVE_SELF = "remove_self"
+    STALE_VERSION = "stale_version"
+    GROUP_ID_TAKEN = "group_id_taken"
+    GROUP_FULL = "group_full"
+    ALREADY = "already"
+
+
 class ErrorBody(_Response):
-    """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program."""
+    """Every REST error: `detail` is a sentence for a person, `code` a stable word for a program,
+    `field` the request field at fault (dotted, e.g. `recipients.0.device_id`) when one is."""
 
     detail: str
-    code: str | None = None
+    code: ApiErrorCode
+    field: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
 # WebSocket frames: a discriminated union on `type`
 # --------------------------------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """Stable `code` values of ErrorFrame; the message beside each says the specifics."""
+
+    MALFORMED = "malformed"  # not JSON, or fails validation
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_A_CONTACT = "not_a_contact"
+    UNKNOWN_DEVICE = "unknown_device"
+    QUOTA = "quota"
+    NOT_A_MEMBER = "not_a_member"
+    DUPLICATE = "duplicate"
+    INTERNAL = "internal"
 
 
 class SignalKind(StrEnum):
@@ -381,8 +532,9 @@ class AuthFrame(_Model):
     """First frame for clients that cannot set an Authorization header (browsers)."""
 
     type: Literal["auth"] = "auth"
-    token: str
+    token: str = Field(description="an access token from POST /token")
     device_id: DeviceId
+    protocol: int = Field(default=1, ge=1, le=MAX_INT64, description="the frame protocol version spoken")
 
 
 class SignalFrame(_Model):
@@ -394,31 +546,34 @@ class SignalFrame(_Model):
 
     type: Literal["signal"] = "signal"
     kind: SignalKind
-    to_user: int
+    to_user: UserId = Field(description="the user whose device this is for")
     to_device: DeviceId
-    from_user: int | None = None
-    from_device: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
+    from_user: int | None = Field(default=None, description="filled in by the server")
+    from_device: str | None = Field(default=None, description="filled in by the server")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="opaque to the server; PeerPost peers sign it (docs/protocol.md, Signalling)",
+    )
 
 
 class SendFrame(_Model):
     """One envelope for one or more devices. `ref` pairs the `accepted` or `error` answer."""
 
     type: Literal["send"] = "send"
-    ref: str = Field(max_length=64)
-    message_id: MessageId
-    envelope: B64
-    recipients: list[RecipientDevice] = Field(min_length=1, max_length=256)
-
-    _b64 = field_validator("envelope")(_check_b64)
+    ref: str = Field(max_length=64, description="the client's tag, echoed in `accepted` or `error`")
+    message_id: MessageId = Field(description="must equal the envelope header's message_id")
+    envelope: B64 = Field(description="the sealed envelope (docs/protocol.md), unpadded base64url")
+    recipients: list[RecipientDevice] = Field(
+        min_length=1, max_length=256, description="every device it is for, distinct"
+    )
 
 
 class AcceptedFrame(_Model):
     """Sent only after every stored row is committed: from here on the server owns delivery."""
 
     type: Literal["accepted"] = "accepted"
-    ref: str
-    message_id: str
+    ref: str = Field(description="the `send`'s ref")
+    message_id: str = Field(description="the `send`'s message_id")
     live: list[str] = Field(default_factory=list, description="device ids it was pushed to now")
     queued: list[str] = Field(default_factory=list, description="device ids it was stored for")
     full: list[str] = Field(
@@ -441,8 +596,6 @@ class GroupSendFrame(_Model):
     envelope: B64
     devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=MAX_GROUP_DEVICES_PER_SEND)
 
-    _b64 = field_validator("envelope")(_check_b64)
-
 
 class AcceptedBatchFrame(_Model):
     """Several `accepted` answers in one frame, in the order they would have come one by one.
@@ -457,13 +610,15 @@ class AcceptedBatchFrame(_Model):
 
 
 class DeliverFrame(_Model):
+    """An envelope for this device: live, or from the mailbox during the drain. Ack it once saved."""
+
     type: Literal["deliver"] = "deliver"
-    message_id: str
-    sender_user: int
-    sender_device: str
-    envelope: B64
+    message_id: str = Field(description="the sender's `send` message_id; ack this id")
+    sender_user: int = Field(description="who sent it, as the server authenticated them")
+    sender_device: str = Field(description="the sending device, as the server authenticated it")
+    envelope: B64 = Field(description="the envelope exactly as sent")
     queued: bool = Field(description="true when it comes out of the mailbox")
-    queued_at: datetime | None = None
+    queued_at: datetime | None = Field(default=None, description="when the mailbox stored it (queued only)")
     group_id: str | None = Field(default=None, description="set for a group message (a group_send)")
 
 
@@ -491,7 +646,7 @@ class AckFrame(_Model):
 
     @model_serializer(mode="wrap")
     def _without_unset_ids(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         for key in ("message_id", "message_ids"):
             if data.get(key) is None:
                 data.pop(key, None)
@@ -504,9 +659,11 @@ class AckFrame(_Model):
 
 
 class PresenceFrame(_Model):
+    """A contact's device (or the contact) came online or went away (after a short grace)."""
+
     type: Literal["presence"] = "presence"
-    user_id: int
-    device_id: str | None = None
+    user_id: int = Field(description="an accepted contact (or you, for your other devices)")
+    device_id: str | None = Field(default=None, description="the device; null: the user as a whole")
     online: bool
     last_seen: datetime | None = None
 
@@ -579,12 +736,13 @@ class GroupsFrame(_Model):
 
 
 class ReadyFrame(_Model):
-    """After auth: who the socket is, and how many mailbox rows will follow."""
+    """After auth: who the socket is, how many mailbox rows will follow, the protocol it speaks."""
 
     type: Literal["ready"] = "ready"
-    user_id: int
-    device_id: str
-    pending: int
+    user_id: int = Field(description="who the token belongs to")
+    device_id: str = Field(description="this socket's device")
+    pending: int = Field(description="mailbox rows that the drain will push before `drained`")
+    protocol: int = Field(default=PROTOCOL_VERSION, description="the frame protocol the server speaks")
 
 
 class DrainedFrame(_Model):
@@ -594,18 +752,27 @@ class DrainedFrame(_Model):
 
 
 class ErrorFrame(_Model):
+    """A frame the server did not act on; the socket stays up. `ref` is the refused `send`'s ref;
+    `device_id` names the device at fault when there is one (`unknown_device`: a signal or send to a
+    device that is not connected, not active, or not the named user's)."""
+
     type: Literal["error"] = "error"
-    code: str
-    message: str
-    ref: str | None = None
+    code: ErrorCode
+    message: str = Field(description="what was wrong, for a person")
+    ref: str | None = Field(default=None, description="the refused `send`'s ref (null for other frames)")
+    device_id: str | None = Field(default=None, description="the device at fault, when there is one")
 
 
 class PingFrame(_Model):
+    """Keep-alive and barrier: answered `pong` after every earlier send and ack is committed."""
+
     type: Literal["ping"] = "ping"
-    nonce: str | None = Field(default=None, max_length=64)
+    nonce: str | None = Field(default=None, max_length=64, description="echoed in the `pong`")
 
 
 class PongFrame(_Model):
+    """The answer to a `ping`, with its nonce."""
+
     type: Literal["pong"] = "pong"
     nonce: str | None = None
 
@@ -634,25 +801,13 @@ CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 SERVER_FRAME: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
 
 
-class ErrorCode(StrEnum):
-    """Stable `code` values of ErrorFrame; the message beside each says the specifics."""
+class CloseCode(IntEnum):
+    """WebSocket close codes the hub uses (4000-4999 are ours; the reason text says the specifics)."""
 
-    MALFORMED = "malformed"  # not JSON, or fails validation
-    TOO_LARGE = "too_large"
-    UNAUTHORIZED = "unauthorized"
-    NOT_A_CONTACT = "not_a_contact"
-    UNKNOWN_DEVICE = "unknown_device"
-    QUOTA = "quota"
-    NOT_A_MEMBER = "not_a_member"
-    DUPLICATE = "duplicate"
-    INTERNAL = "internal"
-
-
-class CloseCode:
-    """WebSocket close codes the hub uses (4000-4999 are ours)."""
-
+    SERVER_SHUTDOWN = 1001
+    TOO_SLOW = 1013  # "try again later": the client stopped reading; it reconnects and drains
     UNAUTHORIZED = 4401
     REPLACED = 4409  # another socket for the same device took over
-    ACCOUNT_GONE = 4410  # logged out or deleted
+    ACCOUNT_GONE = 4410  # logged out, deleted, or this device revoked
+    UNSUPPORTED_PROTOCOL = 4426  # the client named a protocol version this server does not speak
     RATE_LIMITED = 4429
-    SERVER_SHUTDOWN = 1001

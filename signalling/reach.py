@@ -37,12 +37,16 @@ class Reach:
             async with self._engine.connect() as conn:
                 found = await device_owner(conn, device_id)
             if found is None or not found.active:
-                raise FrameRefused(ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}")
+                raise FrameRefused(
+                    ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}", device_id=device_id
+                )
             owner = found.user_id
             self._remember_owner(device_id, owner)
         if owner != user_id:
             raise FrameRefused(
-                ErrorCode.UNKNOWN_DEVICE, f"device {device_id} does not belong to user {user_id}"
+                ErrorCode.UNKNOWN_DEVICE,
+                f"device {device_id} does not belong to user {user_id}",
+                device_id=device_id,
             )
         if user_id == sender or self._are_contacts(sender, user_id):
             return

@@ -23,6 +23,7 @@ from pathlib import Path
 from jose import JWTError, jwt
 
 from signalling.errors import Unauthorized
+from signalling.protocol import ApiErrorCode
 
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name, not a secret
@@ -92,7 +93,7 @@ class TokenService:
                 "The access token has expired; refresh it or log in again."
                 if expired
                 else "The access token is not valid.",
-                code="token_expired" if expired else "invalid_token",
+                code=ApiErrorCode.TOKEN_EXPIRED if expired else ApiErrorCode.INVALID_TOKEN,
             ) from exc
         try:
             if claims.get("typ") != "access":
@@ -105,7 +106,7 @@ class TokenService:
                 family=str(claims["fam"]) if claims.get("fam") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise Unauthorized("The access token is not valid.", code="invalid_token") from exc
+            raise Unauthorized("The access token is not valid.", code=ApiErrorCode.INVALID_TOKEN) from exc
 
     @staticmethod
     def new_refresh_token() -> str:

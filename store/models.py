@@ -11,7 +11,6 @@ ciphertext envelopes. No column ever holds a message's plaintext.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -76,7 +75,7 @@ class User(Base):
     __tablename__ = "users"
     # Never hand a deleted account's id to a new one: access tokens name the user by id, and SQLite
     # without AUTOINCREMENT reuses the highest rowid after a delete. (PostgreSQL sequences never do.)
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(32), unique=True)

@@ -20,8 +20,9 @@ from fastapi import APIRouter, FastAPI, Query, Request, status
 from fastapi.responses import FileResponse
 
 from signalling.deps import CurrentUser
-from signalling.errors import ApiError, BadRequest, Forbidden, NotFound
-from signalling.protocol import GROUP_ID_PATTERN, BlobOut
+from signalling.errors import ApiError, Forbidden, NotFound, PayloadTooLarge
+from signalling.openapi import errors
+from signalling.protocol import GROUP_ID_PATTERN, ApiErrorCode, BlobOut
 from signalling.settings import Settings
 from store import groups as group_store
 from store import reach
@@ -32,14 +33,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/blobs", tags=["blobs"])
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "too_large"
-
-
 class InsufficientStorage(ApiError):
     status_code = 507
-    code = "storage_full"
+    code = ApiErrorCode.STORAGE_FULL
 
 
 @asynccontextmanager
@@ -75,30 +71,54 @@ async def _purge_periodically(store: BlobStore, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def _parse_readers(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise BadRequest("readers must be user ids separated by commas, e.g. readers=2,5") from exc
+# User ids (1 to 18 digits, so always within the store's 64-bit column) separated by commas.
+READERS_PATTERN = r"^(?:[1-9][0-9]{0,17}(?:,[1-9][0-9]{0,17})*)?$"
+MAX_READERS_CHARS = 4096
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=BlobOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BlobOut,
+    summary="Upload an encrypted file (the raw body) for yourself and the named readers",
+    openapi_extra={
+        "requestBody": {
+            "required": False,  # an empty body is an empty blob
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses=errors(
+        e403="A reader is not an accepted contact of yours nor in a group with you (`not_a_contact`).",
+        e404="`group` is not a group of yours (`not_a_member`).",
+        e413="Over the blob size limit (`too_large`) or your quota (`quota`).",
+        e507="The server's disk is at its floor (`storage_full`).",
+    ),
+)
 async def upload_blob(
     request: Request,
     user: CurrentUser,
-    readers: Annotated[str, Query(description="user ids who may download it, comma-separated")] = "",
+    readers: Annotated[
+        str,
+        Query(
+            pattern=READERS_PATTERN,
+            max_length=MAX_READERS_CHARS,
+            description="user ids who may download it, comma-separated, e.g. `2,5`",
+        ),
+    ] = "",
     group: Annotated[
         str | None,
         Query(pattern=GROUP_ID_PATTERN, description="a group of yours: every member may download it"),
     ] = None,
 ) -> BlobOut:
     store: BlobStore = request.app.state.blobs
-    reader_ids = _parse_readers(readers)
+    reader_ids = [int(part) for part in readers.split(",") if part]
     members: list[int] = []
     async with request.app.state.engine.connect() as conn:
         if group is not None:
             if await group_store.is_member(conn, group, user.id) is None:
-                raise NotFound(f"There is no group {group} that you are a member of.", code="not_a_member")
+                raise NotFound(
+                    f"There is no group {group} that you are a member of.", code=ApiErrorCode.NOT_A_MEMBER
+                )
             # Stored once, readable by every member (and so by each of their devices).
             members = await group_store.user_ids_of(conn, group)
         for reader in set(reader_ids) - {user.id} - set(members):
@@ -108,7 +128,7 @@ async def upload_blob(
             ):
                 raise Forbidden(
                     f"User {reader} is not an accepted contact of yours nor in a group with you.",
-                    code="not_a_contact",
+                    code=ApiErrorCode.NOT_A_CONTACT,
                 )
     declared = request.headers.get("content-length")
     try:
@@ -121,13 +141,25 @@ async def upload_blob(
     except BlobTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
     except BlobQuotaExceeded as exc:
-        raise PayloadTooLarge(str(exc), code="quota") from exc
+        raise PayloadTooLarge(str(exc), code=ApiErrorCode.QUOTA) from exc
     except StorageFull as exc:
-        raise InsufficientStorage(str(exc), code="storage_full") from exc
+        raise InsufficientStorage(str(exc), code=ApiErrorCode.STORAGE_FULL) from exc
     return BlobOut(blob_id=info.blob_id, size=info.size, sha256=info.sha256, created_at=info.created_at)
 
 
-@router.get("/{blob_id}", response_class=FileResponse)
+@router.get(
+    "/{blob_id}",
+    response_class=FileResponse,
+    summary="Download a blob you uploaded or were named a reader of",
+    responses={
+        200: {
+            "description": "The encrypted bytes as uploaded.",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {"X-Blob-Sha256": {"description": "hex SHA-256", "schema": {"type": "string"}}},
+        },
+        **errors(e404="No blob with this id that you may read."),
+    },
+)
 async def download_blob(request: Request, user: CurrentUser, blob_id: str) -> FileResponse:
     store: BlobStore = request.app.state.blobs
     try:
@@ -137,7 +169,12 @@ async def download_blob(request: Request, user: CurrentUser, blob_id: str) -> Fi
     return FileResponse(path, media_type="application/octet-stream", headers={"X-Blob-Sha256": info.sha256})
 
 
-@router.delete("/{blob_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{blob_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a blob you uploaded",
+    responses=errors(e404="You have no blob with this id."),
+)
 async def delete_blob(request: Request, user: CurrentUser, blob_id: str) -> None:
     store: BlobStore = request.app.state.blobs
     try:

@@ -10,23 +10,19 @@ contact frames, so every device's list follows.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from signalling.contact_news import Who
-from signalling.deps import CurrentUser, Session
+from signalling.deps import CurrentUser, Limit, Session, Skip, UserIdPath
 from signalling.errors import BadRequest, Conflict, Invalid, NotFound
-from signalling.protocol import BlockAdd, BlockOut, ContactEvent, ContactFrame
+from signalling.openapi import errors
+from signalling.protocol import ApiErrorCode, BlockAdd, BlockOut, ContactEvent, ContactFrame
 from store import accounts
 from store import blocks as block_store
 from store import contacts as contact_store
 from store.errors import NotFound as StoreNotFound
 
 router = APIRouter(prefix="/me/blocks", tags=["contacts"])
-
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
-Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
 async def _push(request: Request, user_id: int, frame: ContactFrame) -> None:
@@ -42,11 +38,11 @@ async def _push(request: Request, user_id: int, frame: ContactFrame) -> None:
     status_code=status.HTTP_201_CREATED,
     summary="Block someone (by user_id or username): ends the contact, hides their requests, "
     "refuses their messages, signals and presence",
-    responses={
-        400: {"description": "yourself"},
-        404: {"description": "no such user"},
-        409: {"description": "blocked already"},
-    },
+    responses=errors(
+        e400="Yourself (`self_block`).",
+        e404="No such user (`user_not_found`).",
+        e409="Blocked already (`already_blocked`).",
+    ),
 )
 async def block(body: BlockAdd, user: CurrentUser, request: Request, session: Session) -> BlockOut:
     if (body.user_id is None) == (body.username is None):
@@ -57,15 +53,17 @@ async def block(body: BlockAdd, user: CurrentUser, request: Request, session: Se
         else await accounts.get_by_username(session, body.username or "")
     )
     if other is None:
-        raise NotFound("There is no such user.", code="user_not_found")
+        raise NotFound("There is no such user.", code=ApiErrorCode.USER_NOT_FOUND)
     if other.id == user.id:
-        raise BadRequest("You cannot block yourself.", code="self_block")
+        raise BadRequest("You cannot block yourself.", code=ApiErrorCode.SELF_BLOCK)
     me, them = Who(user.id, user.username), Who(other.id, other.username)
     had_row = await contact_store.view_of(session, them.id, me.id) is not None
     try:
         row = await block_store.block(session, me.id, them.id)
     except block_store.AlreadyBlocked as exc:
-        raise Conflict(f"You have blocked {them.username} already.", code="already_blocked") from exc
+        raise Conflict(
+            f"You have blocked {them.username} already.", code=ApiErrorCode.ALREADY_BLOCKED
+        ) from exc
     await session.commit()
     request.app.state.hub.forget_reach()  # the hub refuses their frames from now on
     await _push(
@@ -89,17 +87,17 @@ async def list_blocks(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:int}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Lift a block (the contact is not restored: ask again if you want it)",
-    responses={404: {"description": "not blocked"}},
+    responses=errors(e404="You have not blocked that user (`not_blocked`)."),
 )
-async def unblock(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
+async def unblock(user_id: UserIdPath, user: CurrentUser, request: Request, session: Session) -> Response:
     me_id = user.id
     try:
         await block_store.unblock(session, me_id, user_id)
     except StoreNotFound as exc:
-        raise NotFound(f"You have not blocked user {user_id}.", code="not_blocked") from exc
+        raise NotFound(f"You have not blocked user {user_id}.", code=ApiErrorCode.NOT_BLOCKED) from exc
     await session.commit()
     other = await accounts.get(session, user_id)
     if other is not None:

@@ -14,10 +14,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from signalling.contact_news import Person, Who, contact_out, tell_both
-from signalling.deps import CurrentUser, Session
-from signalling.errors import BadRequest, Conflict, Invalid, NotFound, TooManyRequests
+from signalling.deps import CurrentUser, Limit, Session, Skip, UserIdPath
+from signalling.errors import Conflict, NotFound, TooManyRequests
+from signalling.openapi import errors
 from signalling.presence import PresenceView
-from signalling.protocol import ContactAdd, ContactEvent, ContactOut, ContactStatus, ContactUpdate
+from signalling.protocol import (
+    ApiErrorCode,
+    ContactAdd,
+    ContactEvent,
+    ContactOut,
+    ContactStatus,
+    ContactUpdate,
+)
 from store import accounts
 from store import blocks as block_store
 from store import contacts as contact_store
@@ -27,9 +35,6 @@ from store.errors import NotFound as StoreNotFound
 from store.models import utcnow
 
 router = APIRouter(prefix="/me/contacts", tags=["contacts"])
-
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
-Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
 def _presence(request: Request) -> PresenceView:
@@ -55,15 +60,12 @@ async def _outs(request: Request, views: list[ContactView]) -> list[ContactOut]:
     response_model=ContactOut,
     status_code=status.HTTP_201_CREATED,
     summary="Ask someone to be a contact, by friend_id or username (accepts at once if they asked you)",
-    responses={
-        400: {"description": "yourself"},
-        404: {"description": "no such user"},
-        409: {"description": "already asked or already a contact"},
-    },
+    responses=errors(
+        e404="No user has this id or name (`user_not_found`).",
+        e409="Already asked, or already a contact (`duplicate`), or you named yourself (`self_contact`).",
+    ),
 )
 async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, session: Session) -> ContactOut:
-    if (body.friend_id is None) == (body.username is None):
-        raise Invalid("Invalid request: give exactly one of friend_id or username.")
     if body.friend_id is not None:
         friend = await accounts.get(session, body.friend_id)
         who = f"id {body.friend_id}"
@@ -71,11 +73,11 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
         friend = await accounts.get_by_username(session, body.username or "")
         who = f"name '{body.username}'"
     if (friend is not None and friend.id == user.id) or body.friend_id == user.id:
-        raise BadRequest("You cannot add yourself as a contact.", code="self_contact")
+        raise Conflict("You cannot add yourself as a contact.", code=ApiErrorCode.SELF_CONTACT)
     if friend is None:
-        raise NotFound(f"There is no user with {who}.", code="user_not_found")
+        raise NotFound(f"There is no user with {who}.", code=ApiErrorCode.USER_NOT_FOUND)
     if await block_store.is_blocked(session, user.id, friend.id):
-        raise Conflict(f"You have blocked {friend.username}; unblock them first.", code="blocked")
+        raise Conflict(f"You have blocked {friend.username}; unblock them first.", code=ApiErrorCode.BLOCKED)
     until = await block_store.cooldown_until(session, user.id, friend.id)
     if until is not None:
         wait = (until - utcnow()).total_seconds()
@@ -89,7 +91,7 @@ async def add_contact(body: ContactAdd, user: CurrentUser, request: Request, ses
         view = await contact_store.add(session, user.id, friend.id)
     except DuplicateContact as exc:
         raise Conflict(
-            f"{friend.username} is already in your contacts or has your request.", code="duplicate"
+            f"{friend.username} is already in your contacts or has your request.", code=ApiErrorCode.DUPLICATE
         ) from exc
     await session.commit()
     out = (await _outs(request, [view]))[0]
@@ -133,18 +135,20 @@ async def outgoing(
 
 
 @router.post(
-    "/{user_id}/accept",
+    "/{user_id:int}/accept",
     response_model=ContactOut,
     summary="Accept the request from user_id",
-    responses={404: {"description": "no pending request from that user"}},
+    responses=errors(e404="No pending request from that user (`no_request`)."),
 )
-async def accept(user_id: int, user: CurrentUser, request: Request, session: Session) -> ContactOut:
+async def accept(user_id: UserIdPath, user: CurrentUser, request: Request, session: Session) -> ContactOut:
     if await block_store.is_blocked(session, user.id, user_id):  # their requests are hidden from you
-        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request")
+        raise NotFound(f"There is no pending request from user {user_id}.", code=ApiErrorCode.NO_REQUEST)
     try:
         view = await contact_store.accept(session, user.id, user_id)
     except StoreNotFound as exc:
-        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
+        raise NotFound(
+            f"There is no pending request from user {user_id}.", code=ApiErrorCode.NO_REQUEST
+        ) from exc
     await session.commit()
     out = (await _outs(request, [view]))[0]
     await _tell(request, session, ContactEvent.ACCEPTED, user, view.other)
@@ -152,18 +156,20 @@ async def accept(user_id: int, user: CurrentUser, request: Request, session: Ses
 
 
 @router.post(
-    "/{user_id}/decline",
+    "/{user_id:int}/decline",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Decline the request from user_id",
-    responses={404: {"description": "no pending request from that user"}},
+    responses=errors(e404="No pending request from that user (`no_request`)."),
 )
-async def decline(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
+async def decline(user_id: UserIdPath, user: CurrentUser, request: Request, session: Session) -> Response:
     if await block_store.is_blocked(session, user.id, user_id):
-        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request")
+        raise NotFound(f"There is no pending request from user {user_id}.", code=ApiErrorCode.NO_REQUEST)
     try:
         await contact_store.decline(session, user.id, user_id)
     except StoreNotFound as exc:
-        raise NotFound(f"There is no pending request from user {user_id}.", code="no_request") from exc
+        raise NotFound(
+            f"There is no pending request from user {user_id}.", code=ApiErrorCode.NO_REQUEST
+        ) from exc
     cooldown = timedelta(seconds=request.app.state.settings.contact_decline_cooldown_seconds)
     await block_store.start_cooldown(session, user_id, user.id, cooldown)  # survives a deleted row
     await session.commit()
@@ -174,19 +180,19 @@ async def decline(user_id: int, user: CurrentUser, request: Request, session: Se
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:int}",
     response_model=ContactOut,
     summary="Set your group and/or remark for a contact (null clears)",
-    responses={404: {"description": "not in your contacts"}},
+    responses=errors(e404="That user is not in your contacts (`not_a_contact`)."),
 )
 async def update_contact(
-    user_id: int, body: ContactUpdate, user: CurrentUser, request: Request, session: Session
+    user_id: UserIdPath, body: ContactUpdate, user: CurrentUser, request: Request, session: Session
 ) -> ContactOut:
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     try:
         view = await contact_store.update_labels(session, user.id, user_id, **changes)
     except StoreNotFound as exc:
-        raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
+        raise NotFound(f"User {user_id} is not in your contacts.", code=ApiErrorCode.NOT_A_CONTACT) from exc
     await session.commit()
     out = (await _outs(request, [view]))[0]
     await _tell(request, session, ContactEvent.UPDATED, user, view.other)
@@ -194,17 +200,19 @@ async def update_contact(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:int}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Remove a contact (both directions), or withdraw a request",
-    responses={404: {"description": "not in your contacts"}},
+    responses=errors(e404="That user is not in your contacts (`not_a_contact`)."),
 )
-async def remove_contact(user_id: int, user: CurrentUser, request: Request, session: Session) -> Response:
+async def remove_contact(
+    user_id: UserIdPath, user: CurrentUser, request: Request, session: Session
+) -> Response:
     me = Who(user.id, user.username)  # the delete expires the session's rows, `user` among them
     try:
         await contact_store.remove(session, user.id, user_id)
     except StoreNotFound as exc:
-        raise NotFound(f"User {user_id} is not in your contacts.", code="not_a_contact") from exc
+        raise NotFound(f"User {user_id} is not in your contacts.", code=ApiErrorCode.NOT_A_CONTACT) from exc
     await session.commit()
     request.app.state.hub.forget_reach()  # the hub stops relaying between the two at once
     other = await accounts.get(session, user_id)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from signalling.deps import CurrentUser, Session
-from signalling.errors import Conflict, Invalid, NotFound
-from signalling.protocol import CloseCode, DeviceBundleIn, DeviceOut, b64decode, b64encode
+from signalling.deps import CurrentUser, Session, UserIdPath
+from signalling.errors import Conflict, NotFound
+from signalling.openapi import errors
+from signalling.protocol import ApiErrorCode, CloseCode, DeviceBundleIn, DeviceOut, b64decode, b64encode
 from store import accounts
 from store import devices as device_store
 from store.devices import Bundle
@@ -19,10 +20,6 @@ from store.errors import NotFound as StoreNotFound
 from store.models import Device
 
 router = APIRouter(tags=["devices"])
-
-IDENTITY_KEY_BYTES = 32
-SIGNATURE_BYTES = 64
-MAX_ENCRYPTION_KEY_BYTES = 1024
 
 
 def device_out(device: Device) -> DeviceOut:
@@ -38,20 +35,14 @@ def device_out(device: Device) -> DeviceOut:
 
 
 def _bundle(body: DeviceBundleIn) -> Bundle:
-    identity_key = b64decode(body.identity_key)
-    encryption_key = b64decode(body.encryption_key)
-    signature = b64decode(body.signature)
-    if len(identity_key) != IDENTITY_KEY_BYTES:
-        raise Invalid(f"identity_key must be {IDENTITY_KEY_BYTES} bytes (Ed25519), got {len(identity_key)}.")
-    if not 0 < len(encryption_key) <= MAX_ENCRYPTION_KEY_BYTES:
-        raise Invalid(
-            f"encryption_key must be 1 to {MAX_ENCRYPTION_KEY_BYTES} bytes of DER, got {len(encryption_key)}."
-        )
-    if len(signature) != SIGNATURE_BYTES:
-        raise Invalid(f"signature must be {SIGNATURE_BYTES} bytes (Ed25519), got {len(signature)}.")
-    if body.created_at < 0:
-        raise Invalid("created_at must be unix seconds (not negative).")
-    return Bundle(body.device_id, identity_key, encryption_key, signature, body.created_at)
+    """The sizes and encodings are the model's (and so the schema's): here they only decode."""
+    return Bundle(
+        body.device_id,
+        b64decode(body.identity_key),
+        b64decode(body.encryption_key),
+        b64decode(body.signature),
+        body.created_at,
+    )
 
 
 @router.post(
@@ -59,7 +50,10 @@ def _bundle(body: DeviceBundleIn) -> Bundle:
     response_model=DeviceOut,
     status_code=status.HTTP_201_CREATED,
     summary="Publish this device's key bundle (publishing the same bundle again answers 200)",
-    responses={409: {"description": "device id taken or revoked, or too many devices"}},
+    responses={
+        200: {"model": DeviceOut, "description": "This exact bundle was already published."},
+        **errors(e409="The device id is taken or was revoked (`device_taken`), or too many devices."),
+    },
 )
 async def publish(
     body: DeviceBundleIn, user: CurrentUser, request: Request, response: Response, session: Session
@@ -72,11 +66,12 @@ async def publish(
     except DeviceIdTaken as exc:
         raise Conflict(
             f"The device id '{body.device_id}' is already used (or was revoked); make a new device id.",
-            code="device_taken",
+            code=ApiErrorCode.DEVICE_TAKEN,
         ) from exc
     except TooManyDevices as exc:
         raise Conflict(
-            "This account has the most active devices allowed; revoke one first.", code="too_many_devices"
+            "This account has the most active devices allowed; revoke one first.",
+            code=ApiErrorCode.TOO_MANY_DEVICES,
         ) from exc
     await session.commit()
     if not created:
@@ -85,14 +80,14 @@ async def publish(
 
 
 @router.get(
-    "/users/{user_id}/devices",
+    "/users/{user_id:int}/devices",
     response_model=list[DeviceOut],
     summary="A user's active (not revoked) device bundles",
-    responses={404: {"description": "no such user"}},
+    responses=errors(e404="No user has this id (`user_not_found`)."),
 )
-async def list_devices(user_id: int, _user: CurrentUser, session: Session) -> list[DeviceOut]:
+async def list_devices(user_id: UserIdPath, _user: CurrentUser, session: Session) -> list[DeviceOut]:
     if await accounts.get(session, user_id) is None:
-        raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
+        raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
     return [device_out(d) for d in await device_store.list_active(session, user_id)]
 
 
@@ -100,14 +95,16 @@ async def list_devices(user_id: int, _user: CurrentUser, session: Session) -> li
     "/me/devices/{device_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Revoke one of your devices (its queued messages are dropped, its socket closed)",
-    responses={404: {"description": "no active device of yours with that id"}},
+    responses=errors(e404="You have no active device with that id (`device_not_found`)."),
 )
 async def revoke(device_id: str, user: CurrentUser, request: Request, session: Session) -> Response:
     user_id = user.id
     try:
         await device_store.revoke(session, user_id, device_id)
     except StoreNotFound as exc:
-        raise NotFound(f"You have no active device '{device_id}'.", code="device_not_found") from exc
+        raise NotFound(
+            f"You have no active device '{device_id}'.", code=ApiErrorCode.DEVICE_NOT_FOUND
+        ) from exc
     await session.commit()
     await request.app.state.hub.disconnect_device(
         user_id, device_id, CloseCode.ACCOUNT_GONE, "device revoked"

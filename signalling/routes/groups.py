@@ -13,10 +13,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from signalling.deps import CurrentUser, Session
+from signalling.deps import CurrentUser, Session, Skip
 from signalling.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from signalling.group_news import group_out, tell_members
+from signalling.openapi import errors
 from signalling.protocol import (
+    ApiErrorCode,
     GroupChange,
     GroupCreate,
     GroupEvent,
@@ -36,14 +38,23 @@ from store import groups as group_store
 from store.errors import StoreError
 from store.groups import Change
 
-router = APIRouter(prefix="/groups", tags=["groups"])
-
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
+router = APIRouter(
+    prefix="/groups",
+    tags=["groups"],
+    responses=errors(
+        e400="A record that is not base64url (`malformed`), or removing yourself (`remove_self`).",
+        e403="Not an admin (`not_an_admin`), or a member who is not your accepted contact (`not_a_contact`).",
+        e404="No such group of yours (`not_a_member`).",
+        e409="A stale `version` (`stale_version`), a taken id (`group_id_taken`), already done (`already`),\n"
+        "or the named users are not members (`not_a_member`).",
+        e413="Too many members or groups (`group_full`).",
+    ),
+)
 
 
 class GroupTooLarge(ApiError):
     status_code = 413
-    code = "group_full"
+    code = ApiErrorCode.GROUP_FULL
 
 
 def _settings(request: Request) -> Settings:
@@ -53,22 +64,24 @@ def _settings(request: Request) -> Settings:
 def _translate(exc: StoreError) -> ApiError:
     """The store's refusals in words for a person, with a stable code for a program."""
     text = str(exc)
-    if isinstance(exc, group_store.GroupNotFound | group_store.NotMembers):
-        return NotFound(text[:1].upper() + text[1:] + ".", code="not_a_member")
+    if isinstance(exc, group_store.NotMembers):  # the group exists; the named users are not in it
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_A_MEMBER)
+    if isinstance(exc, group_store.GroupNotFound):
+        return NotFound(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_A_MEMBER)
     if isinstance(exc, group_store.NotGroupAdmin):
-        return Forbidden(text[:1].upper() + text[1:] + ".", code="not_an_admin")
+        return Forbidden(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_AN_ADMIN)
     if isinstance(exc, group_store.NotYourContacts):
-        return Forbidden(text[:1].upper() + text[1:] + ".", code="not_a_contact")
+        return Forbidden(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.NOT_A_CONTACT)
     if isinstance(exc, group_store.CannotRemoveSelf):
-        return BadRequest(text[:1].upper() + text[1:] + ".", code="remove_self")
+        return BadRequest(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.REMOVE_SELF)
     if isinstance(exc, group_store.GroupFull | group_store.TooManyGroups):
         return GroupTooLarge(text[:1].upper() + text[1:] + ".")
     if isinstance(exc, group_store.StaleGroupVersion):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="stale_version")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.STALE_VERSION)
     if isinstance(exc, group_store.GroupIdTaken):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="group_id_taken")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.GROUP_ID_TAKEN)
     if isinstance(exc, group_store.AlreadyMembers):
-        return Conflict(text[:1].upper() + text[1:] + ".", code="already")
+        return Conflict(text[:1].upper() + text[1:] + ".", code=ApiErrorCode.ALREADY)
     raise exc
 
 
@@ -76,7 +89,7 @@ def _record(text: str) -> bytes:
     try:
         return b64decode(text)
     except ValueError as exc:
-        raise BadRequest("record: must be unpadded base64url.", code="malformed") from exc
+        raise BadRequest("record: must be unpadded base64url.", code=ApiErrorCode.MALFORMED) from exc
 
 
 async def _commit_and_tell(
@@ -190,7 +203,9 @@ async def list_devices(
     async with request.app.state.engine.connect() as conn:
         found = await group_store.member_devices(conn, group_id, user.id, after=after, limit=limit)
     if found is None:
-        raise NotFound(f"There is no group {group_id} that you are a member of.", code="not_a_member")
+        raise NotFound(
+            f"There is no group {group_id} that you are a member of.", code=ApiErrorCode.NOT_A_MEMBER
+        )
     return [RecipientDevice(user_id=u, device_id=d) for u, d in found[1]]
 
 

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Query, Request, status
 from signalling.deps import CurrentUser
 from signalling.errors import NotFound
 from signalling.hub import Hub
-from signalling.protocol import DEVICE_ID_PATTERN, MailboxAck, MailboxItem, b64encode
+from signalling.openapi import errors
+from signalling.protocol import DEVICE_ID_PATTERN, ApiErrorCode, MailboxAck, MailboxItem, b64encode
 from store import mailbox, reach
 
 router = APIRouter(prefix="/me/mailbox", tags=["mailbox"])
@@ -24,10 +25,12 @@ async def _own_device(request: Request, user_id: int, device_id: str) -> None:
     async with request.app.state.engine.connect() as conn:
         owner = await reach.device_owner(conn, device_id)
     if owner is None or owner.user_id != user_id or not owner.active:
-        raise NotFound(f"You have no active device {device_id}.", code="unknown_device")
+        raise NotFound(f"You have no active device {device_id}.", code=ApiErrorCode.UNKNOWN_DEVICE)
 
 
-@router.get("", response_model=list[MailboxItem])
+@router.get(
+    "", response_model=list[MailboxItem], responses=errors(e404="You have no active device with that id.")
+)
 async def fetch_mailbox(
     request: Request,
     user: CurrentUser,
@@ -50,7 +53,11 @@ async def fetch_mailbox(
     ]
 
 
-@router.post("/ack", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/ack",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(e404="You have no active device with that id."),
+)
 async def ack_mailbox(request: Request, user: CurrentUser, body: MailboxAck) -> None:
     """Delete the rows of these messages for this device (unknown ids are ignored: acks repeat)."""
     await _own_device(request, user.id, body.device_id)

@@ -14,13 +14,13 @@ import re
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from signalling.account_limits import LoginLimits
 from signalling.deps import CurrentUser, Session, Tokens
 from signalling.errors import Unauthorized
-from signalling.protocol import USERNAME_PATTERN, CloseCode, RefreshRequest, TokenPair
+from signalling.openapi import errors
+from signalling.protocol import USERNAME_PATTERN, ApiErrorCode, CloseCode, RefreshRequest, TokenPair
 from signalling.tokens import TokenService
 from store import accounts
 from store import tokens as refresh_tokens
@@ -29,6 +29,28 @@ from store.models import User
 
 router = APIRouter(tags=["auth"])
 _USERNAME = re.compile(USERNAME_PATTERN)
+
+
+class LoginForm:
+    """The OAuth2 password form (RFC 6749 §4.3), as FastAPI's OAuth2PasswordRequestForm, but with
+    what the server requires stated in the schema: a form field sent empty is a missing one, so
+    username and password are at least one character, and a form has no null, so no field is
+    nullable (the optional ones default to text)."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(min_length=1, max_length=256)],
+        password: Annotated[
+            str, Form(min_length=1, max_length=1024, json_schema_extra={"format": "password"})
+        ],
+        grant_type: Annotated[str, Form(pattern="^password$")] = "password",
+        scope: Annotated[str, Form(max_length=1024)] = "",
+        client_id: Annotated[str, Form(max_length=256)] = "",
+        client_secret: Annotated[str, Form(max_length=1024)] = "",
+    ) -> None:
+        self.username, self.password, self.grant_type = username, password, grant_type
+        self.scopes = scope.split()
+        self.client_id, self.client_secret = client_id, client_secret
 
 
 def client_address(request: Request) -> tuple[str, int | None]:
@@ -54,10 +76,13 @@ async def issue_pair(session: Session, tokens: TokenService, user: User) -> Toke
     "/token",
     response_model=TokenPair,
     summary="Log in with the OAuth2 password form",
-    responses={401: {"description": "wrong username or password"}, 429: {"description": "too many attempts"}},
+    responses=errors(
+        e401="Wrong username or password (`bad_credentials`).",
+        e429="Too many attempts for this name or from this address.",
+    ),
 )
 async def login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], session: Session, tokens: Tokens
+    request: Request, form: Annotated[LoginForm, Depends()], session: Session, tokens: Tokens
 ) -> TokenPair:
     limits: LoginLimits = request.app.state.login_limits
     address, port = client_address(request)
@@ -73,7 +98,7 @@ async def login(
     )
     if user is None or not password_ok:
         limits.failed(form.username)
-        raise Unauthorized("Wrong username or password.", code="bad_credentials")
+        raise Unauthorized("Wrong username or password.", code=ApiErrorCode.BAD_CREDENTIALS)
     limits.succeeded(form.username, address)
     await accounts.record_login(session, user, address=address, port=port)
     pair = await issue_pair(session, tokens, user)
@@ -85,7 +110,7 @@ async def login(
     "/token/refresh",
     response_model=TokenPair,
     summary="Trade a refresh token for a new pair (the old refresh token is spent)",
-    responses={401: {"description": "unknown, expired, revoked or reused refresh token"}},
+    responses=errors(e401="Unknown, expired, revoked or reused refresh token, or the account is gone."),
 )
 async def refresh(body: RefreshRequest, request: Request, session: Session, tokens: Tokens) -> TokenPair:
     new_refresh = tokens.new_refresh_token()
@@ -103,15 +128,16 @@ async def refresh(body: RefreshRequest, request: Request, session: Session, toke
         raise Unauthorized(
             "This refresh token was already used; every session started from the same login has been "
             "signed out. Log in again.",
-            code="refresh_reused",
+            code=ApiErrorCode.REFRESH_REUSED,
         ) from exc
     except RefreshTokenInvalid as exc:
         raise Unauthorized(
-            "The refresh token is unknown, expired or revoked; log in again.", code="invalid_refresh"
+            "The refresh token is unknown, expired or revoked; log in again.",
+            code=ApiErrorCode.INVALID_REFRESH,
         ) from exc
     user = await accounts.get(session, row.user_id)
     if user is None:
-        raise Unauthorized("This account no longer exists.", code="account_gone")
+        raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE)
     await session.commit()
     return TokenPair(
         access_token=tokens.issue_access(user.id, user.token_version, family=row.family),

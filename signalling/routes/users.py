@@ -17,9 +17,10 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from signalling.account_limits import LoginLimits
 from signalling.contact_news import Who, tell_removed
-from signalling.deps import CurrentUser, Session
+from signalling.deps import CurrentUser, Limit, Session, Skip, UserIdPath
 from signalling.errors import Conflict, Forbidden, NotFound, Unauthorized
-from signalling.protocol import CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
+from signalling.openapi import errors
+from signalling.protocol import ApiErrorCode, CloseCode, UserCreate, UserMe, UserOut, UserPublic, UserUpdate
 from signalling.routes.tokens import client_address
 from store import accounts
 from store import contacts as contact_store
@@ -28,9 +29,6 @@ from store.errors import EmailTaken, UsernameTaken
 from store.errors import NotFound as StoreNotFound
 
 router = APIRouter(tags=["users"])
-
-Skip = Annotated[int, Query(ge=0, description="rows to skip")]
-Limit = Annotated[int, Query(ge=1, le=100, description="rows to return, at most 100")]
 
 
 def _taken(username: str, existing: str) -> str:
@@ -47,14 +45,14 @@ def _taken(username: str, existing: str) -> str:
     response_model=UserOut,
     status_code=status.HTTP_201_CREATED,
     summary="Register an account",
-    responses={409: {"description": "username or e-mail already taken"}, 422: {"description": "bad field"}},
+    responses=errors(e409="The username (`username_taken`) or e-mail (`email_taken`) is already taken."),
 )
 async def register(body: UserCreate, request: Request, session: Session) -> UserOut:
     address, port = client_address(request)
     request.app.state.registration_limits.check(address)  # 429 past the per-address or global limit
     # Cheap checks before the expensive hash, so a taken name costs no bcrypt time.
     if (existing := await accounts.name_taken(session, body.username)) is not None:
-        raise Conflict(_taken(body.username, existing), code="username_taken")
+        raise Conflict(_taken(body.username, existing), code=ApiErrorCode.USERNAME_TAKEN)
     await session.commit()
     password_hash = await request.app.state.passwords.hash(body.password)
     try:
@@ -68,9 +66,11 @@ async def register(body: UserCreate, request: Request, session: Session) -> User
         )
     except UsernameTaken as exc:
         existing = await accounts.name_taken(session, body.username) or body.username
-        raise Conflict(_taken(body.username, existing), code="username_taken") from exc
+        raise Conflict(_taken(body.username, existing), code=ApiErrorCode.USERNAME_TAKEN) from exc
     except EmailTaken as exc:
-        raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+        raise Conflict(
+            "An account with this e-mail address already exists.", code=ApiErrorCode.EMAIL_TAKEN
+        ) from exc
     await session.commit()
     return UserOut.model_validate(user)
 
@@ -84,7 +84,10 @@ async def read_me(user: CurrentUser) -> UserMe:
     "/users/me",
     response_model=UserMe,
     summary="Change your e-mail and/or password (a password change signs you out everywhere)",
-    responses={403: {"description": "current password wrong"}, 409: {"description": "e-mail taken"}},
+    responses=errors(
+        e403="A password change without `current_password` or with a wrong one.",
+        e409="The e-mail belongs to another account (`email_taken`).",
+    ),
 )
 async def update_me(body: UserUpdate, user: CurrentUser, request: Request, session: Session) -> UserMe:
     changes_email = body.email is not None and str(body.email).lower() != user.email
@@ -93,14 +96,16 @@ async def update_me(body: UserUpdate, user: CurrentUser, request: Request, sessi
         if not body.current_password:
             raise Forbidden(
                 "Changing the password or the e-mail needs current_password as well.",
-                code="current_password_required",
+                code=ApiErrorCode.CURRENT_PASSWORD_REQUIRED,
             )
         await _check_current_password(request, user.username, user.password_hash, body.current_password)
     if changes_email:
         try:
             await accounts.change_email(session, user, str(body.email))
         except EmailTaken as exc:
-            raise Conflict("An account with this e-mail address already exists.", code="email_taken") from exc
+            raise Conflict(
+                "An account with this e-mail address already exists.", code=ApiErrorCode.EMAIL_TAKEN
+            ) from exc
     if body.password is not None:
         new_hash = await request.app.state.passwords.hash(body.password)
         await accounts.change_password(session, user, new_hash)
@@ -120,7 +125,7 @@ async def _check_current_password(request: Request, username: str, hashed: bytes
         await asyncio.sleep(delay)
     if not await request.app.state.passwords.verify(given, hashed):
         limits.failed(username)
-        raise Forbidden("The current password is wrong.", code="wrong_password")
+        raise Forbidden("The current password is wrong.", code=ApiErrorCode.WRONG_PASSWORD)
     limits.succeeded(username, address)
 
 
@@ -136,7 +141,7 @@ async def delete_self(user: CurrentUser, request: Request, session: Session) -> 
     try:
         await accounts.delete_account(session, user_id)
     except StoreNotFound as exc:  # deleted by a concurrent request
-        raise Unauthorized("This account no longer exists.", code="account_gone") from exc
+        raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE) from exc
     await session.commit()
     request.app.state.hub.forget_reach()  # its devices stop being reachable now, not in 5 s
     await request.app.state.hub.disconnect_user(user_id, CloseCode.ACCOUNT_GONE, "account deleted")
@@ -161,13 +166,13 @@ async def search(
 
 
 @router.get(
-    "/users/{user_id}",
+    "/users/{user_id:int}",
     response_model=UserPublic,
     summary="Another user's public profile",
-    responses={404: {"description": "no such user"}},
+    responses=errors(e404="No user has this id (`user_not_found`)."),
 )
-async def read_user(user_id: int, _user: CurrentUser, session: Session) -> UserPublic:
+async def read_user(user_id: UserIdPath, _user: CurrentUser, session: Session) -> UserPublic:
     other = await accounts.get(session, user_id)
     if other is None:
-        raise NotFound(f"There is no user with id {user_id}.", code="user_not_found")
+        raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
     return UserPublic.model_validate(other)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -356,33 +355,21 @@ def test_caches_are_bounded_least_recently_used_first(devices):
     assert "hits" in repr(cache) and "sessions" in repr(sessions)
 
 
-# --- budget ----------------------------------------------------------------------------------------
+# --- session caches --------------------------------------------------------------------------------
 
 
-def test_v2_seal_and_open_fit_the_budget_and_a_cache_hit_skips_rsa(devices):
-    """Seal ≤ 0.5 ms for 2 devices with sessions; open ≤ 2 ms on a miss; a hit well under 0.5 ms
-    (CPU time, so box load does not count)."""
+def test_v2_a_cache_hit_skips_rsa_for_every_envelope_of_the_session(devices):
+    """With a warm UnwrapCache only the first envelope of a session costs an RSA decryption.
+    (The seal/open time budget is reported by bench/crypto.py, not asserted here.)"""
     sessions, cache = SessionKeyCache(), UnwrapCache()
     recipients = [devices[1].recipient, devices[2].recipient]
-    sealed = []
-    t = time.process_time()
-    for _ in range(100):
-        sealed.append(
-            env.seal(
-                Text("hello"), devices[0].local, recipients, "u:2", sent_at_ms=NOW, session_keys=sessions
-            )
-        )
-    seal_ms = (time.process_time() - t) * 10
-    t = time.process_time()
+    sealed = [
+        env.seal(Text("hello"), devices[0].local, recipients, "u:2", sent_at_ms=NOW, session_keys=sessions)
+        for _ in range(100)
+    ]
     for data in sealed[:20]:
-        open_as(devices, data, 1)
-    miss_ms = (time.process_time() - t) * 50
+        assert open_as(devices, data, 1).payload == Text("hello")
     open_as(devices, sealed[0], 1, cache)
-    t = time.process_time()
     for data in sealed:
-        open_as(devices, data, 1, cache)
-    hit_ms = (time.process_time() - t) * 10
-    assert seal_ms < 0.5, seal_ms
-    assert miss_ms < 2.0, miss_ms
-    assert hit_ms < 0.5, hit_ms
+        assert open_as(devices, data, 1, cache).payload == Text("hello")
     assert cache.misses == 1

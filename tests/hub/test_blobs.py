@@ -47,7 +47,9 @@ async def test_readers_must_be_accepted_contacts(world: World) -> None:
     )
     assert r.status_code == 403 and r.json()["code"] == "not_a_contact"
     r = await world.http.post("/blobs", params={"readers": "two"}, content=b"x", headers=alice.auth)
-    assert r.status_code == 400 and "readers" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["field"] == "readers" and "readers" in r.json()["detail"]
+    r = await world.http.post("/blobs", params={"readers": str(2**64)}, content=b"x", headers=alice.auth)
+    assert r.status_code == 422 and r.json()["field"] == "readers"
 
 
 async def test_an_upload_past_the_limit_or_the_quota_is_refused_and_leaves_nothing(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from signalling.protocol import CloseCode, b64decode
-from tests.hub.world import World, opaque_envelope
+import websockets
+
+from signalling.protocol import PROTOCOL_VERSION, CloseCode, b64decode
+from tests.hub.world import DeviceClient, World, opaque_envelope
 from tests.support.server import RunningServer
 
 
@@ -92,9 +94,11 @@ async def test_frames_to_strangers_and_unknown_devices_get_errors_and_the_socket
     await a.send(a.send_frame([(stranger.user_id, "dev-doesnotexist")], opaque_envelope(), ref="u"))
     error = await a.expect("error")
     assert error["code"] == "unknown_device" and error["ref"] == "u"
+    assert error["device_id"] == "dev-doesnotexist"  # the device named in a field, not only in text
     # A device of someone else, claimed to be the stranger's: also unknown to that user.
     await a.send(a.send_frame([(stranger.user_id, alice.device_id)], opaque_envelope(), ref="w"))
-    assert (await a.expect("error"))["code"] == "unknown_device"
+    error = await a.expect("error")
+    assert (error["code"], error["device_id"]) == ("unknown_device", alice.device_id)
 
     await a.send({"type": "ping", "nonce": "still-here"})
     assert (await a.expect("pong"))["nonce"] == "still-here"
@@ -311,3 +315,26 @@ async def test_revoking_a_device_closes_its_socket_and_senders_get_unknown_devic
     await other.expect("pong")  # the user's other device is untouched
     await a.close()
     await other.close()
+
+
+async def test_a_signal_to_a_device_that_is_not_connected_names_the_device(world: World) -> None:
+    alice, bob = await world.account(), await world.account()
+    await world.befriend(alice, bob)
+    a = await world.connect(alice)  # bob's device is published but offline
+    await a.send({"type": "signal", "kind": "offer", "to_user": bob.user_id, "to_device": bob.device_id})
+    error = await a.expect("error")
+    assert (error["code"], error["device_id"], error["ref"]) == ("unknown_device", bob.device_id, None)
+
+
+async def test_ready_names_the_protocol_and_an_unspoken_one_is_refused_with_4426(world: World) -> None:
+    alice = await world.account()
+    a = await world.connect(alice)
+    assert a.ready["protocol"] == PROTOCOL_VERSION
+    by_frame = DeviceClient(world.ws_url, alice, alice.device_id)
+    await by_frame.open(by_frame=True)  # an auth frame without `protocol` speaks 1
+    assert by_frame.ready["protocol"] == PROTOCOL_VERSION
+    future = DeviceClient(world.ws_url + "?protocol=99", alice, alice.device_id)
+    future.ws = await websockets.connect(future.ws_url, max_size=None)
+    await future.send({"type": "auth", "token": alice.token, "device_id": alice.device_id})
+    code, reason = await future.closed()
+    assert code == CloseCode.UNSUPPORTED_PROTOCOL and "speaks 1" in reason

@@ -54,10 +54,11 @@ async def test_ask_by_username_any_case(client: httpx.AsyncClient, alice: Accoun
     assert response.json()["user_id"] == bob.id
 
 
-async def test_asking_yourself_is_400(client: httpx.AsyncClient, alice: Account) -> None:
+async def test_asking_yourself_is_a_409_conflict(client: httpx.AsyncClient, alice: Account) -> None:
+    # 409, not 400: the request is well formed (the schema accepts it); it conflicts with who you are.
     for body in ({"friend_id": alice.id}, {"username": "alice"}):
         response = await _ask(client, alice, **body)
-        assert response.status_code == 400
+        assert response.status_code == 409
         assert response.json() == {"detail": "You cannot add yourself as a contact.", "code": "self_contact"}
 
 

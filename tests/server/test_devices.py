@@ -57,14 +57,18 @@ async def test_bundle_shape_errors_are_422_saying_what_is_wrong(
     client: httpx.AsyncClient, alice: Account
 ) -> None:
     cases = {
-        "identity_key must be 32 bytes (Ed25519), got 31": bundle(identity_key=b64encode(b"k" * 31)),
-        "signature must be 64 bytes (Ed25519), got 65": bundle(signature=b64encode(b"s" * 65)),
-        "encryption_key must be 1 to 1024 bytes of DER, got 1025": bundle(
-            encryption_key=b64encode(b"e" * 1025)
+        "identity_key: must be 32 bytes (Ed25519): 43 characters of unpadded base64url, got 42": bundle(
+            identity_key=b64encode(b"k" * 31)
         ),
-        "created_at must be unix seconds": bundle(created_at=-5),
+        "signature: must be 64 bytes (Ed25519): 86 characters of unpadded base64url, got 87": bundle(
+            signature=b64encode(b"s" * 65)
+        ),
+        "encryption_key: must be 1 to 1024 bytes of DER": bundle(encryption_key=b64encode(b"e" * 1025)),
+        "created_at: Input should be greater than or equal to 0": bundle(created_at=-5),
+        "created_at: Input should be less than or equal to 9223372036854775807": bundle(created_at=2**63),
+        "encryption_key: must be unpadded base64url": bundle(encryption_key="A" * 601),  # 1 mod 4
         "identity_key: must be unpadded base64url": bundle(
-            identity_key=base64.b64encode(b"\xfb" * 32).decode()  # standard alphabet with '+' and '='
+            identity_key=base64.b64encode(b"\xfb" * 32).decode()[:43]  # the standard alphabet's '+'
         ),
         "device_id: must be 8 to 64 characters": bundle(device_id="short"),
         "signature: is required": {k: v for k, v in bundle().items() if k != "signature"},
@@ -74,6 +78,7 @@ async def test_bundle_shape_errors_are_422_saying_what_is_wrong(
         assert response.status_code == 422, expected
         assert response.json()["code"] == "invalid"
         assert expected in response.json()["detail"], response.json()
+        assert response.json()["field"] == expected.split(":")[0], response.json()
     assert (await client.get(f"/users/{alice.id}/devices", headers=alice.headers)).json() == []
 
 
