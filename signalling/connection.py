@@ -213,6 +213,7 @@ class Connection:
 
     async def _write(self, sock: DeviceSocket) -> None:
         ws = sock.ws
+        written = self._delivery.written
         drained_ids = await self._delivery.drain(sock)
         # Live copies queued while draining may repeat rows the drain already sent: skip those.
         carry: Outgoing | None = None
@@ -225,6 +226,7 @@ class Connection:
                 item = await sock.outbox.get()
                 sock.taken(item)
             if item.message_id is not None and item.message_id in drained_ids:
+                written(sock.device_id, item.message_id)  # the drain wrote it
                 continue
             if item.message_id is not None:
                 sock.ack_credit += 1
@@ -242,6 +244,8 @@ class Connection:
                     await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
                     continue
             await ws.send_text(item.text)
+            if item.message_id is not None:
+                written(sock.device_id, item.message_id)  # a held send's live_hold starts now
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:
