@@ -10,8 +10,9 @@ closed socket goes back to the system.
   with 12k at 50,000). 15,000, not 50,000: at half load nothing is collected either way (the
   per-envelope objects die by reference counting), but when a hub falls behind and objects wait in
   its queues, each young collection examines a third as many and pauses a third as long (52-133 ms
-  measured at 50,000; bench/tail.py, docs/hub.md "The tail"). The old generation's threshold stays low (10) so cycles that outlive a socket
-  (its tasks, futures and callbacks) are found within seconds, not minutes.
+  measured at 50,000; bench/tail.py, docs/hub.md "The tail"). The old generation's threshold
+  stays low (10) so cycles that outlive a socket (its tasks, futures and callbacks) are found
+  within seconds, not minutes.
 - **The allocator.** Envelopes are large strings (up to a megabyte). glibc's malloc raises its mmap
   threshold each time such a block is freed, after which the next ones come from the heap and a
   freed megabyte stays in the process. Pinning the threshold at 128 KiB keeps every large frame in

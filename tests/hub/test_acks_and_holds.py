@@ -262,7 +262,9 @@ async def test_a_send_waiting_in_the_receivers_queue_is_not_stored_before_it_is_
             await c.expect("deliver", where=lambda f: f["message_id"] == marker["message_id"])
             stored = await a.expect("accepted", deadline=30, where=lambda f: f["ref"] == marker["ref"])
             assert stored["queued"] == [carol.device_id]  # carol never acked: its hold ran out
-            kinds = collections.Counter((f["type"], f.get("code"), tuple(f.get("queued", ()))) for f in a.backlog)
+            kinds = collections.Counter(
+                (f["type"], f.get("code"), tuple(f.get("queued", ()))) for f in a.backlog
+            )
             assert not [f for f in a.backlog if f.get("ref") == late["ref"]], kinds  # late: not answered yet
             while True:  # Bob reads now, and acks everything as it comes
                 frame = await b.expect("deliver", deadline=30)
