@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import websockets  # noqa: E402
 
-from signalling.protocol import b64encode  # noqa: E402
+from tests.support.bundles import opaque_bundle  # noqa: E402
 from tests.support.server import RunningServer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "login_stall.json"
@@ -46,13 +46,7 @@ async def _account(http: httpx.AsyncClient) -> tuple[str, str]:
         "access_token"
     ]
     device_id = f"bench-{secrets.token_hex(4)}"
-    body = {
-        "device_id": device_id,
-        "identity_key": b64encode(secrets.token_bytes(32)),
-        "encryption_key": b64encode(secrets.token_bytes(550)),
-        "created_at": int(time.time()),
-        "signature": b64encode(secrets.token_bytes(64)),
-    }
+    body = opaque_bundle(device_id)
     published = await http.post("/me/devices", json=body, headers={"Authorization": f"Bearer {token}"})
     published.raise_for_status()
     return token, device_id

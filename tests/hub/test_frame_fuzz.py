@@ -44,6 +44,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from signalling.protocol import b64encode
 from tests.hub.conftest import HUB_TEST_ENV
+from tests.support.bundles import opaque_bundle
 from tests.support.server import RunningServer
 
 # Sockets open and close at the machine's whim, not in `with` blocks; websockets warns about that.
@@ -104,13 +105,7 @@ def _account(http: httpx.Client, devices: int) -> list[Device]:
     out = []
     for _ in range(devices):
         device_id = f"dev-{secrets.token_hex(6)}"
-        bundle = {
-            "device_id": device_id,
-            "identity_key": b64encode(secrets.token_bytes(32)),
-            "encryption_key": b64encode(secrets.token_bytes(550)),
-            "created_at": int(time.time()),
-            "signature": b64encode(secrets.token_bytes(64)),
-        }
+        bundle = opaque_bundle(device_id)
         published = http.post("/me/devices", json=bundle, headers={"Authorization": f"Bearer {token}"})
         assert published.status_code == 201, published.text
         out.append(Device(made.json()["id"], device_id, token))

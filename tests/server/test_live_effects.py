@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from signalling.protocol import CloseCode, b64encode
+from tests.support.bundles import opaque_bundle
 from tests.support.server import RunningServer
 
 PASSWORD = "correct horse battery"
@@ -44,13 +45,7 @@ async def person(http: httpx.AsyncClient, name: str) -> Person:
     assert created.status_code == 201, created.text
     token = (await http.post("/token", data={"username": name, "password": PASSWORD})).json()["access_token"]
     device_id = f"{name}-{secrets.token_hex(4)}"
-    body = {
-        "device_id": device_id,
-        "identity_key": b64encode(secrets.token_bytes(32)),
-        "encryption_key": b64encode(secrets.token_bytes(550)),
-        "created_at": int(time.time()),
-        "signature": b64encode(secrets.token_bytes(64)),
-    }
+    body = opaque_bundle(device_id)
     published = await http.post("/me/devices", json=body, headers={"Authorization": f"Bearer {token}"})
     assert published.status_code == 201, published.text
     return Person(created.json()["id"], name, token, device_id)
