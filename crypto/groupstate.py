@@ -297,7 +297,7 @@ def parse_record(data: bytes) -> GroupRecord:
     if not isinstance(d, dict):
         raise MalformedGroupRecord("membership record body must be a JSON object")
     try:
-        op = GroupOp(d.get("op"))
+        op = GroupOp(str(d.get("op")))
     except ValueError as e:
         raise MalformedGroupRecord(f"unknown membership operation {d.get('op')!r}") from e
     if set(d) != _COMMON | _OP_FIELDS[op]:

@@ -28,5 +28,5 @@ class LeanWebSocketsProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The 101 is written: nothing reads the upgrade's request or response again.
-            self.request = None
-            self.response = None
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]

@@ -698,7 +698,7 @@ class MailboxWriter:
                 ]
             values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             result = await conn.exec_driver_sql(_SQLITE_INSERT.format(values=values), tuple(params))
-            written.update((d, mid) for d, mid in result.all())
+            written.update((d, mid) for d, mid in map(tuple, result.all()))  # RETURNING device, id
         if deletes:
             await self._delete_pairs(conn, deletes)
         return written
@@ -715,9 +715,11 @@ class MailboxWriter:
                 self._usage[device] = _Usage(size, rows, stamp, by_sender)
         if self._account_quota is None:
             return
-        senders = {m.sender_user for job in batch for m in job.messages}
+        sending_users = {m.sender_user for job in batch for m in job.messages}
         stale_accounts = [
-            u for u in senders if u not in self._stored or stamp - self._stored[u].loaded > _ACCOUNT_USAGE_TTL
+            u
+            for u in sending_users
+            if u not in self._stored or stamp - self._stored[u].loaded > _ACCOUNT_USAGE_TTL
         ]
         if stale_accounts:
             for user, size in (await stored_by_account(conn, stale_accounts)).items():
@@ -758,22 +760,22 @@ class MailboxWriter:
                 pair[0] += size
                 pair[1] += 1
             extra_accounts[sender_user] = extra_accounts.get(sender_user, 0) + size
-        for device, (size, rows) in extra.items():
+        for device, (size, count) in extra.items():
             known = self._usage.get(device)
             before = pending.get(device, [0, 0])
             used_size = (known.size if known else 0) + before[0]
             used_rows = (known.rows if known else 0) + before[1]
             if used_size + size > self._quota_bytes:
                 return MailboxQuotaExceeded(device, used_size, self._quota_bytes, "bytes")
-            if used_rows + rows > self._quota_rows:
+            if used_rows + count > self._quota_rows:
                 return MailboxQuotaExceeded(device, used_rows, self._quota_rows, "messages")
-        for (device, sender), (size, rows) in extra_pairs.items():
+        for (device, sender), (size, count) in extra_pairs.items():
             known = self._usage.get(device)
             mine = known.by_sender.get(sender, [0, 0]) if known else [0, 0]
             before = pending_pairs.get((device, sender), [0, 0])
             if mine[0] + before[0] + size > self._share_bytes:
                 return SenderShareExceeded(device, mine[0] + before[0], self._share_bytes, "bytes")
-            if mine[1] + before[1] + rows > self._share_rows:
+            if mine[1] + before[1] + count > self._share_rows:
                 return SenderShareExceeded(device, mine[1] + before[1], self._share_rows, "messages")
         if self._account_quota is not None:
             for user, size in extra_accounts.items():
@@ -781,14 +783,14 @@ class MailboxWriter:
                 used = (stored.size if stored else 0) + pending_accounts.get(user, 0)
                 if used + size > self._account_quota:
                     return AccountQuotaExceeded(used, self._account_quota)
-        for device, (size, rows) in extra.items():
+        for device, (size, count) in extra.items():
             entry = pending.setdefault(device, [0, 0])
             entry[0] += size
-            entry[1] += rows
-        for key, (size, rows) in extra_pairs.items():
+            entry[1] += count
+        for key, (size, count) in extra_pairs.items():
             entry = pending_pairs.setdefault(key, [0, 0])
             entry[0] += size
-            entry[1] += rows
+            entry[1] += count
         for user, size in extra_accounts.items():
             pending_accounts[user] = pending_accounts.get(user, 0) + size
         return None
