@@ -55,8 +55,8 @@ OUT = RESULTS.with_name("tail.json")
 VARIANTS: dict[str, dict[str, str]] = {
     "hub": {},
     "hub gc-off": {"PEERPOST_PROBE_GC": "disabled"},
+    "hub young=50k": {"PEERPOST_PROBE_GC": "threshold=50000"},  # the young threshold before 15k
     "hub NORMAL": {"PEERPOST_SQLITE_SYNCHRONOUS": "NORMAL"},
-    "hub hold=250ms": {"PEERPOST_LIVE_HOLD_SECONDS": "0.25"},
 }
 
 

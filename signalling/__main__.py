@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from signalling.data_dir import PRIVATE_UMASK
 from signalling.http_protocol import GuardedH11Protocol
 from signalling.settings import Settings
+from signalling.ws_protocol import LeanWebSocketsProtocol
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -122,6 +123,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         ws_max_size=settings.max_frame_bytes * 4 + 65536,
         # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing.
         ws_per_message_deflate=False,
+        ws=LeanWebSocketsProtocol,  # uvicorn's default protocol, without the handshake kept alive
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])

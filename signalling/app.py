@@ -24,6 +24,8 @@ from types import ModuleType
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from signalling import data_dir, openapi
 from signalling.account_limits import LoginLimits, RegistrationLimits
@@ -72,6 +74,25 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     blobs,
     contract,
 )
+
+
+class PeerPostApp(FastAPI):
+    """The FastAPI app, with `/ws` sockets handed straight to the hub.
+
+    Why: a WebSocket lives for hours, and every ASGI layer it passes through stays suspended for
+    its whole life: FastAPI's and Starlette's middleware, the router, the route's dependency exit
+    stacks. Measured with tracemalloc (bench/scale.py, docs/hub.md "10,000 devices"), those frames
+    held ~10 KB per idle socket, and none of them does anything for `/ws`: the hub authenticates
+    the socket itself, and no HTTP exception handler applies to a WebSocket. The route in
+    `signalling.routes.ws` stays for every other way to reach the app (tests' in-process ASGI).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            scope["app"] = self
+            await self.state.hub.serve(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.__class__ = PeerPostApp  # fastapi_offline builds a plain FastAPI; this only adds `__call__`
     app.state.settings = settings
     install_error_handlers(app)
     # Outside the routes' exception handling: a body over its limit is refused while it is read.

@@ -1,7 +1,7 @@
-"""One client socket from its first frame to its close: the auth handshake, then three tasks owned
-by one TaskGroup: the reader (size, rate limit, validation, then `Delivery.dispatch`), the writer
-(the drain, then the socket's queue; the only task that writes to the socket) and a watcher (closes
-it when something asks: replace, logout, revocation, flood).
+"""One client socket from its first frame to its close: the auth handshake, then the reader (size,
+rate limit, validation, then `Delivery.dispatch`) in the socket's own task and the writer (the drain,
+then the socket's queue; the only task that writes to the socket) in one more; a close asked from
+outside (replace, logout, revocation, flood) cancels both.
 
 Bad input never closes the socket: it is answered with an `error` frame. Only a spent frame budget
 (4429), a client that stops reading (1013) or a close asked from outside does.
@@ -94,15 +94,16 @@ def _check_protocol(named: str) -> None:
         )
 
 
-class _Closing(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 class Connection:
-    """The tasks of one authenticated socket. `run()` returns when the socket is done with."""
+    """The work of one authenticated socket. `run()` returns when the socket is done with.
+
+    Two coroutines: the reader runs in the task that called `run()` (the ASGI task uvicorn made for
+    the socket), the writer in one task of its own. A close asked from outside (`sock.close()`:
+    replace, logout, revocation, flood, too slow) cancels both; the writer's end (the socket gone)
+    cancels the reader. Why not a TaskGroup of reader, writer and watcher: an idle socket is
+    mostly its waiting tasks, and each task with its coroutine frame, and the group, cost memory
+    for the socket's whole life (bench/scale.py, docs/hub.md "10,000 devices").
+    """
 
     def __init__(self, sock: DeviceSocket, limits: HubLimits, delivery: Delivery) -> None:
         self.sock = sock
@@ -111,22 +112,41 @@ class Connection:
 
     async def run(self) -> None:
         sock = self.sock
+        me = asyncio.current_task()
+        assert me is not None
+        writer = asyncio.create_task(self._write(sock))
+        reading = True
+        cancelled_reader = False
+
+        def stop_reader() -> None:
+            nonlocal cancelled_reader
+            if reading and not cancelled_reader and asyncio.current_task() is not me:
+                cancelled_reader = True
+                me.cancel()
+
+        def stop() -> None:
+            writer.cancel()
+            stop_reader()
+
+        sock.on_close = stop
+        writer.add_done_callback(lambda _t: stop_reader())
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._read(sock))
-                tg.create_task(self._write(sock))
-                tg.create_task(self._watch(sock))
-        except* (_Closing, WebSocketDisconnect):
+            if sock.closing is None:
+                await self._read(sock)
+        except asyncio.CancelledError:
+            if not cancelled_reader or me.uncancel() > 0:
+                raise  # not (only) ours: the server is stopping this task
+        except WebSocketDisconnect:
             pass
         finally:
+            reading = False
+            sock.on_close = None
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+                await writer
             # Sends already handed to the writer still commit; their `accepted` has nobody to go
             # to, and the sender's client resends what it did not see accepted (idempotent).
             sock.gone = True
-
-    async def _watch(self, sock: DeviceSocket) -> None:
-        await sock.closed.wait()
-        code, reason = sock.closing or (1000, "")
-        raise _Closing(code, reason)
 
     # The reader: validate, check the budget, hand on. It never writes to the socket itself.
 
@@ -134,7 +154,7 @@ class Connection:
         bucket = TokenBucket(self.limits.rate_per_second, self.limits.rate_burst)
         limit = self.limits.max_frame_bytes
         dispatch = self._delivery.dispatch
-        while True:
+        while sock.closing is None:
             message = await sock.ws.receive()
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
@@ -193,6 +213,7 @@ class Connection:
 
     async def _write(self, sock: DeviceSocket) -> None:
         ws = sock.ws
+        written = self._delivery.written
         drained_ids = await self._delivery.drain(sock)
         # Live copies queued while draining may repeat rows the drain already sent: skip those.
         carry: Outgoing | None = None
@@ -205,6 +226,7 @@ class Connection:
                 item = await sock.outbox.get()
                 sock.taken(item)
             if item.message_id is not None and item.message_id in drained_ids:
+                written(sock.device_id, item.message_id)  # the drain wrote it
                 continue
             if item.message_id is not None:
                 sock.ack_credit += 1
@@ -222,6 +244,8 @@ class Connection:
                     await ws.send_text('{"type":"accepted_batch","items":[' + ",".join(answers) + "]}")
                     continue
             await ws.send_text(item.text)
+            if item.message_id is not None:
+                written(sock.device_id, item.message_id)  # a held send's live_hold starts now
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:

@@ -2,13 +2,15 @@
 drain of a device's mailbox before its live traffic.
 
 Send semantics (docs/hub.md): a send is checked before anything is stored. When every recipient
-device has a socket here, the envelope is pushed to all of them and held in memory for `live_hold`;
-if they all ack it in time the sender hears `accepted` and no row is written, otherwise the silent
-devices' rows are handed to the mailbox writer and `accepted` waits for their commit. Any other
-send gets a row for every recipient device, is pushed live at once, and is answered after the
-commit. A row is deleted only when its device acks it. So a live push lost with a dropping socket
-comes back from the mailbox on the next connect, and a server killed at any moment has lost nothing
-it accepted.
+device has a socket here, the envelope is pushed to all of them and held in memory for `live_hold`
+from the moment its last copy is written to a socket (not from when it was queued: time spent in our
+own outgoing queues is not the receiver's delay; a copy still unwritten after `UNWRITTEN_HOLD_LIMIT`
+is stored anyway); if they all ack it in time the sender hears `accepted` and no row is written,
+otherwise the silent devices' rows are handed to the mailbox writer and `accepted` waits for their
+commit. Any other send gets a row for every recipient device, is pushed live at once, and is
+answered after the commit. A row is deleted only when its device acks it. So a live push lost with a
+dropping socket comes back from the mailbox on the next connect, and a server killed at any moment
+has lost nothing it accepted.
 
 This is the hot path: no task, no extra await per frame; answers are pushed by callbacks on the
 writer's futures (the writer commits in submission order, so answers keep the order of the frames).
@@ -60,6 +62,10 @@ from store.mailbox import DuplicateMessageId, MailboxClosed, MailboxError, Mailb
 
 log = logging.getLogger(__name__)
 
+# A held send whose copies are not all written to their sockets by then is stored anyway (a receiver
+# that has stopped reading is closed by its outbox budget long before this, and then hurried).
+UNWRITTEN_HOLD_LIMIT = 10.0
+
 
 @dataclass(slots=True, eq=False)
 class Held:
@@ -74,7 +80,9 @@ class Held:
     frame: SendFrame
     targets: list[RecipientDevice]  # checked and de-duplicated
     waiting: set[str]  # recipient devices that have not acked yet
-    deadline: float
+    deadline: float  # until armed: UNWRITTEN_HOLD_LIMIT after the push; then live_hold after the write
+    unwritten: set[str]  # recipient devices whose socket has not written its copy yet
+    armed: bool = False  # every copy written: the live_hold clock runs
     settled: bool = False  # out of the hold: acked by all, or handed to the writer
     commit: asyncio.Future[None] | None = None  # the writer's future, once handed to it
     acked: asyncio.Future[None] | None = None  # made only when a ping waits for this send
@@ -110,7 +118,8 @@ class Delivery:
         self._reach = reach
         self._sockets = sockets  # the hub's registry, shared: device id -> its live socket here
         self._held: dict[tuple[str, str], Held] = {}  # (recipient device, message id) -> hold
-        self._hold_order: collections.deque[Held] = collections.deque()  # by deadline
+        self._hold_order: collections.deque[Held] = collections.deque()  # armed holds, by deadline
+        self._unarmed: collections.deque[Held] = collections.deque()  # copies not all written, by push
         self._hurried: list[Held] = []  # holds whose device's socket went away: store them now
         self._hold_wakeup = asyncio.Event()
         self._hold_keeper: asyncio.Task[None] | None = None
@@ -127,8 +136,9 @@ class Delivery:
                 await self._hold_keeper
             self._hold_keeper = None
         # Held sends are not lost on a clean shutdown: their rows join the writer's last batches.
-        while self._hold_order:
-            await self._store_held(self._hold_order.popleft())
+        for order in (self._hold_order, self._unarmed):
+            while order:
+                await self._store_held(order.popleft())
 
     # -- one client frame ---------------------------------------------------------------------------
 
@@ -309,14 +319,32 @@ class Delivery:
     # -- live holds: an envelope every recipient got live waits up to `live_hold` for their acks -----
 
     def _hold(self, sock: DeviceSocket, frame: SendFrame, targets: list[RecipientDevice]) -> None:
-        deadline = time.monotonic() + self.limits.live_hold
-        held = Held(sock, frame, targets, {t.device_id for t in targets}, deadline)
+        devices = {t.device_id for t in targets}
+        held = Held(sock, frame, targets, devices, time.monotonic() + UNWRITTEN_HOLD_LIMIT, set(devices))
         for t in targets:
             self._held[(t.device_id, frame.message_id)] = held
-        self._hold_order.append(held)
-        if len(self._hold_order) == 1:
+        self._unarmed.append(held)
+        if len(self._unarmed) == 1:
             self._hold_wakeup.set()  # the keeper sleeps without a deadline while there is none
         sock.last_commit = held
+
+    def written(self, device_id: str, message_id: str) -> None:
+        """A socket's writer wrote (or skipped as drained) the live copy `message_id`: once every
+        copy of a held send is written, its `live_hold` starts."""
+        held = self._held.get((device_id, message_id))
+        if held is not None:
+            held.unwritten.discard(device_id)
+            if not held.unwritten:
+                self._arm(held)
+
+    def _arm(self, held: Held) -> None:
+        if held.armed or held.settled:
+            return
+        held.armed = True
+        held.deadline = time.monotonic() + self.limits.live_hold
+        self._hold_order.append(held)  # armed in time order: the deque stays sorted by deadline
+        if len(self._hold_order) == 1:
+            self._hold_wakeup.set()
 
     def _release_hold(self, device_id: str, message_id: str) -> bool:
         """An ack of a held envelope: True when it was held (then it has no row to delete)."""
@@ -324,6 +352,9 @@ class Delivery:
         if held is None:
             return False
         held.waiting.discard(device_id)
+        held.unwritten.discard(device_id)  # (an ack can be read before its writer resumes)
+        if held.waiting and not held.unwritten:
+            self._arm(held)
         if not held.waiting:
             held.settled = True
             if held.acked is not None:
@@ -367,15 +398,22 @@ class Delivery:
                 held = self._hold_order.popleft()
                 if not held.settled:
                     due.append(held)
+            while self._unarmed and (
+                self._unarmed[0].armed or self._unarmed[0].settled or self._unarmed[0].deadline <= now
+            ):
+                held = self._unarmed.popleft()
+                if not held.armed and not held.settled:
+                    due.append(held)  # a copy unwritten for UNWRITTEN_HOLD_LIMIT: store it
             for held in due:
                 await self._store_held(held)
             self._hold_wakeup.clear()
             if self._hurried:
                 continue
-            if not self._hold_order:
+            heads = [order[0].deadline for order in (self._hold_order, self._unarmed) if order]
+            if not heads:
                 await self._hold_wakeup.wait()  # until the next hold; cancelled by close()
                 continue
-            wait = max(self._hold_order[0].deadline - time.monotonic(), 0.005)
+            wait = max(min(heads) - time.monotonic(), 0.005)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._hold_wakeup.wait()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
+from signalling.lean_queue import SingleReaderQueue
 from signalling.outbox import OutboxBudget
 from signalling.protocol import CloseCode, ErrorCode, ErrorFrame
 
@@ -38,8 +40,30 @@ class Outgoing:
     accepted: bool = False  # an `accepted` frame: may join others in one `accepted_batch`
 
 
+class Outbox(SingleReaderQueue[Outgoing]):
+    """The frames queued for one socket, bounded in count; only its writer takes them out."""
+
+    __slots__ = ()
+
+
 class DeviceSocket:
     """One authenticated device's live socket and the queue of frames going out on it."""
+
+    __slots__ = (
+        "accepted_batch",
+        "ack_credit",
+        "budget",
+        "closing",
+        "conn_id",
+        "device_id",
+        "gone",
+        "last_commit",
+        "on_close",
+        "outbox",
+        "queued_bytes",
+        "user_id",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -55,13 +79,14 @@ class DeviceSocket:
         self.user_id = user_id
         self.device_id = device_id
         self.conn_id = secrets.token_hex(8)
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=outbox_size)
+        self.outbox = Outbox(outbox_size)
         self.closing: tuple[int, str] | None = None
         # the newest send/ack handed to the writer, or the newest send held for live acks
         self.last_commit: asyncio.Future[Any] | CommitBarrier | None = None
         self.gone = False  # the socket's tasks have ended; late commit callbacks answer nobody
         self.ack_credit = 0  # envelopes delivered on this socket and not yet acked: free acks
-        self.closed = asyncio.Event()  # set when close() is asked for; the owner closes the socket
+        # called once when close() is first asked for: the socket's Connection stops its tasks
+        self.on_close: Callable[[], None] | None = None
         self.accepted_batch = ws.query_params.get("accepted_batch") == "1"  # the client opted in
 
     def push(self, item: Outgoing) -> bool:
@@ -109,4 +134,5 @@ class DeviceSocket:
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = (code, reason)
-            self.closed.set()
+            if self.on_close is not None:
+                self.on_close()

@@ -203,6 +203,10 @@ class Hub:
             return
 
         sock = DeviceSocket(ws, user_id, device_id, self.limits.outbox_size, self.outbox)
+        # The request headers (the bearer token among them) were read once, for the auth: they need
+        # not live as long as the socket (~1 KB each; docs/hub.md "10,000 devices").
+        ws.scope["headers"] = []
+        ws.__dict__.pop("_headers", None)  # Starlette's cached view of them
         self._register(sock)
         replaced = False
         try:

@@ -7,8 +7,12 @@ closed socket goes back to the system.
   moves it out of the collector's sight so full collections stay short. Every frame allocates
   dozens of short-lived containers; at the default young threshold (700) a collection ran every
   few messages (bench/relay.py: the hub saturated at 6-9k envelopes/s with the defaults, kept up
-  with 12k at these). The old generation's threshold stays low (10) so cycles that outlive a socket
-  (its tasks, futures and callbacks) are found within seconds, not minutes.
+  with 12k at 50,000). 15,000, not 50,000: at half load nothing is collected either way (the
+  per-envelope objects die by reference counting), but when a hub falls behind and objects wait in
+  its queues, each young collection examines a third as many and pauses a third as long (52-133 ms
+  measured at 50,000; bench/tail.py, docs/hub.md "The tail"). The old generation's threshold
+  stays low (10) so cycles that outlive a socket (its tasks, futures and callbacks) are found
+  within seconds, not minutes.
 - **The allocator.** Envelopes are large strings (up to a megabyte). glibc's malloc raises its mmap
   threshold each time such a block is freed, after which the next ones come from the heap and a
   freed megabyte stays in the process. Pinning the threshold at 128 KiB keeps every large frame in
@@ -27,7 +31,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (50_000, 20, 10)
+GC_THRESHOLDS = (15_000, 20, 10)
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024
 

@@ -91,6 +91,7 @@ MAX_READERS_CHARS = 4096
         e403="A reader is not an accepted contact of yours nor in a group with you (`not_a_contact`).",
         e404="You are not a member of that group (`not_a_member`).",
         e413="Over the blob size limit (`too_large`) or your quota (`quota`).",
+        e507="The server's disk is at its floor (`storage_full`).",
     ),
 )
 async def upload_blob(

@@ -4,9 +4,11 @@ accepted with no row), through a real server; and the wire form of the ack frame
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import secrets
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -220,3 +222,56 @@ async def test_a_socket_that_asked_for_accepted_batch_gets_every_answer_once_in_
     assert all(x["queued"] == [bob.device_id] for x in answers)
     assert batches > 0, "no answers were batched: the premise is not tested"
     await a.close()
+
+
+# -- the live hold's clock starts when the copy is written to the receiver's socket -------------
+
+HOLD_ENV = {
+    "PEERPOST_PRESENCE_GRACE_SECONDS": "0.5",
+    "PEERPOST_WS_RATE_PER_SECOND": "2000",
+    "PEERPOST_WS_RATE_BURST": "4000",
+    "PEERPOST_LIVE_HOLD_SECONDS": "2",
+    "PEERPOST_OUTBOX_MAX_BYTES": str(64 * 1024 * 1024),  # Bob is slow on purpose, not to be closed
+}
+
+
+async def test_a_send_waiting_in_the_receivers_queue_is_not_stored_before_it_is_written() -> None:
+    """Bob's socket stops taking bytes (a tiny receive buffer and a client that does not read), so
+    the copy of `late` waits in the server's queue for Bob behind ~12 MB. Carol reads `marker`, sent
+    after `late`, and never acks it: its hold runs out and it is stored. Had the hold's clock started
+    when `late` was queued, `late` would have run out first (holds run out in order) and been stored
+    too; it is still unanswered, and once Bob reads and acks it, it is accepted live, with no row."""
+    with RunningServer(env=HOLD_ENV) as server:
+        async with World(server.url, server.ws_url) as world:
+            alice, bob, carol = await world.account(), await world.account(), await world.account()
+            await world.befriend(alice, bob)
+            await world.befriend(alice, carol)
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(raw, (server.host, server.port))
+            b = await world.connect(bob, sock=raw, max_queue=1)
+            c = await world.connect(carol)
+            a = await world.connect(alice)
+            for _ in range(30):  # 12 MB of base64: more than the kernel's buffers hold (4 MB)
+                await a.send(a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope(300_000)))
+            late = a.send_frame([(bob.user_id, bob.device_id)], opaque_envelope())
+            await a.send(late)
+            marker = a.send_frame([(carol.user_id, carol.device_id)], opaque_envelope())
+            await a.send(marker)
+            await c.expect("deliver", where=lambda f: f["message_id"] == marker["message_id"])
+            stored = await a.expect("accepted", deadline=30, where=lambda f: f["ref"] == marker["ref"])
+            assert stored["queued"] == [carol.device_id]  # carol never acked: its hold ran out
+            kinds = collections.Counter(
+                (f["type"], f.get("code"), tuple(f.get("queued", ()))) for f in a.backlog
+            )
+            assert not [f for f in a.backlog if f.get("ref") == late["ref"]], kinds  # late: not answered yet
+            while True:  # Bob reads now, and acks everything as it comes
+                frame = await b.expect("deliver", deadline=30)
+                await b.send({"type": "ack", "message_id": frame["message_id"]})
+                if frame["message_id"] == late["message_id"]:
+                    break
+            answer = await a.expect("accepted", deadline=30, where=lambda f: f["ref"] == late["ref"])
+            assert (answer["live"], answer["queued"]) == ([bob.device_id], [])
+            for client in (a, b, c):
+                await client.close()
