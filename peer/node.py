@@ -50,7 +50,7 @@ from crypto.keystore import (
 )
 from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
-from peer import frames
+from peer import frames, pairwise_path
 from peer.client import ServerClient, normalise_server_url
 from peer.errors import (
     AuthFailed,
@@ -90,6 +90,8 @@ from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore
 from peer.outbox import Outbox
+from peer.pairwise_path import PairwisePath
+from peer.prekeystock import PrekeyStock
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import RoutePolicy, Router
@@ -167,6 +169,8 @@ class _Running:
     transfers: FileTransfers
     outbox: Outbox
     inbox: Inbox
+    pairwise: PairwisePath | None = None  # None: forward secrecy off (envelope v2 only)
+    prekeys: PrekeyStock | None = None
 
     @property
     def local_device(self) -> LocalDevice:
@@ -523,6 +527,8 @@ class Peer:
         self._running = running
         self._set_state(PeerState.RUNNING)
         self._spawn(running.inbox.run(), "inbox")
+        if running.pairwise is not None and running.prekeys is not None:
+            self._spawn(pairwise_path.maintain(running.pairwise, running.prekeys, self._client), "prekeys")
         if self.settings.online:
             running.session.start()
 
@@ -594,6 +600,22 @@ class Peer:
             device_online=self.presence.device_online,
         )
         local_device = LocalDevice(me.user_id, me.device_id, keystore.keys)
+        pairwise, prekeys = None, None
+        if self.settings.forward_secrecy:
+            pairwise, prekeys = pairwise_path.build(
+                store=store,
+                keys=keystore.keys,
+                user_id=me.user_id,
+                device_id=me.device_id,
+                client=self._client,
+                pinned=keyring.identity_key,
+                router=router,
+                server=session,
+                server_deadline=self.settings.server_deadline,
+            )
+            await pairwise.prepare()
+            with contextlib.suppress(ServerUnavailable):  # offline start: refreshed after the connect
+                await prekeys.refresh(self._client)
         outbox = Outbox(
             me=me,
             local_device=local_device,
@@ -608,6 +630,7 @@ class Peer:
             device_online=self.presence.device_online,
             direct=self.settings.direct,
             link_deadline=self.settings.link_deadline,
+            pairwise=pairwise,
         )
         inbox = Inbox(
             me=me,
@@ -623,6 +646,7 @@ class Peer:
             publish=self._publish,
             spawn=self._spawn,
             receipts=self.settings.receipts,
+            pairwise=pairwise,
         )
         return _Running(
             me=me,
@@ -636,6 +660,8 @@ class Peer:
             transfers=transfers,
             outbox=outbox,
             inbox=inbox,
+            pairwise=pairwise,
+            prekeys=prekeys,
         )
 
     async def _server_ice(self) -> tuple[RTCIceServer, ...]:
@@ -681,8 +707,14 @@ class Peer:
             await parts.keyring.refresh(parts.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
             await self._reload_contacts()
+        if parts.prekeys is not None:
+            with contextlib.suppress(ServerError):
+                await parts.prekeys.refresh(self._client)  # after an offline start, and refills
         for message_id, _ in await parts.router.flush_outbox():
             await parts.outbox.refresh_state(message_id)
+        if parts.pairwise is not None:
+            for message_id in await parts.pairwise.flush():
+                await parts.outbox.refresh_state(message_id)
 
     async def _reload_contacts(self) -> list[ContactOut]:
         """The contacts cache and presence, from the server's list (raises ServerError)."""

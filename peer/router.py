@@ -166,6 +166,13 @@ class Router:
         finally:
             self._acks.pop((message_id, device_id), None)
 
+    async def send_direct(
+        self, message_id: str, data: bytes, user_id: int, device_id: str, connect: bool
+    ) -> bool:
+        """One frame to one device over its link (set up if allowed), True once the receiver acked
+        it: the direct half of `deliver`, for bytes sealed per device (`peer.pairwise_path`)."""
+        return await self._direct(message_id, data, user_id, device_id, connect)
+
     async def deliver(
         self,
         message_id: str,
