@@ -39,7 +39,7 @@ from peer.keyring import Keyring
 from peer.link import Link
 from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.outbox import Outbox
-from peer.pairwise_path import Inner, PairwisePath
+from peer.pairwise_path import Inner, Opened, PairwisePath
 from peer.router import DIRECT, Router
 from peer.session import HubSession
 from peer.sessions import Outcome, Received
@@ -264,8 +264,14 @@ class Inbox:
             )
             await self._ack(parsed.message_id, link)
             return
+        try:
+            await self._after_pairwise(opened, via)
+        finally:  # shown first, acknowledged right after (as for an envelope)
+            await self._ack(parsed.message_id, link)
+
+    async def _after_pairwise(self, opened: Opened, via: str) -> None:
+        assert self._pairwise is not None
         r = opened.received
-        await self._ack(parsed.message_id, link)
         if opened.outgoing_traffic:
             self._spawn(self._pairwise.send_traffic(opened.outgoing_traffic), "heal")
         if r.outcome is Outcome.DUPLICATE:

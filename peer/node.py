@@ -1043,6 +1043,14 @@ class Peer:
     # settings that can change while running
     # ---------------------------------------------------------------------------------------------
 
+    def set_ratchet(self, enabled: bool) -> None:
+        """Send 1:1 traffic as ratchet (PPR) messages where the device has prekeys (the default
+        with `forward_secrecy`), or as envelope v2 from now on (benches compare the two; receiving
+        either keeps working)."""
+        running = self._running
+        if running is not None and running.pairwise is not None:
+            running.pairwise.enabled = enabled
+
     @_mapped
     async def set_direct(self, enabled: bool) -> None:
         """Allow or forbid direct links from now on (forbidding closes the open ones)."""
