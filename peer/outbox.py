@@ -93,6 +93,7 @@ class Outbox:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
         message_id = message_id or os.urandom(16).hex()
         sent_at_ms = now_ms()
+        message: StoredMessage | None = None
         if record:
             message = StoredMessage(
                 message_id=message_id,
@@ -108,15 +109,18 @@ class Outbox:
                 state="sending",
                 reason=None,
             )
+        keep = persistent and record
+        sealed: list[Outbound] = []
+        saved = False
+        if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest
+            # (the message row commits with the first ratchet state it produced)
+            sealed, recipients, saved = await self._pairwise.seal(
+                recipients, conversation, payload, message_id, sent_at_ms, persistent=keep, message=message
+            )
+        if message is not None and not saved:
             # Committed before the envelope leaves. (Overlapping the two was measured: no gain on
             # this 2-core box, where the writer thread competes with aiortc for the CPU and the GIL.)
             await store.save_message(message)
-        keep = persistent and record
-        sealed: list[Outbound] = []
-        if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest
-            sealed, recipients = await self._pairwise.seal(
-                recipients, conversation, payload, message_id, sent_at_ms, persistent=keep
-            )
         outcomes: list[DeviceOutcome] = []
         if recipients:
             envelope = seal(

@@ -126,23 +126,31 @@ class PairwisePath:
         sent_at_ms: int,
         *,
         persistent: bool,
-    ) -> tuple[list[Outbound], list[Recipient]]:
-        """PPR messages for every device with prekeys; the devices left for envelope v2."""
+        message: StoredMessage | None = None,
+    ) -> tuple[list[Outbound], list[Recipient], bool]:
+        """PPR messages for every device with prekeys; the devices left for envelope v2; whether
+        `message` (the sender's own row) was saved, in the first seal's transaction with the
+        ratchet state (when no device takes PPR, the caller saves it)."""
         if not self.enabled or conversation.startswith("g:"):
-            return [], recipients
+            return [], recipients, False
         inner = encode_inner(conversation, sent_at_ms, payload)
         sealed: list[Outbound] = []
         rest: list[Recipient] = []
+        saved = False
+
+        def also(db: sqlite3.Connection, o: Outbound) -> None:
+            nonlocal saved
+            if message is not None and not saved:
+                self._store.insert_message(db, message)
+                saved = True
+            if persistent:
+                self._keep(db, o)
+
         for r in recipients:
             try:
                 sealed.append(
                     await self.sessions.seal(
-                        r.user_id,
-                        r.device_id,
-                        inner,
-                        message_id,
-                        keep_for_resend=persistent,
-                        also=self._keep if persistent else None,
+                        r.user_id, r.device_id, inner, message_id, keep_for_resend=persistent, also=also
                     )
                 )
             except NoPrekeys:
@@ -150,7 +158,7 @@ class PairwisePath:
             except ServerError as e:  # the claim could not be made now: envelope v2 this time
                 log.info("no prekey bundle for %s now (%s): envelope v2", r.device_id, e)
                 rest.append(r)
-        return sealed, rest
+        return sealed, rest, saved
 
     @staticmethod
     def _keep(db: sqlite3.Connection, o: Outbound) -> None:
@@ -166,13 +174,22 @@ class PairwisePath:
             (o.message_id, o.user_id, o.device_id, PENDING.value),
         )
 
-    async def _done(self, o: Outbound) -> None:
-        await self._store.transaction(
-            lambda db: db.execute(
+    async def _settle(self, o: Outbound, path: str | None, state: str) -> None:
+        """The device's outcome, and its sealed copy dropped (it has it, or it never will)."""
+
+        def _tx(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO deliveries (message_id, user_id, device_id, path, state) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (message_id, device_id) DO UPDATE SET path = COALESCE(excluded.path, path), "
+                "state = excluded.state",
+                (o.message_id, o.user_id, o.device_id, path, state),
+            )
+            db.execute(
                 "DELETE FROM pairwise_outbox WHERE message_id = ? AND device_id = ?",
                 (o.message_id, o.device_id),
             )
-        )
+
+        await self._store.transaction(_tx)
 
     async def deliver(
         self, sealed: list[Outbound], *, connect: bool = True, persistent: bool = True
@@ -195,8 +212,7 @@ class PairwisePath:
             if ok:
                 outcomes.append(DeviceOutcome(o.user_id, o.device_id, DIRECT, SENT))
                 if persistent:
-                    await self._store.set_delivery(o.message_id, o.user_id, o.device_id, DIRECT, SENT)
-                    await self._done(o)
+                    await self._settle(o, DIRECT, SENT)
             else:
                 outcomes.append(await self._via_server(o, persistent))
         return outcomes
@@ -213,13 +229,11 @@ class PairwisePath:
             return DeviceOutcome(o.user_id, o.device_id, None, PENDING, str(e))  # flushed after reconnect
         except ServerError as e:
             if persistent:
-                await self._store.set_delivery(o.message_id, o.user_id, o.device_id, None, FAILED)
-                await self._done(o)
+                await self._settle(o, None, FAILED)
             return DeviceOutcome(o.user_id, o.device_id, None, FAILED, str(e))
         path = RELAYED if o.device_id in accepted.live else QUEUED
         if persistent:
-            await self._store.set_delivery(o.message_id, o.user_id, o.device_id, path, SENT)
-            await self._done(o)
+            await self._settle(o, path, SENT)
         return DeviceOutcome(o.user_id, o.device_id, path, SENT)
 
     async def send_traffic(self, outbound: list[Outbound]) -> None:
