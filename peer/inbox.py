@@ -296,11 +296,9 @@ class Inbox:
                 await self._transfers.expect(
                     r.message_id, conversation, payload.manifest, r.sender_device, payload.blob_id
                 )
-            if not opened.stored:
+            if opened.stored is None:
                 return
-            message = await self._store.get_message(r.message_id)
-            if message is not None:
-                self._publish(MessageReceived(await self._history.view(message)))
+            self._publish(MessageReceived(await self._history.view(opened.stored)))
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(self._transfers.download_blob(r.message_id), f"download-{r.message_id[:8]}")
             if self._receipts and r.sender_user != self._me.user_id:

@@ -85,7 +85,7 @@ class Opened:
 
     received: Received
     inner: Inner | None
-    stored: bool  # DELIVERED text/file: saved as a message in the same transaction as the state
+    stored: StoredMessage | None  # DELIVERED text/file newly saved (same transaction as the state)
 
     @property
     def outgoing_traffic(self) -> list[Outbound]:
@@ -272,19 +272,19 @@ class PairwisePath:
         """Open one PPR message. `stored(received, inner)` says what to save as a message (text and
         files); it is saved in the same transaction as the ratchet state that opened it."""
         box: dict[str, Inner] = {}
-        saved: list[bool] = []
+        saved: list[StoredMessage] = []
 
         def _store_with(db: sqlite3.Connection, received: Received) -> None:
             assert received.plaintext is not None
             inner = decode_inner(received.plaintext)  # MalformedEnvelope: nothing is committed
             box["inner"] = inner
             message = stored(received, inner)
-            if message is not None:
-                saved.append(self._store.insert_message(db, message))
+            if message is not None and self._store.insert_message(db, message):
+                saved.append(message)
 
         received = await self.sessions.open(data, store_with=_store_with)
         inner = box.get("inner") if received.outcome is Outcome.DELIVERED else None
-        return Opened(received, inner, bool(saved and saved[0]))
+        return Opened(received, inner, saved[0] if saved else None)
 
 
 DAY_S = 24 * 3600.0
