@@ -87,7 +87,10 @@ async def role_bob(server_url: str, profile: str) -> None:
                 now = time.time_ns()
                 if event.type == "message":
                     m = event.message  # a MessageView
-                    if m.kind == "text" and m.text:
+                    if m.kind == "text" and m.text == "answer me":  # a conversation, not one-way:
+                        await bob.send_text(m.sender_user, "answer")  # the ratchet leaves prekey form
+                        emit({"type": "answered"})
+                    elif m.kind == "text" and m.text:
                         _, sent_ns = m.text.split()
                         emit({"type": "text", "latency_us": (now - int(sent_ns)) / 1000, "path": m.path})
                 elif event.type == "file_received":
@@ -394,6 +397,13 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     digest = hashlib.sha256(data).hexdigest()
                     del data
 
+                    answers = alice.subscribe()
+                    await alice.send_text(bob_id, "answer me")
+                    while (await bob.line())["type"] != "answered":
+                        pass
+                    while (e := await answers.get()) is not None and e.type != "message":
+                        pass
+                    alice.unsubscribe(answers)
                     # ratchet (PPR) and envelope v2 in alternating blocks: the same machine load
                     direct_blocks: dict[str, list[dict[str, Any]]] = {"ratchet": [], "envelope_v2": []}
                     for _block in range(4):
