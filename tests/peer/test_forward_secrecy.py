@@ -213,3 +213,26 @@ async def test_peer_without_prekeys_still_gets_envelope_v2_both_ways(
     back = await bob.send_text(alice.me.user_id, "old reply")
     await alice_events.wait_for(lambda e: e.type == "message" and e.message.text == "old reply")
     assert [m for _, m in wire.at(alice, back.message_id)] == [PPE]
+
+
+async def test_file_offers_travel_with_their_keys_inside_ratchet_messages_direct_and_blob(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    wire = Wire(monkeypatch)
+    alice, bob = await world.pair()
+    direct_file, blob_file = tmp_path / "direct.bin", tmp_path / "blob.bin"
+    direct_file.write_bytes(bytes(range(256)) * 1000)
+    blob_file.write_bytes(bytes(range(255, -1, -1)) * 1000)
+
+    offer = await alice.send_file(bob.me.user_id, direct_file)
+    assert offer.file is not None and not offer.file["blob_id"]
+    received = await bob.wait_file(offer.message_id, within=30)
+    assert received.read_bytes() == direct_file.read_bytes()
+    assert [m for _, m in wire.at(bob, offer.message_id)] == [PPR]
+
+    await alice.set_direct(False)
+    offer = await alice.send_file(bob.me.user_id, blob_file)
+    assert offer.file is not None and offer.file["blob_id"]
+    received = await bob.wait_file(offer.message_id, within=30)
+    assert received.read_bytes() == blob_file.read_bytes()
+    assert [m for _, m in wire.at(bob, offer.message_id)] == [PPR]
