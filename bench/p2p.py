@@ -87,7 +87,10 @@ async def role_bob(server_url: str, profile: str) -> None:
                 now = time.time_ns()
                 if event.type == "message":
                     m = event.message  # a MessageView
-                    if m.kind == "text" and m.text:
+                    if m.kind == "text" and m.text == "answer me":  # a conversation, not one-way:
+                        await bob.send_text(m.sender_user, "answer")  # the ratchet leaves prekey form
+                        emit({"type": "answered"})
+                    elif m.kind == "text" and m.text:
                         _, sent_ns = m.text.split()
                         emit({"type": "text", "latency_us": (now - int(sent_ns)) / 1000, "path": m.path})
                 elif event.type == "file_received":
@@ -196,6 +199,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def _merge_text(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [v for b in blocks for v in b["latencies"]]
+    paths: dict[str, int] = {}
+    for b in blocks:
+        for k, v in b["paths"].items():
+            paths[k] = paths.get(k, 0) + v
+    return {
+        "messages": len(latencies),
+        "paths": paths,
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+        "mean_ms": round(statistics.fmean(latencies), 3),
+        "max_ms": round(max(latencies), 3),
+        "block_p50_ms": [b["p50_ms"] for b in blocks],
+    }
+
+
+async def measure_wire_bytes(alice: Peer, bob_id: int) -> dict[str, int]:
+    """Bytes on the wire for one short text to one device: a ratchet message (session running),
+    and an envelope v2, each sealed the way the node seals them (same payload encoding)."""
+    from crypto.envelope import LocalDevice, Recipient, seal
+    from crypto.payload import Text
+
+    parts = alice._parts()  # a bench may look inside: the sizes of what the node would send
+    assert parts.pairwise is not None
+    device = next(d for d in parts.keyring.devices_of(bob_id))
+    text = Text("12 1764582000000000000")  # the bench's own message shape
+    ppr = await parts.pairwise.seal(
+        [Recipient(bob_id, device.device_id, device.encryption_key)],
+        f"u:{bob_id}", text, os.urandom(16).hex(), time.time_ns() // 1_000_000, persistent=False,
+    )  # fmt: skip
+    local = LocalDevice(alice.me.user_id, alice.me.device_id, parts.keystore.keys)
+    v2 = seal(
+        text, local, [Recipient(bob_id, device.device_id, device.encryption_key)], f"u:{bob_id}",
+        os.urandom(16).hex(), sent_at_ms=time.time_ns() // 1_000_000,
+    )  # fmt: skip
+    return {"ratchet_ppr": len(ppr[0][0].data), "envelope_v2": len(v2)}
+
+
 async def measure_text(alice: Peer, bob: Child, bob_id: int, n: int, warmup: int = 10) -> dict[str, Any]:
     latencies: list[float] = []
     paths: dict[str, int] = {}
@@ -214,6 +256,7 @@ async def measure_text(alice: Peer, bob: Child, bob_id: int, n: int, warmup: int
         "p99_ms": round(percentile(latencies, 99), 3),
         "mean_ms": round(statistics.fmean(latencies), 3),
         "max_ms": round(max(latencies), 3),
+        "latencies": latencies,
     }
 
 
@@ -354,7 +397,25 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     digest = hashlib.sha256(data).hexdigest()
                     del data
 
-                    direct_text = await measure_text(alice, bob, bob_id, args.messages)
+                    answers = alice.subscribe()
+                    await alice.send_text(bob_id, "answer me")
+                    while (await bob.line())["type"] != "answered":
+                        pass
+                    while (e := await answers.get()) is not None and e.type != "message":
+                        pass
+                    alice.unsubscribe(answers)
+                    # ratchet (PPR) and envelope v2 in alternating blocks: the same machine load
+                    direct_blocks: dict[str, list[dict[str, Any]]] = {"ratchet": [], "envelope_v2": []}
+                    for _block in range(4):
+                        for kind in ("ratchet", "envelope_v2"):
+                            alice.set_ratchet(kind == "ratchet")
+                            direct_blocks[kind].append(
+                                await measure_text(alice, bob, bob_id, max(args.messages // 4, 20))
+                            )
+                    alice.set_ratchet(True)
+                    direct_text = _merge_text(direct_blocks["ratchet"])
+                    direct_v2_text = _merge_text(direct_blocks["envelope_v2"])
+                    wire_bytes = await measure_wire_bytes(alice, bob_id)
                     direct_runs = []
                     raw_runs = []
                     for _ in range(args.repeat):  # interleaved, so both see the same machine load
@@ -362,6 +423,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                         raw_runs.append(await measure_raw(args.file_mb * 1024 * 1024))
                     await alice.set_direct(False)
                     relayed_text = await measure_text(alice, bob, bob_id, args.messages)
+                    relayed_text.pop("latencies")
                     blob_runs = [
                         await measure_file(alice, bob, bob_id, source, digest) for _ in range(args.repeat)
                     ]
@@ -381,7 +443,9 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         },
         "seed_bound_ms": SEED_BOUND_MS,
         "crypto_floor": measure_crypto(),
-        "text": {"direct": direct_text, "relayed": relayed_text},
+        "text": {"direct": direct_text, "direct_envelope_v2": direct_v2_text, "relayed": relayed_text},
+        "ratchet_vs_v2_direct_p50": round(direct_text["p50_ms"] / direct_v2_text["p50_ms"], 2),
+        "bytes_per_message": wire_bytes,
         "file": {"direct": direct_file, "raw_aiortc": raw_file, "blob": blob_file},
         "ratios": {
             "direct_vs_raw": round(direct_file["mb_per_s"] / raw_file["mb_per_s"], 2),
@@ -422,8 +486,13 @@ def table(r: dict[str, Any]) -> str:
         f"PeerPost p2p benchmark ({r['machine']['loop']} loop, {r['machine']['cpus']} cpus)",
         "",
         "text latency, one way (send call -> receiver event)   p50 ms    p99 ms    max ms",
-        f"  direct (data channel)                              {t['direct']['p50_ms']:>7.3f}  "
+        f"  direct (data channel), ratchet (PPR)               {t['direct']['p50_ms']:>7.3f}  "
         f"{t['direct']['p99_ms']:>8.3f}  {t['direct']['max_ms']:>8.3f}",
+        f"  direct, envelope v2 (same run, alternating blocks) {t['direct_envelope_v2']['p50_ms']:>7.3f}  "
+        f"{t['direct_envelope_v2']['p99_ms']:>8.3f}  {t['direct_envelope_v2']['max_ms']:>8.3f}",
+        f"  ratchet / v2 direct p50: {r['ratchet_vs_v2_direct_p50']:.2f}; bytes per short text: "
+        f"ratchet {r['bytes_per_message']['ratchet_ppr']}, "
+        f"envelope v2 {r['bytes_per_message']['envelope_v2']}",
         f"  relayed (server, live)                             {t['relayed']['p50_ms']:>7.3f}  "
         f"{t['relayed']['p99_ms']:>8.3f}  {t['relayed']['max_ms']:>8.3f}",
         f"  seed bound                                         {r['seed_bound_ms']:>7.1f}",

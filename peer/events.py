@@ -236,6 +236,17 @@ class ErrorEvent(Event):
     message: str
 
 
+@dataclass(frozen=True)
+class SessionReestablished(Event):
+    """The secure session with a device was re-established after this device could not decrypt
+    (its state lost or restored from an older copy): shown to the user once."""
+
+    type: ClassVar[str] = "session_reestablished"
+    user_id: int
+    device_id: str
+    message: str = "secure session re-established"
+
+
 class EventBus:
     def __init__(self, capacity: int = 10_000) -> None:
         self._capacity = capacity

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
+from crypto.pairwise import is_pairwise, peek
 from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Receipt, Text, Timer, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
@@ -32,6 +33,7 @@ from peer.events import (
     MessageReceived,
     MessageStateChanged,
     ReceiptReceived,
+    SessionReestablished,
     TypingChanged,
 )
 from peer.history import History
@@ -40,8 +42,10 @@ from peer.keyring import Keyring
 from peer.link import Link
 from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.outbox import Outbox
+from peer.pairwise_path import Inner, Opened, PairwisePath
 from peer.router import DIRECT, Router
 from peer.session import HubSession
+from peer.sessions import Outcome, Received
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, payload_record
 from peer.vocab import ReceiptStatus
@@ -68,6 +72,7 @@ class Inbox:
         spawn: Callable[[Coroutine[Any, Any, Any], str], object],
         receipts: bool,
         edit_window: float = 48 * 3600.0,
+        pairwise: PairwisePath | None = None,
     ) -> None:
         self._me = me
         self._local_device = local_device
@@ -82,6 +87,7 @@ class Inbox:
         self._publish = publish
         self._spawn = spawn  # the Peer's: its tasks are owned (and cancelled) by the Peer
         self._receipts = receipts
+        self._pairwise = pairwise
         self._queue: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
         self.edits = MessageEdits(
             me_user=me.user_id,
@@ -145,6 +151,9 @@ class Inbox:
         store, keyring, transfers = self._store, self._keyring, self._transfers
         try:
             raw = b64decode(data) if isinstance(data, str) else data
+            if self._pairwise is not None and is_pairwise(raw):
+                await self._receive_pairwise(raw, via, link, server_id)
+                return
             header = peek_header(raw)
         except (ValueError, EnvelopeError) as e:
             self._publish(ErrorEvent(f"a message that is not a valid envelope was dropped: {e}"))
@@ -235,6 +244,126 @@ class Inbox:
             await self.disappearing.on_timer(
                 h.message_id, conversation, h.sender_user, h.sender_device, h.sent_at_ms, payload
             )
+
+    async def _receive_pairwise(self, raw: bytes, via: str, link: Link | None, server_id: str | None) -> None:
+        """A PPR message (`peer.pairwise_path`): the same steps as an envelope, plus healing."""
+        assert self._pairwise is not None
+        try:
+            parsed = peek(raw)
+        except CryptoError as e:
+            self._publish(ErrorEvent(f"a ratchet message that is not valid was dropped: {e}"))
+            if server_id is not None:
+                await self._ack(server_id, None)
+            return
+        if server_id is not None and parsed.message_id != server_id:
+            self._publish(
+                ErrorEvent(
+                    f"a message from user {parsed.sender_user} was dropped: its id {parsed.message_id} "
+                    f"is not the id {server_id} it was delivered under"
+                )
+            )
+            await self._ack(server_id, None)
+            return
+        try:
+            await self._keyring.ensure_sender(parsed.sender_user, parsed.sender_device)
+        except ServerError as e:
+            log.info("cannot fetch keys of user %s now: %s", parsed.sender_user, e)
+            return  # not acknowledged: it comes again
+
+        def stored(r: Received, inner: Inner) -> StoredMessage | None:
+            payload = inner.payload
+            if not isinstance(payload, Text | FileOffer):
+                return None
+            return StoredMessage(
+                message_id=r.message_id,
+                conversation=self._conversation(r.sender_user, inner.conversation),
+                sender_user=r.sender_user,
+                sender_device=r.sender_device,
+                outgoing=r.sender_user == self._me.user_id,
+                content_type=payload.kind,
+                payload=payload_record(payload),
+                sent_at_ms=inner.sent_at_ms,
+                stored_at_ms=now_ms(),
+                path=via,
+                state="received",
+                reason=None,
+            )
+
+        try:
+            opened = await self._pairwise.receive(raw, stored=stored)
+        except ServerError as e:  # a heal needs a bundle the server cannot give now: comes again
+            log.info("cannot heal with %s now: %s", parsed.sender_device, e)
+            return
+        except CryptoError as e:
+            self._publish(
+                ErrorEvent(f"message {parsed.message_id} from user {parsed.sender_user} was dropped: {e}")
+            )
+            await self._ack(parsed.message_id, link)
+            return
+        try:
+            await self._after_pairwise(opened, via)
+        finally:  # shown first, acknowledged right after (as for an envelope)
+            await self._ack(parsed.message_id, link)
+
+    async def _after_pairwise(self, opened: Opened, via: str) -> None:
+        assert self._pairwise is not None
+        r = opened.received
+        if opened.outgoing_traffic:
+            self._spawn(self._pairwise.send_traffic(opened.outgoing_traffic), "heal")
+        if r.outcome is Outcome.DUPLICATE:
+            self._publish(DuplicateDropped(r.message_id, via))
+            message = await self._store.get_message(r.message_id)
+            if self._receipts and message is not None and not message.outgoing:
+                self._spawn(self._send_receipt(r.sender_user, "delivered", [r.message_id]), "receipt")
+            return
+        if r.outcome is Outcome.UNDECRYPTABLE:
+            log.info("message %s from %s could not be decrypted: %s", r.message_id, r.sender_device, r.reason)
+            if r.reply is None and "belongs to user" in (r.reason or ""):
+                self._publish(ErrorEvent(f"message {r.message_id} could not be decrypted: {r.reason}"))
+            return
+        if r.outcome is not Outcome.DELIVERED or opened.inner is None:
+            return
+        if r.reestablished:
+            self._publish(SessionReestablished(r.sender_user, r.sender_device))
+        inner, payload = opened.inner, opened.inner.payload
+        conversation = self._conversation(r.sender_user, inner.conversation)
+        if isinstance(payload, Text | FileOffer):
+            if isinstance(payload, FileOffer):
+                await self._transfers.expect(
+                    r.message_id, conversation, payload.manifest, r.sender_device, payload.blob_id
+                )
+            if opened.stored is None:
+                return
+            self._publish(MessageReceived(await self._history.view(opened.stored)))
+            if isinstance(payload, FileOffer) and payload.blob_id is not None:
+                self._spawn(self._transfers.download_blob(r.message_id), f"download-{r.message_id[:8]}")
+            if self._receipts and r.sender_user != self._me.user_id:
+                self._spawn(self._send_receipt(r.sender_user, "delivered", [r.message_id]), "receipt")
+        elif isinstance(payload, Receipt):
+            if payload.status == "delivered":
+                await self._pairwise.sessions.acknowledge(r.sender_device, list(payload.message_ids))
+            for message_id in payload.message_ids:
+                await self._apply_receipt(message_id, payload.status, r.sender_user)
+            self._publish(
+                ReceiptReceived(r.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
+            )
+        elif isinstance(payload, Typing):
+            self._publish(TypingChanged(r.sender_user, conversation, payload.active))
+        elif isinstance(payload, Edit):
+            await self.edits.on_edit(r.sender_user, inner.sent_at_ms, payload)
+        elif isinstance(payload, Delete):
+            await self.edits.on_delete(r.sender_user, inner.sent_at_ms, payload)
+        elif isinstance(payload, HistoryChunk):
+            await self.history_transfer.receive(r.sender_user, r.sender_device, via == "direct", payload)
+        elif isinstance(payload, Timer):
+            await self.disappearing.on_timer(
+                r.message_id, conversation, r.sender_user, r.sender_device, inner.sent_at_ms, payload
+            )
+
+    def _conversation(self, sender_user: int, named: str) -> str:
+        if sender_user != self._me.user_id and named == f"u:{self._me.user_id}":
+            return f"u:{sender_user}"
+        return named
 
     async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
         store = self._store

@@ -50,7 +50,7 @@ from crypto.keystore import (
 )
 from crypto.safety import format_safety_number, safety_number, safety_qr_svg, safety_qr_text
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
-from peer import frames
+from peer import frames, pairwise_path
 from peer.client import ServerClient, normalise_server_url
 from peer.errors import (
     AuthFailed,
@@ -90,6 +90,8 @@ from peer.link import Link, LinkSettings, LinkState
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore
 from peer.outbox import Outbox
+from peer.pairwise_path import PairwisePath
+from peer.prekeystock import PrekeyStock
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
 from peer.router import RoutePolicy, Router
@@ -169,6 +171,8 @@ class _Running:
     transfers: FileTransfers
     outbox: Outbox
     inbox: Inbox
+    pairwise: PairwisePath | None = None  # None: forward secrecy off (envelope v2 only)
+    prekeys: PrekeyStock | None = None
 
     @property
     def local_device(self) -> LocalDevice:
@@ -527,6 +531,8 @@ class Peer:
         self._set_state(PeerState.RUNNING)
         self._spawn(running.inbox.run(), "inbox")
         self._spawn(running.inbox.disappearing.run(), "disappearing")  # peer/disappearing.py
+        if running.pairwise is not None and running.prekeys is not None:
+            self._spawn(pairwise_path.maintain(running.pairwise, running.prekeys, self._client), "prekeys")
         if self.settings.online:
             running.session.start()
 
@@ -598,6 +604,22 @@ class Peer:
             device_online=self.presence.device_online,
         )
         local_device = LocalDevice(me.user_id, me.device_id, keystore.keys)
+        pairwise, prekeys = None, None
+        if self.settings.forward_secrecy:
+            pairwise, prekeys = pairwise_path.build(
+                store=store,
+                keys=keystore.keys,
+                user_id=me.user_id,
+                device_id=me.device_id,
+                client=self._client,
+                pinned=keyring.identity_key,
+                router=router,
+                server=session,
+                server_deadline=self.settings.server_deadline,
+            )
+            await pairwise.prepare()
+            with contextlib.suppress(ServerUnavailable):  # offline start: refreshed after the connect
+                await prekeys.refresh(self._client)
         outbox = Outbox(
             me=me,
             local_device=local_device,
@@ -612,6 +634,7 @@ class Peer:
             device_online=self.presence.device_online,
             direct=self.settings.direct,
             link_deadline=self.settings.link_deadline,
+            pairwise=pairwise,
         )
         inbox = Inbox(
             me=me,
@@ -628,6 +651,7 @@ class Peer:
             spawn=self._spawn,
             receipts=self.settings.receipts,
             edit_window=self.settings.edit_window,
+            pairwise=pairwise,
         )
         return _Running(
             me=me,
@@ -641,6 +665,8 @@ class Peer:
             transfers=transfers,
             outbox=outbox,
             inbox=inbox,
+            pairwise=pairwise,
+            prekeys=prekeys,
         )
 
     async def _server_ice(self) -> tuple[RTCIceServer, ...]:
@@ -686,8 +712,14 @@ class Peer:
             await parts.keyring.refresh(parts.me.user_id, force=True)  # own devices added meanwhile
         with contextlib.suppress(ServerError):
             await self._reload_contacts()
+        if parts.prekeys is not None:
+            with contextlib.suppress(ServerError):
+                await parts.prekeys.refresh(self._client)  # after an offline start, and refills
         for message_id, _ in await parts.router.flush_outbox():
             await parts.outbox.refresh_state(message_id)
+        if parts.pairwise is not None:
+            for message_id in await parts.pairwise.flush():
+                await parts.outbox.refresh_state(message_id)
 
     async def _reload_contacts(self) -> list[ContactOut]:
         """The contacts cache and presence, from the server's list (raises ServerError)."""
@@ -1076,6 +1108,14 @@ class Peer:
     # ---------------------------------------------------------------------------------------------
     # settings that can change while running
     # ---------------------------------------------------------------------------------------------
+
+    def set_ratchet(self, enabled: bool) -> None:
+        """Send 1:1 traffic as ratchet (PPR) messages where the device has prekeys (the default
+        with `forward_secrecy`), or as envelope v2 from now on (benches compare the two; receiving
+        either keeps working)."""
+        running = self._running
+        if running is not None and running.pairwise is not None:
+            running.pairwise.enabled = enabled
 
     @_mapped
     async def set_direct(self, enabled: bool) -> None:

@@ -23,10 +23,12 @@ from peer.keyring import Keyring
 from peer.link import Link
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.pairwise_path import PairwisePath
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
+from peer.sessions import Outbound
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, MessageView, payload_record
-from peer.vocab import DeliveryPath, DeliveryState
+from peer.vocab import DeliveryPath, DeliveryState, MessageState
 
 
 class Outbox:
@@ -46,6 +48,7 @@ class Outbox:
         device_online: Callable[[int, str], bool],
         direct: bool,
         link_deadline: float,
+        pairwise: PairwisePath | None = None,
     ) -> None:
         self._me = me
         self._local_device = local_device
@@ -60,6 +63,7 @@ class Outbox:
         self._device_online = device_online
         self.direct = direct  # files: try links first (Peer.set_direct changes it while running)
         self._link_deadline = link_deadline
+        self._pairwise = pairwise  # None: envelope v2 only
 
     def _target_user(self, conversation: str) -> int:
         if conversation.startswith("g:"):
@@ -89,15 +93,7 @@ class Outbox:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
         message_id = message_id or os.urandom(16).hex()
         sent_at_ms = now_ms()
-        envelope = seal(
-            payload,
-            self._local_device,
-            recipients,
-            conversation,
-            message_id,
-            sent_at_ms=sent_at_ms,
-            session_keys=self._session_keys,
-        )
+        message: StoredMessage | None = None
         if record:
             message = StoredMessage(
                 message_id=message_id,
@@ -113,19 +109,42 @@ class Outbox:
                 state="sending",
                 reason=None,
             )
+        keep = persistent and record
+        sealed: list[Outbound] = []
+        saved = False
+        if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest
+            # (the message row commits with the first ratchet state it produced)
+            sealed, recipients, saved = await self._pairwise.seal(
+                recipients, conversation, payload, message_id, sent_at_ms, persistent=keep, message=message
+            )
+        if message is not None and not saved:
             # Committed before the envelope leaves. (Overlapping the two was measured: no gain on
             # this 2-core box, where the writer thread competes with aiortc for the CPU and the GIL.)
             await store.save_message(message)
         timer = await store.timer(conversation) if record else None  # disappearing messages
         expiry = {"expires_in": timer[0]} if timer and timer[0] > 0 else {}
-        outcomes = await router.deliver(
-            message_id,
-            envelope,
-            [(r.user_id, r.device_id) for r in recipients],
-            connect=connect,
-            persistent=persistent and record,
-            **expiry,
-        )
+        outcomes: list[DeviceOutcome] = []
+        if recipients:
+            envelope = seal(
+                payload,
+                self._local_device,
+                recipients,
+                conversation,
+                message_id,
+                sent_at_ms=sent_at_ms,
+                session_keys=self._session_keys,
+            )
+            outcomes = await router.deliver(
+                message_id,
+                envelope,
+                [(r.user_id, r.device_id) for r in recipients],
+                connect=connect,
+                persistent=keep,
+                **expiry,
+            )
+        if sealed:
+            assert self._pairwise is not None
+            outcomes += await self._pairwise.deliver(sealed, connect=connect, persistent=keep)
         if not record:
             return None
         state, path, reason = _summary(outcomes, user_id)
@@ -228,14 +247,16 @@ class Outbox:
         return await links.connect(user_id, device_id, within=self._link_deadline)
 
 
-def _summary(outcomes: list[DeviceOutcome], peer_user: int) -> tuple[str, str | None, str | None]:
+def _summary(
+    outcomes: list[DeviceOutcome], peer_user: int
+) -> tuple[MessageState, DeliveryPath | None, str | None]:
     """One state and path for a message from its per-device outcomes."""
     if not outcomes:
-        return FAILED, None, "no recipient device"
+        return MessageState.FAILED, None, "no recipient device"
     theirs = [o for o in outcomes if o.user_id == peer_user] or outcomes
     if all(o.state == FAILED for o in theirs):
-        return FAILED, None, theirs[0].reason
-    state = "sent" if all(o.state == SENT for o in theirs) else "sending"
+        return MessageState.FAILED, None, theirs[0].reason
+    state = MessageState.SENT if all(o.state == SENT for o in theirs) else MessageState.SENDING
     paths = {o.path for o in theirs if o.path}
     path = QUEUED if QUEUED in paths else RELAYED if RELAYED in paths else DIRECT if paths else None
     reason = next((o.reason for o in theirs if o.state in (FAILED, PENDING) and o.reason), None)

@@ -171,10 +171,13 @@ class Router:
         finally:
             self._acks.pop((message_id, device_id), None)
 
-    async def send_direct(self, message_id: str, envelope: bytes, user_id: int, device_id: str) -> bool:
-        """Over a direct link only (opened if need be), acknowledged; False if none could be had.
-        Never the server: for what must not leave the two devices' link (history transfer)."""
-        return await self._direct(message_id, envelope, user_id, device_id, connect=True)
+    async def send_direct(
+        self, message_id: str, data: bytes, user_id: int, device_id: str, connect: bool = True
+    ) -> bool:
+        """One frame to one device over its link (set up if allowed), True once the receiver acked
+        it. Never the server: the direct half of `deliver`, for bytes sealed per device
+        (`peer.pairwise_path`) and for what must not leave the two devices' link (history transfer)."""
+        return await self._direct(message_id, data, user_id, device_id, connect)
 
     async def deliver(
         self,

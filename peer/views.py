@@ -55,6 +55,7 @@ class PeerSettings:
     direct: bool = True  # False: never try links (server only)
     answer_offers: bool = True  # False: ignore every offer (tests of the fallback path)
     receipts: bool = True
+    forward_secrecy: bool = True  # publish prekeys; 1:1 traffic as ratchet (PPR) messages where possible
     download_dir: Path | None = None  # None: the platform's downloads folder, "PeerPost" in it
     auto_export: bool = True  # put a decrypted copy of each received file in download_dir
     device_keys: DeviceKeys | None = None  # tests: fixed keys instead of generating

@@ -7,7 +7,8 @@ from tests.peer.conftest import PASSWORD, World
 
 
 async def test_a_conversation_costs_the_receiver_one_rsa_unwrap_and_survives_its_restart(world: World):
-    alice, bob = await world.pair(receipts=False)
+    # envelope v2's session-key cache (peers with prekeys talk ratchet: tests/peer/test_forward_secrecy.py)
+    alice, bob = await world.pair({"forward_secrecy": False}, receipts=False, forward_secrecy=False)
     bob_events = world.record(bob)
     for i in range(5):
         sent = await alice.send_text(bob.me.user_id, f"message {i}")
@@ -25,7 +26,7 @@ async def test_a_conversation_costs_the_receiver_one_rsa_unwrap_and_survives_its
     assert sent.path == "queued"
     assert world.probe(alice).session_keys.created == 1  # the same session key travels in the queued envelope
 
-    again = world.peer("bob", 1, receipts=False)
+    again = world.peer("bob", 1, receipts=False, forward_secrecy=False)
     events = world.record(again)
     await again.unlock(PASSWORD)
     got = await events.wait_for(lambda e: e.type == "message")
