@@ -559,6 +559,7 @@ class ApiErrorCode(StrEnum):
     DEVICE_TAKEN = "device_taken"
     TOO_MANY_DEVICES = "too_many_devices"
     DEVICE_NOT_FOUND = "device_not_found"
+    DEVICE_REVOKED = "device_revoked"  # 401: the token's device was revoked (its tokens died with it)
     UNKNOWN_DEVICE = "unknown_device"
     QUOTA = "quota"
     STORAGE_FULL = "storage_full"  # 507: the disk guard refuses new writes
