@@ -328,12 +328,20 @@ class ServerClient:
         return await self._json(TypeAdapter(list[MailboxItem]), "GET", "/me/mailbox", params=params)
 
     async def upload_blob(
-        self, chunks: AsyncIterator[bytes], readers: Iterable[int], *, group_id: str | None = None
+        self,
+        chunks: AsyncIterator[bytes],
+        readers: Iterable[int],
+        *,
+        group_id: str | None = None,
+        expires_in: int | None = None,
     ) -> BlobOut:
-        """Upload an encrypted file; with `group_id` every member of that group may read it."""
+        """Upload an encrypted file; with `group_id` every member of that group may read it; with
+        `expires_in` (a disappearing message's file) the server deletes it that many seconds on."""
         params = {"readers": ",".join(str(r) for r in readers)}
         if group_id is not None:
             params["group"] = group_id
+        if expires_in is not None:
+            params["expires_in"] = str(expires_in)
         headers = {"Content-Type": "application/octet-stream"}
         return await self._json(BlobOut, "POST", "/blobs", params=params, content=chunks, headers=headers)
 

@@ -96,6 +96,7 @@ class Inbox:
             send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
             publish=publish,
             window=edit_window,
+            delete_blob=transfers.delete_blob,
         )
         self.disappearing = Disappearing(
             me_user=me.user_id,
@@ -107,6 +108,7 @@ class Inbox:
             ),
             remove_file=self.edits.remove_file,
             publish=publish,
+            drop_blob=self.edits.drop_blob_of,
         )
         self.history_transfer = HistoryTransfer(
             me=me, local_device=local_device, store=store, keyring=keyring, router=router, publish=publish

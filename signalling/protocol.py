@@ -415,11 +415,17 @@ class MailboxAck(_Model):
     message_ids: list[MessageId] = Field(min_length=1, max_length=1000)
 
 
+# The longest a disappearing message's file may ask to be kept (`POST /blobs?expires_in=`): the
+# longest disappearing timer. The server keeps it no longer than its own blob retention either.
+MAX_BLOB_EXPIRES_IN = 28 * 24 * 3600
+
+
 class BlobOut(_Response):
     blob_id: str
     size: int
     sha256: str
     created_at: datetime
+    expires_at: datetime = Field(description="when the server deletes it (its retention, or `expires_in`)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ async def _device_login(world: World, account: Account, device_id: str) -> tuple
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    return dataclasses.replace(account, token=body["access_token"], device_id=device_id), body["refresh_token"]
+    return dataclasses.replace(account, token=body["access_token"], device_id=device_id), body[
+        "refresh_token"
+    ]
 
 
 async def _refused(world: World, token: str, device_id: str) -> tuple[int | None, str]:
