@@ -106,6 +106,7 @@ async def test_a_disappearing_files_blob_goes_at_its_expiry_never_later_than_the
         assert short.status_code == 201 and life(short.json()) == timedelta(seconds=1)
         blob_id = short.json()["blob_id"]
         on_disk = server.data_dir / "blobs" / blob_id
+
         async def purged() -> bool:
             answer = await world.http.get(f"/blobs/{blob_id}", headers=bob.auth)
             return answer.status_code == 404 and not on_disk.exists()
