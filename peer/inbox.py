@@ -96,7 +96,7 @@ class Inbox:
             send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
             publish=publish,
             window=edit_window,
-            delete_blob=transfers.delete_blob,
+            delete_blob=lambda blob_id: transfers.delete_blob(blob_id),
         )
         self.disappearing = Disappearing(
             me_user=me.user_id,

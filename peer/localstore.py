@@ -25,6 +25,29 @@ from crypto.atrest import open_at_rest, seal_at_rest
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+
+
+def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """Bring a table made by an older version up to date (SQLite adds a nullable column in place)."""
+    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def expiry_of(db: sqlite3.Connection, message_id: str) -> int | None:
+    """The message's disappearing deadline (ms; peer/disappearing.py), for an outbox row to keep:
+    the message may be swept before the row is sent, the row's deadline must outlive it."""
+    row = db.execute("SELECT expires_at_ms FROM expiries WHERE message_id = ?", (message_id,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def seconds_left(expires_at_ms: int | None, at_ms: int) -> int | None:
+    """A stored disappearing deadline as the `expires_in` to send now: None for no deadline, 0 when
+    it has passed (the message ran out before the server could take it: nothing to send)."""
+    if expires_at_ms is None:
+        return None
+    return max(0, -(-(expires_at_ms - at_ms) // 1000))
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -53,7 +76,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT PRIMARY KEY,
     envelope BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS seen (
     sender_device TEXT NOT NULL,
@@ -270,6 +294,7 @@ class LocalStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            add_column_if_missing(db, "outbox", "expires_at_ms", "INTEGER")  # stores made before it
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._db = db
             self._seen = {(d, m) for d, m in db.execute("SELECT sender_device, message_id FROM seen")}
@@ -578,27 +603,32 @@ class LocalStore:
     # ---------------------------------------------------------------------------------------------
 
     async def outbox_put(self, message_id: str, envelope: bytes) -> None:
+        """Keep an envelope until the server has it, with its message's disappearing deadline (if
+        any), so a send after a restart still tells the server how soon to drop it."""
+
         def _put() -> None:
             self.db.execute(
-                "INSERT OR IGNORE INTO outbox (message_id, envelope, created_ms) VALUES (?,?,?)",
-                (message_id, envelope, now_ms()),
+                "INSERT OR IGNORE INTO outbox (message_id, envelope, created_ms, expires_at_ms) "
+                "VALUES (?,?,?,?)",
+                (message_id, envelope, now_ms(), expiry_of(self.db, message_id)),
             )
 
         await self._run(_put)
 
-    async def outbox_pending(self) -> list[tuple[str, bytes, list[tuple[int, str]]]]:
-        """Each outbox envelope with the devices whose delivery is still 'pending'."""
+    async def outbox_pending(self) -> list[tuple[str, bytes, list[tuple[int, str]], int | None]]:
+        """Each outbox envelope with the devices whose delivery is still 'pending', and its
+        disappearing deadline (ms, None when it has none)."""
 
-        def _pending() -> list[tuple[str, bytes, list[tuple[int, str]]]]:
+        def _pending() -> list[tuple[str, bytes, list[tuple[int, str]], int | None]]:
             result = []
-            for message_id, envelope in self.db.execute(
-                "SELECT message_id, envelope FROM outbox ORDER BY created_ms"
+            for message_id, envelope, expires_at_ms in self.db.execute(
+                "SELECT message_id, envelope, expires_at_ms FROM outbox ORDER BY created_ms"
             ).fetchall():
                 devices = self.db.execute(
                     "SELECT user_id, device_id FROM deliveries WHERE message_id = ? AND state = 'pending'",
                     (message_id,),
                 ).fetchall()
-                result.append((message_id, envelope, [(u, d) for u, d in devices]))
+                result.append((message_id, envelope, [(u, d) for u, d in devices], expires_at_ms))
             return result
 
         return await self._run(_pending)

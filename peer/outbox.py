@@ -144,7 +144,7 @@ class Outbox:
             )
         if sealed:
             assert self._pairwise is not None
-            outcomes += await self._pairwise.deliver(sealed, connect=connect, persistent=keep)
+            outcomes += await self._pairwise.deliver(sealed, connect=connect, persistent=keep, **expiry)
         if not record:
             return None
         state, path, reason = _summary(outcomes, user_id)

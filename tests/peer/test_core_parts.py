@@ -12,7 +12,9 @@ played by small fakes; the parts under test are real, over a real SQLite local s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from peer.events import DuplicateDropped, Event, KeyWarning, MessageReceived
 from peer.history import History
 from peer.inbox import Inbox
 from peer.keyring import Keyring
-from peer.localstore import LocalStore
+from peer.localstore import LocalStore, StoredMessage
 from peer.outbox import Outbox
 from peer.router import DeviceOutcome, RoutePolicy, Router
 from peer.views import Me, MessageView
@@ -267,7 +269,7 @@ async def test_router_keeps_the_envelope_in_the_outbox_while_the_server_is_down(
     router, store = await make_router(stores, links, hub, online=False)
     [outcome] = await router.deliver(M3, envelope_for(M3), [(BOB, "bob-phone")])
     assert (outcome.path, outcome.state) == (None, DeliveryState.PENDING)
-    assert [m for m, _, _ in await store.outbox_pending()] == [M3]
+    assert [m for m, _, _, _ in await store.outbox_pending()] == [M3]
 
     hub.up = True  # the server is back: the flush after a reconnect sends it, once
     [(message_id, [queued])] = await router.flush_outbox()
@@ -275,6 +277,41 @@ async def test_router_keeps_the_envelope_in_the_outbox_while_the_server_is_down(
     assert await store.outbox_pending() == [] and await router.flush_outbox() == []
     assert hub.sent == [(M3, ["bob-phone"])]
     await router.close()
+
+
+async def test_an_outbox_made_before_expiries_gains_the_column_and_keeps_a_timed_envelope(tmp_path: Path):
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as old:  # the outbox as older versions made it
+        old.execute(
+            "CREATE TABLE outbox "
+            "(message_id TEXT PRIMARY KEY, envelope BLOB NOT NULL, created_ms INTEGER NOT NULL)"
+        )
+        old.execute("INSERT INTO outbox VALUES (?, x'00', 1)", (M4,))
+        old.commit()
+    store = LocalStore(path, os.urandom(32))
+    await store.open()
+    try:
+        await store.set_timer("u:2", 60, BOB, 1_000)
+        message = StoredMessage(
+            M5,
+            "u:2",
+            ALICE,
+            "alice-laptop",
+            True,
+            "text",
+            {"type": "text", "body": "x"},
+            5_000,
+            5_000,
+            None,
+            "sending",
+            None,
+        )
+        assert await store.save_message(message)
+        await store.outbox_put(M5, b"sealed")
+        pending = {m: expires for m, _, _, expires in await store.outbox_pending()}
+        assert pending == {M4: None, M5: 5_000 + 60_000}
+    finally:
+        await store.close()
 
 
 async def test_router_backs_a_device_off_after_a_failed_link_attempt(stores):
