@@ -27,6 +27,14 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 
 
+# How long a received message id is remembered (de-duplication across paths and redeliveries):
+# the server's mailbox keeps an unacknowledged copy at most its retention (30 days by default) from
+# when it stored it, which is no earlier than the sender sent it, so every copy the server can
+# redeliver arrives within the retention of the first; 2 days more for clocks and a sender's outbox
+# that waited. Reasoning and what is left outside: docs/decisions-peer.md "The seen window".
+SEEN_WINDOW_MS = 32 * 24 * 3600 * 1000
+
+
 def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
     """Bring a table made by an older version up to date (SQLite adds a nullable column in place)."""
     if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
@@ -85,6 +93,7 @@ CREATE TABLE IF NOT EXISTS seen (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (sender_device, message_id)
 );
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (at_ms);
 CREATE TABLE IF NOT EXISTS contacts (
     user_id INTEGER PRIMARY KEY,
     username TEXT NOT NULL,
@@ -297,6 +306,7 @@ class LocalStore:
             add_column_if_missing(db, "outbox", "expires_at_ms", "INTEGER")  # stores made before it
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._db = db
+            db.execute("DELETE FROM seen WHERE at_ms < ?", (now_ms() - SEEN_WINDOW_MS,))
             self._seen = {(d, m) for d, m in db.execute("SELECT sender_device, message_id FROM seen")}
 
         await self._run(_open)
@@ -326,6 +336,24 @@ class LocalStore:
 
     def remember(self, sender_device: str, message_id: str) -> None:
         self._seen.add((sender_device, message_id))
+
+    async def prune_seen(self, at_ms: int | None = None) -> int:
+        """Forget ids seen more than `SEEN_WINDOW_MS` before `at_ms` (now): the table and the memory
+        set stay bounded by the window, not by the device's whole history. Runs at open and daily."""
+        cutoff = (now_ms() if at_ms is None else at_ms) - SEEN_WINDOW_MS
+
+        def _prune() -> list[tuple[str, str]]:
+            with self.db:
+                self.db.execute("BEGIN")
+                old = self.db.execute(
+                    "SELECT sender_device, message_id FROM seen WHERE at_ms < ?", (cutoff,)
+                ).fetchall()
+                self.db.execute("DELETE FROM seen WHERE at_ms < ?", (cutoff,))
+            return [(d, m) for d, m in old]
+
+        old = await self._run(_prune)
+        self._seen.difference_update(old)  # on the loop, like `remember`: no id added meanwhile is lost
+        return len(old)
 
     async def mark_seen(self, sender_device: str, message_id: str) -> None:
         """Persist a seen id for payloads that are not stored as messages (receipts, typing)."""

@@ -24,15 +24,15 @@ import pytest
 from crypto.bundle import make_bundle
 from crypto.envelope import LocalDevice, Recipient, peek_header, seal
 from crypto.keys import DeviceKeys
-from crypto.payload import Text
+from crypto.payload import Text, Typing
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import frames
 from peer.errors import KeyChanged, LinkFailed, ServerUnavailable
-from peer.events import DuplicateDropped, Event, KeyWarning, MessageReceived
+from peer.events import DuplicateDropped, Event, KeyWarning, MessageReceived, TypingChanged
 from peer.history import History
 from peer.inbox import Inbox
 from peer.keyring import Keyring
-from peer.localstore import LocalStore, StoredMessage
+from peer.localstore import SEEN_WINDOW_MS, LocalStore, StoredMessage, now_ms
 from peer.outbox import Outbox
 from peer.router import DeviceOutcome, RoutePolicy, Router
 from peer.views import Me, MessageView
@@ -471,3 +471,33 @@ async def test_an_incoming_file_counts_as_read_only_once_it_has_arrived(stores):
     assert await store.mark_read("u:1", [file_id]) == [file_id]
     [(conversation, last_id, _, unread)] = await store.conversation_summaries()
     assert (conversation, last_id, unread) == ("u:1", file_id, 0)
+
+
+async def test_the_seen_table_is_pruned_to_its_window_and_still_drops_a_redelivered_duplicate(stores):
+    outbox, router, inbox, bob_events, acks, bob_store = await two_sides(stores)
+    await outbox.send(ConversationId.user(BOB), Typing(True), record=False)
+    [(message_id, envelope)] = router.handed
+    await inbox.receive(envelope, via=DeliveryPath.RELAYED, link=None, server_id=message_id)
+    assert [type(e) for e in bob_events].count(TypingChanged) == 1
+
+    # A long history: 5,000 ids seen long before the window, as a device in use for a year has.
+    now = now_ms()
+    old = [("alice-laptop", f"{n:032x}") for n in range(100, 5100)]
+    await bob_store.transaction(
+        lambda db: db.executemany(
+            "INSERT INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
+            [(d, m, now - SEEN_WINDOW_MS - 1000) for d, m in old],
+        )
+    )
+    for d, m in old:
+        bob_store.remember(d, m)
+    assert await bob_store.prune_seen() == len(old)
+    rows = await bob_store.transaction(lambda db: db.execute("SELECT message_id FROM seen").fetchall())
+    assert [r[0] for r in rows] == [message_id]  # bounded by the window, not by the history
+    assert not bob_store.seen_before(*old[0])
+
+    # The server redelivers the typing envelope (its ack was lost): still dropped, shown once.
+    await inbox.receive(envelope, via=DeliveryPath.QUEUED, link=None, server_id=message_id)
+    assert [type(e) for e in bob_events].count(TypingChanged) == 1
+    assert [e.via for e in bob_events if isinstance(e, DuplicateDropped)] == ["queued"]
+    assert acks.acked == [message_id, message_id]  # the copy is acknowledged, so it stops coming
