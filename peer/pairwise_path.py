@@ -263,12 +263,21 @@ class PairwisePath:
         if not outbound:
             return
 
-        def _keep_all(db: sqlite3.Connection) -> None:
+        def _keep_all(db: sqlite3.Connection) -> list[int | None]:
             for o in outbound:
                 self._keep(db, o)
+            return [expiry_of(db, o.message_id) for o in outbound]
 
-        await self._store.transaction(_keep_all)
-        await self.deliver(outbound, connect=True, persistent=True)
+        deadlines = await self._store.transaction(_keep_all)
+        if not any(deadlines):
+            await self.deliver(outbound, connect=True, persistent=True)
+            return
+        for o, deadline in zip(outbound, deadlines, strict=True):  # a resend keeps its message's timer
+            expires_in = seconds_left(deadline, now_ms())
+            if expires_in == 0:
+                await self._settle(o, None, FAILED)  # it ran out meanwhile: nothing to resend
+            else:
+                await self.deliver([o], connect=True, persistent=True, expires_in=expires_in)
 
     async def flush(self) -> list[str]:
         """After a reconnect: every PPR message still waiting for the server; the message ids."""
