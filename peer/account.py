@@ -41,7 +41,8 @@ async def change_password(peer: Peer, old: str, new: str) -> None:
     await check_password(peer, old)
     await peer.server.update_me(update)
     await asyncio.to_thread(change_keystore_password, peer.profile.keystore_path, old, new)
-    await peer.server.login_again(peer.me.username, new)  # sealed into the profile by the peer
+    # The new pair is this device's, sealed into the profile by the peer.
+    await peer.server.login_again(peer.me.username, new, peer.me.device_id)
     await peer.session.resume()
 
 

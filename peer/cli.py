@@ -968,6 +968,9 @@ def describe(event: dict[str, Any], transcript: Transcript, conversation: str) -
         return [f"  ! {transcript.name(event['user_id'])} {what}{blocked}"]
     if kind == "signal_rejected":
         return [f"  ! {event['reason']}"]
+    if kind == "session_reestablished" and conversation == f"u:{event.get('user_id')}":
+        # A heal (issue 14): this device could not decrypt and a new session was made; said once.
+        return [f"  · secure session with {transcript.name(event['user_id'])} re-established"]
     if kind == "connection":
         return [
             "  · connected to the server"

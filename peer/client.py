@@ -171,10 +171,12 @@ class ServerClient:
         body = UserCreate(username=username, email=email, password=password)
         return await self._json(UserOut, "POST", "/users/", json=body.model_dump(mode="json"), auth=False)
 
-    async def login(self, username: str, password: str) -> TokenPair:
-        response = await self._send(
-            "POST", "/token", auth=False, data={"username": username, "password": password}
-        )
+    async def login(self, username: str, password: str, device_id: str | None = None) -> TokenPair:
+        """Log in; naming `device_id` makes the tokens this device's (revoking it ends them)."""
+        form = {"username": username, "password": password}
+        if device_id is not None:
+            form["device_id"] = device_id
+        response = await self._send("POST", "/token", auth=False, data=form)
         if response.status_code >= 400:
             error = self._error(response)
             if response.status_code in (400, 401):
@@ -184,11 +186,11 @@ class ServerClient:
         self._set_tokens(tokens)
         return tokens
 
-    async def login_again(self, username: str, password: str) -> TokenPair:
+    async def login_again(self, username: str, password: str, device_id: str | None = None) -> TokenPair:
         """Log in while no refresh is in flight: a refresh that fails with a revoked token clears
         the tokens, and must not clear the fresh pair (after a password change)."""
         async with self._refresh_lock:
-            return await self.login(username, password)
+            return await self.login(username, password, device_id)
 
     async def refresh(self, stale: str | None = None) -> TokenPair:
         async with self._refresh_lock:
@@ -326,12 +328,20 @@ class ServerClient:
         return await self._json(TypeAdapter(list[MailboxItem]), "GET", "/me/mailbox", params=params)
 
     async def upload_blob(
-        self, chunks: AsyncIterator[bytes], readers: Iterable[int], *, group_id: str | None = None
+        self,
+        chunks: AsyncIterator[bytes],
+        readers: Iterable[int],
+        *,
+        group_id: str | None = None,
+        expires_in: int | None = None,
     ) -> BlobOut:
-        """Upload an encrypted file; with `group_id` every member of that group may read it."""
+        """Upload an encrypted file; with `group_id` every member of that group may read it; with
+        `expires_in` (a disappearing message's file) the server deletes it that many seconds on."""
         params = {"readers": ",".join(str(r) for r in readers)}
         if group_id is not None:
             params["group"] = group_id
+        if expires_in is not None:
+            params["expires_in"] = str(expires_in)
         headers = {"Content-Type": "application/octet-stream"}
         return await self._json(BlobOut, "POST", "/blobs", params=params, content=chunks, headers=headers)
 

@@ -54,6 +54,7 @@ class Disappearing:
         send: Callable[[str, Timer, str], Awaitable[object]],
         remove_file: Callable[[str], Awaitable[None]],
         publish: Callable[[Event], None],
+        drop_blob: Callable[[StoredMessage], Awaitable[None]] | None = None,
     ) -> None:
         self._me = me_user
         self._device = me_device
@@ -61,6 +62,7 @@ class Disappearing:
         self._history = history
         self._send = send  # (conversation, payload, message id)
         self._remove_file = remove_file
+        self._drop_blob = drop_blob  # the server's copy of a file this device sent (MessageEdits)
         self._publish = publish
         self._wake = asyncio.Event()
 
@@ -131,6 +133,8 @@ class Disappearing:
             for message_id in ids:
                 message = await self._store.get_message(message_id)
                 await self._remove_file(message_id)
+                if message is not None and message.sender_device == self._device and self._drop_blob:
+                    await self._drop_blob(message)  # the blob's own expiry is the backstop
                 await self._store.delete_message(message_id)
                 if message is not None:
                     self._publish(MessageDeleted(message_id, message.conversation, for_everyone=False))

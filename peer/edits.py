@@ -6,7 +6,8 @@ travels as an `Edit` or `Delete` payload in the same conversation, to the other 
 and to mine, so every device shows the same thing: the latest text marked "edited", or a tombstone
 ("message deleted") whose content is gone. A received change is applied only when its sender sent
 the original and it was sent within the window of the original; anything else is refused and said.
-A deleted file goes too: this device's sealed copy and the decrypted copy it made.
+A deleted file goes too: this device's sealed copy and the decrypted copy it made, and, when I
+delete my own file for everyone, the server's blob (now, not at its retention).
 
 Delete for me removes the message from this device's store only (its id stays seen, so a late
 copy by another path does not bring it back).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from crypto.payload import Delete, Edit
@@ -50,8 +51,10 @@ class MessageEdits:
         send: Callable[[str, Edit | Delete], object],
         publish: Callable[[Event], None],
         window: float,
+        delete_blob: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._me = me_user
+        self._delete_blob = delete_blob  # the server's copy of a file I sent (FileTransfers)
         self._store = store
         self._history = history
         self._send = send  # the outbox's send: (conversation, payload) -> awaitable
@@ -90,6 +93,7 @@ class MessageEdits:
         message = await self._own(message_id, DELETABLE, "delete")
         await self._send(message.conversation, Delete([message_id]))  # type: ignore[misc]
         await self._tombstone(message)
+        await self.drop_blob_of(message)
 
     async def delete_for_me(self, message_id: str) -> None:
         message = await self._store.get_message(message_id)
@@ -145,6 +149,12 @@ class MessageEdits:
         payload = {"type": TOMBSTONE, "was": message.content_type, "deleted_at_ms": now_ms()}
         await self._store.replace_payload(message.message_id, TOMBSTONE, payload)
         self._publish(MessageDeleted(message.message_id, message.conversation, for_everyone=True))
+
+    async def drop_blob_of(self, message: StoredMessage) -> None:
+        """Delete the server's blob of a file I sent (deleted for everyone, or run out)."""
+        blob_id = message.payload.get("blob_id") if message.content_type == "file" else None
+        if blob_id and message.sender_user == self._me and self._delete_blob is not None:
+            await self._delete_blob(str(blob_id))
 
     async def remove_file(self, message_id: str) -> None:
         """A received file's sealed copy and its decrypted copy (never a sender's own original)."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
 from crypto.pairwise import is_pairwise, peek
-from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Receipt, Text, Timer, Typing
+from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Payload, Receipt, Text, Timer, Typing
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
 from peer.disappearing import Disappearing
@@ -96,6 +96,7 @@ class Inbox:
             send=lambda conversation, payload: outbox.send(conversation, payload, record=False),
             publish=publish,
             window=edit_window,
+            delete_blob=lambda blob_id: transfers.delete_blob(blob_id),
         )
         self.disappearing = Disappearing(
             me_user=me.user_id,
@@ -107,6 +108,7 @@ class Inbox:
             ),
             remove_file=self.edits.remove_file,
             publish=publish,
+            drop_blob=self.edits.drop_blob_of,
         )
         self.history_transfer = HistoryTransfer(
             me=me, local_device=local_device, store=store, keyring=keyring, router=router, publish=publish
@@ -191,9 +193,7 @@ class Inbox:
             await self._ack(header.message_id, link)
             return
         h, payload = opened.header, opened.payload
-        conversation = h.conversation
-        if h.sender_user != self._me.user_id and conversation == f"u:{self._me.user_id}":
-            conversation = f"u:{h.sender_user}"
+        conversation = self._conversation(h.sender_user, h.conversation)
         if isinstance(payload, Text | FileOffer):
             if isinstance(payload, FileOffer):
                 await transfers.expect(
@@ -226,24 +226,15 @@ class Inbox:
             return
         await store.mark_seen(h.sender_device, h.message_id)
         await self._ack(h.message_id, link)
-        if isinstance(payload, Receipt):
-            for message_id in payload.message_ids:
-                await self._apply_receipt(message_id, payload.status, h.sender_user)
-            self._publish(
-                ReceiptReceived(h.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
-            )
-        elif isinstance(payload, Typing):
-            self._publish(TypingChanged(h.sender_user, conversation, payload.active))
-        elif isinstance(payload, Edit):
-            await self.edits.on_edit(h.sender_user, h.sent_at_ms, payload)
-        elif isinstance(payload, Delete):
-            await self.edits.on_delete(h.sender_user, h.sent_at_ms, payload)
-        elif isinstance(payload, HistoryChunk):
-            await self.history_transfer.receive(h.sender_user, h.sender_device, link is not None, payload)
-        elif isinstance(payload, Timer):
-            await self.disappearing.on_timer(
-                h.message_id, conversation, h.sender_user, h.sender_device, h.sent_at_ms, payload
-            )
+        await self._apply_control(
+            payload,
+            message_id=h.message_id,
+            conversation=conversation,
+            sender_user=h.sender_user,
+            sender_device=h.sender_device,
+            sent_at_ms=h.sent_at_ms,
+            direct=link is not None,
+        )
 
     async def _receive_pairwise(self, raw: bytes, via: str, link: Link | None, server_id: str | None) -> None:
         """A PPR message (`peer.pairwise_path`): the same steps as an envelope, plus healing."""
@@ -339,25 +330,53 @@ class Inbox:
                 self._spawn(self._transfers.download_blob(r.message_id), f"download-{r.message_id[:8]}")
             if self._receipts and r.sender_user != self._me.user_id:
                 self._spawn(self._send_receipt(r.sender_user, "delivered", [r.message_id]), "receipt")
-        elif isinstance(payload, Receipt):
-            if payload.status == "delivered":
-                await self._pairwise.sessions.acknowledge(r.sender_device, list(payload.message_ids))
-            for message_id in payload.message_ids:
-                await self._apply_receipt(message_id, payload.status, r.sender_user)
+            return
+        if isinstance(payload, Receipt) and payload.status == "delivered":
+            # The ratchet's record of what is still unacknowledged (resent after a heal).
+            await self._pairwise.sessions.acknowledge(r.sender_device, list(payload.message_ids))
+        await self._apply_control(
+            payload,
+            message_id=r.message_id,
+            conversation=conversation,
+            sender_user=r.sender_user,
+            sender_device=r.sender_device,
+            sent_at_ms=inner.sent_at_ms,
+            direct=via == "direct",
+        )
+
+    async def _apply_control(
+        self,
+        payload: Payload,
+        *,
+        message_id: str,
+        conversation: str,
+        sender_user: int,
+        sender_device: str,
+        sent_at_ms: int,
+        direct: bool,
+    ) -> None:
+        """Act on a payload that is not a message (receipt, typing, edit, delete, history, timer).
+
+        One place for both ways in (envelope v2 and pairwise ratchet), so they cannot drift apart;
+        the caller has already opened, de-duplicated and acknowledged it.
+        """
+        if isinstance(payload, Receipt):
+            for receipted in payload.message_ids:
+                await self._apply_receipt(receipted, payload.status, sender_user)
             self._publish(
-                ReceiptReceived(r.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
+                ReceiptReceived(sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
             )
         elif isinstance(payload, Typing):
-            self._publish(TypingChanged(r.sender_user, conversation, payload.active))
+            self._publish(TypingChanged(sender_user, conversation, payload.active))
         elif isinstance(payload, Edit):
-            await self.edits.on_edit(r.sender_user, inner.sent_at_ms, payload)
+            await self.edits.on_edit(sender_user, sent_at_ms, payload)
         elif isinstance(payload, Delete):
-            await self.edits.on_delete(r.sender_user, inner.sent_at_ms, payload)
+            await self.edits.on_delete(sender_user, sent_at_ms, payload)
         elif isinstance(payload, HistoryChunk):
-            await self.history_transfer.receive(r.sender_user, r.sender_device, via == "direct", payload)
+            await self.history_transfer.receive(sender_user, sender_device, direct, payload)
         elif isinstance(payload, Timer):
             await self.disappearing.on_timer(
-                r.message_id, conversation, r.sender_user, r.sender_device, inner.sent_at_ms, payload
+                message_id, conversation, sender_user, sender_device, sent_at_ms, payload
             )
 
     def _conversation(self, sender_user: int, named: str) -> str:

@@ -25,6 +25,37 @@ from crypto.atrest import open_at_rest, seal_at_rest
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+
+
+# How long a received message id is remembered (de-duplication across paths and redeliveries):
+# the server's mailbox keeps an unacknowledged copy at most its retention (30 days by default) from
+# when it stored it, which is no earlier than the sender sent it, so every copy the server can
+# redeliver arrives within the retention of the first; 2 days more for clocks and a sender's outbox
+# that waited. Reasoning and what is left outside: docs/decisions-peer.md "The seen window".
+SEEN_WINDOW_MS = 32 * 24 * 3600 * 1000
+
+
+def add_column_if_missing(db: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    """Bring a table made by an older version up to date (SQLite adds a nullable column in place)."""
+    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def expiry_of(db: sqlite3.Connection, message_id: str) -> int | None:
+    """The message's disappearing deadline (ms; peer/disappearing.py), for an outbox row to keep:
+    the message may be swept before the row is sent, the row's deadline must outlive it."""
+    row = db.execute("SELECT expires_at_ms FROM expiries WHERE message_id = ?", (message_id,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def seconds_left(expires_at_ms: int | None, at_ms: int) -> int | None:
+    """A stored disappearing deadline as the `expires_in` to send now: None for no deadline, 0 when
+    it has passed (the message ran out before the server could take it: nothing to send)."""
+    if expires_at_ms is None:
+        return None
+    return max(0, -(-(expires_at_ms - at_ms) // 1000))
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -53,7 +84,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS outbox (
     message_id TEXT PRIMARY KEY,
     envelope BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS seen (
     sender_device TEXT NOT NULL,
@@ -61,6 +93,7 @@ CREATE TABLE IF NOT EXISTS seen (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (sender_device, message_id)
 );
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (at_ms);
 CREATE TABLE IF NOT EXISTS contacts (
     user_id INTEGER PRIMARY KEY,
     username TEXT NOT NULL,
@@ -270,8 +303,10 @@ class LocalStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            add_column_if_missing(db, "outbox", "expires_at_ms", "INTEGER")  # stores made before it
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._db = db
+            db.execute("DELETE FROM seen WHERE at_ms < ?", (now_ms() - SEEN_WINDOW_MS,))
             self._seen = {(d, m) for d, m in db.execute("SELECT sender_device, message_id FROM seen")}
 
         await self._run(_open)
@@ -301,6 +336,24 @@ class LocalStore:
 
     def remember(self, sender_device: str, message_id: str) -> None:
         self._seen.add((sender_device, message_id))
+
+    async def prune_seen(self, at_ms: int | None = None) -> int:
+        """Forget ids seen more than `SEEN_WINDOW_MS` before `at_ms` (now): the table and the memory
+        set stay bounded by the window, not by the device's whole history. Runs at open and daily."""
+        cutoff = (now_ms() if at_ms is None else at_ms) - SEEN_WINDOW_MS
+
+        def _prune() -> list[tuple[str, str]]:
+            with self.db:
+                self.db.execute("BEGIN")
+                old = self.db.execute(
+                    "SELECT sender_device, message_id FROM seen WHERE at_ms < ?", (cutoff,)
+                ).fetchall()
+                self.db.execute("DELETE FROM seen WHERE at_ms < ?", (cutoff,))
+            return [(d, m) for d, m in old]
+
+        old = await self._run(_prune)
+        self._seen.difference_update(old)  # on the loop, like `remember`: no id added meanwhile is lost
+        return len(old)
 
     async def mark_seen(self, sender_device: str, message_id: str) -> None:
         """Persist a seen id for payloads that are not stored as messages (receipts, typing)."""
@@ -578,27 +631,32 @@ class LocalStore:
     # ---------------------------------------------------------------------------------------------
 
     async def outbox_put(self, message_id: str, envelope: bytes) -> None:
+        """Keep an envelope until the server has it, with its message's disappearing deadline (if
+        any), so a send after a restart still tells the server how soon to drop it."""
+
         def _put() -> None:
             self.db.execute(
-                "INSERT OR IGNORE INTO outbox (message_id, envelope, created_ms) VALUES (?,?,?)",
-                (message_id, envelope, now_ms()),
+                "INSERT OR IGNORE INTO outbox (message_id, envelope, created_ms, expires_at_ms) "
+                "VALUES (?,?,?,?)",
+                (message_id, envelope, now_ms(), expiry_of(self.db, message_id)),
             )
 
         await self._run(_put)
 
-    async def outbox_pending(self) -> list[tuple[str, bytes, list[tuple[int, str]]]]:
-        """Each outbox envelope with the devices whose delivery is still 'pending'."""
+    async def outbox_pending(self) -> list[tuple[str, bytes, list[tuple[int, str]], int | None]]:
+        """Each outbox envelope with the devices whose delivery is still 'pending', and its
+        disappearing deadline (ms, None when it has none)."""
 
-        def _pending() -> list[tuple[str, bytes, list[tuple[int, str]]]]:
+        def _pending() -> list[tuple[str, bytes, list[tuple[int, str]], int | None]]:
             result = []
-            for message_id, envelope in self.db.execute(
-                "SELECT message_id, envelope FROM outbox ORDER BY created_ms"
+            for message_id, envelope, expires_at_ms in self.db.execute(
+                "SELECT message_id, envelope, expires_at_ms FROM outbox ORDER BY created_ms"
             ).fetchall():
                 devices = self.db.execute(
                     "SELECT user_id, device_id FROM deliveries WHERE message_id = ? AND state = 'pending'",
                     (message_id,),
                 ).fetchall()
-                result.append((message_id, envelope, [(u, d) for u, d in devices]))
+                result.append((message_id, envelope, [(u, d) for u, d in devices], expires_at_ms))
             return result
 
         return await self._run(_pending)

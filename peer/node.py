@@ -179,6 +179,11 @@ class _Running:
         return LocalDevice(self.me.user_id, self.me.device_id, self.keystore.keys)
 
 
+def new_device_id() -> str:
+    """A fresh device id: 20 characters of [A-Za-z0-9], starting with 'd' (never reused)."""
+    return "d" + secrets.token_urlsafe(15).replace("-", "x").replace("_", "y")[:19]
+
+
 def _mapped(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """The Peer boundary: what the parts below raise leaves as a `PeerError` (httpx's
     `map_exceptions`): a `CryptoError` becomes `CryptoFailure` with the same sentence."""
@@ -400,9 +405,13 @@ class Peer:
         self._set_state(PeerState.STARTING)
         try:
             meta = self.profile.load_meta()
-            await self._client.login(username, password)
+            known = meta is not None and self.profile.keystore_path.exists()
+            # The device id is chosen before the login, so the tokens are this device's from the
+            # start (revoking the device ends them; the account's other devices keep theirs).
+            device_id = meta.device_id if meta is not None and known else new_device_id()
+            await self._client.login(username, password, device_id)
             account = await self._client.me()
-            if meta is not None and self.profile.keystore_path.exists():
+            if meta is not None and known:
                 if meta.user_id != account.id:
                     await self._client.logout()
                     raise ProfileTaken(f"profile {self.profile.name!r} belongs to {meta.username}")
@@ -411,7 +420,6 @@ class Peer:
                 keys = self.settings.device_keys
                 if keys is None:
                     keys = await asyncio.to_thread(generate_device_keys, self._progress(progress))
-                device_id = "d" + secrets.token_urlsafe(15).replace("-", "x").replace("_", "y")[:19]
                 self.profile.ensure()
                 info = {"user_id": account.id, "device_id": device_id, "username": account.username}
                 keystore = await asyncio.to_thread(

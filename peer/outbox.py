@@ -144,7 +144,7 @@ class Outbox:
             )
         if sealed:
             assert self._pairwise is not None
-            outcomes += await self._pairwise.deliver(sealed, connect=connect, persistent=keep)
+            outcomes += await self._pairwise.deliver(sealed, connect=connect, persistent=keep, **expiry)
         if not record:
             return None
         state, path, reason = _summary(outcomes, user_id)
@@ -207,9 +207,11 @@ class Outbox:
             )
             direct = all(isinstance(a, Link) for a in attempts)
         blob_id = None
+        timer = await store.timer(conversation)  # a disappearing file: the server's copy goes too
+        expires_in = timer[0] if timer and timer[0] > 0 else None
         if not direct:
             readers = sorted({r.user_id for r in recipients} - {self._me.user_id}) or [self._me.user_id]
-            blob_id = await transfers.upload_blob(manifest, source, readers, message_id)
+            blob_id = await transfers.upload_blob(manifest, source, readers, message_id, expires_in)
         view = await self.send(conversation, FileOffer(manifest, blob_id), message_id=message_id)
         assert view is not None
         if direct:
@@ -226,7 +228,7 @@ class Outbox:
                 # message (the first one stays, marked failed, pointing at the second).
                 readers = sorted({r.user_id for r in recipients} - {self._me.user_id}) or [self._me.user_id]
                 again_id = os.urandom(16).hex()
-                blob_id = await transfers.upload_blob(manifest, source, readers, again_id)
+                blob_id = await transfers.upload_blob(manifest, source, readers, again_id, expires_in)
                 again = await self.send(conversation, FileOffer(manifest, blob_id), message_id=again_id)
                 reason = (
                     f"direct transfer failed ({failures[0]}); sent again through the server as {again_id}"

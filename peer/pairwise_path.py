@@ -35,7 +35,14 @@ from crypto.payload import Payload, decode_payload, encode_payload
 from crypto.prekeys import PrekeyBundle
 from peer.client import ServerClient
 from peer.errors import DeliveryTimeout, ServerError, ServerUnavailable
-from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.localstore import (
+    LocalStore,
+    StoredMessage,
+    add_column_if_missing,
+    expiry_of,
+    now_ms,
+    seconds_left,
+)
 from peer.prekeystock import PrekeyStock, bundle_from_wire
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router, ServerPath
 from peer.sessions import NoPrekeys, Outbound, Outcome, Received, SessionManager
@@ -48,7 +55,7 @@ _INNER = struct.Struct(">BQB")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pairwise_outbox (message_id TEXT NOT NULL, device_id TEXT NOT NULL, "
-    "user_id INTEGER NOT NULL, data BLOB NOT NULL, created_ms INTEGER NOT NULL, "
+    "user_id INTEGER NOT NULL, data BLOB NOT NULL, created_ms INTEGER NOT NULL, expires_at_ms INTEGER, "
     "PRIMARY KEY (message_id, device_id))"
 )
 
@@ -113,7 +120,12 @@ class PairwisePath:
 
     async def prepare(self) -> None:
         """Make this path's table (once per store; before the first send or flush)."""
-        await self._store.transaction(lambda db: db.execute(_SCHEMA))
+
+        def _prepare(db: sqlite3.Connection) -> None:
+            db.execute(_SCHEMA)
+            add_column_if_missing(db, "pairwise_outbox", "expires_at_ms", "INTEGER")  # older stores
+
+        await self._store.transaction(_prepare)
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -162,11 +174,12 @@ class PairwisePath:
 
     @staticmethod
     def _keep(db: sqlite3.Connection, o: Outbound) -> None:
-        """Inside the seal's transaction: the sealed bytes stay until the device has them."""
+        """Inside the seal's transaction: the sealed bytes stay until the device has them, with the
+        message's disappearing deadline (its row is saved first), for a send after a restart."""
         db.execute(
-            "INSERT OR REPLACE INTO pairwise_outbox (message_id, device_id, user_id, data, created_ms) "
-            "VALUES (?,?,?,?,?)",
-            (o.message_id, o.device_id, o.user_id, o.data, now_ms()),
+            "INSERT OR REPLACE INTO pairwise_outbox "
+            "(message_id, device_id, user_id, data, created_ms, expires_at_ms) VALUES (?,?,?,?,?,?)",
+            (o.message_id, o.device_id, o.user_id, o.data, now_ms(), expiry_of(db, o.message_id)),
         )
         db.execute(
             "INSERT INTO deliveries (message_id, user_id, device_id, path, state) VALUES (?,?,?,NULL,?) "
@@ -192,9 +205,15 @@ class PairwisePath:
         await self._store.transaction(_tx)
 
     async def deliver(
-        self, sealed: list[Outbound], *, connect: bool = True, persistent: bool = True
+        self,
+        sealed: list[Outbound],
+        *,
+        connect: bool = True,
+        persistent: bool = True,
+        expires_in: int | None = None,
     ) -> list[DeviceOutcome]:
-        """Each PPR message to its device: the open link (with the receiver's ack), else the server."""
+        """Each PPR message to its device: the open link (with the receiver's ack), else the server
+        (`expires_in`: a disappearing message, kept in the mailbox at most that long)."""
         if not sealed:
             return []
         if len(sealed) == 1:
@@ -214,16 +233,19 @@ class PairwisePath:
                 if persistent:
                     await self._settle(o, DIRECT, SENT)
             else:
-                outcomes.append(await self._via_server(o, persistent))
+                outcomes.append(await self._via_server(o, persistent, expires_in))
         return outcomes
 
-    async def _via_server(self, o: Outbound, persistent: bool) -> DeviceOutcome:
+    async def _via_server(
+        self, o: Outbound, persistent: bool, expires_in: int | None = None
+    ) -> DeviceOutcome:
         try:
             accepted = await self._server.send_envelope(
                 o.message_id,
                 b64encode(o.data),
                 [RecipientDevice(user_id=o.user_id, device_id=o.device_id)],
                 within=self._server_deadline,
+                **({"expires_in": expires_in} if expires_in is not None else {}),
             )
         except (ServerUnavailable, DeliveryTimeout) as e:
             return DeviceOutcome(o.user_id, o.device_id, None, PENDING, str(e))  # flushed after reconnect
@@ -241,24 +263,39 @@ class PairwisePath:
         if not outbound:
             return
 
-        def _keep_all(db: sqlite3.Connection) -> None:
+        def _keep_all(db: sqlite3.Connection) -> list[int | None]:
             for o in outbound:
                 self._keep(db, o)
+            return [expiry_of(db, o.message_id) for o in outbound]
 
-        await self._store.transaction(_keep_all)
-        await self.deliver(outbound, connect=True, persistent=True)
+        deadlines = await self._store.transaction(_keep_all)
+        if not any(deadlines):
+            await self.deliver(outbound, connect=True, persistent=True)
+            return
+        for o, deadline in zip(outbound, deadlines, strict=True):  # a resend keeps its message's timer
+            expires_in = seconds_left(deadline, now_ms())
+            if expires_in == 0:
+                await self._settle(o, None, FAILED)  # it ran out meanwhile: nothing to resend
+            else:
+                await self.deliver([o], connect=True, persistent=True, expires_in=expires_in)
 
     async def flush(self) -> list[str]:
         """After a reconnect: every PPR message still waiting for the server; the message ids."""
 
-        def _rows(db: sqlite3.Connection) -> list[tuple[str, str, int, bytes]]:
+        def _rows(db: sqlite3.Connection) -> list[tuple[str, str, int, bytes, int | None]]:
             return db.execute(
-                "SELECT message_id, device_id, user_id, data FROM pairwise_outbox ORDER BY created_ms"
+                "SELECT message_id, device_id, user_id, data, expires_at_ms FROM pairwise_outbox "
+                "ORDER BY created_ms"
             ).fetchall()
 
         done = []
-        for message_id, device_id, user_id, data in await self._store.transaction(_rows):
-            outcome = await self._via_server(Outbound(user_id, device_id, message_id, data), True)
+        for message_id, device_id, user_id, data, expires_at_ms in await self._store.transaction(_rows):
+            o = Outbound(user_id, device_id, message_id, data)
+            expires_in = seconds_left(expires_at_ms, now_ms())
+            if expires_in == 0:  # it ran out before the server could take it: nothing to send
+                await self._settle(o, None, FAILED)
+                continue
+            outcome = await self._via_server(o, True, expires_in)
             if outcome.state == PENDING:
                 break
             done.append(message_id)

@@ -27,7 +27,7 @@ from typing import Protocol
 from peer import frames
 from peer.errors import DeliveryTimeout, LinkFailed, ServerError, ServerUnavailable
 from peer.link import Link
-from peer.localstore import LocalStore
+from peer.localstore import LocalStore, now_ms, seconds_left
 from peer.vocab import DeliveryPath, DeliveryState
 from signalling.protocol import AcceptedFrame, RecipientDevice, b64encode
 
@@ -252,11 +252,14 @@ class Router:
         """Send every envelope still pending for some device (after a reconnect)."""
         done = []
         async with self._flush_lock:
-            for message_id, envelope, devices in await self._store.outbox_pending():
-                if not devices:
+            for message_id, envelope, devices, expires_at_ms in await self._store.outbox_pending():
+                expires_in = seconds_left(expires_at_ms, now_ms())
+                if not devices or expires_in == 0:  # nobody left to send to, or it ran out meanwhile
                     await self._store.outbox_done(message_id)
                     continue
-                outcomes = await self._via_server(message_id, envelope, devices, persistent=True)
+                outcomes = await self._via_server(
+                    message_id, envelope, devices, persistent=True, expires_in=expires_in
+                )
                 done.append((message_id, outcomes))
                 if any(o.state == PENDING for o in outcomes):
                     break  # the connection dropped again; the next reconnect resumes here

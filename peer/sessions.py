@@ -236,6 +236,7 @@ class SessionManager:
             rs.prune_sent(db, cutoff)
 
         await self._store.transaction(_prune)
+        await self._store.prune_seen(self._clock())  # received ids: the same window, plus a margin
 
     # --- receiving ------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encry
 from peer import frames
 from peer.atomicfile import atomic_output
 from peer.client import ServerClient
-from peer.errors import LinkFailed, TransferFailed
+from peer.errors import LinkFailed, PeerError, TransferFailed
 from peer.events import Event, FileProgress, FileReceived
 from peer.link import Link
 from peer.linkset import LinkSet
@@ -194,9 +194,15 @@ class FileTransfers:
             raise LinkFailed(link.failure or "link ended")
 
     async def upload_blob(
-        self, manifest: FileManifest, path: Path, readers: list[int], transfer_id: str
+        self,
+        manifest: FileManifest,
+        path: Path,
+        readers: list[int],
+        transfer_id: str,
+        expires_in: int | None = None,
     ) -> str:
-        """Stream the encrypted chunks to the server; returns the blob id."""
+        """Stream the encrypted chunks to the server; returns the blob id. `expires_in`: the
+        conversation's disappearing timer, so the server's copy goes with the message."""
         total = manifest.encrypted_size
 
         async def body() -> AsyncIterator[bytes]:
@@ -211,8 +217,15 @@ class FileTransfers:
                 self._publish(FileProgress(transfer_id, True, sent, total, "blob"))
                 yield data
 
-        blob = await self._client.upload_blob(body(), readers)
+        blob = await self._client.upload_blob(body(), readers, expires_in=expires_in)
         return blob.blob_id
+
+    async def delete_blob(self, blob_id: str) -> None:
+        """Delete a blob I uploaded (a file deleted for everyone, or expired); gone already is fine."""
+        try:
+            await self._client.delete_blob(blob_id)
+        except PeerError as e:  # not found (expired, another device of mine was first), or offline
+            log.info("blob %s was not deleted: %s", blob_id, e)
 
     # ---------------------------------------------------------------------------------------------
     # receiving

@@ -2,7 +2,8 @@
 
 `db_session` gives each request one session from the app's factory; `current_user` turns the
 bearer token into the `store.models.User`, refusing it when the user's token version moved on
-(logout, password change) or the account is gone. `authenticate_token(app, token)` is the same check
+(logout, password change), its login was revoked or made for a device since revoked
+(`device_revoked`), or the account is gone. `authenticate_token(app, token)` is the same check
 without a request, for the hub's WebSocket handshake and `auth` frame.
 """
 
@@ -60,11 +61,19 @@ async def user_for_token(session: AsyncSession, tokens: TokenService, token: str
             "This token was revoked (logout or password change); log in again.",
             code=ApiErrorCode.TOKEN_REVOKED,
         )
-    if claims.family is not None and await refresh_tokens.family_revoked(session, claims.family):
-        raise Unauthorized(
-            "This token's session was signed out (its refresh token was used twice); log in again.",
-            code=ApiErrorCode.TOKEN_REVOKED,
-        )
+    if claims.family is not None:
+        login = await refresh_tokens.login_state(session, claims.family)
+        if login.device_revoked:
+            raise Unauthorized(
+                f"This token's device ({claims.device or 'this login'}) was revoked; "
+                "this device must log in again as a new device.",
+                code=ApiErrorCode.DEVICE_REVOKED,
+            )
+        if login.revoked:
+            raise Unauthorized(
+                "This token's session was signed out (its refresh token was used twice); log in again.",
+                code=ApiErrorCode.TOKEN_REVOKED,
+            )
     return user
 
 

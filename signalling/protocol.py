@@ -415,11 +415,17 @@ class MailboxAck(_Model):
     message_ids: list[MessageId] = Field(min_length=1, max_length=1000)
 
 
+# The longest a disappearing message's file may ask to be kept (`POST /blobs?expires_in=`): the
+# longest disappearing timer. The server keeps it no longer than its own blob retention either.
+MAX_BLOB_EXPIRES_IN = 28 * 24 * 3600
+
+
 class BlobOut(_Response):
     blob_id: str
     size: int
     sha256: str
     created_at: datetime
+    expires_at: datetime = Field(description="when the server deletes it (its retention, or `expires_in`)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,6 +565,7 @@ class ApiErrorCode(StrEnum):
     DEVICE_TAKEN = "device_taken"
     TOO_MANY_DEVICES = "too_many_devices"
     DEVICE_NOT_FOUND = "device_not_found"
+    DEVICE_REVOKED = "device_revoked"  # 401: the token's device was revoked (its tokens died with it)
     UNKNOWN_DEVICE = "unknown_device"
     QUOTA = "quota"
     STORAGE_FULL = "storage_full"  # 507: the disk guard refuses new writes

@@ -2,7 +2,8 @@
 
 An access token carries `sub` (user id), `ver` (the user's token version: logout and password
 change bump it, so older tokens stop working at once), `fam` (the login's refresh-token family: a
-family revoked for reuse takes its access tokens with it at once), `jti`, `iat` and `exp`. The algorithm is
+family revoked for reuse takes its access tokens with it at once), `dev` (the device the login was
+made for, when it named one: revoking the device revokes the family), `jti`, `iat` and `exp`. The algorithm is
 pinned on decode; there is no default key in code: the secret comes from settings or is generated
 on first start into `<data_dir>/jwt-secret` with mode 0600. Several instances must share it
 (set `PEERPOST_JWT_SECRET` or share the data dir).
@@ -54,6 +55,7 @@ class AccessClaims:
     jti: str
     expires_at: int
     family: str | None = None  # the refresh-token family (login) it was issued from
+    device: str | None = None  # the device the login was made for, when it named one
 
 
 class TokenService:
@@ -64,7 +66,9 @@ class TokenService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
 
-    def issue_access(self, user_id: int, version: int, *, family: str | None = None) -> str:
+    def issue_access(
+        self, user_id: int, version: int, *, family: str | None = None, device: str | None = None
+    ) -> str:
         now = int(time.time())
         claims: dict[str, object] = {
             "sub": str(user_id),
@@ -76,6 +80,8 @@ class TokenService:
         }
         if family is not None:
             claims["fam"] = family
+        if device is not None:
+            claims["dev"] = device
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode_access(self, token: str) -> AccessClaims:
@@ -104,6 +110,7 @@ class TokenService:
                 jti=str(claims["jti"]),
                 expires_at=int(claims["exp"]),
                 family=str(claims["fam"]) if claims.get("fam") is not None else None,
+                device=str(claims["dev"]) if claims.get("dev") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise Unauthorized("The access token is not valid.", code=ApiErrorCode.INVALID_TOKEN) from exc

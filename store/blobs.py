@@ -135,8 +135,12 @@ class BlobStore:
         readers: Sequence[int],
         chunks: AsyncIterator[bytes],
         declared_size: int | None = None,
+        *,
+        keep_for: timedelta | None = None,
     ) -> BlobInfo:
-        """Stream `chunks` to disk and record the blob; nothing is kept if any limit is passed."""
+        """Stream `chunks` to disk and record the blob; nothing is kept if any limit is passed.
+
+        `keep_for` (a disappearing message's file) shortens its life; never past the retention."""
         if declared_size is not None and declared_size > self.max_bytes:
             raise BlobTooLarge(self.max_bytes)
         if self._disk is not None and (full := self._disk.refusal()) is not None:
@@ -175,17 +179,18 @@ class BlobStore:
         try:
             await asyncio.to_thread(os.replace, part, final)
             await asyncio.to_thread(_sync_dir, self.root)
-            return await self._record(owner_id, readers, blob_id, size, digest.hexdigest())
+            life = self.retention if keep_for is None else min(keep_for, self.retention)
+            return await self._record(owner_id, readers, blob_id, size, digest.hexdigest(), life)
         except BaseException:
             await asyncio.to_thread(final.unlink, True)
             await asyncio.to_thread(part.unlink, True)
             raise
 
     async def _record(
-        self, owner_id: int, readers: Sequence[int], blob_id: str, size: int, sha: str
+        self, owner_id: int, readers: Sequence[int], blob_id: str, size: int, sha: str, life: timedelta
     ) -> BlobInfo:
         now = datetime.now(UTC)
-        expires = now + self.retention
+        expires = now + life
         async with self._quota_lock, self._engine.begin() as conn:
             used_bytes = await self._used(conn, owner_id)
             if used_bytes + size > self.quota:

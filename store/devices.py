@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import tokens
 from store.errors import DeviceIdTaken, NotFound, TooManyDevices
 from store.models import Device, MailboxEntry, Prekey, RetiredDevice, utcnow
 
@@ -83,9 +84,15 @@ async def get_active(session: AsyncSession, device_id: str) -> Device | None:
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def is_revoked(session: AsyncSession, device_id: str) -> bool:
+    """True when a device with this id was published and then revoked (its id is never reused)."""
+    query = select(Device.id).where(Device.device_id == device_id, Device.revoked_at.is_not(None))
+    return (await session.execute(query)).first() is not None
+
+
 async def revoke(session: AsyncSession, user_id: int, device_id: str) -> Device:
-    """Mark the user's device revoked and drop the envelopes queued for it (nobody can read them)
-    and its prekeys (nobody may start a session with it any more)."""
+    """Mark the user's device revoked and drop the envelopes queued for it (nobody can read them),
+    its prekeys (nobody may start a session with it any more) and its logins (its tokens die now)."""
     query = select(Device).where(
         Device.user_id == user_id, Device.device_id == device_id, Device.revoked_at.is_(None)
     )
@@ -95,7 +102,7 @@ async def revoke(session: AsyncSession, user_id: int, device_id: str) -> Device:
     device.revoked_at = utcnow()
     await session.execute(delete(MailboxEntry).where(MailboxEntry.recipient_device == device_id))
     await session.execute(delete(Prekey).where(Prekey.device_id == device_id))
-    await session.flush()
+    await tokens.revoke_device(session, device_id)
     return device
 
 

@@ -56,5 +56,9 @@ class RefreshTokenReused(RefreshTokenInvalid):
         self.user_id = user_id
 
 
+class RefreshTokenDeviceRevoked(RefreshTokenInvalid):
+    """The refresh token's device was revoked: its tokens died with it."""
+
+
 class MigrationError(StoreError):
     """The schema could not be brought to the current revision."""

@@ -199,7 +199,8 @@ class Contact(Base):
 
 
 class RefreshToken(Base):
-    """Only the SHA-256 of a refresh token is stored; `family` ties a rotation chain together."""
+    """Only the SHA-256 of a refresh token is stored; `family` ties a rotation chain together,
+    `device_id` ties it (and the access tokens issued from it) to one device."""
 
     __tablename__ = "refresh_tokens"
 
@@ -211,6 +212,9 @@ class RefreshToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # The device the login was made for (named at login); revoking that device revokes the family.
+    # None for a login that named none: its tokens are the account's, as before migration 0007.
+    device_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
 
 class MailboxEntry(Base):

@@ -17,7 +17,14 @@ from starlette.routing import Route
 
 from peer import account
 from peer import devices as my_devices
-from peer.events import DeviceRemoved, EventHandlers, HistoryReceived, MessageDeleted, MessageEdited
+from peer.events import (
+    DeviceRemoved,
+    EventHandlers,
+    HistoryReceived,
+    MessageDeleted,
+    MessageEdited,
+    SessionReestablished,
+)
 from peer.ui.bridge import UiError, _errors
 from peer.vocab import ConversationId
 
@@ -195,7 +202,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
 
 
 def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> EventHandlers:
-    """The page's words for edits, deletions and removed devices."""
+    """The page's words for edits, deletions, removed devices and re-established sessions."""
 
     async def changed(ev: MessageEdited) -> None:
         await bridge._publish_message(peer, ev.message.message_id)
@@ -213,6 +220,16 @@ def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> Even
         text = f"A device of yours was removed ({ev.device_id})." if mine else f"{who} removed a device."
         bridge.events.publish({"type": "notice", "user_id": ev.user_id, "text": text, "mine": mine})
 
+    def reestablished(ev: SessionReestablished) -> None:
+        # A heal (issue 14): said once, in the conversation's timeline (my own device: a notice).
+        if bridge._me is not None and bridge._me.get("user_id") == ev.user_id:
+            text = f"Secure session with your device {ev.device_id} re-established."
+            bridge.events.publish({"type": "notice", "text": text, "mine": True})
+            return
+        who = bridge._usernames.get(ev.user_id, f"user {ev.user_id}")
+        text = f"Secure session with {who} re-established."
+        bridge.events.publish({"type": "session_reestablished", "user_id": ev.user_id, "text": text})
+
     def history(ev: HistoryReceived) -> None:
         text = f"{ev.stored} messages arrived from your other device."
         bridge.events.publish({"type": "notice", "text": text, "mine": True})
@@ -223,4 +240,5 @@ def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> Even
         .on(MessageDeleted, deleted)
         .on(DeviceRemoved, removed)
         .on(HistoryReceived, history)
+        .on(SessionReestablished, reestablished)
     )

@@ -2,7 +2,8 @@
 
 The upload is the raw request body, streamed to disk (never held in memory) and stopped at the
 size limit or the uploader's quota; `readers` names the users (accepted contacts) who may download
-it. Only the uploader and the readers can fetch it; to anyone else it does not exist (404). The
+it, `expires_in` (a disappearing message's file) how soon it goes, never later than the server's
+retention. Only the uploader and the readers can fetch it; to anyone else it does not exist (404). The
 lifespan owns the periodic purge of expired blobs and of files left by deleted accounts.
 """
 
@@ -22,7 +23,7 @@ from fastapi.responses import FileResponse
 from signalling.deps import CurrentUser
 from signalling.errors import ApiError, Forbidden, NotFound, PayloadTooLarge
 from signalling.openapi import errors
-from signalling.protocol import GROUP_ID_PATTERN, ApiErrorCode, BlobOut
+from signalling.protocol import GROUP_ID_PATTERN, MAX_BLOB_EXPIRES_IN, ApiErrorCode, BlobOut
 from signalling.settings import Settings
 from store import groups as group_store
 from store import reach
@@ -109,6 +110,15 @@ async def upload_blob(
         str | None,
         Query(pattern=GROUP_ID_PATTERN, description="a group of yours: every member may download it"),
     ] = None,
+    expires_in: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_BLOB_EXPIRES_IN,
+            description="a disappearing message's file: delete it this many seconds from now "
+            "(at most the server's blob retention)",
+        ),
+    ] = None,
 ) -> BlobOut:
     store: BlobStore = request.app.state.blobs
     reader_ids = [int(part) for part in readers.split(",") if part]
@@ -137,6 +147,7 @@ async def upload_blob(
             [*reader_ids, *members],
             request.stream(),
             int(declared) if declared and declared.isdigit() else None,
+            keep_for=timedelta(seconds=expires_in) if expires_in is not None else None,
         )
     except BlobTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
@@ -144,7 +155,13 @@ async def upload_blob(
         raise PayloadTooLarge(str(exc), code=ApiErrorCode.QUOTA) from exc
     except StorageFull as exc:
         raise InsufficientStorage(str(exc)) from exc
-    return BlobOut(blob_id=info.blob_id, size=info.size, sha256=info.sha256, created_at=info.created_at)
+    return BlobOut(
+        blob_id=info.blob_id,
+        size=info.size,
+        sha256=info.sha256,
+        created_at=info.created_at,
+        expires_at=info.expires_at,
+    )
 
 
 @router.get(

@@ -2,7 +2,9 @@
 
 POST /token takes the OAuth2 password form and answers a TokenPair (a short-lived JWT access token
 and a rotating refresh token). Attempts are limited per username and per client address before any
-bcrypt work is done; a successful login does not count against the limit. Logout revokes every
+bcrypt work is done; a successful login does not count against the limit. A login may name the
+device it is for (`device_id`): its tokens are then that device's, and die when the device is
+revoked (migration 0007), while the account's other devices keep theirs. Logout revokes every
 refresh token and bumps the token version, so access tokens already handed out stop working at once,
 and the hub closes the user's live sockets.
 """
@@ -20,11 +22,19 @@ from signalling.account_limits import LoginLimits
 from signalling.deps import CurrentUser, Session, Tokens
 from signalling.errors import Unauthorized
 from signalling.openapi import errors
-from signalling.protocol import USERNAME_PATTERN, ApiErrorCode, CloseCode, RefreshRequest, TokenPair
+from signalling.protocol import (
+    DEVICE_ID_PATTERN,
+    USERNAME_PATTERN,
+    ApiErrorCode,
+    CloseCode,
+    RefreshRequest,
+    TokenPair,
+)
 from signalling.tokens import TokenService
 from store import accounts
+from store import devices as device_store
 from store import tokens as refresh_tokens
-from store.errors import RefreshTokenInvalid, RefreshTokenReused
+from store.errors import RefreshTokenDeviceRevoked, RefreshTokenInvalid, RefreshTokenReused
 from store.models import User
 
 router = APIRouter(tags=["auth"])
@@ -35,7 +45,8 @@ class LoginForm:
     """The OAuth2 password form (RFC 6749 §4.3), as FastAPI's OAuth2PasswordRequestForm, but with
     what the server requires stated in the schema: a form field sent empty is a missing one, so
     username and password are at least one character, and a form has no null, so no field is
-    nullable (the optional ones default to text)."""
+    nullable (the optional ones default to text). `device_id` (ours, not OAuth2's) names the device
+    the tokens are for; empty names none (the tokens are the account's)."""
 
     def __init__(
         self,
@@ -47,10 +58,19 @@ class LoginForm:
         scope: Annotated[str, Form(max_length=1024)] = "",
         client_id: Annotated[str, Form(max_length=256)] = "",
         client_secret: Annotated[str, Form(max_length=1024)] = "",
+        device_id: Annotated[
+            str,
+            Form(
+                pattern=f"^$|{DEVICE_ID_PATTERN}",
+                max_length=64,
+                description="the device these tokens are for (revoking it ends them)",
+            ),
+        ] = "",
     ) -> None:
         self.username, self.password, self.grant_type = username, password, grant_type
         self.scopes = scope.split()
         self.client_id, self.client_secret = client_id, client_secret
+        self.device_id = device_id or None
 
 
 def client_address(request: Request) -> tuple[str, int | None]:
@@ -59,14 +79,21 @@ def client_address(request: Request) -> tuple[str, int | None]:
     return request.client.host, request.client.port
 
 
-async def issue_pair(session: Session, tokens: TokenService, user: User) -> TokenPair:
-    """A new access token and a new refresh-token family (the caller commits)."""
+async def issue_pair(
+    session: Session, tokens: TokenService, user: User, device_id: str | None = None
+) -> TokenPair:
+    """A new access token and a new refresh-token family, for `device_id` when named (the caller
+    commits)."""
     refresh = tokens.new_refresh_token()
     row = await refresh_tokens.issue(
-        session, user.id, tokens.hash_refresh_token(refresh), ttl=timedelta(seconds=tokens.refresh_ttl)
+        session,
+        user.id,
+        tokens.hash_refresh_token(refresh),
+        ttl=timedelta(seconds=tokens.refresh_ttl),
+        device_id=device_id,
     )
     return TokenPair(
-        access_token=tokens.issue_access(user.id, user.token_version, family=row.family),
+        access_token=tokens.issue_access(user.id, user.token_version, family=row.family, device=device_id),
         refresh_token=refresh,
         expires_in=tokens.access_ttl,
     )
@@ -77,7 +104,8 @@ async def issue_pair(session: Session, tokens: TokenService, user: User) -> Toke
     response_model=TokenPair,
     summary="Log in with the OAuth2 password form",
     responses=errors(
-        e401="Wrong username or password (`bad_credentials`).",
+        e401="Wrong username or password (`bad_credentials`), or the named device was revoked "
+        "(`device_revoked`: log in as a new device).",
         e429="Too many attempts for this name or from this address.",
     ),
 )
@@ -100,8 +128,13 @@ async def login(
         limits.failed(form.username)
         raise Unauthorized("Wrong username or password.", code=ApiErrorCode.BAD_CREDENTIALS)
     limits.succeeded(form.username, address)
+    if form.device_id is not None and await device_store.is_revoked(session, form.device_id):
+        raise Unauthorized(
+            f"The device '{form.device_id}' was revoked; log in as a new device.",
+            code=ApiErrorCode.DEVICE_REVOKED,
+        )
     await accounts.record_login(session, user, address=address, port=port)
-    pair = await issue_pair(session, tokens, user)
+    pair = await issue_pair(session, tokens, user, form.device_id)
     await session.commit()
     return pair
 
@@ -110,7 +143,10 @@ async def login(
     "/token/refresh",
     response_model=TokenPair,
     summary="Trade a refresh token for a new pair (the old refresh token is spent)",
-    responses=errors(e401="Unknown, expired, revoked or reused refresh token, or the account is gone."),
+    responses=errors(
+        e401="Unknown, expired, revoked or reused refresh token, its device was revoked "
+        "(`device_revoked`), or the account is gone."
+    ),
 )
 async def refresh(body: RefreshRequest, request: Request, session: Session, tokens: Tokens) -> TokenPair:
     new_refresh = tokens.new_refresh_token()
@@ -130,6 +166,11 @@ async def refresh(body: RefreshRequest, request: Request, session: Session, toke
             "signed out. Log in again.",
             code=ApiErrorCode.REFRESH_REUSED,
         ) from exc
+    except RefreshTokenDeviceRevoked as exc:
+        raise Unauthorized(
+            "This refresh token's device was revoked; log in again as a new device.",
+            code=ApiErrorCode.DEVICE_REVOKED,
+        ) from exc
     except RefreshTokenInvalid as exc:
         raise Unauthorized(
             "The refresh token is unknown, expired or revoked; log in again.",
@@ -140,7 +181,9 @@ async def refresh(body: RefreshRequest, request: Request, session: Session, toke
         raise Unauthorized("This account no longer exists.", code=ApiErrorCode.ACCOUNT_GONE)
     await session.commit()
     return TokenPair(
-        access_token=tokens.issue_access(user.id, user.token_version, family=row.family),
+        access_token=tokens.issue_access(
+            user.id, user.token_version, family=row.family, device=row.device_id
+        ),
         refresh_token=new_refresh,
         expires_in=tokens.access_ttl,
     )

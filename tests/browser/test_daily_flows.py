@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from peer import Peer
+from peer.events import SessionReestablished
 from signalling.protocol import UserUpdate
 from tests.browser.steps import TIMEOUT_MS, register, wait_keygen_then_chats
 from tests.peer.conftest import PASSWORD, World
@@ -265,6 +266,23 @@ async def test_a_disappearing_timer_shows_in_the_conversation_and_messages_vanis
     await bob_events.wait_for(lambda e: e.type == "message" and e.message.kind == "timer")
     assert await bob.timer(alice_id) == 0
     await expect(a.locator("#messages .msg.system").last).to_contain_text("turned off", timeout=TIMEOUT_MS)
+    alice.assert_clean()
+
+
+async def test_a_re_established_secure_session_is_a_notice_in_that_conversation(
+    server, peer_uis, chromium, world
+):
+    alice_ui, alice, bob = await alice_with_bob(peer_uis, chromium, world)
+    a = alice.page
+    await contact(a, "bob").click()
+    await bob.send_text(await bob.resolve_user("alice"), "hello again")
+    await expect(a.locator("#messages .msg.in", has_text="hello again")).to_be_visible(timeout=TIMEOUT_MS)
+    # The heal itself is tested with real stores (tests/peer/test_forward_secrecy.py); here the
+    # node's event goes through the real bridge to the real page.
+    alice_ui.bridge.peer._publish(SessionReestablished(bob.me.user_id, bob.me.device_id))
+    notice = a.locator("#messages .msg.system", has_text="Secure session with bob re-established.")
+    await expect(notice).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(a.locator("#messages .msg").last).to_have_class(re.compile(r"\bsystem\b"))
     alice.assert_clean()
 
 

@@ -12,7 +12,9 @@ played by small fakes; the parts under test are real, over a real SQLite local s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +24,15 @@ import pytest
 from crypto.bundle import make_bundle
 from crypto.envelope import LocalDevice, Recipient, peek_header, seal
 from crypto.keys import DeviceKeys
-from crypto.payload import Text
+from crypto.payload import Text, Typing
 from crypto.sessionkeys import SessionKeyCache, UnwrapCache
 from peer import frames
 from peer.errors import KeyChanged, LinkFailed, ServerUnavailable
-from peer.events import DuplicateDropped, Event, KeyWarning, MessageReceived
+from peer.events import DuplicateDropped, Event, KeyWarning, MessageReceived, TypingChanged
 from peer.history import History
 from peer.inbox import Inbox
 from peer.keyring import Keyring
-from peer.localstore import LocalStore
+from peer.localstore import SEEN_WINDOW_MS, LocalStore, StoredMessage, now_ms
 from peer.outbox import Outbox
 from peer.router import DeviceOutcome, RoutePolicy, Router
 from peer.views import Me, MessageView
@@ -267,7 +269,7 @@ async def test_router_keeps_the_envelope_in_the_outbox_while_the_server_is_down(
     router, store = await make_router(stores, links, hub, online=False)
     [outcome] = await router.deliver(M3, envelope_for(M3), [(BOB, "bob-phone")])
     assert (outcome.path, outcome.state) == (None, DeliveryState.PENDING)
-    assert [m for m, _, _ in await store.outbox_pending()] == [M3]
+    assert [m for m, _, _, _ in await store.outbox_pending()] == [M3]
 
     hub.up = True  # the server is back: the flush after a reconnect sends it, once
     [(message_id, [queued])] = await router.flush_outbox()
@@ -275,6 +277,41 @@ async def test_router_keeps_the_envelope_in_the_outbox_while_the_server_is_down(
     assert await store.outbox_pending() == [] and await router.flush_outbox() == []
     assert hub.sent == [(M3, ["bob-phone"])]
     await router.close()
+
+
+async def test_an_outbox_made_before_expiries_gains_the_column_and_keeps_a_timed_envelope(tmp_path: Path):
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as old:  # the outbox as older versions made it
+        old.execute(
+            "CREATE TABLE outbox "
+            "(message_id TEXT PRIMARY KEY, envelope BLOB NOT NULL, created_ms INTEGER NOT NULL)"
+        )
+        old.execute("INSERT INTO outbox VALUES (?, x'00', 1)", (M4,))
+        old.commit()
+    store = LocalStore(path, os.urandom(32))
+    await store.open()
+    try:
+        await store.set_timer("u:2", 60, BOB, 1_000)
+        message = StoredMessage(
+            M5,
+            "u:2",
+            ALICE,
+            "alice-laptop",
+            True,
+            "text",
+            {"type": "text", "body": "x"},
+            5_000,
+            5_000,
+            None,
+            "sending",
+            None,
+        )
+        assert await store.save_message(message)
+        await store.outbox_put(M5, b"sealed")
+        pending = {m: expires for m, _, _, expires in await store.outbox_pending()}
+        assert pending == {M4: None, M5: 5_000 + 60_000}
+    finally:
+        await store.close()
 
 
 async def test_router_backs_a_device_off_after_a_failed_link_attempt(stores):
@@ -434,3 +471,33 @@ async def test_an_incoming_file_counts_as_read_only_once_it_has_arrived(stores):
     assert await store.mark_read("u:1", [file_id]) == [file_id]
     [(conversation, last_id, _, unread)] = await store.conversation_summaries()
     assert (conversation, last_id, unread) == ("u:1", file_id, 0)
+
+
+async def test_the_seen_table_is_pruned_to_its_window_and_still_drops_a_redelivered_duplicate(stores):
+    outbox, router, inbox, bob_events, acks, bob_store = await two_sides(stores)
+    await outbox.send(ConversationId.user(BOB), Typing(True), record=False)
+    [(message_id, envelope)] = router.handed
+    await inbox.receive(envelope, via=DeliveryPath.RELAYED, link=None, server_id=message_id)
+    assert [type(e) for e in bob_events].count(TypingChanged) == 1
+
+    # A long history: 5,000 ids seen long before the window, as a device in use for a year has.
+    now = now_ms()
+    old = [("alice-laptop", f"{n:032x}") for n in range(100, 5100)]
+    await bob_store.transaction(
+        lambda db: db.executemany(
+            "INSERT INTO seen (sender_device, message_id, at_ms) VALUES (?,?,?)",
+            [(d, m, now - SEEN_WINDOW_MS - 1000) for d, m in old],
+        )
+    )
+    for d, m in old:
+        bob_store.remember(d, m)
+    assert await bob_store.prune_seen() == len(old)
+    rows = await bob_store.transaction(lambda db: db.execute("SELECT message_id FROM seen").fetchall())
+    assert [r[0] for r in rows] == [message_id]  # bounded by the window, not by the history
+    assert not bob_store.seen_before(*old[0])
+
+    # The server redelivers the typing envelope (its ack was lost): still dropped, shown once.
+    await inbox.receive(envelope, via=DeliveryPath.QUEUED, link=None, server_id=message_id)
+    assert [type(e) for e in bob_events].count(TypingChanged) == 1
+    assert [e.via for e in bob_events if isinstance(e, DuplicateDropped)] == ["queued"]
+    assert acks.acked == [message_id, message_id]  # the copy is acknowledged, so it stops coming

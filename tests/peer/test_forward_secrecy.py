@@ -16,8 +16,10 @@ import pytest
 
 from peer import Peer
 from peer.inbox import Inbox
+from peer.session import HubSession
+from peer.views import MessageView
 from signalling.protocol import b64decode
-from tests.peer.conftest import PASSWORD, World
+from tests.peer.conftest import PASSWORD, Recorder, World
 
 PPR, PPE = b"PPR", b"PPE"
 
@@ -65,6 +67,39 @@ def restore(backup: Path, db_path: Path) -> None:
     for suffix in ("-wal", "-shm"):
         Path(str(db_path) + suffix).unlink(missing_ok=True)
     shutil.copyfile(backup, db_path)
+
+
+async def move_on_from_a_backup_then_restore_it(
+    world: World, alice: Peer, alice_events: Recorder, bob: Peer, tmp_path: Path
+) -> tuple[MessageView, Peer, Recorder]:
+    """bob's (closed) store is copied; his node then takes "two" and answers "r2", moving the
+    ratchet on; the older copy is put back. Returns "two" and bob's node on the older state."""
+    alice_id, bob_id, bob_device = alice.me.user_id, bob.me.user_id, bob.me.device_id
+    db_path = bob.profile.db_path
+    await bob.close()
+    backup = tmp_path / "bob-backup.db"
+    shutil.copyfile(db_path, backup)  # closed: the whole store is in the file
+
+    bob2 = world.peer("bob", 1)
+    bob2_events = world.record(bob2)
+    await bob2.unlock(PASSWORD)
+    await bob2.wait_online(10)
+    two = await alice.send_text(bob_id, "two")
+    await bob2_events.wait_for(lambda e: e.type == "message" and e.message.text == "two")
+    await bob2.send_text(alice_id, "r2")
+    await alice_events.wait_for(lambda e: e.type == "message" and e.message.text == "r2")
+    await alice_events.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == two.message_id and e.state == "delivered"
+    )
+    await bob2.close()
+    await alice_events.wait_for(lambda e: e.type == "presence" and e.device_id == bob_device and not e.online)
+
+    restore(backup, db_path)
+    bob3 = world.peer("bob", 1)
+    bob3_events = world.record(bob3)
+    await bob3.unlock(PASSWORD)
+    await bob3.wait_online(10)
+    return two, bob3, bob3_events
 
 
 def magic(stored: bytes) -> bytes:
@@ -142,38 +177,16 @@ async def test_receiver_restored_from_an_older_copy_heals_and_loses_nothing(
     alice, bob = await world.pair()
     alice_events = world.record(alice)
     bob_events = world.record(bob)
-    alice_id, bob_id, bob_device = alice.me.user_id, bob.me.user_id, bob.me.device_id
+    alice_id, bob_id = alice.me.user_id, bob.me.user_id
 
     await alice.send_text(bob_id, "one")
     await bob_events.wait_for(lambda e: e.type == "message" and e.message.text == "one")
     await bob.send_text(alice_id, "r1")
     await alice_events.wait_for(lambda e: e.type == "message" and e.message.text == "r1")
 
-    db_path = bob.profile.db_path
-    await bob.close()
-    backup = tmp_path / "bob-backup.db"
-    shutil.copyfile(db_path, backup)  # closed: the whole store is in the file
-
-    bob2 = world.peer("bob", 1)
-    bob2_events = world.record(bob2)
-    await bob2.unlock(PASSWORD)
-    await bob2.wait_online(10)
-    two = await alice.send_text(bob_id, "two")
-    await bob2_events.wait_for(lambda e: e.type == "message" and e.message.text == "two")
-    await bob2.send_text(alice_id, "r2")
-    await alice_events.wait_for(lambda e: e.type == "message" and e.message.text == "r2")
-    await alice_events.wait_for(
-        lambda e: e.type == "message_state" and e.message_id == two.message_id and e.state == "delivered"
+    _two, bob3, bob3_events = await move_on_from_a_backup_then_restore_it(
+        world, alice, alice_events, bob, tmp_path
     )
-    await bob2.close()
-    await alice_events.wait_for(lambda e: e.type == "presence" and e.device_id == bob_device and not e.online)
-
-    restore(backup, db_path)
-
-    bob3 = world.peer("bob", 1)
-    bob3_events = world.record(bob3)
-    await bob3.unlock(PASSWORD)
-    await bob3.wait_online(10)
     three = await alice.send_text(bob_id, "three")
     await bob3_events.wait_for(lambda e: e.type == "message" and e.message.text == "three", within=20)
     healed = await bob3_events.wait_for(lambda e: e.type == "session_reestablished", within=20)
@@ -236,3 +249,32 @@ async def test_file_offers_travel_with_their_keys_inside_ratchet_messages_direct
     received = await bob.wait_file(offer.message_id, within=30)
     assert received.read_bytes() == blob_file.read_bytes()
     assert [m for _, m in wire.at(bob, offer.message_id)] == [PPR]
+
+
+async def test_a_resend_after_a_heal_keeps_the_disappearing_timer_of_its_message(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    sends: list[tuple[str, int | None]] = []
+    original = HubSession.send_envelope
+
+    async def send_envelope(self, message_id, envelope_b64, recipients, within, expires_in=None):  # type: ignore[no-untyped-def]
+        sends.append((message_id, expires_in))
+        return await original(self, message_id, envelope_b64, recipients, within, expires_in)
+
+    monkeypatch.setattr(HubSession, "send_envelope", send_envelope)
+    alice, bob = await world.pair()
+    await alice.set_direct(False)  # every copy through the server, where its timer is seen
+    alice_events, bob_events = world.record(alice), world.record(bob)
+    bob_id = bob.me.user_id
+    await alice.set_timer(bob_id, 3600)
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.kind == "timer")
+
+    two, _bob3, bob3_events = await move_on_from_a_backup_then_restore_it(
+        world, alice, alice_events, bob, tmp_path
+    )
+    await alice.send_text(bob_id, "three")
+    await bob3_events.wait_for(lambda e: e.type == "session_reestablished", within=20)
+    await bob3_events.wait_for(lambda e: e.type == "message" and e.message.text == "two", within=20)
+    copies = [expires_in for message_id, expires_in in sends if message_id == two.message_id]
+    assert len(copies) >= 2  # the first send, and the resend after the heal
+    assert all(e is not None and 0 < e <= 3600 for e in copies), copies

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from peer.session import Backoff, SessionState
-from tests.peer.conftest import SERVER_ENV, World
+from tests.peer.conftest import PASSWORD, SERVER_ENV, World
 from tests.support.server import RunningServer
 
 
@@ -104,3 +110,43 @@ async def test_offline_peer_says_why_and_retry_now_skips_the_back_off(world: Wor
     alice.reconnect_now()
     assert await alice.wait_online(15)
     assert alice.offline_reason is None and alice.session.state is SessionState.READY
+
+
+def _mailbox_life(database: Path, message_id: str) -> timedelta:
+    """How long the server keeps a queued message (its expiry less its arrival)."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        created, expires = db.execute(
+            "SELECT created_at, expires_at FROM mailbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+    return datetime.fromisoformat(expires) - datetime.fromisoformat(created)
+
+
+@pytest.mark.parametrize("ratchet", [True, False], ids=["ratchet", "envelope-v2"])
+async def test_a_disappearing_message_left_in_the_outbox_keeps_its_expiry_across_a_node_restart(
+    world: World, ratchet: bool
+):
+    alice, bob = await world.pair()
+    alice.set_ratchet(ratchet)
+    await alice.set_direct(False)
+    bob_events, alice_events = world.record(bob), world.record(alice)
+    await alice.set_timer(bob.me.user_id, 3600)
+    await bob_events.wait_for(lambda e: e.type == "message" and e.message.kind == "timer")
+    await bob.close()  # bob's copy waits in the mailbox, where its expiry can be read
+
+    await asyncio.to_thread(world.server.kill)
+    await alice_events.wait_for(lambda e: e.type == "connection" and not e.online)
+    pending = await alice.send_text(bob.me.user_id, "gone within the hour")
+    assert pending.state == "sending"
+    await alice.close()  # the node restarts with the message still in its outbox
+
+    await asyncio.to_thread(world.server.restart)
+    again = world.peer("alice", 0)
+    again.set_ratchet(ratchet)
+    again_events = world.record(again)
+    await again.unlock(PASSWORD)
+    await again_events.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == pending.message_id and e.state == "sent",
+        within=30,
+    )
+    life = _mailbox_life(world.server.database_path, pending.message_id)
+    assert life <= timedelta(seconds=3600 + 1)  # the timer's, not the mailbox's 30 days

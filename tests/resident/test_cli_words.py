@@ -81,3 +81,12 @@ def test_the_file_queue_survives_a_new_process_and_forgets_what_was_sent(tmp_pat
     damaged = FileQueue(tmp_path)
     damaged.load()  # a damaged queue never stops the node
     assert damaged.items() == []
+
+
+def test_chat_says_once_that_the_secure_session_was_re_established_in_that_conversation_only():
+    from peer.events import SessionReestablished
+
+    transcript = Transcript({"2": "bob"})
+    event = SessionReestablished(2, "bob-phone").to_dict()
+    assert describe(event, transcript, "u:2") == ["  · secure session with bob re-established"]
+    assert describe(event, transcript, "u:3") == []

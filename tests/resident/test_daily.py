@@ -3,7 +3,9 @@ devices (list, rename, revoke), edit and delete, password, account deletion."""
 
 from __future__ import annotations
 
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +212,47 @@ def test_a_new_device_gets_my_history_over_a_direct_link_after_i_confirm_on_the_
         ]
     finally:
         listener.stop()
+
+
+def _restore(backup: Path, db: Path) -> None:
+    """The older copy replaces the (stopped) node's store, as a restore from a backup does."""
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+
+
+def test_a_store_restored_from_an_older_copy_heals_and_listen_says_the_session_was_re_established(
+    people: Cli, tmp_path: Path
+):
+    db = people.profile_dir("e") / "local.db"
+    eve = people.listen("e")
+    try:
+        people.run("d", "send", "eve", "before the backup")
+        eve.wait_for(received("before the backup"))
+    finally:
+        eve.stop()
+    people.run("e", "stop")
+    backup = tmp_path / "eve-backup.db"
+    shutil.copyfile(db, backup)
+
+    eve = people.listen("e")  # the node starts again and moves the ratchet on
+    try:
+        people.run("d", "send", "eve", "after the backup")
+        eve.wait_for(received("after the backup"))
+        people.run("e", "send", "dora", "seen it")
+    finally:
+        eve.stop()
+    people.run("e", "stop")
+    _restore(backup, db)
+
+    eve = people.listen("e")
+    try:
+        people.run("d", "send", "eve", "after the restore")
+        eve.wait_for(received("after the restore"), within=60)
+        healed = eve.wait_for(lambda e: e["type"] == "session_reestablished", within=60)
+        assert healed["user_id"] == people.json("d", "whoami")["user_id"]
+        assert healed["message"] == "secure session re-established"
+        eve.wait_for(received("after the backup"), within=60)  # resent after the heal: nothing lost
+    finally:
+        eve.stop()
+    assert [e["type"] for e in eve.events].count("session_reestablished") == 1

@@ -194,6 +194,35 @@ async def test_the_api_works_on_postgresql(pg_url: str, app_factory: AppFactory)
 
 
 @pytest.mark.postgres
+async def test_revoking_a_device_ends_its_tokens_on_postgresql(pg_url: str, app_factory: AppFactory) -> None:
+    from tests.server.test_devices import bundle
+
+    async with app_factory(database_url=pg_url) as app, client_for(app) as client:
+        alice = await make_account(client, "alice")
+        pairs = {}
+        for seed, device in enumerate(("laptop-0001", "phone-00001"), start=1):
+            published = await client.post(
+                "/me/devices", json=bundle(device, seed=seed), headers=alice.headers
+            )
+            assert published.status_code == 201
+            form = {"username": "alice", "password": alice.password, "device_id": device}
+            pairs[device] = (await client.post("/token", data=form)).json()
+        laptop, phone = ({"Authorization": f"Bearer {pairs[d]['access_token']}"} for d in pairs)
+        assert (await client.delete("/me/devices/laptop-0001", headers=phone)).status_code == 204
+        refused = await client.get("/users/me", headers=laptop)
+        assert refused.status_code == 401 and refused.json()["code"] == "device_revoked"
+        renewed = await client.post(
+            "/token/refresh", json={"refresh_token": pairs["laptop-0001"]["refresh_token"]}
+        )
+        assert renewed.status_code == 401 and renewed.json()["code"] == "device_revoked"
+        assert (await client.get("/users/me", headers=phone)).status_code == 200
+        renewed = await client.post(
+            "/token/refresh", json={"refresh_token": pairs["phone-00001"]["refresh_token"]}
+        )
+        assert renewed.status_code == 200
+
+
+@pytest.mark.postgres
 def test_serve_runs_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     with RunningServer(tmp_path / "server", database_url=pg_url) as server:
         response = httpx.post(

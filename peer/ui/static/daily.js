@@ -299,6 +299,14 @@ function notify(ev) {
   note.onclick = () => { window.focus(); openConversation(ev.user_id); note.close(); };
 }
 
+// A healed session (issue 14) is a line in that conversation's timeline, kept until the page
+// reloads (loadHistory keeps live entries it does not know).
+let sessionNotices = 0;
+function sessionNotice(userId, text) {
+  const m = { id: `session-${++sessionNotices}-${Date.now()}`, kind: "system", text, sent_at_ms: Date.now() };
+  upsertMessage(userId, m, true);
+}
+
 const seenLive = new Set();
 const baseHandleEvent = handleEvent;
 handleEvent = function (ev) {  // eslint-disable-line no-global-assign
@@ -312,6 +320,8 @@ handleEvent = function (ev) {  // eslint-disable-line no-global-assign
     removeMessage(ev.user_id, ev.id);
   } else if (ev.type === "notice") {
     toast(ev.text, "info");
+  } else if (ev.type === "session_reestablished") {
+    sessionNotice(ev.user_id, ev.text);
   }
   baseHandleEvent(ev);
   if (ev.type === "unread" || ev.type === "message") renderTitle();
