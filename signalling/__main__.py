@@ -128,7 +128,9 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         ws_per_message_deflate=False,
         # `/ws` speaks straight to the hub, without ASGI (signalling.ws_protocol: ~10 KB less per
         # idle socket); uvicorn's h11 protocol reads the upgrade request and hands the socket over.
-        ws=HubWebSocketProtocol.for_app(app, max_size=ws_max_size, ping_interval=20.0),
+        ws=HubWebSocketProtocol.for_app(
+            app, max_size=ws_max_size, ping_interval=settings.ws_ping_interval_seconds
+        ),
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])
