@@ -18,11 +18,11 @@ uvicorn's h11 protocol still reads the upgrade request and hands the transport o
 task, and offers the hub the few calls of Starlette's `WebSocket` it uses (`signalling.wire.Wire`).
 What the old stack did is kept: no extension is negotiated (per-message deflate off), messages over
 `ws_max_size` close with 1009, bad UTF-8 with 1007, protocol errors with 1002, a keepalive ping
-unanswered for an interval with 1011, uvicorn's shutdown with 1012; reading pauses when
-`READ_AHEAD` messages (or one large one) wait for the hub, until it has taken them all (a flooding
-client waits in its own TCP buffer; uvicorn paused after every message: two system calls per
-frame); a send waits while the transport's write buffer is over its high-water mark (so a client
-that stops reading fills its hub queue and is closed with 1013, as before).
+unanswered for an interval with 1011, uvicorn's shutdown with 1012; reading pauses
+after each message until the hub has taken every message read (a flooding client waits in its own
+TCP buffer; reading up to 16 ahead was tried and made the tail worse: one socket's burst then holds
+the loop for longer, docs/hub.md); a send waits while the transport's write buffer is over its
+high-water mark (so a client that stops reading fills its hub queue and is closed with 1013).
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ _CONTROL_OPS = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HUB_PATH = "/ws"
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the client's answer to our close frame
-READ_AHEAD = 16  # messages parsed and waiting for the hub before reading pauses
-READ_AHEAD_LARGE = 64 * 1024  # ... or at once after a message this large (the queue stays small in bytes)
 KEEPALIVE_TICK = 0.1  # the wheel's resolution: sockets are pinged in 100 ms slots
 
 
@@ -493,7 +491,7 @@ class HubWebSocketProtocol(asyncio.Protocol):
         else:
             message = {"type": "websocket.receive", "bytes": payload}
         self._inbox.put_nowait(message)
-        if not self._read_paused and (len(payload) >= READ_AHEAD_LARGE or self._inbox.qsize() >= READ_AHEAD):
+        if not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
 
