@@ -103,6 +103,7 @@ class Hub:
                 await self._janitor
             self._janitor = None
         await self._delivery.close()  # stops the hold keeper; held sends join the last batches
+        await self._reach.settle()  # a permission refresh under way ends before the engine does
         for sock in list(self._sockets.values()):
             sock.close(CloseCode.SERVER_SHUTDOWN, "the server is shutting down")
         await self.presence.close()
