@@ -16,6 +16,8 @@ collector setting applied after the app's own start-up: `product` (leave what th
 `disabled` (no automatic collections: the upper bound of what GC tuning can win), or
 `threshold=N` (young threshold N, the other two kept). `$PEERPOST_PROBE_TRACEMALLOC=1` traces
 allocations; the report then lists what was allocated since the reset and is still held, by line.
+`$PEERPOST_PROBE_PROFILE=1` runs cProfile from the reset; the report lists the 40 functions with the
+most own time (cProfile slows the server about twice: read it for shares, not for rates).
 """
 
 from __future__ import annotations
