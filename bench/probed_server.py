@@ -16,14 +16,18 @@ collector setting applied after the app's own start-up: `product` (leave what th
 `disabled` (no automatic collections: the upper bound of what GC tuning can win), or
 `threshold=N` (young threshold N, the other two kept). `$PEERPOST_PROBE_TRACEMALLOC=1` traces
 allocations; the report then lists what was allocated since the reset and is still held, by line.
+`$PEERPOST_PROBE_PROFILE=1` runs cProfile from the reset; the report lists the 40 functions with the
+most own time (cProfile slows the server about twice: read it for shares, not for rates).
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import json
 import os
+import pstats
 import signal
 import time
 import tracemalloc
@@ -51,6 +55,9 @@ class Probe:
         self._gc_started = 0.0
         self.gc_stats = gc.get_stats()  # collections per generation since start: the ground truth
         self.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+        if os.environ.get("PEERPOST_PROBE_PROFILE"):  # where the loop's time goes (cProfile)
+            self.profile = cProfile.Profile()
+            self.profile.enable()
 
     # gc.callbacks
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -95,7 +102,21 @@ class Probe:
             "writer_job_wait_ms": _dist(waits),
             "holds_stored": self.holds_stored,
             "allocations_since_reset": self._allocations(),
+            "profile_top": self._profile_top(),
         }
+
+    def _profile_top(self) -> list[dict[str, Any]]:
+        """With $PEERPOST_PROBE_PROFILE: the 40 functions with the most own time since the reset."""
+        profile = getattr(self, "profile", None)
+        if profile is None:
+            return []
+        profile.disable()
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:40]
+        return [
+            {"where": f"{f}:{line} {name}", "calls": calls, "own_s": own, "cumulative_s": cum}
+            for (f, line, name), (_prim, calls, own, cum, _callers) in rows
+        ]
 
     def _allocations(self) -> list[dict[str, Any]]:
         """With $PEERPOST_PROBE_TRACEMALLOC: what was allocated (and is still held) since the reset,

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from signalling.data_dir import PRIVATE_UMASK
 from signalling.http_protocol import GuardedH11Protocol
 from signalling.settings import Settings
-from signalling.ws_protocol import LeanWebSocketsProtocol
+from signalling.ws_protocol import HubWebSocketProtocol
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -107,8 +107,11 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         ) from exc
     bound_port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    app = create_app(settings)
+    # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
+    ws_max_size = settings.max_frame_bytes * 4 + 65536
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_level=settings.log_level,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
@@ -119,11 +122,15 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, database_ur
         timeout_keep_alive=int(max(1, settings.http_keepalive_timeout_seconds)),
         h11_max_incomplete_event_size=settings.http_max_header_bytes,
         limit_concurrency=max_connections,
-        # Frames up to 4x the limit reach the hub, which answers `too_large` and keeps the socket.
-        ws_max_size=settings.max_frame_bytes * 4 + 65536,
-        # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing.
+        ws_max_size=ws_max_size,
+        # Envelopes are ciphertext: compressing them costs CPU on both ends and saves nothing (the
+        # hub's protocol negotiates no extension at all).
         ws_per_message_deflate=False,
-        ws=LeanWebSocketsProtocol,  # uvicorn's default protocol, without the handshake kept alive
+        # `/ws` speaks straight to the hub, without ASGI (signalling.ws_protocol: ~10 KB less per
+        # idle socket); uvicorn's h11 protocol reads the upgrade request and hands the socket over.
+        ws=HubWebSocketProtocol.for_app(
+            app, max_size=ws_max_size, ping_interval=settings.ws_ping_interval_seconds
+        ),
     )
     server = _AnnouncingServer(config, f"peerpost-server listening on http://{shown_host}:{bound_port}")
     server.run(sockets=[sock])

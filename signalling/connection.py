@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from signalling.delivery import Delivery
 from signalling.device_socket import DeviceSocket, Outgoing
@@ -33,6 +33,7 @@ from signalling.protocol import (
     ErrorCode,
 )
 from signalling.ratelimit import TokenBucket
+from signalling.wire import Wire
 from store import reach
 
 # Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
@@ -42,7 +43,7 @@ _DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 async def authenticate_socket(
-    ws: WebSocket, authenticate: Authenticator, engine: AsyncEngine, auth_timeout: float
+    ws: Wire, authenticate: Authenticator, engine: AsyncEngine, auth_timeout: float
 ) -> tuple[int, str]:
     """The user and device of a socket just accepted, from its `Authorization` header and
     `?device_id=`, or from a first `auth` frame within `auth_timeout`; HubAuthError says why not."""
@@ -248,7 +249,7 @@ class Connection:
                 written(sock.device_id, item.message_id)  # a held send's live_hold starts now
 
 
-async def close_quietly(ws: WebSocket, code: int, reason: str) -> None:
+async def close_quietly(ws: Wire, code: int, reason: str) -> None:
     if ws.application_state == WebSocketState.DISCONNECTED or ws.client_state == WebSocketState.DISCONNECTED:
         return
     with contextlib.suppress(Exception):

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from starlette.websockets import WebSocket
-
 from signalling.lean_queue import SingleReaderQueue
 from signalling.outbox import OutboxBudget
 from signalling.protocol import CloseCode, ErrorCode, ErrorFrame
+from signalling.wire import Wire
 
 FRAME_OVERHEAD = 64  # bytes a queued frame costs beyond its text (the Outgoing and its slot), counted too
 
@@ -67,7 +66,7 @@ class DeviceSocket:
 
     def __init__(
         self,
-        ws: WebSocket,
+        ws: Wire,
         user_id: int,
         device_id: str,
         outbox_size: int,

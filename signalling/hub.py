@@ -32,6 +32,8 @@ from signalling.outbox import OutboxBudget
 from signalling.presence import Presence
 from signalling.protocol import CloseCode
 from signalling.reach import Reach
+from signalling.wire import Wire
+from signalling.ws_protocol import HubWebSocketProtocol
 from store import mailbox
 from store.disk import DiskGuard
 from store.mailbox import MailboxWriter
@@ -101,6 +103,7 @@ class Hub:
                 await self._janitor
             self._janitor = None
         await self._delivery.close()  # stops the hold keeper; held sends join the last batches
+        await self._reach.settle()  # a permission refresh under way ends before the engine does
         for sock in list(self._sockets.values()):
             sock.close(CloseCode.SERVER_SHUTDOWN, "the server is shutting down")
         await self.presence.close()
@@ -189,7 +192,7 @@ class Hub:
 
     # -- one socket --------------------------------------------------------------------------------
 
-    async def serve(self, ws: WebSocket) -> None:
+    async def serve(self, ws: Wire) -> None:
         """Run one client socket from accept to close. Never raises for client mistakes."""
         await ws.accept()
         try:
@@ -205,8 +208,7 @@ class Hub:
         sock = DeviceSocket(ws, user_id, device_id, self.limits.outbox_size, self.outbox)
         # The request headers (the bearer token among them) were read once, for the auth: they need
         # not live as long as the socket (~1 KB each; docs/hub.md "10,000 devices").
-        ws.scope["headers"] = []
-        ws.__dict__.pop("_headers", None)  # Starlette's cached view of them
+        _forget_headers(ws)
         self._register(sock)
         replaced = False
         try:
@@ -250,3 +252,11 @@ class Hub:
             if not devices:
                 del self._by_user[sock.user_id]
         return False
+
+
+def _forget_headers(ws: Wire) -> None:
+    if isinstance(ws, HubWebSocketProtocol):
+        ws.forget_headers()
+    elif isinstance(ws, WebSocket):
+        ws.scope["headers"] = []
+        ws.__dict__.pop("_headers", None)  # Starlette's cached view of them

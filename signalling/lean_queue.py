@@ -1,6 +1,6 @@
 """A queue for exactly one consumer that costs next to nothing while it is empty.
 
-Why not `asyncio.Queue`: an idle socket has two (uvicorn's receive queue and the hub's outgoing
+Why not `asyncio.Queue`: an idle socket has two (signalling.ws_protocol's receive queue and the hub's outgoing
 one), and an empty `asyncio.Queue` is three deques and an Event, ~2.3 KB (bench/scale.py's
 tracemalloc, docs/hub.md "10,000 devices"). This one holds no deque while empty and at most one
 future, only while its consumer waits.

@@ -1,15 +1,27 @@
 """Who may reach whom over the hub: the permission check of every `send` and `signal`.
 
 The answers come from `store.reach` (device owner, accepted contacts) and `store.groups` (a group
-in common); positive ones are kept for a
-few seconds, so a busy sender costs no query per frame. Only positive answers are kept: a new
-contact or device works at once, a removed one stops within `ttl` seconds (at once when the server
-calls `Hub.forget_reach`). It never writes anything.
+in common); positive ones are kept for `ttl` seconds from the moment the database last confirmed
+them, so a busy sender costs no query per frame. Only positive answers are kept: a new contact or
+device works at once, a removed one stops within `ttl` seconds (at once when the server calls
+`Hub.forget_reach`). It never writes anything.
+
+**Refresh ahead.** An answer used in the second half of its life is re-read from the database in
+the background while the frame goes on; a confirmation renews it, a refusal drops it (the next
+frame is then checked, and refused, in line). Why: when answers simply expired, every busy sender
+stopped once per `ttl` for two queries in line (aiosqlite runs them on a thread that competes for
+the GIL with the busy loop), and every frame it sent meanwhile waited behind them: with 20 senders
+at 5,000 envelopes/s that was the largest part of the hub's p99 (bench/tail.py; docs/hub.md "The
+tail, third round"). The promise is unchanged: a positive answer is never used more than `ttl`
+seconds after the database last gave it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,29 +30,35 @@ from signalling.protocol import ErrorCode
 from store.groups import share_a_group
 from store.reach import device_owner, is_accepted_contact
 
+log = logging.getLogger(__name__)
+
 _CACHE_MAX = 100_000
+
+# What a cached answer is about: ("owner", device_id) or ("contacts", sender, user_id).
+_Key = tuple[str, str] | tuple[str, int, int]
 
 
 class Reach:
     """The permission check, with its cache of positive answers."""
 
-    def __init__(self, engine: AsyncEngine, ttl: float) -> None:
+    def __init__(self, engine: AsyncEngine, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self._ttl = ttl
-        self._owners: dict[str, tuple[int, float]] = {}
-        self._contacts: dict[tuple[int, int], float] = {}
+        self._clock = clock
+        self._owners: dict[str, tuple[int, float]] = {}  # device -> (owner, confirmed at)
+        self._contacts: dict[tuple[int, int], float] = {}  # (sender, user) -> confirmed at
+        self._generation = 0  # bumped by clear(): a refresh begun before it stores nothing
+        self._refreshing: dict[_Key, asyncio.Task[None]] = {}
 
     async def check(self, sender: int, user_id: int, device_id: str) -> None:
         """Raise FrameRefused unless `sender` may send to `device_id` of `user_id`."""
         owner = self._owner(device_id)
         if owner is None:
-            async with self._engine.connect() as conn:
-                found = await device_owner(conn, device_id)
-            if found is None or not found.active:
+            owner = await self._query_owner(device_id)
+            if owner is None:
                 raise FrameRefused(
                     ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}", device_id=device_id
                 )
-            owner = found.user_id
             self._remember_owner(device_id, owner)
         if owner != user_id:
             raise FrameRefused(
@@ -50,13 +68,7 @@ class Reach:
             )
         if user_id == sender or self._are_contacts(sender, user_id):
             return
-        async with self._engine.connect() as conn:
-            # Members of one group reach each other's devices even when they are not contacts:
-            # sender keys travel in pairwise envelopes, and direct links carry group messages.
-            ok = await is_accepted_contact(conn, sender, user_id) or await share_a_group(
-                conn, sender, user_id
-            )
-        if not ok:
+        if not await self._query_contacts(sender, user_id):
             raise FrameRefused(
                 ErrorCode.NOT_A_CONTACT,
                 f"user {user_id} is not an accepted contact of yours nor in a group with you",
@@ -65,25 +77,85 @@ class Reach:
 
     def clear(self) -> None:
         """Contacts or devices changed: re-read every permission from the database from now on."""
+        self._generation += 1
         self._owners.clear()
         self._contacts.clear()
 
+    async def settle(self) -> None:
+        """Wait for the background refreshes under way (for shutdown and tests)."""
+        while self._refreshing:
+            await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+
+    # -- the database ----------------------------------------------------------------------------
+
+    async def _query_owner(self, device_id: str) -> int | None:
+        """The owner of an active device, or None."""
+        async with self._engine.connect() as conn:
+            found = await device_owner(conn, device_id)
+        return found.user_id if found is not None and found.active else None
+
+    async def _query_contacts(self, sender: int, user_id: int) -> bool:
+        async with self._engine.connect() as conn:
+            # Members of one group reach each other's devices even when they are not contacts:
+            # sender keys travel in pairwise envelopes, and direct links carry group messages.
+            return await is_accepted_contact(conn, sender, user_id) or await share_a_group(
+                conn, sender, user_id
+            )
+
+    # -- the cache -------------------------------------------------------------------------------
+
+    def _fresh(self, confirmed: float, key: _Key) -> bool:
+        """Whether an answer confirmed at `confirmed` may be used now; past half its life, a
+        background refresh is started."""
+        age = self._clock() - confirmed
+        if age > self._ttl:
+            return False
+        if age > self._ttl / 2 and key not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh(key, self._generation))
+            self._refreshing[key] = task
+        return True
+
     def _owner(self, device_id: str) -> int | None:
         hit = self._owners.get(device_id)
-        if hit is None or hit[1] < time.monotonic():
+        if hit is None or not self._fresh(hit[1], ("owner", device_id)):
             return None
         return hit[0]
 
     def _remember_owner(self, device_id: str, user_id: int) -> None:
         if len(self._owners) >= _CACHE_MAX:
             self._owners.clear()  # crude but bounded: a refill costs one query per active pair
-        self._owners[device_id] = (user_id, time.monotonic() + self._ttl)
+        self._owners[device_id] = (user_id, self._clock())
 
     def _are_contacts(self, a: int, b: int) -> bool:
-        until = self._contacts.get((a, b))
-        return until is not None and until >= time.monotonic()
+        confirmed = self._contacts.get((a, b))
+        return confirmed is not None and self._fresh(confirmed, ("contacts", a, b))
 
     def _remember_contacts(self, a: int, b: int) -> None:
         if len(self._contacts) >= _CACHE_MAX:
             self._contacts.clear()
-        self._contacts[(a, b)] = time.monotonic() + self._ttl
+        self._contacts[(a, b)] = self._clock()
+
+    async def _refresh(self, key: _Key, generation: int) -> None:
+        """Re-read one answer; renew it when the database still says yes, drop it when not."""
+        asked = self._clock()
+        try:
+            if key[0] == "owner":
+                device_id = str(key[1])
+                owner = await self._query_owner(device_id)
+                if generation == self._generation:
+                    if owner is None:
+                        self._owners.pop(device_id, None)
+                    else:
+                        self._owners[device_id] = (owner, asked)
+            else:
+                pair = (int(key[1]), int(key[2]))  # type: ignore[misc]
+                ok = await self._query_contacts(*pair)
+                if generation == self._generation:
+                    if ok:
+                        self._contacts[pair] = asked
+                    else:
+                        self._contacts.pop(pair, None)
+        except Exception as exc:  # the answer simply ages out; the next check asks in line
+            log.warning("refreshing a reach answer failed: %s", type(exc).__name__)
+        finally:
+            self._refreshing.pop(key, None)

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
     ws_rate_per_second: float = Field(default=200.0, gt=0, description="sustained client frames per second")
     ws_rate_burst: int = Field(default=400, gt=0)
+    ws_ping_interval_seconds: float = Field(
+        default=20.0, gt=0, description="WebSocket keepalive ping per socket; unanswered for as long: 1011"
+    )
     presence_grace_seconds: float = Field(default=5.0, ge=0)
     live_hold_seconds: float = Field(
         default=0.05,

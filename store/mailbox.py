@@ -473,7 +473,7 @@ class MailboxWriter:
         recipients would meet by what is known now, without the database: the hub asks before it
         pushes a send live, so a refused send is not delivered either. (The commit checks again.)"""
         rows = [(user, device, sender_user, size) for user, device in recipients]
-        return self._check_sizes(rows, {}, {}, {})
+        return self._check_sizes(rows, {}, {}, {}, record=False)
 
     def _job(self, messages: Sequence[NewMessage], acks: Sequence[tuple[str, str]]) -> _Job:
         if self._task is None or self._stopping or self._loop is None:
@@ -753,7 +753,11 @@ class MailboxWriter:
         pending: dict[str, list[int]],
         pending_pairs: dict[tuple[str, int], list[int]],
         pending_accounts: dict[int, int],
+        *,
+        record: bool = True,
     ) -> QuotaExceeded | None:
+        """The first quota `rows` would pass, or None; `record` adds them to the pending counts
+        (a batch being committed), off for the hub's precheck of every send (nothing to keep)."""
         if not rows:
             return None
         if self._disk is not None and (full := self._disk.refusal()) is not None:
@@ -793,6 +797,8 @@ class MailboxWriter:
                 used = (stored.size if stored else 0) + pending_accounts.get(user, 0)
                 if used + size > self._account_quota:
                     return AccountQuotaExceeded(used, self._account_quota)
+        if not record:
+            return None
         for device, (size, n_rows) in extra.items():
             entry = pending.setdefault(device, [0, 0])
             entry[0] += size
