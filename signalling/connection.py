@@ -37,7 +37,9 @@ from signalling.wire import Wire
 from store import reach
 
 # Resolves a bearer access token to its user id; raises HubAuthError (or any Exception) when bad.
-Authenticator = Callable[[str], Awaitable[int]]
+# A token's owner: the user, and the device its login was made for (None: an account-wide login,
+# e.g. a client that named no device at `/token`).
+Authenticator = Callable[[str], Awaitable[tuple[int, str | None]]]
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -73,9 +75,13 @@ async def authenticate_socket(
     if not _DEVICE_ID.fullmatch(device_id):
         raise HubAuthError("device_id must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
     try:
-        user_id = await authenticate(token)
+        user_id, token_device = await authenticate(token)
     except Exception as exc:
         raise HubAuthError("the access token is invalid, expired or revoked") from exc
+    if token_device is not None and token_device != device_id:
+        # A login made for one device must not speak as another device of the account: revoking
+        # that other device would otherwise not end what this token can do.
+        raise HubAuthError(f"this token was issued to device {token_device}, not to device {device_id}")
     async with engine.connect() as conn:
         owner = await reach.device_owner(conn, device_id)
     if owner is None or owner.user_id != user_id:

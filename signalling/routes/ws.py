@@ -31,8 +31,9 @@ def make_backplane(settings: Settings) -> Backplane:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
 
-    async def authenticate(token: str) -> int:
-        return (await authenticate_token(app, token)).id
+    async def authenticate(token: str) -> tuple[int, str | None]:
+        user = await authenticate_token(app, token)
+        return user.id, app.state.tokens.decode_access(token).device
 
     hub = Hub(
         app.state.engine,

@@ -77,3 +77,18 @@ async def test_a_login_that_names_no_device_keeps_the_accounts_tokens(world: Wor
     r = await world.http.delete(f"/me/devices/{alice.devices[0]}", headers=alice.auth)
     assert r.status_code == 204
     assert (await world.http.get("/users/me", headers=alice.auth)).status_code == 200
+
+
+async def test_a_devices_token_cannot_open_a_socket_as_another_device_of_the_account(world: World) -> None:
+    alice = await world.account(devices=2)
+    laptop, _ = await _device_login(world, alice, alice.devices[0])
+    phone, _ = await _device_login(world, alice, alice.devices[1])
+
+    code, reason = await _refused(world, laptop.token, phone.device_id)
+    assert code == CloseCode.UNAUTHORIZED
+    assert laptop.device_id in reason and phone.device_id in reason
+    # Its own device it may speak as.
+    own = await world.connect(laptop)
+    await own.send({"type": "ping", "nonce": "mine"})
+    assert (await own.expect("pong"))["nonce"] == "mine"
+    await own.close()
