@@ -268,7 +268,8 @@ async def test_a_server_that_injects_a_member_or_replays_an_old_chain_is_caught(
     await rb.wait_for(_changed(group.group_id, GroupChange.REMOVED))
     with contextlib.closing(sqlite3.connect(database)) as db, db:
         db.execute(
-            "DELETE FROM group_records WHERE group_id = ? AND seq = (SELECT MAX(seq) FROM group_records WHERE group_id = ?)",
+            "DELETE FROM group_records WHERE group_id = ? "
+            "AND seq = (SELECT MAX(seq) FROM group_records WHERE group_id = ?)",
             (internal, internal),
         )
         db.execute("UPDATE groups SET version = version - 1 WHERE id = ?", (internal,))
