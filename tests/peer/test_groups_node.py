@@ -21,6 +21,7 @@ from crypto.keystore import load_keystore
 from crypto.pairwise import is_pairwise
 from crypto.payload import Text
 from crypto.senderkeys import OwnSenderKey, peek_group_message
+from peer.errors import PeerError
 from peer.events import GroupChanged, GroupWarning, MessageReceived
 from peer.groups import GroupSession
 from peer.groupstore import GroupStore
@@ -29,6 +30,7 @@ from peer.node import Peer
 from peer.profile import Profile
 from peer.vocab import GroupChange
 from signalling.protocol import b64encode
+from tests.hub.test_backplane import two_instances
 from tests.peer.conftest import PASSWORD, World
 
 
@@ -366,3 +368,73 @@ async def test_a_message_that_comes_before_its_sender_key_is_held_and_opens_when
     ra = world.record(alice)
     await again.send_text(conv, "bob answers")
     await ra.wait_for(_text_in(conv, "bob answers"))
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_group_messages_and_news_cross_two_instances_on_postgresql_and_redis(tmp_path: Path):
+    async with two_instances(tmp_path, {}) as cluster:
+        near, far = World(cluster.near, tmp_path / "near"), World(cluster.far, tmp_path / "far")
+        try:
+            alice = near.peer("alice", 0, direct=False)
+            bob = far.peer("bob", 1, direct=False)
+            carol = far.peer("carol", 3, direct=False)
+            for p, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+                await p.register(name, f"{name}@example.org", PASSWORD)
+            for other in (bob, carol):
+                await alice.add_contact(other.me.username)
+                await other.accept_contact(alice.me.user_id)
+            for p in (alice, bob, carol):
+                assert await p.wait_online(10)
+            ra, rb, rc = near.record(alice), far.record(bob), far.record(carol)
+            group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+            conv = f"g:{group.group_id}"
+            await rb.wait_for(_changed(group.group_id, GroupChange.CREATED))
+            await alice.send_text(conv, "across instances")
+            await rb.wait_for(_text_in(conv, "across instances"))
+            await rc.wait_for(_text_in(conv, "across instances"))
+            await bob.send_text(conv, "and back")
+            await ra.wait_for(_text_in(conv, "and back"))
+            await alice.remove_group_member(group.group_id, carol.me.user_id)
+            await rc.wait_for(lambda e: isinstance(e, GroupChanged) and e.change is GroupChange.REMOVED)
+            await alice.rename_group(group.group_id, "bouldering")
+            await rb.wait_for(_changed(group.group_id, GroupChange.RENAMED))
+            await alice.send_text(conv, "only bob now")
+            await rb.wait_for(_text_in(conv, "only bob now"))
+            assert "only bob now" not in [m.text for m in await carol.history(conv)]
+        finally:
+            await near.close()
+            await far.close()
+
+
+async def test_a_group_file_is_uploaded_once_and_every_member_gets_it_then_leave_and_promote(
+    world: World, tmp_path: Path
+):
+    alice, bob, carol = await _three(world, direct=False)
+    ra, rc = world.record(alice), world.record(carol)
+    group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+    conv = f"g:{group.group_id}"
+    await rc.wait_for(_changed(group.group_id, GroupChange.CREATED))
+    source = tmp_path / "topo.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    sent = await alice.send_file(conv, source)
+    assert sent.kind == "file" and sent.conversation == conv
+    for p in (bob, carol):
+        path = await p.wait_file(sent.message_id, within=30)
+        assert path.read_bytes() == source.read_bytes()
+    with contextlib.closing(sqlite3.connect(world.server.database_path)) as db:
+        (blobs,) = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
+    assert blobs == 1  # stored once, every member a reader
+
+    await alice.promote_group_member(group.group_id, carol.me.user_id)
+    await rc.wait_for(_changed(group.group_id, GroupChange.PROMOTED))
+    assert (await carol.group(group.group_id)).role == "admin"
+    await bob.leave_group(group.group_id)
+    await ra.wait_for(_changed(group.group_id, GroupChange.LEFT))
+    assert not (await bob.group(group.group_id)).active
+    await carol.send_text(conv, "bob has gone")
+    await ra.wait_for(_text_in(conv, "bob has gone"))
+    assert "bob has gone" not in [m.text for m in await bob.history(conv)]
+    assert [g.name for g in await alice.groups()] == ["climbing"]
+    with pytest.raises(PeerError):
+        await bob.send_text(conv, "from outside")
