@@ -819,6 +819,9 @@ class Transcript:
         if when.date() != self._day:
             self._day = when.date()
             out.append(f"── {when:%a %d %b %Y} ──")
+        if m["kind"] == "group_event":  # a verified membership change: "alice added carol"
+            out.append(f"{when:%H:%M} · {m['text']}")
+            return out
         who = "me" if m["outgoing"] else self.name(m["sender_user"])
         status = f"  ({_status_word(m)})" if m["outgoing"] else ""
         out.append(f"{when:%H:%M} {who}: {_what(m)}{status}")

@@ -173,6 +173,10 @@ class GroupChat:
             active=session.state is GroupSessionState.ACTIVE,
         )
 
+    def usernames(self) -> dict[int, str]:
+        """Every member name this device learnt, over all its groups (for transcripts)."""
+        return {u: n for names in self._names.values() for u, n in names.items()}
+
     def name_of(self, group_id: str) -> str | None:
         session = self._sessions.get(group_id)
         return session.name if session is not None else None

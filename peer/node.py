@@ -950,6 +950,11 @@ class Peer:
         """A group id from "#NAME" or "#<id>"; an ambiguous name is an error listing the ids."""
         return self._parts().groups.resolve(ref)
 
+    def group_usernames(self) -> dict[int, str]:
+        """Usernames of the members of this device's groups (local: works offline)."""
+        running = self._running
+        return running.groups.usernames() if running is not None else {}
+
     def group_name(self, group_id: str) -> str | None:
         """The verified name of a group this device knows (None: unknown)."""
         running = self._running

@@ -102,7 +102,8 @@ async def conversation_for(peer: Peer, who: str) -> str | int:
 
 async def names(peer: Peer) -> dict[int, str]:
     """User id -> username for everyone this device knows (itself and its cached contacts)."""
-    known = {int(c["user_id"]): str(c["username"]) for c in await _cached(peer)}
+    known = peer.group_usernames()
+    known.update({int(c["user_id"]): str(c["username"]) for c in await _cached(peer)})
     known[peer.me.user_id] = peer.me.username
     return known
 
