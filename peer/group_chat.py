@@ -69,7 +69,7 @@ from peer.records import GroupMemberView, GroupView, Me, MessageView
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, payload_record
-from peer.vocab import ConversationId, GroupChange, GroupRole, MessageState
+from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
 from signalling.protocol import GroupFrame, GroupsFrame, b64encode
 
 if TYPE_CHECKING:
@@ -195,7 +195,6 @@ class GroupChat:
             return []
         with contextlib.suppress(ServerError):
             await self._learn_names(session)
-        names = self._names.get(group_id, {})
         return [
             GroupMemberView(
                 user_id=u,
@@ -205,7 +204,6 @@ class GroupChat:
                 is_me=u == self._me.user_id,
             )
             for u in sorted(state.members, key=lambda u: (state.members[u].order, u))
-            if u in state.members or u in names
         ]
 
     def resolve(self, ref: str) -> str:
@@ -582,15 +580,19 @@ class GroupChat:
         for message_id, group_id, devices, data in await self.groupstore.outbox():
             outcomes = await self._via_server(group_id, message_id, data, devices, True)
             if any(o.state == PENDING for o in outcomes):
-                return
+                return  # the connection dropped again: the next connect resumes here
             message = await self._store.get_message(message_id)
-            if message is not None and not STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
-                all_rows = await self._store.deliveries(message_id)
-                state, path, reason = _summary(
-                    [DeviceOutcome(u, d, DIRECT if p == "direct" else None, s) for u, d, p, s in all_rows]  # type: ignore[arg-type]
-                )
-                await self._store.set_message_state(message_id, state, path or message.path, reason)
-                self._publish(MessageStateChanged.of(message_id, state, path, reason))
+            if message is None or STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
+                continue  # a receipt got here first: keep its state
+            rows = await self._store.deliveries(message_id)
+            state, path, reason = _summary(
+                [
+                    DeviceOutcome(u, d, DeliveryPath(p) if p else None, DeliveryState(st))
+                    for u, d, p, st in rows
+                ]
+            )
+            await self._store.set_message_state(message_id, state, path, reason)
+            self._publish(MessageStateChanged.of(message_id, state, path, reason))
 
     async def send_file(
         self, conversation: str, path: str | os.PathLike[str], message_id: str | None
@@ -669,15 +671,14 @@ class GroupChat:
                 self._spawn(self._ask_for_key(session, header), "sender-key-request")
                 return True
             except GhostMember as e:
-                if retry:
-                    pass  # maybe added a moment ago: verify the chain again, then decide
-                else:
+                if not retry:
                     self._refuse(
                         gid,
                         f"a message from user {header.sender_user}, whom no admin added, was refused",
                         e.user_ids,
                     )
                     return True
+                # else: maybe added a moment ago: verify the chain again (below), then decide
             except GroupMessageReplayed:
                 self._publish(DuplicateDropped(header.message_id, via))
                 return True
@@ -730,7 +731,7 @@ class GroupChat:
                     "receipt",
                 )
         elif isinstance(payload, Typing):
-            if h.sender_user != self._me.user_id:
+            if h.sender_user != self._me.user_id and via != QUEUED:  # a stored one is stale
                 self._publish(TypingChanged(h.sender_user, conversation, payload.active))
         else:
             log.info("group %s: a %s payload is not handled in groups", gid, payload.kind)
@@ -823,22 +824,19 @@ class GroupChat:
             return
         others = [r for r in await self._store.deliveries(message.message_id) if r[0] != self._me.user_id]
         delivered, read = await self.groupstore.rollup(message.message_id)
-        state = message.state
-        if others and read >= len(others):
-            state = MessageState.READ.value
-        elif others and delivered >= len(others):
-            state = MessageState.DELIVERED.value
-        if STATE_RANK.get(state, 0) > STATE_RANK.get(message.state, 0):
-            await self._store.set_message_state(message.message_id, state, reason=None)
-        # Published on every step of the roll-up: the UI re-reads "delivered to N of M".
-        self._publish(
-            MessageStateChanged.of(
-                message.message_id,
-                max(state, message.state, key=lambda s: STATE_RANK.get(s, 0)),
-                message.path,
-                None,
-            )
+        state, everyone = message.state, len(others)
+        target = (
+            MessageState.READ.value
+            if everyone and read >= everyone
+            else MessageState.DELIVERED.value
+            if everyone and delivered >= everyone
+            else state
         )
+        if STATE_RANK.get(target, 0) > STATE_RANK.get(state, 0):
+            await self._store.set_message_state(message.message_id, target, reason=None)
+            state = target
+        # Published on every step of the roll-up (same state or not): the UI re-reads "N of M".
+        self._publish(MessageStateChanged.of(message.message_id, state, message.path, None))
 
 
 def _summary(outcomes: list[DeviceOutcome]) -> tuple[str, str | None, str | None]:
