@@ -451,12 +451,15 @@ async def node_delivery(members: int, messages: int) -> dict[str, Any]:
                             return time.perf_counter()
                     raise RuntimeError("a peer closed")
 
-                await asyncio.gather(
-                    *(
+                joined = [
+                    asyncio.ensure_future(
                         arrival(q, lambda e: isinstance(e, GroupChanged) and e.group_id == group.group_id)
-                        for q in queues
                     )
-                )
+                    for q in queues
+                ]
+                done, _ = await asyncio.wait(joined, timeout=120)
+                if len(done) < len(joined):
+                    raise RuntimeError(f"only {len(done)} of {len(joined)} members verified the group")
                 runs = []
                 for k in range(messages + 1):
                     text = f"group message {k}"
@@ -474,8 +477,10 @@ async def node_delivery(members: int, messages: int) -> dict[str, Any]:
                     t0 = time.perf_counter()
                     view = await sender.send_text(conv, text)
                     t_sent = time.perf_counter()
-                    async with asyncio.timeout(120):
-                        arrived = await asyncio.gather(*waits)
+                    done, _ = await asyncio.wait(waits, timeout=120)
+                    if len(done) < len(waits):
+                        raise RuntimeError(f"message {k}: only {len(done)} of {len(waits)} members got it")
+                    arrived = [w.result() for w in waits]
                     paths = [d["path"] for d in view.devices]
                     runs.append(
                         {

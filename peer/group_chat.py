@@ -70,7 +70,7 @@ from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOu
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, payload_record
 from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
-from signalling.protocol import GroupFrame, GroupsFrame, b64encode
+from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64encode
 
 if TYPE_CHECKING:
     from peer.client import ServerClient
@@ -335,7 +335,8 @@ class GroupChat:
     # -- membership news from the server (hints: the chain is the truth) --------------------------
 
     def on_group_frame(self, frame: GroupFrame) -> None:
-        self._spawn(self.sync(frame.group_id, gone_hint=frame.group is None), f"group-{frame.group_id[:8]}")
+        gone = GroupChange.DELETED if frame.event is GroupEvent.DELETED else GroupChange.REMOVED
+        self._spawn(self.sync(frame.group_id, gone=gone), f"group-{frame.group_id[:8]}")
 
     def on_groups_frame(self, frame: GroupsFrame) -> None:
         listed = {g.group_id: g for g in frame.groups}
@@ -349,11 +350,13 @@ class GroupChat:
                 self._spawn(self.sync(group_id), f"group-{group_id[:8]}")
         for group_id, session in list(self._sessions.items()):
             if group_id not in listed and session.state is GroupSessionState.ACTIVE:
-                self._spawn(self.sync(group_id, gone_hint=True), f"group-{group_id[:8]}")
+                self._spawn(self.sync(group_id), f"group-{group_id[:8]}")
         self._spawn(self.flush(), "group-outbox")
 
-    async def sync(self, group_id: str, *, gone_hint: bool = False) -> None:
-        """Fetch the whole chain, verify it against what this device verified before, adopt it."""
+    async def sync(self, group_id: str, *, gone: GroupChange = GroupChange.REMOVED) -> None:
+        """Fetch the whole chain, verify it against what this device verified before, adopt it.
+        When the server no longer shows the group to this user (404), it is over here at once,
+        announced as `gone` (what the server's frame said; its chain is out of reach now)."""
         if not _GROUP_ID.fullmatch(group_id):
             return
         async with self._lock(group_id):
@@ -370,12 +373,9 @@ class GroupChat:
                 ):
                     session.server_says_gone()  # removed, or the group was deleted: stop at once
                     await self._save(session)
-                    gone = GroupChanged(group_id, session.name or group_id, GroupChange.DELETED, None, [])
-                    if gone_hint:
-                        gone = GroupChanged(
-                            group_id, session.name or group_id, GroupChange.REMOVED, None, [self._me.user_id]
-                        )
-                    self._publish(gone)
+                    self._publish(
+                        GroupChanged(group_id, session.name or group_id, gone, None, [self._me.user_id])
+                    )
                     return
                 raise
             for raw in records:
@@ -494,12 +494,13 @@ class GroupChat:
         async with self._lock(group_id):
             session = self._active(group_id)
             devices = await self._route(session)
-            key, missing = session.distribution_for(devices)
+            at = now_ms()  # one clock for both: a rotation falling due in between is not missed
+            key, missing = session.distribution_for(devices, at)
             if missing:
                 # The sender key over the per-device path (ratchet where there is a session).
                 await self._outbox.send(conversation, key, record=False, devices=missing, connect=False)
                 session.mark_distributed(missing)
-            out = session.encrypt(payload, message_id=message_id)
+            out = session.encrypt(payload, message_id=message_id, now_ms=at)
             await self._save(session)
         message_id = out.message_id
         keep = record and persistent
