@@ -445,10 +445,14 @@ async def node_delivery(members: int, messages: int) -> dict[str, Any]:
                 group = await sender.create_group("bench", [p.me.user_id for p in peers])
                 conv = f"g:{group.group_id}"
 
+                troubles: list[str] = []  # what went wrong on a member (said when one is missing)
+
                 async def arrival(queue: asyncio.Queue[Any], match: Any) -> float:
                     while (event := await queue.get()) is not None:
                         if match(event):
                             return time.perf_counter()
+                        if event.type in ("error", "group_warning"):
+                            troubles.append(str(event.to_dict()))
                     raise RuntimeError("a peer closed")
 
                 joined = [
@@ -459,7 +463,9 @@ async def node_delivery(members: int, messages: int) -> dict[str, Any]:
                 ]
                 done, _ = await asyncio.wait(joined, timeout=120)
                 if len(done) < len(joined):
-                    raise RuntimeError(f"only {len(done)} of {len(joined)} members verified the group")
+                    raise RuntimeError(
+                        f"only {len(done)} of {len(joined)} members verified the group: {troubles}"
+                    )
                 runs = []
                 for k in range(messages + 1):
                     text = f"group message {k}"
@@ -479,7 +485,9 @@ async def node_delivery(members: int, messages: int) -> dict[str, Any]:
                     t_sent = time.perf_counter()
                     done, _ = await asyncio.wait(waits, timeout=120)
                     if len(done) < len(waits):
-                        raise RuntimeError(f"message {k}: only {len(done)} of {len(waits)} members got it")
+                        raise RuntimeError(
+                            f"message {k}: only {len(done)} of {len(waits)} got it: {troubles}"
+                        )
                     arrived = [w.result() for w in waits]
                     paths = [d["path"] for d in view.devices]
                     runs.append(

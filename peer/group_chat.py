@@ -88,6 +88,7 @@ _CHANGE = {
     gs.GroupOp.RENAME: GroupChange.RENAMED,
     gs.GroupOp.PROMOTE: GroupChange.PROMOTED,
 }
+SYNC_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between fetches of a chain the server failed to serve
 TIMELINE_KIND = "group_event"  # content_type of a membership change in a group's history
 
 
@@ -336,7 +337,21 @@ class GroupChat:
 
     def on_group_frame(self, frame: GroupFrame) -> None:
         gone = GroupChange.DELETED if frame.event is GroupEvent.DELETED else GroupChange.REMOVED
-        self._spawn(self.sync(frame.group_id, gone=gone), f"group-{frame.group_id[:8]}")
+        self._spawn(self._sync_retrying(frame.group_id, gone), f"group-{frame.group_id[:8]}")
+
+    async def _sync_retrying(self, group_id: str, gone: GroupChange = GroupChange.REMOVED) -> None:
+        """`sync` for a frame: a server that fails for a moment (busy, restarting) is asked again a
+        few times, else this device would learn of the change only at its next connect."""
+        for delay in SYNC_RETRIES:
+            try:
+                await self.sync(group_id, gone=gone)
+                return
+            except ServerError as e:
+                if isinstance(e, ServerUnavailable) or (e.status is not None and e.status < 500):
+                    raise
+                log.info("group %s: fetching its chain failed (%s); again in %.1f s", group_id, e, delay)
+            await asyncio.sleep(delay)  # the back-off itself, not a synchronisation
+        await self.sync(group_id, gone=gone)
 
     def on_groups_frame(self, frame: GroupsFrame) -> None:
         listed = {g.group_id: g for g in frame.groups}
@@ -347,10 +362,10 @@ class GroupChat:
                 or session.needs_chain(summary.version)
                 or session.state is not GroupSessionState.ACTIVE
             ):
-                self._spawn(self.sync(group_id), f"group-{group_id[:8]}")
+                self._spawn(self._sync_retrying(group_id), f"group-{group_id[:8]}")
         for group_id, session in list(self._sessions.items()):
             if group_id not in listed and session.state is GroupSessionState.ACTIVE:
-                self._spawn(self.sync(group_id), f"group-{group_id[:8]}")
+                self._spawn(self._sync_retrying(group_id), f"group-{group_id[:8]}")
         self._spawn(self.flush(), "group-outbox")
 
     async def sync(self, group_id: str, *, gone: GroupChange = GroupChange.REMOVED) -> None:
