@@ -95,7 +95,6 @@ from peer.pairwise_path import PairwisePath
 from peer.prekeystock import PrekeyStock
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
-from peer.records import GroupMemberView, GroupView
 from peer.router import RoutePolicy, Router
 from peer.search import SearchIndex
 from peer.session import Backoff, HubSession, SessionTap
@@ -104,6 +103,8 @@ from peer.views import (
     ContactBook,
     ConversationSummary,
     DeviceInfo,
+    GroupMemberView,
+    GroupView,
     Me,
     MessageView,
     PeerSettings,
