@@ -89,6 +89,7 @@ _CHANGE = {
     gs.GroupOp.PROMOTE: GroupChange.PROMOTED,
 }
 SYNC_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between fetches of a chain the server failed to serve
+KEY_REQUEST_AFTER = 5.0  # seconds a held message waits for its sender key before we ask for it
 TIMELINE_KIND = "group_event"  # content_type of a membership change in a group's history
 
 
@@ -366,7 +367,8 @@ class GroupChat:
         for group_id, session in list(self._sessions.items()):
             if group_id not in listed and session.state is GroupSessionState.ACTIVE:
                 self._spawn(self._sync_retrying(group_id), f"group-{group_id[:8]}")
-        self._spawn(self.flush(), "group-outbox")
+        # (The group outbox is flushed by the Peer after the 1:1 outboxes, so that a sender key
+        # waiting there goes before the group message that needs it.)
 
     async def sync(self, group_id: str, *, gone: GroupChange = GroupChange.REMOVED) -> None:
         """Fetch the whole chain, verify it against what this device verified before, adopt it.
@@ -753,9 +755,16 @@ class GroupChat:
             log.info("group %s: a %s payload is not handled in groups", gid, payload.kind)
 
     async def _ask_for_key(self, session: GroupSession, h: GroupMessageHeader) -> None:
+        """Ask the sender for its key, unless the key it sent is still on its way: the answer is the
+        key at the sender's *current* position, and once it is here the original (earlier)
+        distribution no longer opens the held message. So wait a moment first."""
         if (h.sender_device, h.key_id) in self._asked or h.sender_device == self._me.device_id:
             return
         self._asked.add((h.sender_device, h.key_id))
+        await asyncio.sleep(KEY_REQUEST_AFTER)  # a grace period, not a synchronisation
+        still_held = [peek_group_message(raw) for _, _, raw in await self.groupstore.held(session.group_id)]
+        if not any((m.sender_device, m.key_id) == (h.sender_device, h.key_id) for m in still_held):
+            return
         request = SenderKeyRequest(session.group_id, h.key_id)
         await self._outbox.send(
             f"g:{session.group_id}", request, record=False, devices=[(h.sender_user, h.sender_device)]

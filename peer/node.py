@@ -748,6 +748,7 @@ class Peer:
         if parts.pairwise is not None:
             for message_id in await parts.pairwise.flush():
                 await parts.outbox.refresh_state(message_id)
+        await parts.groups.flush()  # after the 1:1 outboxes: a sender key goes before its message
 
     async def _reload_contacts(self) -> list[ContactOut]:
         """The contacts cache and presence, from the server's list (raises ServerError)."""

@@ -138,7 +138,9 @@ class Outbox:
                 state="sending",
                 reason=None,
             )
-        keep = persistent and record
+        # Kept until a device has it: what is recorded, and a control payload for named devices
+        # (a sender key must reach them even when the server is away now).
+        keep = persistent and (record or devices is not None)
         sealed: list[Outbound] = []
         saved = False
         if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest

@@ -438,3 +438,25 @@ async def test_a_group_file_is_uploaded_once_and_every_member_gets_it_then_leave
     assert [g.name for g in await alice.groups()] == ["climbing"]
     with pytest.raises(PeerError):
         await bob.send_text(conv, "from outside")
+
+
+async def test_a_group_message_written_while_the_server_is_down_reaches_everyone_once_it_is_back(
+    world: World,
+):
+    alice, bob, carol = await _three(world, direct=False)
+    ra, rb, rc = world.record(alice), world.record(bob), world.record(carol)
+    group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+    conv = f"g:{group.group_id}"
+    await rc.wait_for(_changed(group.group_id, GroupChange.CREATED))
+    await asyncio.to_thread(world.server.stop)
+    queued = await alice.send_text(conv, "written offline")  # the first: its sender key waits too
+    assert queued.state == "sending" and queued.path is None
+    await asyncio.to_thread(world.server.restart)
+    for r in (rb, rc):
+        await r.wait_for(_text_in(conv, "written offline"), within=30)
+    await ra.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == queued.message_id and e.state != "sending",
+        within=30,
+    )
+    for p in (bob, carol):
+        assert [m.text for m in await p.history(conv) if m.kind == "text"] == ["written offline"]
