@@ -69,5 +69,13 @@ def test_an_ambiguous_group_name_is_refused_with_the_ids_and_an_id_picks_one(cre
     assert first["group_id"] in refused.stderr and second["group_id"] in refused.stderr
     sent = crew.json("g", "send", f"#{second['group_id']}", "this one")
     assert sent["conversation"] == f"g:{second['group_id']}"
+    ivy = crew.listen("i")
+    try:
+        chat = crew.run("g", "chat", f"#{second['group_id']}", stdin="typed in chat\n")
+        assert "sent to" in chat.stdout and "this one" in chat.stdout  # the group's history first
+        event = ivy.wait_for(received("typed in chat"))
+        assert event["conversation"] == f"g:{second['group_id']}" and event["group"] == "twins"
+    finally:
+        ivy.stop()
     unknown = crew.run("g", "group", "members", "nosuchgroup", check=False)
     assert unknown.returncode == 1 and "nosuchgroup" in unknown.stderr
