@@ -655,7 +655,14 @@ class GroupChat:
         if server_id is not None and server_id != header.message_id:
             self._publish(ErrorEvent(f"group message {header.message_id} came under another id; dropped"))
             return server_id
-        settled = await self._receive(header, raw, via)
+        try:
+            settled = await self._receive(header, raw, via)
+        except ServerError as e:  # keys or the chain cannot be fetched now: not acknowledged, comes again
+            log.info("group message %s waits: %s", header.message_id, e)
+            return None
+        except (PeerError, CryptoError) as e:  # never up into the hub session's reader
+            self._publish(ErrorEvent(f"group message {header.message_id} was dropped: {e}"))
+            return header.message_id
         return header.message_id if settled else None
 
     async def _receive(self, header: GroupMessageHeader, raw: bytes, via: str) -> bool:
@@ -835,9 +842,13 @@ class GroupChat:
                 return
             if key is None:
                 return
-            await self._outbox.send(
-                f"g:{session.group_id}", key, record=False, devices=[(user_id, device_id)], connect=False
-            )
+            try:
+                await self._outbox.send(
+                    f"g:{session.group_id}", key, record=False, devices=[(user_id, device_id)], connect=False
+                )
+            except (PeerError, CryptoError) as e:  # e.g. a device this one has not pinned
+                self._publish(ErrorEvent(f"the sender key asked for by user {user_id} could not go: {e}"))
+                return
             session.mark_distributed([(user_id, device_id)])
             await self._save(session)
 
