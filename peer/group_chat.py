@@ -259,8 +259,9 @@ class GroupChat:
             session, record = GroupSession.create(name, members, self._local, self._keyring)
         except CryptoError as e:
             raise ConfigError(f"cannot make that group: {e}") from e
-        await self._client.create_group(session.group_id, name, members, record)
-        async with self._lock(session.group_id):
+        async with self._lock(session.group_id):  # held over the call: the server's `group`
+            # frame for it (fetched by `sync`) then finds the group here and has nothing new
+            await self._client.create_group(session.group_id, name, members, record)
             self._sessions[session.group_id] = session
             with contextlib.suppress(ServerError):
                 await self._learn_names(session)
