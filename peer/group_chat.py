@@ -523,7 +523,7 @@ class GroupChat:
         message_id = out.message_id
         keep = record and persistent
         if record:
-            sent_at = now_ms()
+            sent_at = at  # the time the message itself carries
             await self._store.save_message(
                 StoredMessage(
                     message_id=message_id,
