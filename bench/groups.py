@@ -14,6 +14,12 @@ Measures, side by side in one run on this machine:
 3. Mailbox bytes per group message for the same devices offline: the body stored once plus a row
    per device, beside one full copy per device (the `send` path), logical bytes and database growth.
 
+4. Delivery through the node (`peer.node.Peer`, real peers, aiortc links on 127.0.0.1) of one
+   group message to a `--node-members` group (one device each) when half the member devices have
+   an open direct link to the sender: the time `send_text` takes, and until the last linked and
+   the last server-only member has it; the first message (which hands the sender key to every
+   device, as ratchet messages) apart from the next ones. `--only-node` runs this phase alone.
+
 The clients of phase 2 run in this process: the figure includes their reading, so it is an upper
 bound of the server's own share. Targets: group sender CPU flat in the group size (1,000 members
 within 2x of 10); one stored copy per group message; for a 16 KiB message to 2,000 offline devices
@@ -391,9 +397,162 @@ async def server_phases(members: int, messages: int, envelope_bytes: int) -> dic
     return {"fan_out": fan, "mailbox": stored}
 
 
+# --------------------------------------------------------------------------------------------------
+# 4. delivery through the node, half the devices linked
+# --------------------------------------------------------------------------------------------------
+
+
+async def node_delivery(members: int, messages: int) -> dict[str, Any]:
+    """Real peers in this process (the figures include every receiver's work: an upper bound)."""
+    from peer.events import GroupChanged, MessageReceived
+    from peer.node import Peer
+    from peer.profile import Profile
+    from tests.peer.conftest import PASSWORD, loopback_settings
+
+    others = members - 1
+    linked = members // 2  # of the member devices (all but the sender's): half, rounded up
+    with tempfile.TemporaryDirectory(prefix="peerpost-bench-groups-node-") as tmp:
+        env = {**SERVER_ENV, "PEERPOST_PRESENCE_GRACE_SECONDS": "0.2"}
+        async with RunningServer(Path(tmp) / "srv", env=env) as server:
+
+            def make(name: str, n: int, direct: bool) -> Peer:
+                settings = loopback_settings(
+                    n % FIXED_DEVICE_COUNT, direct=direct, answer_offers=direct, link_deadline=10.0
+                )
+                return Peer(Profile.at(Path(tmp) / name), server.url, settings=settings)
+
+            sender = make("sender", 0, True)
+            peers = [make(f"m{i}", i + 1, i < linked) for i in range(others)]
+            try:
+                t = time.perf_counter()
+                await sender.register("sender", "sender@example.org", PASSWORD)
+
+                async def join(i: int, p: Peer) -> None:
+                    await p.register(f"member{i}", f"member{i}@example.org", PASSWORD)
+                    await sender.add_contact(f"member{i}")
+                    await p.accept_contact(sender.me.user_id)
+                    assert await p.wait_online(30)
+
+                await _gather_limited([join(i, p) for i, p in enumerate(peers)], 8)
+                print(f"  {members} peers up in {time.perf_counter() - t:.1f} s", flush=True)
+                t = time.perf_counter()
+                await _gather_limited(
+                    [sender.send_text(p.me.user_id, "a link first") for p in peers[:linked]], 8
+                )
+                open_links = sum(sender.link_to(p.me.device_id) is not None for p in peers[:linked])
+                print(f"  {open_links} direct links in {time.perf_counter() - t:.1f} s", flush=True)
+                queues = [p.subscribe() for p in peers]
+                group = await sender.create_group("bench", [p.me.user_id for p in peers])
+                conv = f"g:{group.group_id}"
+
+                troubles: list[str] = []  # what went wrong on a member (said when one is missing)
+
+                async def arrival(queue: asyncio.Queue[Any], match: Any) -> float:
+                    while (event := await queue.get()) is not None:
+                        if match(event):
+                            return time.perf_counter()
+                        if event.type in ("error", "group_warning"):
+                            troubles.append(str(event.to_dict()))
+                    raise RuntimeError("a peer closed")
+
+                joined = [
+                    asyncio.ensure_future(
+                        arrival(q, lambda e: isinstance(e, GroupChanged) and e.group_id == group.group_id)
+                    )
+                    for q in queues
+                ]
+                done, _ = await asyncio.wait(joined, timeout=120)
+                if len(done) < len(joined):
+                    raise RuntimeError(
+                        f"only {len(done)} of {len(joined)} members verified the group: {troubles}"
+                    )
+                runs = []
+                for k in range(messages + 1):
+                    text = f"group message {k}"
+                    waits = [
+                        asyncio.ensure_future(
+                            arrival(
+                                q,
+                                lambda e, text=text: (
+                                    isinstance(e, MessageReceived) and e.message.text == text
+                                ),
+                            )
+                        )
+                        for q in queues
+                    ]
+                    t0 = time.perf_counter()
+                    view = await sender.send_text(conv, text)
+                    t_sent = time.perf_counter()
+                    done, _ = await asyncio.wait(waits, timeout=120)
+                    if len(done) < len(waits):
+                        raise RuntimeError(
+                            f"message {k}: only {len(done)} of {len(waits)} got it: {troubles}"
+                        )
+                    arrived = [w.result() for w in waits]
+                    paths = [d["path"] for d in view.devices]
+                    runs.append(
+                        {
+                            "send_ms": (t_sent - t0) * 1000,
+                            "last_linked_ms": (max(arrived[:linked]) - t0) * 1000,
+                            "last_server_ms": (max(arrived[linked:]) - t0) * 1000,
+                            "last_ms": (max(arrived) - t0) * 1000,
+                            "direct": paths.count("direct"),
+                            "server": len(paths) - paths.count("direct"),
+                        }
+                    )
+                for q, p in zip(queues, peers, strict=True):
+                    p.unsubscribe(q)
+            finally:
+                for p in [sender, *peers]:
+                    await p.close()
+    first, rest = runs[0], runs[1:]
+    return {
+        "members": members,
+        "member_devices": others,
+        "linked_devices": open_links,
+        "first_message": {k: round(v, 1) for k, v in first.items()},
+        "next_messages_median": {k: round(statistics.median(r[k] for r in rest), 1) for k in first},
+        "runs": len(rest),
+    }
+
+
+def _print_node(node: dict[str, Any]) -> None:
+    print(
+        f"{node['members']}-member group, {node['linked_devices']} of {node['member_devices']} member"
+        f" devices linked (median of {node['runs']} messages after the first):"
+    )
+    print(
+        f"{'':<14} {'send_text ms':>13} {'last linked ms':>15} {'last via server ms':>19}"
+        f" {'direct':>7} {'server':>7}"
+    )
+    for label, row in (
+        ("first message", node["first_message"]),
+        ("next messages", node["next_messages_median"]),
+    ):
+        print(
+            f"{label:<14} {row['send_ms']:>13.0f} {row['last_linked_ms']:>15.0f}"
+            f" {row['last_server_ms']:>19.0f}"
+            f" {row['direct']:>7.0f} {row['server']:>7.0f}"
+        )
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     print(f"groups benchmark (load average {load_before[0]:.1f} on {os.cpu_count()} CPUs)\n")
+    if args.only_node:
+        print(f"4. delivery through the node, {args.node_members} members, half the devices linked")
+        node = asyncio.run(node_delivery(args.node_members, args.node_messages))
+        _print_node(node)
+        return {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+            },
+            "config": vars(args) | {"out": str(args.out)},
+            "node_delivery": node,
+        }
     print("1. sender CPU per message (process time, median)")
     print(
         f"{'members':>8} {'devices':>8} {'group msg ms':>13} {'envelopes warm ms':>18}"
@@ -426,6 +585,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f" {s['db_growth_bytes_per_message']:>12.0f} {s['rows_per_message']:>6.0f}"
                 f" {s['bodies_per_message']:>7.0f}"
             )
+    print(f"\n4. delivery through the node, {args.node_members} members, half the devices linked")
+    node = asyncio.run(node_delivery(args.node_members, args.node_messages))
+    _print_node(node)
     flat = cpu[-1]["group_message_ms"] / cpu[0]["group_message_ms"]
     ratios = [
         one["group_send"]["db_growth_bytes_per_message"]
@@ -457,6 +619,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "config": vars(args) | {"out": str(args.out)},
         "sender_cpu": cpu,
         "server": server,
+        "node_delivery": node,
         "summary": {
             "group_cpu_1000_vs_10": round(flat, 3),
             "mailbox_bytes_vs_copies": {
@@ -483,6 +646,11 @@ def cli() -> None:
     parser.add_argument(
         "--envelope-bytes", type=int, default=444, help="group message size (default: one short text)"
     )
+    parser.add_argument(
+        "--node-members", type=int, default=100, help="members of phase 4's group (default 100)"
+    )
+    parser.add_argument("--node-messages", type=int, default=5, help="phase 4 messages after the first")
+    parser.add_argument("--only-node", action="store_true", help="run phase 4 only")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = main(args)

@@ -200,9 +200,12 @@ class FileTransfers:
         readers: list[int],
         transfer_id: str,
         expires_in: int | None = None,
+        *,
+        group_id: str | None = None,
     ) -> str:
         """Stream the encrypted chunks to the server; returns the blob id. `expires_in`: the
-        conversation's disappearing timer, so the server's copy goes with the message."""
+        conversation's disappearing timer, so the server's copy goes with the message. With
+        `group_id`: stored once, every member of that group may read it."""
         total = manifest.encrypted_size
 
         async def body() -> AsyncIterator[bytes]:
@@ -217,7 +220,7 @@ class FileTransfers:
                 self._publish(FileProgress(transfer_id, True, sent, total, "blob"))
                 yield data
 
-        blob = await self._client.upload_blob(body(), readers, expires_in=expires_in)
+        blob = await self._client.upload_blob(body(), readers, expires_in=expires_in, group_id=group_id)
         return blob.blob_id
 
     async def delete_blob(self, blob_id: str) -> None:

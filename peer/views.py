@@ -15,7 +15,7 @@ from aiortc import RTCIceServer
 from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
-from peer.records import DeviceInfo, Me, MessageView, SafetyNumber
+from peer.records import DeviceInfo, GroupMemberView, GroupView, Me, MessageView, SafetyNumber
 from peer.vocab import ConversationId, MessageState
 from signalling.protocol import ContactOut
 
@@ -24,6 +24,8 @@ __all__ = [
     "ContactBook",
     "ConversationSummary",
     "DeviceInfo",
+    "GroupMemberView",
+    "GroupView",
     "Me",
     "MessageView",
     "PeerSettings",

@@ -56,9 +56,12 @@ async def test_event_bus_fans_out_and_a_slow_subscriber_only_loses_its_oldest():
 
 
 def test_conversation_names():
-    assert conversation_of(7) == "u:7" and conversation_of("7") == "u:7" and conversation_of("g:3") == "g:3"
-    with pytest.raises(ConfigError):
-        conversation_of("bob")
+    group = "g:" + "ab" * 16
+    assert conversation_of(7) == "u:7" and conversation_of("7") == "u:7" and conversation_of(group) == group
+    assert ConversationId(group).group_id == "ab" * 16 and ConversationId(group).user_id is None
+    for wrong in ("bob", "g:3", "g:" + "AB" * 16):  # a group id is 32 lowercase hex digits
+        with pytest.raises(ConfigError):
+            conversation_of(wrong)
 
 
 def _message_view(**changes) -> MessageView:
@@ -124,7 +127,7 @@ def test_events_round_trip_through_their_json_into_typed_records():
 def test_vocabulary_types_compare_as_their_words_and_check_what_comes_in():
     assert MessageState.READ == "read" and DeliveryPath("relayed") is DeliveryPath.RELAYED
     assert MessageState.SENT.advanced_by("delivered") and not MessageState.READ.advanced_by("sent")
-    assert ConversationId.of(7) == "u:7" and ConversationId("g:3").user_id is None
+    assert ConversationId.of(7) == "u:7" and ConversationId("g:" + "0f" * 16).user_id is None
     for bad in ("x:1", "u:", "u:abc", "7:u"):
         with pytest.raises(ConfigError):
             ConversationId(bad)
