@@ -18,7 +18,7 @@ from starlette.routing import Route
 from peer import account
 from peer import devices as my_devices
 from peer.events import DeviceRemoved, EventHandlers, HistoryReceived, MessageDeleted, MessageEdited
-from peer.ui.bridge import UiError, _errors
+from peer.ui.bridge import UiError, _errors, conversation_keys
 from peer.vocab import ConversationId
 
 if TYPE_CHECKING:
@@ -204,8 +204,8 @@ def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> Even
         if ev.for_everyone:
             await bridge._publish_message(peer, ev.message_id)  # now a tombstone
             return
-        user_id = ConversationId(ev.conversation).user_id
-        bridge.events.publish({"type": "message_removed", "user_id": user_id, "id": ev.message_id})
+        where = conversation_keys(ConversationId(ev.conversation))
+        bridge.events.publish({"type": "message_removed", **where, "id": ev.message_id})
 
     def removed(ev: DeviceRemoved) -> None:
         who = bridge._usernames.get(ev.user_id, f"user {ev.user_id}")
