@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from peer.records import MessageView, message_from_dict
-from peer.vocab import DeliveryPath, KeyChange, MessageState, ReceiptStatus
+from peer.vocab import DeliveryPath, GroupChange, KeyChange, MessageState, ReceiptStatus
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,33 @@ class KeyWarning(Event):
     device_id: str
     change: KeyChange
     blocked: bool
+
+
+@dataclass(frozen=True)
+class GroupChanged(Event):
+    """A verified membership change of a group (the chain's record, never the server's word)."""
+
+    type: ClassVar[str] = "group"
+    group_id: str
+    name: str
+    change: GroupChange
+    actor: int | None = None
+    users: list[int] = field(default_factory=list)
+
+    @property
+    def conversation(self) -> str:
+        return f"g:{self.group_id}"
+
+
+@dataclass(frozen=True)
+class GroupWarning(Event):
+    """The server's account of a group does not match the verified chain (a ghost member, a
+    forged, rolled-back or broken chain): refused, nothing encrypted to or accepted from it."""
+
+    type: ClassVar[str] = "group_warning"
+    group_id: str
+    reason: str
+    users: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -326,6 +353,8 @@ def decode_event(data: dict[str, Any]) -> Event:
         value = data[f.name]
         if cls in (MessageReceived, MessageEdited) and f.name == "message":
             value = message_from_dict(value)
+        elif cls is GroupChanged and f.name == "change":
+            value = GroupChange(value)
         elif cls is StateChanged:
             pass  # the lifecycle's words stay strings (peer.node.PeerState is the node's)
         elif f.name in _VOCAB and value is not None:

@@ -5,6 +5,7 @@ Read-only: it never writes to the store, sends or emits anything.
 
 from __future__ import annotations
 
+from peer.groupstore import GroupStore
 from peer.localstore import LocalStore, StoredMessage
 from peer.views import ConversationSummary, MessageView
 from peer.vocab import ConversationId, DeliveryPath, MessageState
@@ -14,6 +15,7 @@ class History:
     def __init__(self, store: LocalStore, device_id: str) -> None:
         self._store = store
         self._device_id = device_id  # this device: only its own sends carry per-device outcomes
+        self._groups = GroupStore(store)  # receipts per device of own group messages
 
     async def view(self, m: StoredMessage) -> MessageView:
         store = self._store
@@ -33,6 +35,11 @@ class History:
             if m.outgoing and m.sender_device == self._device_id
             else []
         )
+        rollup = {}
+        if devices and m.conversation.startswith("g:"):
+            others = [d for d in devices if d["user_id"] != m.sender_user]
+            delivered, read = await self._groups.rollup(m.message_id)
+            rollup = {"recipients": len(others), "delivered": delivered, "read": read}
         return MessageView(
             message_id=m.message_id,
             conversation=ConversationId(m.conversation),
@@ -40,7 +47,7 @@ class History:
             sender_device=m.sender_device,
             outgoing=m.outgoing,
             kind=m.content_type,
-            text=m.payload.get("body") if m.content_type in ("text", "timer") else None,
+            text=m.payload.get("body") if m.content_type in ("text", "timer", "group_event") else None,
             file=file,
             sent_at_ms=m.sent_at_ms,
             path=DeliveryPath(m.path) if m.path else None,
@@ -49,6 +56,7 @@ class History:
             devices=devices,
             unread=not m.outgoing and m.state == MessageState.RECEIVED,
             edited_at_ms=m.payload.get("edited_at_ms"),
+            **rollup,
         )
 
     async def history(

@@ -15,12 +15,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from crypto.envelope import LocalDevice, open_envelope, peek_header
 from crypto.errors import CryptoError, EnvelopeError, ReplayDetected
 from crypto.pairwise import is_pairwise, peek
-from crypto.payload import Delete, Edit, FileOffer, HistoryChunk, Receipt, Text, Timer, Typing
+from crypto.payload import (
+    Delete,
+    Edit,
+    FileOffer,
+    HistoryChunk,
+    Receipt,
+    SenderKey,
+    SenderKeyRequest,
+    Text,
+    Timer,
+    Typing,
+)
+from crypto.senderkeys import is_group_message
 from crypto.sessionkeys import UnwrapCache
 from peer import frames
 from peer.disappearing import Disappearing
@@ -50,6 +62,9 @@ from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, payload_record
 from peer.vocab import ReceiptStatus
 from signalling.protocol import b64decode
+
+if TYPE_CHECKING:
+    from peer.group_chat import GroupChat
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +104,7 @@ class Inbox:
         self._receipts = receipts
         self._pairwise = pairwise
         self._queue: asyncio.Queue[tuple[Link, frames.Frame] | None] = asyncio.Queue()
+        self.groups: GroupChat | None = None  # set by the Peer: group messages and sender keys go there
         self.edits = MessageEdits(
             me_user=me.user_id,
             store=store,
@@ -153,6 +169,11 @@ class Inbox:
             raw = b64decode(data) if isinstance(data, str) else data
             if self._pairwise is not None and is_pairwise(raw):
                 await self._receive_pairwise(raw, via, link, server_id)
+                return
+            if self.groups is not None and is_group_message(raw):
+                settled = await self.groups.receive(raw, via, server_id)
+                if settled is not None:
+                    await self._ack(settled, link)
                 return
             header = peek_header(raw)
         except (ValueError, EnvelopeError) as e:
@@ -228,10 +249,12 @@ class Inbox:
         await self._ack(h.message_id, link)
         if isinstance(payload, Receipt):
             for message_id in payload.message_ids:
-                await self._apply_receipt(message_id, payload.status, h.sender_user)
+                await self._apply_receipt(message_id, payload.status, h.sender_user, h.sender_device)
             self._publish(
                 ReceiptReceived(h.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
             )
+        elif isinstance(payload, SenderKey | SenderKeyRequest):
+            await self._on_group_control(h.sender_user, h.sender_device, payload)
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(h.sender_user, conversation, payload.active))
         elif isinstance(payload, Edit):
@@ -343,10 +366,12 @@ class Inbox:
             if payload.status == "delivered":
                 await self._pairwise.sessions.acknowledge(r.sender_device, list(payload.message_ids))
             for message_id in payload.message_ids:
-                await self._apply_receipt(message_id, payload.status, r.sender_user)
+                await self._apply_receipt(message_id, payload.status, r.sender_user, r.sender_device)
             self._publish(
                 ReceiptReceived(r.sender_user, ReceiptStatus(payload.status), list(payload.message_ids))
             )
+        elif isinstance(payload, SenderKey | SenderKeyRequest):
+            await self._on_group_control(r.sender_user, r.sender_device, payload)
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(r.sender_user, conversation, payload.active))
         elif isinstance(payload, Edit):
@@ -365,10 +390,24 @@ class Inbox:
             return f"u:{sender_user}"
         return named
 
-    async def _apply_receipt(self, message_id: str, status: str, from_user: int) -> None:
+    async def _on_group_control(
+        self, user_id: int, device_id: str, payload: SenderKey | SenderKeyRequest
+    ) -> None:
+        """A sender key (or a request for ours), authenticated by the pairwise path it came on."""
+        if self.groups is None:
+            return
+        if isinstance(payload, SenderKey):
+            await self.groups.on_sender_key(user_id, device_id, payload)
+        else:
+            await self.groups.on_sender_key_request(user_id, device_id, payload)
+
+    async def _apply_receipt(self, message_id: str, status: str, from_user: int, from_device: str) -> None:
         store = self._store
         message = await store.get_message(message_id)
         if message is None or not message.outgoing:
+            return
+        if self.groups is not None and message.conversation.startswith("g:"):
+            await self.groups.on_receipt(message, status, from_user, from_device)  # per device, rolled up
             return
         if STATE_RANK.get(status, 0) > STATE_RANK.get(message.state, 0):
             await store.set_message_state(message_id, status, reason=None)

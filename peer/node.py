@@ -83,6 +83,7 @@ from peer.events import (
     SignalRejectedEvent,
     StateChanged,
 )
+from peer.group_chat import GroupChat
 from peer.history import History
 from peer.inbox import Inbox
 from peer.keyring import Keyring
@@ -94,6 +95,7 @@ from peer.pairwise_path import PairwisePath
 from peer.prekeystock import PrekeyStock
 from peer.presence import Presence
 from peer.profile import Profile, ProfileMeta, write_private
+from peer.records import GroupMemberView, GroupView
 from peer.router import RoutePolicy, Router
 from peer.search import SearchIndex
 from peer.session import Backoff, HubSession, SessionTap
@@ -121,6 +123,8 @@ from signalling.protocol import (
     DeviceBundleIn,
     ErrorCode,
     ErrorFrame,
+    GroupFrame,
+    GroupsFrame,
     PresenceFrame,
     ReadyFrame,
     ServerFrame,
@@ -171,6 +175,7 @@ class _Running:
     transfers: FileTransfers
     outbox: Outbox
     inbox: Inbox
+    groups: GroupChat
     pairwise: PairwisePath | None = None  # None: forward secrecy off (envelope v2 only)
     prekeys: PrekeyStock | None = None
 
@@ -653,6 +658,27 @@ class Peer:
             edit_window=self.settings.edit_window,
             pairwise=pairwise,
         )
+        groups = GroupChat(
+            me=me,
+            local_device=local_device,
+            store=store,
+            keyring=keyring,
+            client=self._client,
+            hub=session,
+            links=links,
+            router=router,
+            outbox=outbox,
+            transfers=transfers,
+            history=history,
+            publish=self._publish,
+            spawn=self._spawn,
+            server_deadline=self.settings.server_deadline,
+            receipts=self.settings.receipts,
+        )
+        groups.direct = self.settings.direct
+        await groups.load()
+        outbox.groups = groups
+        inbox.groups = groups
         return _Running(
             me=me,
             keystore=keystore,
@@ -665,6 +691,7 @@ class Peer:
             transfers=transfers,
             outbox=outbox,
             inbox=inbox,
+            groups=groups,
             pairwise=pairwise,
             prekeys=prekeys,
         )
@@ -793,6 +820,10 @@ class Peer:
                 self._publish(ErrorEvent(f"server: {frame.message}"))
         elif isinstance(frame, ContactFrame):
             self._spawn(self._on_contact(frame), "contact")
+        elif isinstance(frame, GroupFrame):
+            parts.groups.on_group_frame(frame)
+        elif isinstance(frame, GroupsFrame):
+            parts.groups.on_groups_frame(frame)
         elif isinstance(frame, ReadyFrame):
             pass
 
@@ -869,6 +900,67 @@ class Peer:
         manifest = FileManifest.from_dict(record.manifest)
         target = Path(folder) if folder is not None else self.download_dir
         return await asyncio.to_thread(export_sealed, manifest, Path(record.local_path), target, message_id)
+
+    # ---------------------------------------------------------------------------------------------
+    # groups (peer/group_chat.py; the conversation methods take "g:<id>" too)
+    # ---------------------------------------------------------------------------------------------
+
+    @_mapped
+    async def create_group(self, name: str, members: list[int]) -> GroupView:
+        """A new group with this user as its admin and `members` (accepted contacts) in it."""
+        return await self._parts().groups.create(name, members)
+
+    @_mapped
+    async def add_group_members(self, group_id: str, user_ids: list[int]) -> GroupView:
+        return await self._parts().groups.add(group_id, user_ids)
+
+    @_mapped
+    async def remove_group_member(self, group_id: str, user_id: int) -> GroupView:
+        """Remove a member (admins only); this device's sender key is replaced before the next
+        message, so the removed one cannot read what follows."""
+        return await self._parts().groups.remove(group_id, user_id)
+
+    @_mapped
+    async def rename_group(self, group_id: str, name: str) -> GroupView:
+        return await self._parts().groups.rename(group_id, name)
+
+    @_mapped
+    async def promote_group_member(self, group_id: str, user_id: int) -> GroupView:
+        return await self._parts().groups.promote(group_id, user_id)
+
+    @_mapped
+    async def leave_group(self, group_id: str) -> None:
+        await self._parts().groups.leave(group_id)
+
+    @_mapped
+    async def groups(self) -> list[GroupView]:
+        """The groups this device verified (from the local store: works offline)."""
+        return self._parts().groups.groups()
+
+    @_mapped
+    async def group(self, group_id: str) -> GroupView:
+        return self._parts().groups.view(group_id)
+
+    @_mapped
+    async def group_members(self, group_id: str) -> list[GroupMemberView]:
+        return await self._parts().groups.members(group_id)
+
+    @_mapped
+    async def resolve_group(self, ref: str) -> str:
+        """A group id from "#NAME" or "#<id>"; an ambiguous name is an error listing the ids."""
+        return self._parts().groups.resolve(ref)
+
+    def group_name(self, group_id: str) -> str | None:
+        """The verified name of a group this device knows (None: unknown)."""
+        running = self._running
+        return running.groups.name_of(group_id) if running is not None else None
+
+    @_mapped
+    async def sync_group(self, group_id: str) -> GroupView:
+        """Fetch and verify the group's chain now (what a `group` frame triggers)."""
+        groups = self._parts().groups
+        await groups.sync(group_id)
+        return groups.view(group_id)
 
     # ---------------------------------------------------------------------------------------------
     # history
@@ -1125,6 +1217,7 @@ class Peer:
         if running is not None and self.state is PeerState.RUNNING:
             running.router.policy = replace(running.router.policy, direct=enabled)
             running.outbox.direct = enabled
+            running.groups.direct = enabled
             running.links.ignore_signals = not (enabled and self.settings.answer_offers)
             if not enabled:
                 for link in running.links.links():

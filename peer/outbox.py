@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crypto.envelope import LocalDevice, seal
 from crypto.filestream import FileManifest, prepare_file
@@ -29,6 +30,9 @@ from peer.sessions import Outbound
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, Me, MessageView, payload_record
 from peer.vocab import DeliveryPath, DeliveryState, MessageState
+
+if TYPE_CHECKING:
+    from peer.group_chat import GroupChat
 
 
 class Outbox:
@@ -64,10 +68,16 @@ class Outbox:
         self.direct = direct  # files: try links first (Peer.set_direct changes it while running)
         self._link_deadline = link_deadline
         self._pairwise = pairwise  # None: envelope v2 only
+        self.groups: GroupChat | None = None  # set by the Peer: g: conversations go there
+
+    def _groups(self) -> GroupChat:
+        if self.groups is None:
+            raise ConfigError("group conversations are not available on this peer")
+        return self.groups
 
     def _target_user(self, conversation: str) -> int:
         if conversation.startswith("g:"):
-            raise ConfigError("group conversations are not supported by this peer yet")
+            raise ConfigError(f"{conversation} is a group conversation, not a person")
         try:
             return int(conversation[2:])
         except ValueError as e:
@@ -83,11 +93,30 @@ class Outbox:
         connect: bool = True,
         persistent: bool = True,
         message_id: str | None = None,
+        devices: list[tuple[int, str]] | None = None,
     ) -> MessageView | None:
+        """Seal `payload` once per device and deliver it. A group conversation goes to the group
+        (`peer.group_chat`) unless `devices` names the devices: then it is a control payload
+        (a sender key, a request for one) for exactly those, on the 1:1 per-device path."""
         store, keyring, router = self._store, self._keyring, self._router
-        user_id = self._target_user(conversation)
-        recipients = list(await keyring.recipients(user_id))
-        if own_devices and user_id != self._me.user_id:
+        if devices is None and conversation.startswith("g:"):
+            return await self._groups().send(
+                conversation, payload, record=record, message_id=message_id, persistent=persistent
+            )
+        if devices is not None:
+            wanted = set(devices)
+            user_id = devices[0][0] if devices else self._me.user_id
+            recipients = [
+                r
+                for u in sorted({u for u, _ in devices})
+                for r in await keyring.recipients(u)
+                if (r.user_id, r.device_id) in wanted
+            ]
+            record = False
+        else:
+            user_id = self._target_user(conversation)
+            recipients = list(await keyring.recipients(user_id))
+        if own_devices and devices is None and user_id != self._me.user_id:
             recipients += await keyring.recipients(self._me.user_id)
         if not recipients:
             raise UnknownContact(f"user {user_id} has no device this peer can send to")
@@ -161,6 +190,8 @@ class Outbox:
         outcomes = [
             DeviceOutcome(u, d, DeliveryPath(p) if p else None, DeliveryState(s)) for u, d, p, s in rows
         ]
+        if message.conversation.startswith("g:"):
+            return  # a group message's state follows its group fan-out (peer.group_chat)
         state, path, reason = _summary(outcomes, self._target_user(message.conversation))
         if STATE_RANK.get(message.state, 0) >= STATE_RANK["sent"]:
             # A receipt got here first (delivered before the flush's bookkeeping): keep its state,
@@ -181,6 +212,9 @@ class Outbox:
         await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
 
     async def mark_read(self, conversation: str, message_ids: list[str]) -> None:
+        if conversation.startswith("g:"):
+            await self._groups().mark_read(conversation, message_ids)
+            return
         await self.send(conversation, Receipt("read", message_ids), record=False, own_devices=False)
 
     async def send_file(
@@ -188,6 +222,8 @@ class Outbox:
     ) -> MessageView:
         """Offer a file and move it: direct over links when every device has one, else a blob."""
         store, keyring, transfers = self._store, self._keyring, self._transfers
+        if conversation.startswith("g:"):
+            return await self._groups().send_file(conversation, path, message_id)
         user_id = self._target_user(conversation)
         source = Path(path)
         try:

@@ -131,7 +131,7 @@ class PairwisePath:
         """PPR messages for every device with prekeys; the devices left for envelope v2; whether
         `message` (the sender's own row) was saved, in the first seal's transaction with the
         ratchet state (when no device takes PPR, the caller saves it)."""
-        if not self.enabled or conversation.startswith("g:"):
+        if not self.enabled:
             return [], recipients, False
         inner = encode_inner(conversation, sent_at_ms, payload)
         sealed: list[Outbound] = []

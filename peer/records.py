@@ -64,11 +64,46 @@ class MessageView:
     devices: list[dict[str, Any]] = field(default_factory=list)
     unread: bool = False  # incoming and not yet marked read on this device
     edited_at_ms: int | None = None  # set when its sender edited it (the text is the latest)
+    # Outgoing group messages: per-device states rolled up ("delivered to 3 of 5", "read by 2 of 5").
+    recipients: int | None = None
+    delivered: int | None = None
+    read: int | None = None
 
     @property
     def other_user(self) -> int | None:
         """The other person of a one-to-one conversation (None in a group)."""
         return self.conversation.user_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group as this device verified it (`active`: this user is in it)."""
+
+    group_id: str
+    name: str
+    role: str  # peer.vocab.GroupRole
+    members: int
+    version: int
+    active: bool
+
+    @property
+    def conversation(self) -> ConversationId:
+        return ConversationId(f"g:{self.group_id}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "conversation": str(self.conversation)}
+
+
+@dataclass(frozen=True)
+class GroupMemberView:
+    user_id: int
+    username: str
+    display_name: str | None
+    role: str  # peer.vocab.GroupRole
+    is_me: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,6 +33,7 @@ from signalling.protocol import (
     AckFrame,
     CloseCode,
     ErrorFrame,
+    GroupSendFrame,
     RecipientDevice,
     SendFrame,
     ServerFrame,
@@ -230,7 +231,7 @@ class HubSession:
         url = (
             ws_url(self._client.server_url)
             + "?"
-            + urlencode({"device_id": self._device_id, "protocol": PROTOCOL_VERSION})
+            + urlencode({"device_id": self._device_id, "protocol": PROTOCOL_VERSION, "groups": 1})
         )
         headers = {"Authorization": f"Bearer {self._client.tokens.access_token}"}
         try:
@@ -326,6 +327,36 @@ class HubSession:
     async def ack(self, message_id: str) -> None:
         await self._send_raw(AckFrame(message_id=message_id).model_dump_json())
 
+    async def send_group(
+        self, group_id: str, message_id: str, data_b64: str, devices: list[str] | None, within: float
+    ) -> AcceptedFrame:
+        """One group message (crypto.senderkeys bytes) to the hub's fan-out: every member device
+        but this one, or only `devices` (those the sender could not reach directly)."""
+        frame = GroupSendFrame(
+            ref=f"g{next(self._refs)}",
+            group_id=group_id,
+            message_id=message_id,
+            envelope=data_b64,
+            devices=devices,
+        )
+        return await self._await_accepted(
+            frame.ref, frame.model_dump_json(exclude_none=True), message_id, within
+        )
+
+    async def _await_accepted(self, ref: str, text: str, message_id: str, within: float) -> AcceptedFrame:
+        future: asyncio.Future[AcceptedFrame] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self._send_raw(text)
+            if self._tap is not None:
+                self._tap.sent(message_id)
+            async with asyncio.timeout(within):
+                return await future
+        except TimeoutError as e:
+            raise DeliveryTimeout(f"the server did not accept message {message_id} in {within} s") from e
+        finally:
+            self._pending.pop(ref, None)
+
     async def send_envelope(
         self,
         message_id: str,
@@ -337,8 +368,6 @@ class HubSession:
         """Hand an envelope to the hub and wait for `accepted` (committed) or an error;
         `expires_in` (seconds): the mailbox drops it then (a disappearing message)."""
         ref = f"m{next(self._refs)}"
-        future: asyncio.Future[AcceptedFrame] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = future
         frame = SendFrame(
             ref=ref,
             message_id=message_id,
@@ -346,13 +375,4 @@ class HubSession:
             recipients=recipients,
             expires_in=expires_in,
         )
-        try:
-            await self._send_raw(frame.model_dump_json(exclude_none=True))
-            if self._tap is not None:
-                self._tap.sent(message_id)
-            async with asyncio.timeout(within):
-                return await future
-        except TimeoutError as e:
-            raise DeliveryTimeout(f"the server did not accept message {message_id} in {within} s") from e
-        finally:
-            self._pending.pop(ref, None)
+        return await self._await_accepted(ref, frame.model_dump_json(exclude_none=True), message_id, within)

@@ -194,9 +194,16 @@ class FileTransfers:
             raise LinkFailed(link.failure or "link ended")
 
     async def upload_blob(
-        self, manifest: FileManifest, path: Path, readers: list[int], transfer_id: str
+        self,
+        manifest: FileManifest,
+        path: Path,
+        readers: list[int],
+        transfer_id: str,
+        *,
+        group_id: str | None = None,
     ) -> str:
-        """Stream the encrypted chunks to the server; returns the blob id."""
+        """Stream the encrypted chunks to the server; returns the blob id. With `group_id`: stored
+        once, every member of that group may read it."""
         total = manifest.encrypted_size
 
         async def body() -> AsyncIterator[bytes]:
@@ -211,7 +218,7 @@ class FileTransfers:
                 self._publish(FileProgress(transfer_id, True, sent, total, "blob"))
                 yield data
 
-        blob = await self._client.upload_blob(body(), readers)
+        blob = await self._client.upload_blob(body(), readers, group_id=group_id)
         return blob.blob_id
 
     # ---------------------------------------------------------------------------------------------

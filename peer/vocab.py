@@ -7,6 +7,7 @@ instead of string literals scattered over modules. Plain data only: nothing here
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from peer.errors import ConfigError
@@ -67,6 +68,26 @@ class ConversationKind(StrEnum):
     GROUP = "g"
 
 
+_GROUP_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class GroupChange(StrEnum):
+    """What a verified membership record did (`peer.events.GroupChanged`)."""
+
+    CREATED = "created"
+    ADDED = "added"
+    REMOVED = "removed"
+    LEFT = "left"
+    RENAMED = "renamed"
+    PROMOTED = "promoted"
+    DELETED = "deleted"
+
+
+class GroupRole(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
 class KeyChange(StrEnum):
     """What a key warning is about."""
 
@@ -84,13 +105,18 @@ class ConversationId(str):
 
     def __new__(cls, value: str) -> ConversationId:
         kind, sep, target = value.partition(":")
-        if sep != ":" or kind not in ("u", "g") or not target.isdigit():
+        ok = target.isdigit() if kind == "u" else kind == "g" and _GROUP_ID.fullmatch(target) is not None
+        if sep != ":" or not ok:
             raise ConfigError(f"{value!r} is not a conversation (u:<user id> or g:<group id>)")
         return super().__new__(cls, value)
 
     @classmethod
     def user(cls, user_id: int) -> ConversationId:
         return cls(f"u:{int(user_id)}")
+
+    @classmethod
+    def group(cls, group_id: str) -> ConversationId:
+        return cls(f"g:{group_id}")
 
     @classmethod
     def of(cls, to: int | str) -> ConversationId:
@@ -109,9 +135,17 @@ class ConversationId(str):
 
     @property
     def target(self) -> int:
+        """The other person's user id (a one-to-one conversation only; see `group_id`)."""
+        if self.kind is not ConversationKind.USER:
+            raise ConfigError(f"{self} is a group conversation, not a person")
         return int(self[2:])
 
     @property
     def user_id(self) -> int | None:
         """The other person of a one-to-one conversation; None for a group."""
         return self.target if self.kind is ConversationKind.USER else None
+
+    @property
+    def group_id(self) -> str | None:
+        """The group of a group conversation (32 lowercase hex); None for a person."""
+        return self[2:] if self.kind is ConversationKind.GROUP else None
