@@ -108,7 +108,8 @@ renderConvHeader = function () {  // eslint-disable-line no-global-assign
   $("#conv-name").textContent = g.name;
   $("#conv-display").textContent = "";
   const info = ui.groupInfo && ui.groupInfo.group.group_id === g.group_id ? ui.groupInfo : null;
-  const names = info ? info.members.map((m) => (m.is_me ? "you" : m.username)).join(", ") : groupSub(g);
+  // Out of a group, this device no longer learns who is in it: its last list would mislead.
+  const names = info && g.active ? info.members.map((m) => (m.is_me ? "you" : m.username)).join(", ") : groupSub(g);
   $("#conv-status").textContent = names;
   $("#group-out").hidden = g.active;
   $("#group-out").textContent = g.active ? "" : "You are no longer a member of this group. You can read what was said, but not write to it.";
