@@ -420,13 +420,14 @@ class PeerBridge:
             "cached": book.cached,
         }
 
-    @staticmethod
-    def _preview(view: MessageView) -> dict[str, Any]:
-        """The contact list's one line about a message."""
+    def _preview(self, view: MessageView) -> dict[str, Any]:
+        """The contact list's one line about a message (in a group, who wrote it)."""
         if view.kind == "file":
             text = f"File: {(view.file or {}).get('name', 'file')}"  # no emoji: fonts may lack it
         else:
             text = " ".join((view.text or "").split())[:120]
+        if view.conversation.user_id is None and not view.outgoing and view.kind != "group_event":
+            text = f"{self._usernames.get(view.sender_user, f'user {view.sender_user}')}: {text}"
         return {"text": text, "direction": "out" if view.outgoing else "in", "sent_at_ms": view.sent_at_ms}
 
     async def search(self, query: str) -> list[dict[str, Any]]:

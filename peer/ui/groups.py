@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from peer.events import EventHandlers, GroupChanged
+from peer.events import EventHandlers, GroupChanged, GroupWarning
 from peer.ui.bridge import UiError, _errors
 from peer.vocab import ConversationKind
 
@@ -89,6 +89,8 @@ async def group_list(bridge: PeerBridge, peer: Peer) -> list[dict[str, Any]]:
     for view in views:
         summary = summaries.get(view.group_id)
         last = summary.last if summary is not None else None
+        if last is not None:
+            await bridge._learn_senders(peer, last.conversation, [last])  # "bob: …" in the list
         rows.append(
             {
                 **group_json(view),
@@ -194,4 +196,11 @@ def page_events(bridge: PeerBridge, handlers: EventHandlers) -> EventHandlers:
             }
         )
 
-    return handlers.on(GroupChanged, group_changed)
+    def group_warning(ev: GroupWarning) -> None:
+        # The server's account of a group did not verify (a ghost member, a forged or rolled-back
+        # chain): the node refused it; the person should know someone tried.
+        name = bridge._peer.group_name(ev.group_id) if bridge._peer is not None else None
+        text = f"Group {name or ev.group_id}: {ev.reason}"
+        bridge.events.publish({"type": "error", "message": text if text.endswith(".") else text + "."})
+
+    return handlers.on(GroupChanged, group_changed).on(GroupWarning, group_warning)

@@ -96,7 +96,22 @@ async def test_a_group_made_in_the_page_reaches_its_members_and_its_changes_show
         within=20,
     )
     timeline = (await client.get(f"/api/groups/{gid}/messages")).json()["messages"]
-    assert any(m["kind"] == "group_event" and "carol" in (m["text"] or "") for m in timeline)
+    assert any(m["kind"] == "group_event" and m["text"] == "alice removed carol" for m in timeline)
+    # The list's line is the last message (a membership line is not one), with who wrote it.
+    listed = (await client.get("/api/groups")).json()
+    assert (listed[0]["name"], listed[0]["last"]["text"]) == ("crag crew", "bob: bringing the quickdraws")
+
+    # alice makes bob an admin and leaves: the group stays with bob, her page can no longer send.
+    promoted = await client.post(f"/api/groups/{gid}/members/{bob.me.user_id}/promote")
+    assert promoted.status_code == 200, promoted.text
+    roles = {m["username"]: m["role"] for m in (await client.get(f"/api/groups/{gid}")).json()["members"]}
+    assert roles == {"alice": "admin", "bob": "admin"}
+    assert (await client.post(f"/api/groups/{gid}/leave")).json() == {"group_id": gid, "left": True}
+    await bob_events.wait_for(lambda e: isinstance(e, GroupChanged) and e.change == "left", within=20)
+    assert [g["active"] for g in (await client.get("/api/groups")).json()] == [False]
+    refused = await client.post(f"/api/groups/{gid}/messages", json={"text": "still here?"})
+    assert refused.status_code == 400
+    assert "no longer in the group" in refused.json()["error"]
 
 
 async def test_group_routes_refuse_bad_input_with_a_sentence_and_change_nothing(ui_client):

@@ -119,7 +119,7 @@ renderConvHeader = function () {  // eslint-disable-line no-global-assign
 
 function setComposer(enabled) {
   for (const sel of ["#message-input", "#send-btn", "#file-input"]) $(sel).disabled = !enabled;
-  $("#message-input").placeholder = enabled ? "Write a message" : "You left this group";
+  $("#message-input").placeholder = enabled ? "Write a message" : "You are not in this group";
 }
 
 async function loadGroupInfo(groupId) {
@@ -231,8 +231,14 @@ function renderGroupDialog() {
   $("#group-leave").hidden = !g.active;
   const inGroup = new Set(info.members.map((m) => m.user_id));
   const addable = ui.contacts.contacts.filter((c) => !inGroup.has(c.user_id));
-  $("#group-add-select").replaceChildren(...addable.map((c) => el("option", { value: String(c.user_id), text: c.username })));
+  $("#group-add-select").replaceChildren(...(addable.length
+    ? addable.map((c) => el("option", { value: String(c.user_id), text: c.username }))
+    : [el("option", { value: "", text: "All your contacts are in it" })]));
   $("#group-add-btn").disabled = addable.length === 0;
+  if (!g.active) {  // the last list this device verified is no longer news about the group
+    $("#group-members").replaceChildren(el("li", { class: "muted small empty", text: "You are no longer a member, so this device no longer learns who is." }));
+    return;
+  }
   $("#group-members").replaceChildren(...info.members.map((m) =>
     el("li", { class: "member", "data-user": m.username },
       avatar(m.username),
