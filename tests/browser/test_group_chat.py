@@ -4,7 +4,8 @@ alice makes "climbing" from her contacts bob and carol (who are not each other's
 three write and see who wrote what; typing shows who types; alice's message rolls up to "read by 2
 of 2"; a file reaches both; alice renames the group and bob's and carol's headers follow; alice
 removes carol: alice's and bob's timelines say so, carol's page says she is out and will not let
-her write. No page may log a console error along the way.
+her write; alice adds her back and she writes again; bob leaves. No page may log a console error
+along the way.
 """
 
 from __future__ import annotations
@@ -147,6 +148,24 @@ async def test_a_group_from_contacts_talks_shares_a_file_renames_and_removes_a_m
     await expect(said(a, "Just us two then", "out").locator(".rollup")).to_have_text(
         "read by 1 of 1", timeout=TIMEOUT_MS
     )
+
+    # alice adds carol back from her contacts: carol's page lets her write again (she cannot read
+    # what was said while she was out); then bob leaves, and alice's timeline says so.
+    await a.click("#group-btn")
+    await a.select_option("#group-add-select", label="carol")
+    await a.click("#group-add-btn")
+    await expect(members.locator(".member")).to_have_count(3, timeout=TIMEOUT_MS)
+    await a.keyboard.press("Escape")
+    await expect(c.locator("#group-out")).to_be_hidden(timeout=TIMEOUT_MS)
+    await expect(c.locator("#message-input")).to_be_enabled()
+    await write(c, "Back in")
+    await expect(said(a, "Back in").locator(".sender")).to_have_text("carol", timeout=TIMEOUT_MS)
+    await expect(said(c, "Just us two then")).to_have_count(0)
+    await b.click("#group-btn")
+    await b.click("#group-leave")
+    await expect(b.locator("#group-out")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(a.locator("#messages .msg.system", has_text="bob left")).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(group(a, "crag crew")).to_contain_text("2 members")
 
     for window in windows.values():
         window.assert_clean()
