@@ -839,6 +839,100 @@ def _sent_line(who: str, m: dict[str, Any]) -> str:
     return f"sent to {who} ({how})"
 
 
+@main.group("group")
+def group_cmd() -> None:
+    """Groups: create, add, remove, leave, list, members, rename, promote (address one as #NAME)."""
+
+
+def _group_line(g: dict[str, Any]) -> str:
+    role = " (admin)" if g["role"] == "admin" else ""
+    state = "" if g["active"] else " - you are no longer in it"
+    return f"#{g['name']}  {g['members']} members{role}  id {g['group_id']}{state}"
+
+
+@group_cmd.command("create")
+@click.argument("name")
+@click.argument("users", nargs=-1)
+@click.pass_obj
+def group_create(opts: Options, name: str, users: tuple[str, ...]) -> None:
+    """Create a group with you as admin and USERS (your accepted contacts) in it."""
+    g = call(opts, "group.create", name=name, members=list(users))
+    emit(opts, g, lambda: click.echo(f"created {_group_line(g)}"))
+
+
+@group_cmd.command("add")
+@click.argument("name")
+@click.argument("users", nargs=-1, required=True)
+@click.pass_obj
+def group_add(opts: Options, name: str, users: tuple[str, ...]) -> None:
+    """Add USERS to the group NAME (admins only)."""
+    g = call(opts, "group.add", group=name, who=list(users))
+    emit(opts, g, lambda: click.echo(f"added {', '.join(users)}: {_group_line(g)}"))
+
+
+@group_cmd.command("remove")
+@click.argument("name")
+@click.argument("user")
+@click.pass_obj
+def group_remove(opts: Options, name: str, user: str) -> None:
+    """Remove USER from the group NAME (admins only); they cannot read what follows."""
+    g = call(opts, "group.remove", group=name, who=user)
+    emit(opts, g, lambda: click.echo(f"removed {user}: {_group_line(g)}"))
+
+
+@group_cmd.command("leave")
+@click.argument("name")
+@click.pass_obj
+def group_leave(opts: Options, name: str) -> None:
+    """Leave the group NAME."""
+    result = call(opts, "group.leave", group=name)
+    emit(opts, result, lambda: click.echo(f"you left {name}"))
+
+
+@group_cmd.command("rename")
+@click.argument("name")
+@click.argument("new")
+@click.pass_obj
+def group_rename(opts: Options, name: str, new: str) -> None:
+    """Rename the group NAME to NEW (admins only)."""
+    g = call(opts, "group.rename", group=name, name=new)
+    emit(opts, g, lambda: click.echo(f"renamed: {_group_line(g)}"))
+
+
+@group_cmd.command("promote")
+@click.argument("name")
+@click.argument("user")
+@click.pass_obj
+def group_promote(opts: Options, name: str, user: str) -> None:
+    """Make USER an admin of the group NAME (admins only)."""
+    g = call(opts, "group.promote", group=name, who=user)
+    emit(opts, g, lambda: click.echo(f"{user} is now an admin of #{g['name']}"))
+
+
+@group_cmd.command("list")
+@click.pass_obj
+def group_list(opts: Options) -> None:
+    """Your groups, as this device verified them (works offline)."""
+    rows = call(opts, "group.list")
+    emit(opts, rows, lambda: [click.echo(_group_line(g)) for g in rows] and None)
+
+
+@group_cmd.command("members")
+@click.argument("name")
+@click.pass_obj
+def group_members(opts: Options, name: str) -> None:
+    """The members of the group NAME, admins marked."""
+    rows = call(opts, "group.members", group=name)
+    emit(
+        opts,
+        rows,
+        lambda: _table(
+            ["id", "username", "role", ""],
+            [[str(m["user_id"]), m["username"], m["role"], "me" if m["is_me"] else ""] for m in rows],
+        ),
+    )
+
+
 @main.command()
 @click.argument("who")
 @click.argument("text", nargs=-1, required=True)
@@ -996,7 +1090,7 @@ def chat(opts: Options, who: str) -> None:
         target = call(opts, "resolve", node, who=who)
         names = call(opts, "names", node)
         transcript = Transcript(names)
-        conversation = f"u:{target['user_id']}"
+        conversation = target.get("conversation") or f"u:{target['user_id']}"
         for m in call(opts, "history", node, limit=20, **{"with": who}):
             for line in transcript.lines(m):
                 click.echo(line)

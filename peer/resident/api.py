@@ -85,6 +85,21 @@ async def resolve(peer: Peer, who: str) -> int:
         ) from e
 
 
+def is_group_ref(who: str) -> bool:
+    """ "#NAME", "#<id>" or "g:<id>": a group, wherever a contact is accepted."""
+    return who.startswith(("#", "g:"))
+
+
+async def group_conversation(peer: Peer, who: str) -> str:
+    """The conversation id of a group reference (an ambiguous name is an error listing the ids)."""
+    return f"g:{await peer.resolve_group(who)}"
+
+
+async def conversation_for(peer: Peer, who: str) -> str | int:
+    """A group's conversation id, or a user id, for `who`."""
+    return await group_conversation(peer, who) if is_group_ref(who) else await resolve(peer, who)
+
+
 async def names(peer: Peer) -> dict[int, str]:
     """User id -> username for everyone this device knows (itself and its cached contacts)."""
     known = {int(c["user_id"]): str(c["username"]) for c in await _cached(peer)}
@@ -191,8 +206,19 @@ async def resolve_call(node: ResidentNode, params: dict[str, Any]) -> dict[str, 
     peer = node.require_peer()
     who = _str(params, "who")
     assert who is not None
+    if is_group_ref(who):
+        conversation = await group_conversation(peer, who)
+        return {
+            "conversation": conversation,
+            "group_id": conversation[2:],
+            "group": peer.group_name(conversation[2:]),
+        }
     user_id = await resolve(peer, who)
-    return {"user_id": user_id, "username": (await names(peer)).get(user_id, who)}
+    return {
+        "user_id": user_id,
+        "username": (await names(peer)).get(user_id, who),
+        "conversation": f"u:{user_id}",
+    }
 
 
 @method("names")
@@ -330,6 +356,10 @@ async def send(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
         raise BadInput("the message is empty; write some text to send")
     if len(text) > MAX_TEXT_CHARS:
         raise BadInput(f"the message is too long ({len(text)} characters; at most {MAX_TEXT_CHARS})")
+    if is_group_ref(who):
+        conversation = await group_conversation(peer, who)
+        await node.settle_start()
+        return (await peer.send_text(conversation, text)).to_dict()
     user_id = await resolve(peer, who)
     await check_can_send(peer, user_id, who)
     await node.settle_start()
@@ -346,6 +376,10 @@ async def send_file(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any
         raise BadInput("send_file needs an absolute path (the node does not share your working folder)")
     if not await asyncio.to_thread(path.is_file):
         raise ConfigError(f"there is no file {path}")
+    if is_group_ref(who):
+        conversation = await group_conversation(peer, who)
+        await node.settle_start()
+        return (await peer.send_file(conversation, path)).to_dict()
     user_id = await resolve(peer, who)
     await check_can_send(peer, user_id, who)
     await node.settle_start()
@@ -369,7 +403,7 @@ async def history(node: ResidentNode, params: dict[str, Any]) -> list[dict[str, 
     peer = node.require_peer()
     who = _str(params, "with", required=False)
     limit = _int(params, "limit", 50, 1, MAX_HISTORY)
-    to = await resolve(peer, who) if who else None
+    to = await conversation_for(peer, who) if who else None
     return [m.to_dict() for m in await peer.history(to, limit)]
 
 
@@ -378,8 +412,24 @@ async def typing(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
     peer = node.require_peer()
     who = _str(params, "to")
     assert who is not None
-    await peer.send_typing(await resolve(peer, who), bool(params.get("active", True)))
+    await peer.send_typing(await conversation_for(peer, who), bool(params.get("active", True)))
     return {"ok": True}
 
 
+@method("read")
+async def read(node: ResidentNode, params: dict[str, Any]) -> dict[str, Any]:
+    """Mark messages of a conversation read (`ids`, or every unread one) and tell their senders."""
+    peer = node.require_peer()
+    who = _str(params, "with")
+    assert who is not None
+    to = await conversation_for(peer, who)
+    ids = params.get("ids")
+    if ids is None:
+        ids = [m.message_id for m in await peer.history(to, MAX_HISTORY) if m.unread]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadInput("the parameter 'ids' must be a list of message ids")
+    return {"read": await peer.mark_read(to, ids)}
+
+
 from peer.resident import daily_api as _daily_api  # noqa: E402,F401  (registers its calls)
+from peer.resident import group_api as _group_api  # noqa: E402,F401  (registers its calls)

@@ -317,7 +317,7 @@ class ResidentNode:
 
     async def _pump_events(self, peer: Peer) -> None:
         async for event in peer.events():
-            self.publish(_event_json(event))
+            self.publish(_event_json(event, peer.group_name))
             if isinstance(event, ConnectionChanged) and not event.online:
                 await self._drop_links(peer)
             elif isinstance(event, ConnectionChanged):
@@ -518,8 +518,20 @@ def _parse(line: bytes) -> tuple[Any, str, dict[str, Any], RpcError | None]:
     return request_id, method, params, None
 
 
-def _event_json(event: Event) -> dict[str, Any]:
-    return event.to_dict()
+def _event_json(event: Event, group_name: Callable[[str], str | None]) -> dict[str, Any]:
+    """The event's JSON; an event of a group conversation also carries the group's name."""
+    data = event.to_dict()
+    message = data.get("message")
+    conversation = data.get("conversation") or (
+        message.get("conversation") if isinstance(message, dict) else None
+    )
+    if isinstance(conversation, str) and conversation.startswith("g:"):
+        data["conversation"] = conversation
+        data["group"] = group_name(conversation[2:])
+    elif isinstance(data.get("group_id"), str):
+        data["conversation"] = f"g:{data['group_id']}"
+        data["group"] = data.get("name") or group_name(data["group_id"])
+    return data
 
 
 async def _healthy(url: str) -> bool:
