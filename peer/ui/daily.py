@@ -144,15 +144,12 @@ def routes(bridge: PeerBridge) -> list[Route]:
         rows = []
         for view in found:
             other = view.other_user
-            if other is None:
-                continue
-            rows.append(
-                {
-                    **bridge._message_json(view),
-                    "user_id": other,
-                    "username": bridge._usernames.get(other, f"user {other}"),
-                }
-            )
+            if other is None:  # a group's message: found under the group's name
+                gid = str(view.conversation.group_id)
+                where = {"group_id": gid, "username": peer().group_name(gid) or gid}
+            else:
+                where = {"user_id": other, "username": bridge._usernames.get(other, f"user {other}")}
+            rows.append({**bridge._message_json(view), **where})
         return JSONResponse(rows)
 
     @_api

@@ -84,6 +84,8 @@ async def test_a_group_made_in_the_page_reaches_its_members_and_its_changes_show
     history = (await client.get(f"/api/groups/{gid}/messages")).json()["messages"]
     incoming = next(m for m in history if m["text"] == "bringing the quickdraws")
     assert (incoming["direction"], incoming["sender"]) == ("in", "bob")
+    found = (await client.get("/api/messages/search", params={"q": "quickdraws"})).json()
+    assert [(f["group_id"], f["username"], f["sender"]) for f in found] == [(gid, "climbing", "bob")]
 
     renamed = await client.patch(f"/api/groups/{gid}", json={"name": "crag crew"})
     assert renamed.json()["name"] == "crag crew"

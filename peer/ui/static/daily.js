@@ -328,8 +328,9 @@ async function searchMessages() {
   list.replaceChildren(...(rows.length ? rows.map((m) =>
     el("li", {},
       el("button", { type: "button", class: "found", "data-id": m.id,
-        onclick: () => { list.replaceChildren(); $("#msg-search-input").value = ""; openConversation(m.user_id); } },
-      el("span", { class: "name", text: m.direction === "out" ? `You to ${m.username}` : m.username }),
+        onclick: () => { list.replaceChildren(); $("#msg-search-input").value = ""; openConversation(convKey(m)); } },
+      el("span", { class: "name", text: m.group_id ? `${m.direction === "out" ? "You" : m.sender} in ${m.username}`
+        : m.direction === "out" ? `You to ${m.username}` : m.username }),
       el("span", { class: "sub", text: m.kind === "file" ? `File: ${m.file ? m.file.name : ""}` : m.text || "" }))))
     : [el("li", { class: "muted small empty", text: `No message contains “${q}”.` })]));
 }
