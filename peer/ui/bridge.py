@@ -176,7 +176,7 @@ def _ui_error(err: BaseException) -> UiError:
 def conversation_keys(conversation: ConversationId) -> dict[str, Any]:
     """How the page's events name a conversation: `user_id` for a contact, `group_id` for a group."""
     user_id = conversation.user_id
-    return {"user_id": user_id} if user_id is not None else {"group_id": conversation[2:]}
+    return {"user_id": user_id} if user_id is not None else {"group_id": conversation.group_id}
 
 
 @contextlib.asynccontextmanager
@@ -590,12 +590,10 @@ class PeerBridge:
     async def _learn_senders(self, peer: Peer, to: Conversation, views: list[MessageView]) -> None:
         """Group members need not be this user's contacts: their names come from the member list,
         read again only when a sender is not known yet."""
-        conversation = ConversationId.of(to)
-        if conversation.user_id is not None:
+        group_id = ConversationId.of(to).group_id
+        if group_id is None or (views and all(v.sender_user in self._usernames for v in views)):
             return
-        if all(v.sender_user in self._usernames for v in views) and views:
-            return
-        for member in await peer.group_members(conversation[2:]):
+        for member in await peer.group_members(group_id):
             self._usernames[member.user_id] = member.username
 
     # ------------------------------------------------------------------ safety numbers and key changes

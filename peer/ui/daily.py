@@ -144,6 +144,7 @@ def routes(bridge: PeerBridge) -> list[Route]:
         rows = []
         for view in found:
             other = view.other_user
+            where: dict[str, Any]
             if other is None:  # a group's message: found under the group's name
                 gid = str(view.conversation.group_id)
                 where = {"group_id": gid, "username": peer().group_name(gid) or gid}

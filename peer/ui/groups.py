@@ -81,7 +81,7 @@ async def group_list(bridge: PeerBridge, peer: Peer) -> list[dict[str, Any]]:
     unread count, most recent first: the sidebar's group section."""
     views = await peer.groups()
     summaries = {
-        s.conversation[2:]: s
+        s.conversation.group_id: s
         for s in await peer.conversation_summaries()
         if s.conversation.kind is ConversationKind.GROUP
     }
