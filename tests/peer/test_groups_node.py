@@ -286,3 +286,83 @@ async def test_a_server_that_injects_a_member_or_replays_an_old_chain_is_caught(
     await ra.wait_for(_text_in(conv, "still without carol"))
     assert not [e for e in rc.of("message") if e.message.conversation == conv]
     assert "still without carol" not in [m.text for m in await carol.history(conv)]
+
+
+async def test_a_linked_member_gets_it_direct_the_other_through_the_server_and_receipts_roll_up(world: World):
+    alice = world.peer("alice", 0)
+    bob = world.peer("bob", 1)
+    carol = world.peer("carol", 3, direct=False, answer_offers=False)  # reachable only via the server
+    for p, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        await p.register(name, f"{name}@example.org", PASSWORD)
+    for other in (bob, carol):
+        await alice.add_contact(other.me.username)
+        await other.accept_contact(alice.me.user_id)
+    for p in (alice, bob, carol):
+        assert await p.wait_online(10)
+    ra, rb, rc = world.record(alice), world.record(bob), world.record(carol)
+    first = await alice.send_text(bob.me.user_id, "a link first")
+    assert first.path == "direct" and alice.link_to(bob.me.device_id) is not None
+
+    group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+    conv = f"g:{group.group_id}"
+    await rc.wait_for(_changed(group.group_id, GroupChange.CREATED))
+    sent = await alice.send_text(conv, "mixed paths")
+    paths = {d["device_id"]: d["path"] for d in sent.devices}
+    assert paths[bob.me.device_id] == "direct" and paths[carol.me.device_id] in ("relayed", "queued")
+    got_b = await rb.wait_for(_text_in(conv, "mixed paths"))
+    got_c = await rc.wait_for(_text_in(conv, "mixed paths"))
+    assert got_b.message.path == "direct" and got_c.message.path != "direct"
+
+    # receipts come per device and roll up: delivered to 2 of 2, then read by 1 of 2
+    await ra.wait_for(
+        lambda e: e.type == "message_state" and e.message_id == sent.message_id and e.state == "delivered"
+    )
+    view = await alice.message(sent.message_id)
+    assert view is not None and (view.recipients, view.delivered, view.read) == (2, 2, 0)
+    await bob.mark_read(conv, [got_b.message.message_id])
+    await ra.wait_for(lambda e: e.type == "receipt" and e.status == "read")  # published once applied
+    view = await alice.message(sent.message_id)
+    assert view is not None and view.state == "delivered" and (view.delivered, view.read) == (2, 1)
+
+    await carol.send_typing(conv, True)
+    typing = await rb.wait_for(lambda e: e.type == "typing" and e.conversation == conv)
+    assert typing.user_id == carol.me.user_id and typing.active
+    assert (
+        len(
+            [
+                e
+                for e in rb.of("message")
+                if e.message.conversation == conv and e.message.text == "mixed paths"
+            ]
+        )
+        == 1
+    )
+
+
+async def test_a_message_that_comes_before_its_sender_key_is_held_and_opens_when_the_key_arrives(
+    world: World,
+):
+    alice, bob, carol = await _three(world, direct=False)
+    group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+    conv = f"g:{group.group_id}"
+    bob_device = bob.me.device_id
+    await bob.close()
+    sent = await alice.send_text(conv, "before its key")
+    # The server hands bob the group message first and the sender key after it.
+    with contextlib.closing(sqlite3.connect(world.server.database_path)) as db, db:
+        (top,) = db.execute("SELECT MAX(id) FROM mailbox").fetchone()
+        db.execute(
+            "UPDATE mailbox SET id = id + ? WHERE recipient_device = ? AND body_id IS NULL", (top, bob_device)
+        )
+    order = [is_group for _, _, is_group in _mailbox(world.server.database_path, bob_device)]
+    assert order[0] and not order[-1]
+
+    again = world.peer("bob", 1, direct=False)
+    events = world.record(again)
+    await again.unlock(PASSWORD)
+    got = await events.wait_for(_text_in(conv, "before its key"))
+    assert got.message.message_id == sent.message_id
+    await asyncio.wait_for(_drained(again), 5)  # nothing left behind: held here, not on the server
+    ra = world.record(alice)
+    await again.send_text(conv, "bob answers")
+    await ra.wait_for(_text_in(conv, "bob answers"))
