@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from peer.ui import daily
+from peer.ui import daily, groups
 from peer.ui.bridge import PeerBridge, UiError
 from peer.ui.security import SESSION_COOKIE, SESSION_MAX_AGE_S, OriginPolicy, RequestRefused, SessionGate
 
@@ -95,6 +95,13 @@ def _cookie(header: str, name: str) -> str | None:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _conversation(request: Request) -> int | str:
+    """The conversation a route names: a contact's user id, or `g:<group id>`."""
+    if "user_id" in request.path_params:
+        return int(request.path_params["user_id"])
+    return groups.conversation(request.path_params["group_id"])
 
 
 def _api(handler: Handler) -> Handler:
@@ -214,34 +221,34 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
 
     @_api
     async def messages(request: Request) -> Response:
-        user_id = int(request.path_params["user_id"])
+        to = _conversation(request)
         if request.method == "POST":
             body = await _json(request)
-            return JSONResponse(await bridge.send_text(user_id, str(body["text"])), status_code=201)
-        return JSONResponse(await bridge.history(user_id))
+            return JSONResponse(await bridge.send_text(to, str(body["text"])), status_code=201)
+        return JSONResponse(await bridge.history(to))
 
     @_api
     async def typing(request: Request) -> Response:
         body = await _json(request)
-        await bridge.typing(int(request.path_params["user_id"]), bool(body.get("active", True)))
+        await bridge.typing(_conversation(request), bool(body.get("active", True)))
         return JSONResponse({"ok": True})
 
     @_api
     async def read(request: Request) -> Response:
         body = await _json(request)
         ids = [str(m) for m in body["message_ids"]]
-        return JSONResponse(await bridge.mark_read(int(request.path_params["user_id"]), ids))
+        return JSONResponse(await bridge.mark_read(_conversation(request), ids))
 
     @_api
     async def file_upload(request: Request) -> Response:
-        user_id = int(request.path_params["user_id"])
+        to = _conversation(request)
         form = await request.form(max_files=1, max_fields=4)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise UiError("Choose a file to send.", code="no_file")
         upload_id = form.get("upload_id")
         try:
-            sent = await bridge.send_file(user_id, upload, upload_id if isinstance(upload_id, str) else None)
+            sent = await bridge.send_file(to, upload, upload_id if isinstance(upload_id, str) else None)
             return JSONResponse(sent, status_code=201)
         finally:
             await form.close()
@@ -351,16 +358,24 @@ def create_ui_app(bridge: PeerBridge, policy: OriginPolicy, gate: SessionGate) -
         Route("/api/contacts/{user_id:int}", contact_update, methods=["PATCH", "DELETE"]),
         Route("/api/contacts/{user_id:int}/{action:str}", contact_action, methods=["POST"]),
         Route("/api/users/search", search),
-        Route("/api/conversations/{user_id:int}/messages", messages, methods=["GET", "POST"]),
-        Route("/api/conversations/{user_id:int}/typing", typing, methods=["POST"]),
-        Route("/api/conversations/{user_id:int}/read", read, methods=["POST"]),
-        Route("/api/conversations/{user_id:int}/files", file_upload, methods=["POST"]),
+        # A conversation is a contact's (by user id) or a group's (by group id): the same calls.
+        *(
+            Route(f"{base}/{name}", handler, methods=methods)
+            for base in ("/api/conversations/{user_id:int}", "/api/groups/{group_id:str}")
+            for name, handler, methods in (
+                ("messages", messages, ["GET", "POST"]),
+                ("typing", typing, ["POST"]),
+                ("read", read, ["POST"]),
+                ("files", file_upload, ["POST"]),
+            )
+        ),
         Route("/api/files/{message_id:str}", file_download),
         Route("/api/safety/{user_id:int}", safety, methods=["GET", "POST"]),
         Route("/api/stego/hide", stego_hide, methods=["POST"]),
         Route("/api/stego/reveal", stego_reveal, methods=["POST"]),
         Route("/api/stego/capacity", stego_capacity, methods=["POST"]),
         *daily.routes(bridge),  # issue 15: block, devices, account, edit/delete, unverify
+        *groups.routes(bridge),  # issue 13: create, members, rename, leave
         WebSocketRoute("/api/events", events),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

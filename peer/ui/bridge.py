@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 Me = Any
 MessageView = Any
 StartAction = Callable[["Peer"], Awaitable[Me]]
+Conversation = int | str  # a contact's user id, or "g:<group id>"
 
 Phase = Literal["logged_out", "keygen", "ready"]
 MAX_STEGO_IMAGE_BYTES = 32 * 1024 * 1024
@@ -172,6 +173,12 @@ def _ui_error(err: BaseException) -> UiError:
     return UiError("Something went wrong inside PeerPost; its log has the details.", 500, "internal")
 
 
+def conversation_keys(conversation: ConversationId) -> dict[str, Any]:
+    """How the page's events name a conversation: `user_id` for a contact, `group_id` for a group."""
+    user_id = conversation.user_id
+    return {"user_id": user_id} if user_id is not None else {"group_id": conversation.group_id}
+
+
 @contextlib.asynccontextmanager
 async def _errors() -> AsyncIterator[None]:
     """Peer and crypto errors become UiError, with the library's sentence."""
@@ -201,7 +208,7 @@ class PeerBridge:
         self._me: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._usernames: dict[int, str] = {}
-        self._file_owner: dict[str, int] = {}  # message id -> the other party, for progress events
+        self._file_owner: dict[str, dict[str, Any]] = {}  # message id -> its conversation's keys
         # Set by the resident node: it owns the peer this bridge drives, and hears of a logout.
         self._adopted = False
         self.on_logout: Callable[[], Awaitable[None]] | None = None
@@ -413,13 +420,14 @@ class PeerBridge:
             "cached": book.cached,
         }
 
-    @staticmethod
-    def _preview(view: MessageView) -> dict[str, Any]:
-        """The contact list's one line about a message."""
+    def _preview(self, view: MessageView) -> dict[str, Any]:
+        """The contact list's one line about a message (in a group, who wrote it)."""
         if view.kind == "file":
             text = f"File: {(view.file or {}).get('name', 'file')}"  # no emoji: fonts may lack it
         else:
             text = " ".join((view.text or "").split())[:120]
+        if view.conversation.user_id is None and not view.outgoing and view.kind != "group_event":
+            text = f"{self._usernames.get(view.sender_user, f'user {view.sender_user}')}: {text}"
         return {"text": text, "direction": "out" if view.outgoing else "in", "sent_at_ms": view.sent_at_ms}
 
     async def search(self, query: str) -> list[dict[str, Any]]:
@@ -466,27 +474,28 @@ class PeerBridge:
 
     # ------------------------------------------------------------------ messages and files
 
-    async def history(self, user_id: int) -> dict[str, Any]:
+    async def history(self, to: Conversation) -> dict[str, Any]:
         peer = self._require_peer()
         async with _errors():
-            views = await peer.history(user_id, limit=200)
-        warning = self._warning(peer, user_id)
+            views = await peer.history(to, limit=200)
+            await self._learn_senders(peer, to, views)
+        warning = self._warning(peer, to) if isinstance(to, int) else None
         return {
             "messages": [self._message_json(v) for v in views],
             "key_warning": warning["text"] if warning else None,
             "key_change": warning["change"] if warning else None,
         }
 
-    async def send_text(self, user_id: int, text: str) -> dict[str, Any]:
+    async def send_text(self, to: Conversation, text: str) -> dict[str, Any]:
         peer = self._require_peer()
         if not text.strip():
             raise UiError("Write something first.", code="empty")
         async with _errors():
-            view = await peer.send_text(user_id, text)
+            view = await peer.send_text(to, text)
         return self._message_json(view)
 
     async def send_file(
-        self, user_id: int, upload: UploadFile, upload_id: str | None = None
+        self, to: Conversation, upload: UploadFile, upload_id: str | None = None
     ) -> dict[str, Any]:
         """Copy the browser's upload into the profile and send it; the page follows the transfer
         through an `upload` event (its `upload_id` → the message id) and `file_progress` events."""
@@ -503,13 +512,14 @@ class PeerBridge:
 
         await asyncio.to_thread(copy)
         message_id = peer.new_message_id()
-        self._file_owner[message_id] = user_id
+        where = conversation_keys(ConversationId.of(to))
+        self._file_owner[message_id] = where
         if upload_id:
             self.events.publish(
-                {"type": "upload", "upload_id": upload_id[:64], "message_id": message_id, "user_id": user_id}
+                {"type": "upload", "upload_id": upload_id[:64], "message_id": message_id, **where}
             )
         async with _errors():
-            view = await peer.send_file(user_id, target, message_id=message_id)
+            view = await peer.send_file(to, target, message_id=message_id)
         return self._message_json(view)
 
     async def received_file(self, message_id: str) -> tuple[Path, str]:
@@ -522,25 +532,25 @@ class PeerBridge:
             raise UiError("That file is not here (yet): it may still be arriving.", status=404)
         return Path(path), str(file.get("name") or Path(path).name)
 
-    async def typing(self, user_id: int, active: bool) -> None:
+    async def typing(self, to: Conversation, active: bool) -> None:
         peer = self._require_peer()
         with contextlib.suppress(PeerError):  # best effort by design
-            await peer.send_typing(user_id, active)
+            await peer.send_typing(to, active)
 
-    async def mark_read(self, user_id: int, message_ids: list[str]) -> dict[str, Any]:
+    async def mark_read(self, to: Conversation, message_ids: list[str]) -> dict[str, Any]:
         """Mark read here (the peer receipts only what changed, and a file only once it arrived)."""
         peer = self._require_peer()
         try:
-            marked = await peer.mark_read(user_id, message_ids)
+            marked = await peer.mark_read(to, message_ids)
         except KeyChanged as err:
             # Read receipts are a courtesy: while a key change waits for confirmation they are not
             # sent (the local mark stands), and the conversation already shows the warning.
-            log.info("read receipt to user %s held back: %s", user_id, err)
+            log.info("read receipt to %s held back: %s", to, err)
             marked = []
         except (PeerError, CryptoError) as err:
             raise _ui_error(err) from err
         async with _errors():
-            unread = await peer.unread(user_id)
+            unread = await peer.unread(to)
         return {"read": marked, "unread": unread}
 
     def _message_json(self, view: MessageView) -> dict[str, Any]:
@@ -564,7 +574,27 @@ class PeerBridge:
                 "downloadable": bool(view.file.get("path")),
                 "arrived": view.outgoing or view.file.get("state") == "done",
             }
+        if view.conversation.user_id is None:  # a group: who wrote it, and how far it got
+            data["editable"] = False  # the node edits a contact's messages only (yet)
+            data["sender_user"] = view.sender_user
+            data["sender"] = self._usernames.get(view.sender_user, f"user {view.sender_user}")
+            recipients = getattr(view, "recipients", None)
+            if view.outgoing and recipients:
+                data["rollup"] = {
+                    "recipients": recipients,
+                    "delivered": getattr(view, "delivered", 0),
+                    "read": getattr(view, "read", 0),
+                }
         return data
+
+    async def _learn_senders(self, peer: Peer, to: Conversation, views: list[MessageView]) -> None:
+        """Group members need not be this user's contacts: their names come from the member list,
+        read again only when a sender is not known yet."""
+        group_id = ConversationId.of(to).group_id
+        if group_id is None or (views and all(v.sender_user in self._usernames for v in views)):
+            return
+        for member in await peer.group_members(group_id):
+            self._usernames[member.user_id] = member.username
 
     # ------------------------------------------------------------------ safety numbers and key changes
 
@@ -650,9 +680,9 @@ class PeerBridge:
                 lambda ev: self.events.publish({"type": "error", "message": _sentence(ev.message)}),
             )
         )
-        from peer.ui import daily  # edits, deletions, removed devices (issue 15)
+        from peer.ui import daily, groups  # issue 15: edits, deletions, removed devices; 13: groups
 
-        return daily.page_events(self, peer, handlers)
+        return groups.page_events(self, daily.page_events(self, peer, handlers))
 
     def _on_presence(self, ev: PresenceChanged) -> None:
         # Presence changes the one contact's dot in the page; nothing is re-read from the server.
@@ -679,14 +709,13 @@ class PeerBridge:
         self.events.publish({"type": "contacts_changed"})
 
     def _on_read(self, ev: ReadMarked) -> None:
-        user_id = ConversationId(ev.conversation).user_id
-        if user_id is not None:
-            self.events.publish(
-                {"type": "unread", "user_id": user_id, "unread": ev.unread, "read": list(ev.message_ids)}
-            )
+        where = conversation_keys(ConversationId(ev.conversation))
+        self.events.publish({"type": "unread", **where, "unread": ev.unread, "read": list(ev.message_ids)})
 
     def _on_typing(self, ev: TypingChanged) -> None:
-        self.events.publish({"type": "typing", "user_id": ev.user_id, "active": ev.active})
+        where = conversation_keys(ConversationId(ev.conversation))
+        who = {"user_id": ev.user_id, "name": self._usernames.get(ev.user_id, f"user {ev.user_id}")}
+        self.events.publish({"type": "typing", **where, **who, "active": ev.active})
 
     def _on_signal_rejected(self, ev: SignalRejectedEvent) -> None:
         who = self._usernames.get(ev.user_id, f"user {ev.user_id}")
@@ -701,37 +730,37 @@ class PeerBridge:
     def _on_link(self, ev: LinkChanged) -> None:
         self.events.publish({"type": "link", "user_id": ev.user_id, "state": ev.state})
 
-    async def _publish_message(self, peer: Peer, message_id: str) -> None:
+    async def _publish_message(self, peer: Peer, message_id: str) -> dict[str, Any] | None:
+        """Tell the page about a message, new or changed; returns its conversation's keys."""
         view = await peer.message(message_id)
         if view is None:
-            return
-        other = view.other_user
-        if other is None:
-            return
+            return None
+        conversation = view.conversation
+        await self._learn_senders(peer, conversation, [view])
         summary = {
-            "unread": await peer.unread(other),
+            "unread": await peer.unread(conversation),
             "last": self._preview(view),
             "last_at_ms": view.sent_at_ms,
         }
+        where = conversation_keys(conversation)
         self.events.publish(
-            {"type": "message", "user_id": other, "message": self._message_json(view), "summary": summary}
+            {"type": "message", **where, "message": self._message_json(view), "summary": summary}
         )
+        return where
 
     async def _file_progress(self, peer: Peer, ev: FileProgress) -> None:
         message_id = ev.message_id
-        owner = self._file_owner.get(message_id)
-        if owner is None:
-            view = await peer.message(message_id)
-            if view is None or view.other_user is None:
+        where = self._file_owner.get(message_id)
+        if where is None:
+            where = await self._publish_message(peer, message_id)
+            if where is None:
                 return
-            owner = view.other_user
-            self._file_owner[message_id] = owner
-            await self._publish_message(peer, message_id)
+            self._file_owner[message_id] = where
         fraction = 1.0 if not ev.total else min(1.0, ev.done / ev.total)
         self.events.publish(
             {
                 "type": "file_progress",
-                "user_id": owner,
+                **where,
                 "message_id": message_id,
                 "fraction": fraction,
                 "outgoing": ev.outgoing,

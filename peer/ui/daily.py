@@ -25,7 +25,7 @@ from peer.events import (
     MessageEdited,
     SessionReestablished,
 )
-from peer.ui.bridge import UiError, _errors
+from peer.ui.bridge import UiError, _errors, conversation_keys
 from peer.vocab import ConversationId
 
 if TYPE_CHECKING:
@@ -151,15 +151,13 @@ def routes(bridge: PeerBridge) -> list[Route]:
         rows = []
         for view in found:
             other = view.other_user
-            if other is None:
-                continue
-            rows.append(
-                {
-                    **bridge._message_json(view),
-                    "user_id": other,
-                    "username": bridge._usernames.get(other, f"user {other}"),
-                }
-            )
+            where: dict[str, Any]
+            if other is None:  # a group's message: found under the group's name
+                gid = str(view.conversation.group_id)
+                where = {"group_id": gid, "username": peer().group_name(gid) or gid}
+            else:
+                where = {"user_id": other, "username": bridge._usernames.get(other, f"user {other}")}
+            rows.append({**bridge._message_json(view), **where})
         return JSONResponse(rows)
 
     @_api
@@ -211,8 +209,8 @@ def page_events(bridge: PeerBridge, peer: Peer, handlers: EventHandlers) -> Even
         if ev.for_everyone:
             await bridge._publish_message(peer, ev.message_id)  # now a tombstone
             return
-        user_id = ConversationId(ev.conversation).user_id
-        bridge.events.publish({"type": "message_removed", "user_id": user_id, "id": ev.message_id})
+        where = conversation_keys(ConversationId(ev.conversation))
+        bridge.events.publish({"type": "message_removed", **where, "id": ev.message_id})
 
     def removed(ev: DeviceRemoved) -> None:
         who = bridge._usernames.get(ev.user_id, f"user {ev.user_id}")

@@ -23,8 +23,8 @@ const ui = {
   state: null,            // {phase, me, settings, keygen}
   view: "chats",
   contacts: { contacts: [], incoming: [], outgoing: [] },
-  current: null,          // user id of the open conversation
-  messages: new Map(),    // user id -> Map(message id -> message)
+  current: null,          // the open conversation: a contact's user id, or "g:<group id>" (groups.js)
+  messages: new Map(),    // conversation -> Map(message id -> message)
   // Unread counts and last messages come from the peer (GET /api/contacts, then "message" and
   // "unread" events): a reload shows the same numbers, and every window agrees.
   uploading: null,        // {uploadId, messageId} of the file this window is sending
@@ -137,6 +137,17 @@ function connectEvents() {
 
 // ---------------------------------------------------------------- events from the peer
 
+// Events name a conversation by `user_id` (a contact) or `group_id` (a group); the page keys both
+// the same way as `ui.current`: the user id, or "g:<group id>".
+function convKey(ev) {
+  return ev.group_id ? `g:${ev.group_id}` : ev.user_id;
+}
+
+// The API path of a conversation: the same calls for a contact and a group.
+function convPath(key) {
+  return typeof key === "string" && key.startsWith("g:") ? `/api/groups/${key.slice(2)}` : `/api/conversations/${key}`;
+}
+
 function handleEvent(ev) {
   switch (ev.type) {
     case "state":
@@ -159,13 +170,13 @@ function handleEvent(ev) {
       refreshContacts();
       break;
     case "message":
-      upsertMessage(ev.user_id, ev.message, true);
-      if (ev.summary) applySummary(ev.user_id, ev.summary);
+      upsertMessage(convKey(ev), ev.message, true);
+      if (ev.summary) applySummary(convKey(ev), ev.summary);
       break;
     case "unread":
-      applySummary(ev.user_id, { unread: ev.unread });
+      applySummary(convKey(ev), { unread: ev.unread });
       for (const id of ev.read || []) {
-        const m = (ui.messages.get(ev.user_id) || new Map()).get(id);
+        const m = (ui.messages.get(convKey(ev)) || new Map()).get(id);
         if (m) m.unread = false;
       }
       break;
@@ -173,10 +184,10 @@ function handleEvent(ev) {
       if (ui.uploading && ui.uploading.uploadId === ev.upload_id) ui.uploading.messageId = ev.message_id;
       break;
     case "typing":
-      showTyping(ev.user_id, ev.active);
+      showTyping(convKey(ev), ev.active, ev.name);
       break;
     case "file_progress":
-      fileProgress(ev.user_id, ev.message_id, ev.fraction);
+      fileProgress(convKey(ev), ev.message_id, ev.fraction);
       break;
     case "key_change":
       keyChange(ev.user_id, ev.text);
@@ -461,7 +472,7 @@ async function openConversation(userId) {
 async function loadHistory(userId) {
   let data;
   try {
-    data = await api("GET", `/api/conversations/${userId}/messages`);
+    data = await api("GET", `${convPath(userId)}/messages`);
   } catch (err) {
     toast(err.message);
     return;
@@ -592,7 +603,7 @@ async function markRead() {
   const userId = ui.current;
   try {
     for (const id of ids) map.get(id).read_sent = true;
-    const answer = await api("POST", `/api/conversations/${userId}/read`, { message_ids: ids });
+    const answer = await api("POST", `${convPath(userId)}/read`, { message_ids: ids });
     applySummary(userId, { unread: answer.unread });
   } catch (err) {
     toast(err.message);
@@ -601,11 +612,12 @@ async function markRead() {
   }
 }
 
-function showTyping(userId, active) {
+// `name` says who, in a group (a contact's conversation has only one person who can type).
+function showTyping(userId, active, name) {
   if (userId !== ui.current) return;
   clearTimeout(ui.typingTimers.get(userId));
   const c = contactById(userId);
-  $("#typing").textContent = active ? `${c ? c.username : "They"} is typing…` : "";
+  $("#typing").textContent = active ? `${name || (c ? c.username : "Someone")} is typing…` : "";
   if (active) ui.typingTimers.set(userId, setTimeout(() => showTyping(userId, false), 6000));
 }
 
@@ -646,12 +658,12 @@ function onComposerInput() {
   const now = Date.now();
   if (now - typingSentAt > 3000) {
     typingSentAt = now;
-    api("POST", `/api/conversations/${userId}/typing`, { active: true }).catch(() => {});
+    api("POST", `${convPath(userId)}/typing`, { active: true }).catch(() => {});
   }
   clearTimeout(typingStopTimer);
   typingStopTimer = setTimeout(() => {
     typingSentAt = 0;
-    api("POST", `/api/conversations/${userId}/typing`, { active: false }).catch(() => {});
+    api("POST", `${convPath(userId)}/typing`, { active: false }).catch(() => {});
   }, 4000);
 }
 
@@ -663,7 +675,7 @@ async function sendMessage() {
   clearTimeout(typingStopTimer);
   typingSentAt = 0;
   try {
-    const message = await api("POST", `/api/conversations/${ui.current}/messages`, { text });
+    const message = await api("POST", `${convPath(ui.current)}/messages`, { text });
     upsertMessage(ui.current, message, false);
   } catch (err) {
     input.value = text;
@@ -680,7 +692,7 @@ function sendFile(file) {
     form.append("upload_id", uploadId);
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/api/conversations/${userId}/files`);
+    xhr.open("POST", `${convPath(userId)}/files`);
     ui.uploading = { uploadId, messageId: null };
     $("#upload").hidden = false;
     $("#upload").dataset.fraction = "0";

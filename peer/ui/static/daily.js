@@ -112,7 +112,8 @@ async function setTimer() {
 const baseOpenConversation = openConversation;
 openConversation = async function (userId) {  // eslint-disable-line no-global-assign
   const opened = baseOpenConversation(userId);
-  await loadTimer(userId).catch((err) => toast(err.message));
+  // Disappearing messages are a contact's setting; a group has none (yet).
+  if (typeof userId === "number") await loadTimer(userId).catch((err) => toast(err.message));
   return opened;
 };
 
@@ -293,10 +294,10 @@ function notify(ev) {
   const m = ev.message;
   if (!m || m.direction !== "in" || !m.unread) return;
   const c = contactById(ev.user_id);
-  const who = c ? c.username : "Someone";
+  const who = m.sender || (c ? c.username : "Someone");  // a group message names its sender
   const body = m.kind === "file" ? `File: ${m.file ? m.file.name : "file"}` : (m.text || "").slice(0, 140);
-  const note = new Notification(`${who} — PeerPost`, { body, tag: `peerpost-${ev.user_id}`, silent: false });
-  note.onclick = () => { window.focus(); openConversation(ev.user_id); note.close(); };
+  const note = new Notification(`${who} — PeerPost`, { body, tag: `peerpost-${convKey(ev)}`, silent: false });
+  note.onclick = () => { window.focus(); openConversation(convKey(ev)); note.close(); };
 }
 
 // A healed session (issue 14) is a line in that conversation's timeline, kept until the page
@@ -317,7 +318,7 @@ handleEvent = function (ev) {  // eslint-disable-line no-global-assign
     seenLive.add(ev.message.id);
     notify(ev);
   } else if (ev.type === "message_removed") {
-    removeMessage(ev.user_id, ev.id);
+    removeMessage(convKey(ev), ev.id);
   } else if (ev.type === "notice") {
     toast(ev.text, "info");
   } else if (ev.type === "session_reestablished") {
@@ -337,8 +338,9 @@ async function searchMessages() {
   list.replaceChildren(...(rows.length ? rows.map((m) =>
     el("li", {},
       el("button", { type: "button", class: "found", "data-id": m.id,
-        onclick: () => { list.replaceChildren(); $("#msg-search-input").value = ""; openConversation(m.user_id); } },
-      el("span", { class: "name", text: m.direction === "out" ? `You to ${m.username}` : m.username }),
+        onclick: () => { list.replaceChildren(); $("#msg-search-input").value = ""; openConversation(convKey(m)); } },
+      el("span", { class: "name", text: m.group_id ? `${m.direction === "out" ? "You" : m.sender} in ${m.username}`
+        : m.direction === "out" ? `You to ${m.username}` : m.username }),
       el("span", { class: "sub", text: m.kind === "file" ? `File: ${m.file ? m.file.name : ""}` : m.text || "" }))))
     : [el("li", { class: "muted small empty", text: `No message contains “${q}”.` })]));
 }
