@@ -28,7 +28,7 @@ from crypto.filestream import FileManifest, decrypt_chunk, decrypt_chunks, encry
 from peer import frames
 from peer.atomicfile import atomic_output
 from peer.client import ServerClient
-from peer.errors import LinkFailed, PeerError, TransferFailed
+from peer.errors import LinkFailed, PeerError, ServerError, ServerUnavailable, TransferFailed
 from peer.events import Event, FileProgress, FileReceived
 from peer.link import Link
 from peer.linkset import LinkSet
@@ -36,6 +36,8 @@ from peer.localstore import LocalStore, TransferRecord
 from peer.profile import Profile
 
 log = logging.getLogger(__name__)
+
+_BLOB_DELETE_RETRY_PAUSES = (1.0, 3.0, 6.0)  # seconds between tries of a transient failure
 
 WINDOW = 64  # chunks in flight without an ack (4 MiB at the default chunk size)
 PERSIST_EVERY = 16
@@ -224,11 +226,25 @@ class FileTransfers:
         return blob.blob_id
 
     async def delete_blob(self, blob_id: str) -> None:
-        """Delete a blob I uploaded (a file deleted for everyone, or expired); gone already is fine."""
-        try:
-            await self._client.delete_blob(blob_id)
-        except PeerError as e:  # not found (expired, another device of mine was first), or offline
-            log.info("blob %s was not deleted: %s", blob_id, e)
+        """Delete a blob I uploaded (a file deleted for everyone, or expired); gone already is fine.
+
+        A busy or briefly unreachable server (a timeout, a 429 or a 5xx) is tried again a few times
+        over about ten seconds: the blob's own expiry is only the backstop, and until the server
+        purges it the ciphertext of a "deleted" file would stay on its disk."""
+        for attempt, pause in enumerate((*_BLOB_DELETE_RETRY_PAUSES, None)):
+            try:
+                await self._client.delete_blob(blob_id)
+                return
+            except ServerError as e:
+                transient = isinstance(e, ServerUnavailable) or e.status in (429, 500, 502, 503, 504)
+                if not transient or pause is None:
+                    log.info("blob %s was not deleted (attempt %d): %s", blob_id, attempt + 1, e)
+                    return
+                log.info("blob %s: deleting failed for now (%s), again in %.0f s", blob_id, e, pause)
+                await asyncio.sleep(pause)
+            except PeerError as e:  # not logged in any more, a closed peer
+                log.info("blob %s was not deleted: %s", blob_id, e)
+                return
 
     # ---------------------------------------------------------------------------------------------
     # receiving
