@@ -70,7 +70,7 @@ from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOu
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, payload_record
 from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
-from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64encode
+from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64decode, b64encode
 
 if TYPE_CHECKING:
     from peer.client import ServerClient
@@ -339,7 +339,48 @@ class GroupChat:
 
     def on_group_frame(self, frame: GroupFrame) -> None:
         gone = GroupChange.DELETED if frame.event is GroupEvent.DELETED else GroupChange.REMOVED
+        if frame.group is None and frame.record is not None:  # this user is out: the frame says why
+            self._spawn(self._departed(frame.group_id, frame.record, gone), f"group-{frame.group_id[:8]}")
+            return
         self._spawn(self._sync_retrying(frame.group_id, gone), f"group-{frame.group_id[:8]}")
+
+    async def _departed(self, group_id: str, text: str, gone: GroupChange) -> None:
+        """The change that put this user out, from its frame (the records route no longer answers
+        a non-member). Adopted only when it verifies as the next link of this device's chain;
+        otherwise the server is asked as for any frame (its 404 says "out", without who or why)."""
+        if not await self._extend_from_frame(group_id, text):
+            await self._sync_retrying(group_id, gone)
+
+    async def _extend_from_frame(self, group_id: str, text: str) -> bool:
+        """Extend the verified chain with the frame's record (the admin's signature, the hash link,
+        the position): True when this device now knows, verified, that it is out of the group."""
+        try:
+            raw = b64decode(text)
+            record = gs.parse_record(raw)
+        except (ValueError, CryptoError) as e:
+            self._refuse(group_id, f"the server's record of the change that put you out is malformed: {e}")
+            return False
+        async with self._lock(group_id):
+            session = self._sessions.get(group_id)
+            if session is None or session.membership is None or record.seq > session.version:
+                return False  # nothing verified to extend, or changes in between it never saw
+            if record.seq == session.version:
+                with contextlib.suppress(PeerError, CryptoError):
+                    await self._keyring.ensure_sender(record.by_user, record.by_device)
+                try:
+                    session.extend_chain([raw])
+                except CryptoError as e:
+                    self._refuse(
+                        group_id, f"the server's record of the change that put you out does not verify: {e}"
+                    )
+                    return False
+                await self._save(session)
+                announce = [record]
+            else:
+                announce = []  # verified already (this device made the change, or synced it)
+            out = session.state is GroupSessionState.LEFT
+        await self._announce(session, announce)
+        return out
 
     async def _sync_retrying(self, group_id: str, gone: GroupChange = GroupChange.REMOVED) -> None:
         """`sync` for a frame: a server that fails for a moment (busy, restarting) is asked again a
@@ -452,7 +493,10 @@ class GroupChat:
 
     def _line(self, gid: str, r: gs.GroupRecord) -> str:
         who = self._username(gid, r.by_user)
-        them = ", ".join(self._username(gid, u) for u in r.users)
+        them = ", ".join(
+            "you" if r.op is gs.GroupOp.REMOVE and u == self._me.user_id else self._username(gid, u)
+            for u in r.users
+        )
         if r.op is gs.GroupOp.CREATE:
             return f"{who} created the group {r.name}" + (f" with {them}" if them else "")
         if r.op is gs.GroupOp.ADD:
