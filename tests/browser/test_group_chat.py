@@ -133,8 +133,12 @@ async def test_a_group_from_contacts_talks_shares_a_file_renames_and_removes_a_m
     for page in (a, b):
         line = page.locator("#messages .msg.system", has_text="alice removed carol")
         await expect(line).to_be_visible(timeout=TIMEOUT_MS)
-    # carol's device is refused the chain from then on (it learns no more of the group): her page
-    # says she is out, and shows no one's names as members any more.
+    # carol's device learns the removal itself from the signed record in its frame (her timeline
+    # says who did it) and is refused the chain from then on: her page says she is out, and shows
+    # no one's names as members any more.
+    await expect(c.locator("#messages .msg.system", has_text="alice removed you")).to_be_visible(
+        timeout=TIMEOUT_MS
+    )
     await expect(c.locator("#group-out")).to_contain_text("no longer a member", timeout=TIMEOUT_MS)
     await expect(c.locator("#conv-status")).to_have_text("you are not a member")
     await expect(c.locator("#message-input")).to_be_disabled()
