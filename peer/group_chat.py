@@ -18,7 +18,9 @@ What it decides (the crypto rules themselves live in `GroupSession`):
 - a message whose sender key has not arrived is held (sealed in the store) and a
   `SenderKeyRequest` goes to its sender; it opens when the key comes;
 - receipts of a group message go pairwise to its sender; the sender keeps them per device and
-  rolls them up ("delivered to 3 of 5").
+  rolls them up ("delivered to 3 of 5");
+- an edit or a delete for everyone is one group message like a text (`peer.edits` decides, on
+  every member device, that only the original's sender may make it).
 
 Every change of a `GroupSession` is saved at once (`peer.groupstore`, sealed at rest): a sender
 key reused from a stale copy would repeat chain positions.
@@ -46,7 +48,17 @@ from crypto.errors import (
     UnknownSenderKey,
 )
 from crypto.filestream import FileManifest, prepare_file
-from crypto.payload import FileOffer, Payload, Receipt, SenderKey, SenderKeyRequest, Text, Typing
+from crypto.payload import (
+    Delete,
+    Edit,
+    FileOffer,
+    Payload,
+    Receipt,
+    SenderKey,
+    SenderKeyRequest,
+    Text,
+    Typing,
+)
 from crypto.senderkeys import GroupMessageHeader, SenderKeyDistribution, peek_group_message
 from peer.errors import ConfigError, DeliveryTimeout, PeerError, ServerError, ServerUnavailable
 from peer.events import (
@@ -74,6 +86,7 @@ from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64encode
 
 if TYPE_CHECKING:
     from peer.client import ServerClient
+    from peer.edits import MessageEdits
     from peer.outbox import Outbox
     from peer.session import HubSession
 
@@ -138,6 +151,7 @@ class GroupChat:
         self._names: dict[str, dict[int, str]] = {}  # per group: user id -> username (for lines, lists)
         self._locks: dict[str, asyncio.Lock] = {}
         self._asked: set[tuple[str, int]] = set()  # (sender device, key id) asked for this run
+        self.edits: MessageEdits | None = None  # set by the Peer (the inbox's): group edits and deletes
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -759,6 +773,12 @@ class GroupChat:
         elif isinstance(payload, Typing):
             if h.sender_user != self._me.user_id and via != QUEUED:  # a stored one is stale
                 self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+        elif isinstance(payload, Edit) and self.edits is not None:
+            # h.sender_user is the member whose sender key signed it: only the original's sender
+            # may change it (`MessageEdits` refuses anyone else, and says so).
+            await self.edits.on_edit(conversation, h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, Delete) and self.edits is not None:
+            await self.edits.on_delete(conversation, h.sender_user, h.sent_at_ms, payload)
         else:
             log.info("group %s: a %s payload is not handled in groups", gid, payload.kind)
 
