@@ -3,9 +3,11 @@
 Only the sender may edit a message or delete it for everyone, and only within `edit_window`
 seconds of sending it (PeerSettings; 48 hours by default, as Signal and WhatsApp do). The change
 travels as an `Edit` or `Delete` payload in the same conversation, to the other person's devices
-and to mine, so every device shows the same thing: the latest text marked "edited", or a tombstone
+and to mine (in a group: one group message to every member device, `peer.group_chat`), so every
+device shows the same thing: the latest text marked "edited", or a tombstone
 ("message deleted") whose content is gone. A received change is applied only when its sender sent
-the original and it was sent within the window of the original; anything else is refused and said.
+the original, in the original's conversation, and within the window of the original; anything
+else is refused and said.
 A deleted file goes too: this device's sealed copy and the decrypted copy it made, and, when I
 delete my own file for everyone, the server's blob (now, not at its retention).
 
