@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 
 import pytest
 
@@ -135,3 +137,31 @@ async def test_two_admins_changing_the_group_at_once_both_land_and_every_member_
     assert not (await carol.group(gid)).active
     lines = [m.text for m in await dave.history(conv) if m.kind == "group_event"]
     assert len([line for line in lines if line.endswith("removed carol")]) == 1
+
+
+async def test_a_device_whose_sender_key_the_server_lost_asks_and_opens_what_comes_next(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(group_chat, "KEY_REQUEST_AFTER", 0.2)
+    alice, bob, carol = await _three(world, direct=False)
+    group = await alice.create_group("climbing", [bob.me.user_id, carol.me.user_id])
+    conv = f"g:{group.group_id}"
+    bob_device = bob.me.device_id
+    await bob.close()
+    lost = await alice.send_text(conv, "while bob was away")
+    # The server loses what waited for bob besides the group message: the sender key.
+    with contextlib.closing(sqlite3.connect(world.server.database_path)) as db, db:
+        dropped = db.execute(
+            "DELETE FROM mailbox WHERE recipient_device = ? AND body_id IS NULL", (bob_device,)
+        ).rowcount
+    assert dropped >= 1
+
+    again = world.peer("bob", 1, direct=False)
+    events = world.record(again)
+    await again.unlock(PASSWORD)
+    said = await events.wait_for(lambda e: e.type == "error" and lost.message_id in e.message, within=20)
+    assert "is lost" in said.message
+    await alice.send_text(conv, "after the answer")
+    got = await events.wait_for(_text_in(conv, "after the answer"))
+    assert got.message.sender_user == alice.me.user_id
+    assert [m.text for m in await again.history(conv) if m.kind == "text"] == ["after the answer"]
