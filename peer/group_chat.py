@@ -924,7 +924,7 @@ def _maybe_stale(op: gs.GroupOp, e: ServerError) -> bool:
 
 
 def _still_to_do(session: GroupSession, op: gs.GroupOp, users: list[int]) -> list[int]:
-    """Of `users`, those the verified state does not show `op` done to yet (after a 409)."""
+    """Of `users`, those the verified state does not show `op` done to yet (after a stale refusal)."""
     state = session.membership
     assert state is not None
     if op is gs.GroupOp.ADD:
