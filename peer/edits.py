@@ -3,9 +3,11 @@
 Only the sender may edit a message or delete it for everyone, and only within `edit_window`
 seconds of sending it (PeerSettings; 48 hours by default, as Signal and WhatsApp do). The change
 travels as an `Edit` or `Delete` payload in the same conversation, to the other person's devices
-and to mine, so every device shows the same thing: the latest text marked "edited", or a tombstone
+and to mine (in a group: one group message to every member device, `peer.group_chat`), so every
+device shows the same thing: the latest text marked "edited", or a tombstone
 ("message deleted") whose content is gone. A received change is applied only when its sender sent
-the original and it was sent within the window of the original; anything else is refused and said.
+the original, in the original's conversation, and within the window of the original; anything
+else is refused and said.
 A deleted file goes too: this device's sealed copy and the decrypted copy it made, and, when I
 delete my own file for everyone, the server's blob (now, not at its retention).
 
@@ -105,26 +107,41 @@ class MessageEdits:
 
     # ------------------------------------------------------------------ theirs (or my other devices')
 
-    async def on_edit(self, sender_user: int, sent_at_ms: int, edit: Edit) -> None:
-        message = await self._checked(sender_user, sent_at_ms, edit.message_id, EDITABLE, "edit")
+    async def on_edit(self, conversation: str, sender_user: int, sent_at_ms: int, edit: Edit) -> None:
+        message = await self._checked(conversation, sender_user, sent_at_ms, edit.message_id, "edit")
         if message is not None and edit.body.strip() and len(edit.body) <= MAX_TEXT_CHARS:
             await self._apply_edit(message, edit.body, sent_at_ms)
 
-    async def on_delete(self, sender_user: int, sent_at_ms: int, delete: Delete) -> None:
+    async def on_delete(self, conversation: str, sender_user: int, sent_at_ms: int, delete: Delete) -> None:
         for message_id in delete.message_ids[:100]:
-            message = await self._checked(sender_user, sent_at_ms, message_id, DELETABLE, "delete")
+            message = await self._checked(conversation, sender_user, sent_at_ms, message_id, "delete")
             if message is not None:
                 await self._tombstone(message)
 
     async def _checked(
-        self, sender_user: int, sent_at_ms: int, message_id: str, kinds: tuple[str, ...], what: str
+        self,
+        conversation: str,
+        sender_user: int,
+        sent_at_ms: int,
+        message_id: str,
+        what: str,
     ) -> StoredMessage | None:
+        """The message a received change may apply to, or None (refusals are said).
+
+        The change must come in the conversation of the original: a group message changed over a
+        1:1 path would change on that person's devices only, and the group's members would differ.
+        In a group, `sender_user` is the one whose sender key signed the change (`GroupSession`
+        ties each key to its member), so a member cannot change another member's message.
+        """
+        kinds = EDITABLE if what == "edit" else DELETABLE
         message = await self._store.get_message(message_id)
         if message is None or message.content_type == TOMBSTONE:
             return None  # never arrived here, deleted for me, or already gone: nothing to change
         refused = None
         if message.sender_user != sender_user:
             refused = f"user {sender_user} tried to {what} a message they did not send; refused"
+        elif message.conversation != conversation:
+            refused = f"user {sender_user} tried to {what} a message of another conversation; refused"
         elif message.content_type not in kinds:
             refused = f"user {sender_user} tried to {what} a {message.content_type} message; refused"
         elif sent_at_ms - message.sent_at_ms > self.window * 1000:

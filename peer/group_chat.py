@@ -18,7 +18,9 @@ What it decides (the crypto rules themselves live in `GroupSession`):
 - a message whose sender key has not arrived is held (sealed in the store) and a
   `SenderKeyRequest` goes to its sender; it opens when the key comes;
 - receipts of a group message go pairwise to its sender; the sender keeps them per device and
-  rolls them up ("delivered to 3 of 5").
+  rolls them up ("delivered to 3 of 5");
+- an edit or a delete for everyone is one group message like a text (`peer.edits` decides, on
+  every member device, that only the original's sender may make it).
 
 Every change of a `GroupSession` is saved at once (`peer.groupstore`, sealed at rest): a sender
 key reused from a stale copy would repeat chain positions.
@@ -32,7 +34,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,17 @@ from crypto.errors import (
     UnknownSenderKey,
 )
 from crypto.filestream import FileManifest, prepare_file
-from crypto.payload import FileOffer, Payload, Receipt, SenderKey, SenderKeyRequest, Text, Typing
+from crypto.payload import (
+    Delete,
+    Edit,
+    FileOffer,
+    Payload,
+    Receipt,
+    SenderKey,
+    SenderKeyRequest,
+    Text,
+    Typing,
+)
 from crypto.senderkeys import GroupMessageHeader, SenderKeyDistribution, peek_group_message
 from peer.errors import ConfigError, DeliveryTimeout, PeerError, ServerError, ServerUnavailable
 from peer.events import (
@@ -70,10 +82,11 @@ from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOu
 from peer.transfer import FileTransfers
 from peer.views import STATE_RANK, payload_record
 from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
-from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64encode
+from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64decode, b64encode
 
 if TYPE_CHECKING:
     from peer.client import ServerClient
+    from peer.edits import MessageEdits
     from peer.outbox import Outbox
     from peer.session import HubSession
 
@@ -138,6 +151,7 @@ class GroupChat:
         self._names: dict[str, dict[int, str]] = {}  # per group: user id -> username (for lines, lists)
         self._locks: dict[str, asyncio.Lock] = {}
         self._asked: set[tuple[str, int]] = set()  # (sender device, key id) asked for this run
+        self.edits: MessageEdits | None = None  # set by the Peer (the inbox's): group edits and deletes
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -270,20 +284,38 @@ class GroupChat:
         return self._view(session)
 
     async def _change(
-        self, group_id: str, op: gs.GroupOp, send: Callable[[bytes, int], Any], **what: Any
+        self,
+        group_id: str,
+        op: gs.GroupOp,
+        send: Callable[[bytes, int, list[int]], Any],
+        *,
+        users: Sequence[int] = (),
+        name: str | None = None,
     ) -> GroupView:
         """Sign the change on the verified head and hand it to the server; when the group moved on
-        meanwhile (409), fetch and verify the chain, and sign again on the new head."""
+        meanwhile (`_maybe_stale`), fetch and verify the chain, and sign again on the new head, for
+        what is still to do then: another admin may have added (removed, promoted) the same people,
+        and that is no error for this one (nothing more is signed when nothing is left)."""
+        todo = list(users)
         for attempt in range(3):
             stale = False
             async with self._lock(group_id):
                 session = self._active(group_id)
-                record, version = session.sign_change(op, **what)
+                if attempt and users:
+                    todo = _still_to_do(session, op, todo)
+                    if not todo:
+                        return self._view(session)
+                record, version = session.sign_change(op, users=todo, name=name)
                 try:
-                    await send(record, version)
+                    await send(record, version, todo)
                 except ServerError as e:
-                    if e.status != 409 or attempt == 2:
+                    if not _maybe_stale(op, e) or attempt == 2:
                         raise
+                    log.info(
+                        "group %s moved on meanwhile (%s): verifying its chain, signing again",
+                        group_id,
+                        e.status,
+                    )
                     stale = True
                 else:
                     session.extend_chain([record])
@@ -298,12 +330,11 @@ class GroupChat:
         raise AssertionError("unreachable")
 
     async def add(self, group_id: str, user_ids: list[int]) -> GroupView:
-        users = list(dict.fromkeys(user_ids))
         return await self._change(
             group_id,
             gs.GroupOp.ADD,
-            lambda r, v: self._client.add_group_members(group_id, users, r, v),
-            users=users,
+            lambda r, v, users: self._client.add_group_members(group_id, users, r, v),
+            users=list(dict.fromkeys(user_ids)),
         )
 
     async def remove(self, group_id: str, user_id: int) -> GroupView:
@@ -312,7 +343,7 @@ class GroupChat:
         return await self._change(
             group_id,
             gs.GroupOp.REMOVE,
-            lambda r, v: self._client.remove_group_members(group_id, [user_id], r, v),
+            lambda r, v, users: self._client.remove_group_members(group_id, users, r, v),
             users=[user_id],
         )
 
@@ -320,7 +351,7 @@ class GroupChat:
         return await self._change(
             group_id,
             gs.GroupOp.RENAME,
-            lambda r, v: self._client.rename_group(group_id, name, r, v),
+            lambda r, v, _: self._client.rename_group(group_id, name, r, v),
             name=name,
         )
 
@@ -328,18 +359,61 @@ class GroupChat:
         return await self._change(
             group_id,
             gs.GroupOp.PROMOTE,
-            lambda r, v: self._client.promote_group_member(group_id, user_id, r, v),
+            lambda r, v, _: self._client.promote_group_member(group_id, user_id, r, v),
             users=[user_id],
         )
 
     async def leave(self, group_id: str) -> None:
-        await self._change(group_id, gs.GroupOp.LEAVE, lambda r, v: self._client.leave_group(group_id, r, v))
+        await self._change(
+            group_id, gs.GroupOp.LEAVE, lambda r, v, _: self._client.leave_group(group_id, r, v)
+        )
 
     # -- membership news from the server (hints: the chain is the truth) --------------------------
 
     def on_group_frame(self, frame: GroupFrame) -> None:
         gone = GroupChange.DELETED if frame.event is GroupEvent.DELETED else GroupChange.REMOVED
+        if frame.group is None and frame.record is not None:  # this user is out: the frame says why
+            self._spawn(self._departed(frame.group_id, frame.record, gone), f"group-{frame.group_id[:8]}")
+            return
         self._spawn(self._sync_retrying(frame.group_id, gone), f"group-{frame.group_id[:8]}")
+
+    async def _departed(self, group_id: str, text: str, gone: GroupChange) -> None:
+        """The change that put this user out, from its frame (the records route no longer answers
+        a non-member). Adopted only when it verifies as the next link of this device's chain;
+        otherwise the server is asked as for any frame (its 404 says "out", without who or why)."""
+        if not await self._extend_from_frame(group_id, text):
+            await self._sync_retrying(group_id, gone)
+
+    async def _extend_from_frame(self, group_id: str, text: str) -> bool:
+        """Extend the verified chain with the frame's record (the admin's signature, the hash link,
+        the position): True when this device now knows, verified, that it is out of the group."""
+        try:
+            raw = b64decode(text)
+            record = gs.parse_record(raw)
+        except (ValueError, CryptoError) as e:
+            self._refuse(group_id, f"the server's record of the change that put you out is malformed: {e}")
+            return False
+        async with self._lock(group_id):
+            session = self._sessions.get(group_id)
+            if session is None or session.membership is None or record.seq > session.version:
+                return False  # nothing verified to extend, or changes in between it never saw
+            if record.seq == session.version:
+                with contextlib.suppress(PeerError, CryptoError):
+                    await self._keyring.ensure_sender(record.by_user, record.by_device)
+                try:
+                    session.extend_chain([raw])
+                except CryptoError as e:
+                    self._refuse(
+                        group_id, f"the server's record of the change that put you out does not verify: {e}"
+                    )
+                    return False
+                await self._save(session)
+                announce = [record]
+            else:
+                announce = []  # verified already (this device made the change, or synced it)
+            out = session.state is GroupSessionState.LEFT
+        await self._announce(session, announce)
+        return out
 
     async def _sync_retrying(self, group_id: str, gone: GroupChange = GroupChange.REMOVED) -> None:
         """`sync` for a frame: a server that fails for a moment (busy, restarting) is asked again a
@@ -452,7 +526,10 @@ class GroupChat:
 
     def _line(self, gid: str, r: gs.GroupRecord) -> str:
         who = self._username(gid, r.by_user)
-        them = ", ".join(self._username(gid, u) for u in r.users)
+        them = ", ".join(
+            "you" if r.op is gs.GroupOp.REMOVE and u == self._me.user_id else self._username(gid, u)
+            for u in r.users
+        )
         if r.op is gs.GroupOp.CREATE:
             return f"{who} created the group {r.name}" + (f" with {them}" if them else "")
         if r.op is gs.GroupOp.ADD:
@@ -759,6 +836,12 @@ class GroupChat:
         elif isinstance(payload, Typing):
             if h.sender_user != self._me.user_id and via != QUEUED:  # a stored one is stale
                 self._publish(TypingChanged(h.sender_user, conversation, payload.active))
+        elif isinstance(payload, Edit) and self.edits is not None:
+            # h.sender_user is the member whose sender key signed it: only the original's sender
+            # may change it (`MessageEdits` refuses anyone else, and says so).
+            await self.edits.on_edit(conversation, h.sender_user, h.sent_at_ms, payload)
+        elif isinstance(payload, Delete) and self.edits is not None:
+            await self.edits.on_delete(conversation, h.sender_user, h.sent_at_ms, payload)
         else:
             log.info("group %s: a %s payload is not handled in groups", gid, payload.kind)
 
@@ -787,8 +870,8 @@ class GroupChat:
                 except UnknownSenderKey:
                     continue  # still waiting for its key
                 except (CryptoError, PeerError) as e:
-                    log.info("held group message %s dropped: %s", message_id, e)
                     await self.groupstore.release(message_id)
+                    self._publish(ErrorEvent(_lost(header, e)))
                     continue
                 await self._save(session)
                 await self.groupstore.release(message_id)
@@ -874,6 +957,39 @@ class GroupChat:
             state = target
         # Published on every step of the roll-up (same state or not): the UI re-reads "N of M".
         self._publish(MessageStateChanged.of(message.message_id, state, message.path, None))
+
+
+def _maybe_stale(op: gs.GroupOp, e: ServerError) -> bool:
+    """The server refused a change because the group moved on since this device verified it:
+    409 (another record took this version, or the people are members already: the server checks
+    that before the version), or 404 for a member another admin removed a moment ago. This
+    device signed on its verified state, so a refusal like this means that state is old."""
+    return e.status == 409 or (e.status == 404 and op in (gs.GroupOp.REMOVE, gs.GroupOp.PROMOTE))
+
+
+def _still_to_do(session: GroupSession, op: gs.GroupOp, users: list[int]) -> list[int]:
+    """Of `users`, those the verified state does not show `op` done to yet (after a stale refusal)."""
+    state = session.membership
+    assert state is not None
+    if op is gs.GroupOp.ADD:
+        return [u for u in users if not state.is_member(u)]
+    if op is gs.GroupOp.REMOVE:
+        return [u for u in users if state.is_member(u)]
+    if op is gs.GroupOp.PROMOTE:
+        return [u for u in users if state.is_member(u) and not state.is_admin(u)]
+    return users
+
+
+def _lost(h: GroupMessageHeader, e: CryptoError | PeerError) -> str:
+    """Why a held group message could not be opened once a sender key came (said, not dropped
+    in silence: the user sees a message is missing)."""
+    if isinstance(e, GroupMessageReplayed):
+        # The usual case: a key asked for again comes at the sender's current position, after it.
+        return (
+            f"group message {h.message_id} from user {h.sender_user} is lost: the sender key that "
+            "came for it starts after it"
+        )
+    return f"group message {h.message_id} from user {h.sender_user} could not be opened: {e}"
 
 
 def _summary(outcomes: list[DeviceOutcome]) -> tuple[str, str | None, str | None]:

@@ -393,9 +393,9 @@ class Inbox:
         elif isinstance(payload, Typing):
             self._publish(TypingChanged(sender_user, conversation, payload.active))
         elif isinstance(payload, Edit):
-            await self.edits.on_edit(sender_user, sent_at_ms, payload)
+            await self.edits.on_edit(conversation, sender_user, sent_at_ms, payload)
         elif isinstance(payload, Delete):
-            await self.edits.on_delete(sender_user, sent_at_ms, payload)
+            await self.edits.on_delete(conversation, sender_user, sent_at_ms, payload)
         elif isinstance(payload, HistoryChunk):
             await self.history_transfer.receive(sender_user, sender_device, direct, payload)
         elif isinstance(payload, Timer):

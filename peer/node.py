@@ -688,6 +688,7 @@ class Peer:
         await groups.load()
         outbox.groups = groups
         inbox.groups = groups
+        groups.edits = inbox.edits
         return _Running(
             me=me,
             keystore=keystore,

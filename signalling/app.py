@@ -5,7 +5,8 @@ database, opens the engine, and keeps everything the routes need on `app.state`:
 
 - `settings`, `engine`, `sessions` (async_sessionmaker), `tokens` (TokenService),
   `passwords` (PasswordHasher), `login_limits` and `registration_limits`
-  (signalling.account_limits), `disk` (store.disk.DiskGuard);
+  (signalling.account_limits), `claim_limits` (signalling.claim_limits), `disk`
+  (store.disk.DiskGuard);
 - `presence` (`signalling.presence.PresenceView`) and `hub` (`signalling.presence.LiveSockets`):
   defaults here; the hub replaces both in its own lifespan.
 
@@ -29,6 +30,7 @@ from starlette.websockets import WebSocket
 
 from signalling import data_dir, openapi
 from signalling.account_limits import LoginLimits, RegistrationLimits
+from signalling.claim_limits import ClaimLimits
 from signalling.errors import install_error_handlers
 from signalling.http_guard import HttpGuard
 from signalling.passwords import PasswordHasher
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.login_limits = LoginLimits(settings)
         app.state.registration_limits = RegistrationLimits(settings)
+        app.state.claim_limits = ClaimLimits(settings)
         app.state.disk = DiskGuard(settings.data_dir, settings.disk_min_free_bytes)
         app.state.presence = MemoryPresence()
         app.state.hub = NoLiveSockets()

@@ -1,7 +1,9 @@
 """Telling a group's members of a membership change, once it is committed.
 
 Each receiver hears a `group` frame (signalling.protocol.GroupFrame) on every live device, with
-their own view of the group after the change (None when they are out of it). Devices that are away
+their own view of the group after the change (None when they are out of it); a receiver the
+change put out also gets the change's signed record, which it can no longer fetch (the records
+route answers members only), so its devices can verify who removed it. Devices that are away
 catch up when they connect: the hub sends a `groups` frame with every group's version right after
 the mailbox drain (signalling.delivery). Pushing is best effort and never undoes or fails the
 committed change. This module writes nothing to the database.
@@ -14,7 +16,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from signalling.presence import LiveSockets
-from signalling.protocol import GroupEvent, GroupFrame, GroupOut, GroupRole
+from signalling.protocol import GroupEvent, GroupFrame, GroupOut, GroupRole, b64encode
 from store import groups as group_store
 from store.groups import Change, GroupView
 
@@ -39,6 +41,7 @@ async def tell_members(
     """Push `event` to every user of `change.audience` (members after, and whoever left)."""
     group = change.group
     roles = {} if change.deleted else await group_store.roles(session, group.id)
+    record = None if change.record is None else b64encode(change.record)
     for user_id in dict.fromkeys(change.audience):
         view = None
         if user_id in roles:
@@ -60,6 +63,7 @@ async def tell_members(
             user_ids=change.affected,
             promoted=change.promoted,
             group=view,
+            record=record if view is None else None,  # members fetch the chain themselves
         )
         try:
             await live.push_to_user(user_id, frame.model_dump_json())

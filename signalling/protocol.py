@@ -806,7 +806,10 @@ class GroupFrame(_Model):
     """A membership change, pushed after it is committed to every live device of every member
     (and of whoever left or was removed). `group` is the receiver's view after the change, None
     when they are no longer in it. Devices fetch the new records (`GET /groups/{id}/records`)
-    and verify them before they act on the change: this frame is a hint, the chain is the truth."""
+    and verify them before they act on the change: this frame is a hint, the chain is the truth.
+    A receiver the change put out of the group (removed, or left) can no longer fetch records, so
+    its frame carries `record`, the change's own signed record: the device verifies it by
+    extending the chain it holds (admin signature, hash link) before it says why it is out."""
 
     type: Literal["group"] = "group"
     event: GroupEvent
@@ -817,6 +820,11 @@ class GroupFrame(_Model):
     user_ids: list[int] = Field(default_factory=list)
     promoted: list[int] = Field(default_factory=list)
     group: GroupOut | None = None
+    record: str | None = Field(
+        default=None,
+        description="for a receiver out of the group after this change: the change's signed "
+        "membership record (base64url), record number `version` - 1; verify it against your chain",
+    )
 
 
 class GroupsFrame(_Model):

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     )
     max_devices_per_user: int = Field(default=16, gt=0)
     max_one_time_prekeys: int = Field(default=200, gt=0, description="per device and kind (curve, ML-KEM)")
+    prekey_claims_per_device: int = Field(
+        default=32,
+        gt=0,
+        description="claims of one device's one-time prekeys by one other user per claim window; past "
+        "it the claim is answered with the signed and last-resort keys only",
+    )
+    prekey_claim_window_seconds: float = Field(default=24 * 3600.0, gt=0)
 
     # --- mailbox, frames, presence (used by the hub) -------------------------------------------
     mailbox_retention_days: int = Field(default=30, gt=0)

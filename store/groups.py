@@ -128,6 +128,7 @@ class Change:
     promoted: list[int]  # besides `affected`: who became admin because the last admin left
     audience: list[int]  # everyone to tell: the members after, and whoever left or was removed
     deleted: bool = False
+    record: bytes | None = None  # the signed record this change appended (none for a deletion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +451,7 @@ async def add_members(
         ]
     )
     await session.flush()
-    return Change(group, wanted, [], [*current, *wanted])
+    return Change(group, wanted, [], [*current, *wanted], record=record)
 
 
 async def remove_members(
@@ -473,7 +474,7 @@ async def remove_members(
     await session.execute(
         delete(GroupMember).where(GroupMember.group_id == group.id, GroupMember.user_id.in_(gone))
     )
-    return Change(group, gone, [], current)
+    return Change(group, gone, [], current, record=record)
 
 
 async def promote(
@@ -488,7 +489,7 @@ async def promote(
     await _append(session, group, expected_version, record)
     target.role = ADMIN
     await session.flush()
-    return Change(group, [user_id], [], await _member_ids(session, group.id))
+    return Change(group, [user_id], [], await _member_ids(session, group.id), record=record)
 
 
 async def rename(
@@ -498,7 +499,7 @@ async def rename(
     await _append(session, group, expected_version, record)
     group.name = name
     await session.flush()
-    return Change(group, [], [], await _member_ids(session, group.id))
+    return Change(group, [], [], await _member_ids(session, group.id), record=record)
 
 
 async def leave(
@@ -518,7 +519,7 @@ async def leave(
     rest = [u for u in before if u != user_id]
     if not rest:
         await session.execute(delete(Group).where(Group.id == group.id))
-        return Change(group, [user_id], [], before, deleted=True)
+        return Change(group, [user_id], [], before, deleted=True, record=record)
     admins = await session.execute(
         select(GroupMember.id).where(GroupMember.group_id == group.id, GroupMember.role == ADMIN).limit(1)
     )
@@ -531,7 +532,7 @@ async def leave(
         oldest.role = ADMIN
         promoted.append(oldest.user_id)
         await session.flush()
-    return Change(group, [user_id], promoted, before)
+    return Change(group, [user_id], promoted, before, record=record)
 
 
 async def delete_group(session: AsyncSession, public_id: str, actor: int) -> Change:

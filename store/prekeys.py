@@ -62,6 +62,11 @@ class ClaimedBundle:
     kem_prekey: PrekeyIn
     one_time_prekey: PrekeyIn | None
 
+    @property
+    def took_one_time(self) -> bool:
+        """Whether this claim used up a one-time key (curve or KEM) of the device's stock."""
+        return self.one_time_prekey is not None or self.kem_prekey.kind is Kind.KEM_ONE_TIME
+
 
 def _as_in(row: Prekey) -> PrekeyIn:
     return PrekeyIn(Kind(row.kind), row.key_id, row.public_key, row.signature, row.signed_at)
@@ -205,14 +210,17 @@ async def _take_one_time(session: AsyncSession, device_id: str, kind: Kind) -> P
     return None  # every remaining row was being claimed by someone else: serve without one
 
 
-async def claim(session: AsyncSession, device_id: str) -> ClaimedBundle:
+async def claim(session: AsyncSession, device_id: str, *, one_time: bool = True) -> ClaimedBundle:
     """The device's current signed key, a one-time KEM key (else the last-resort one) and a one-time
     curve key if any is left; the one-time keys are deleted as they are handed out. The caller
-    commits: the deletion and the answer belong to one transaction."""
+    commits: the deletion and the answer belong to one transaction. `one_time=False` hands out no
+    one-time key at all (signed and last-resort keys only): for a claimer past its quota."""
     signed = await _current(session, device_id, Kind.SIGNED)
     last_resort = await _current(session, device_id, Kind.KEM_LAST_RESORT)
     if signed is None or last_resort is None:
         raise NotFound(f"device {device_id} has not published its prekeys")
+    if not one_time:
+        return ClaimedBundle(device_id, signed, last_resort, None)
     kem = await _take_one_time(session, device_id, Kind.KEM_ONE_TIME) or last_resort
-    one_time = await _take_one_time(session, device_id, Kind.ONE_TIME)
-    return ClaimedBundle(device_id, signed, kem, one_time)
+    curve = await _take_one_time(session, device_id, Kind.ONE_TIME)
+    return ClaimedBundle(device_id, signed, kem, curve)

@@ -575,7 +575,6 @@ class PeerBridge:
                 "arrived": view.outgoing or view.file.get("state") == "done",
             }
         if view.conversation.user_id is None:  # a group: who wrote it, and how far it got
-            data["editable"] = False  # the node edits a contact's messages only (yet)
             data["sender_user"] = view.sender_user
             data["sender"] = self._usernames.get(view.sender_user, f"user {view.sender_user}")
             recipients = getattr(view, "recipients", None)

@@ -53,6 +53,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     values["peerpost_password_hashes_waiting"] = passwords.waiting
     values["peerpost_password_hashes_refused_total"] = passwords.refused
     values["peerpost_registrations_refused_total"] = state.registration_limits.refused
+    values["peerpost_prekey_claims_limited_total"] = state.claim_limits.limited
     values["peerpost_disk_free_bytes"] = state.disk.free_bytes()
     text = "".join(f"{name} {value:g}\n" for name, value in values.items())
     return PlainTextResponse(text)

@@ -3,13 +3,18 @@
 The server checks shapes only (kinds, sizes, base64url); signatures are verified by the claimer
 against the identity key it pinned. A claim deletes the one-time keys it hands out in the same
 transaction that answers, so no key goes to two initiators. Claims are allowed for your own
-devices and for accepted contacts only, so a stranger cannot drain a device's one-time stock.
+devices, for accepted contacts and for members of a group you are in (sender keys go over the
+ratchet between co-members who are not contacts), unless the owner blocked you; a stranger cannot
+drain a device's one-time stock. Whoever may claim takes at most `prekey_claims_per_device`
+one-time keys of one device per window (`signalling.claim_limits`); past that the bundle carries
+the signed and last-resort keys only.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from signalling.claim_limits import ClaimLimits
 from signalling.deps import CurrentUser, Session, UserIdPath
 from signalling.errors import Conflict, Forbidden, Invalid, NotFound
 from signalling.openapi import errors
@@ -25,7 +30,9 @@ from signalling.protocol import (
     b64encode,
 )
 from store import accounts
+from store import blocks as block_store
 from store import devices as device_store
+from store import groups as group_store
 from store import prekeys as prekey_store
 from store.errors import NotFound as StoreNotFound
 from store.errors import QuotaExceeded
@@ -132,25 +139,40 @@ async def stock(device_id: str, user: CurrentUser, session: Session) -> PrekeySt
     return _stock_out(device_id, await prekey_store.stock(session, device_id))
 
 
+async def _may_claim(session: Session, claimer: int, owner: int) -> bool:
+    """Yourself, an accepted contact, or a member of a common group the owner has not blocked."""
+    if claimer == owner:
+        return True
+    conn = await session.connection()
+    if await is_accepted_contact(conn, claimer, owner):
+        return True
+    return await group_store.share_a_group(conn, claimer, owner) and not await block_store.is_blocked(
+        session, owner, claimer
+    )
+
+
 @router.post(
     "/users/{user_id}/prekey-bundles",
     response_model=list[PrekeyBundleOut],
     summary="Claim a prekey bundle for each (or each named) active device of a user (uses up one-time keys)",
     responses=errors(
-        e403="Not yourself and not an accepted contact (`not_a_contact`).",
+        e403="Not yourself, not an accepted contact and in no group with you, or they blocked you"
+        " (`not_a_contact`).",
         e404="No such user (`user_not_found`), no such active device (`device_not_found`), or a named device"
         " has published no prekeys (`prekeys_not_published`).",
     ),
 )
 async def claim(
-    user_id: UserIdPath, body: PrekeyClaimIn, user: CurrentUser, session: Session
+    user_id: UserIdPath, body: PrekeyClaimIn, user: CurrentUser, request: Request, session: Session
 ) -> list[PrekeyBundleOut]:
     if await accounts.get(session, user_id) is None:
         raise NotFound(f"There is no user with id {user_id}.", code=ApiErrorCode.USER_NOT_FOUND)
-    if user_id != user.id and not await is_accepted_contact(await session.connection(), user.id, user_id):
+    if not await _may_claim(session, user.id, user_id):
         raise Forbidden(
-            f"User {user_id} is not an accepted contact of yours.", code=ApiErrorCode.NOT_A_CONTACT
+            f"User {user_id} is not an accepted contact of yours nor in a group with you.",
+            code=ApiErrorCode.NOT_A_CONTACT,
         )
+    limits: ClaimLimits = request.app.state.claim_limits
     devices = await device_store.list_active(session, user_id)
     wanted = body.device_ids
     if wanted is not None:
@@ -161,17 +183,24 @@ async def claim(
                 code=ApiErrorCode.DEVICE_NOT_FOUND,
             )
         devices = [d for d in devices if d.device_id in set(wanted)]
+    own = user_id == user.id
     out = []
     for device in devices:
+        # Your own devices are not counted; anyone else past the quota gets no one-time key.
+        counted = not own and limits.reserve(user.id, device.device_id)
         try:
-            bundle = await prekey_store.claim(session, device.device_id)
+            bundle = await prekey_store.claim(session, device.device_id, one_time=own or counted)
         except StoreNotFound as exc:
+            if counted:
+                limits.release(user.id, device.device_id)
             if wanted is not None:
                 raise NotFound(
                     f"Device {device.device_id!r} has not published prekeys yet.",
                     code=ApiErrorCode.PREKEYS_NOT_PUBLISHED,
                 ) from exc
             continue  # an older peer without prekeys: the sender uses the envelope format for it
+        if counted and not bundle.took_one_time:
+            limits.release(user.id, device.device_id)
         out.append(
             PrekeyBundleOut(
                 user_id=user_id,

@@ -2,10 +2,10 @@
 
 alice makes "climbing" from her contacts bob and carol (who are not each other's contacts); all
 three write and see who wrote what; typing shows who types; alice's message rolls up to "read by 2
-of 2"; a file reaches both; alice renames the group and bob's and carol's headers follow; alice
-removes carol: alice's and bob's timelines say so, carol's page says she is out and will not let
-her write; alice adds her back and she writes again; bob leaves. No page may log a console error
-along the way.
+of 2" and her edit of it shows "edited" on the others' pages; a file reaches both; alice renames the
+group and bob's and carol's headers follow; alice removes carol: alice's and bob's timelines say so,
+carol's page says she is out and will not let her write; alice adds her back and she writes again;
+bob leaves. No page may log a console error along the way.
 """
 
 from __future__ import annotations
@@ -99,6 +99,18 @@ async def test_a_group_from_contacts_talks_shares_a_file_renames_and_removes_a_m
         )
     await alice.shot("group-01-conversation")
 
+    # alice edits her message: both members' pages show the new text, marked "edited"; carol is
+    # offered neither edit nor delete for everyone on alice's message.
+    await said(a, "Rope at 6?", "out").locator(".msg-actions").click()
+    await a.fill("#edit-text", "Rope at 7?")
+    await a.click("#edit-save")
+    for page in (b, c):
+        await expect(said(page, "Rope at 7?").locator(".edited")).to_be_visible(timeout=TIMEOUT_MS)
+    await said(c, "Rope at 7?").locator(".msg-actions").click()
+    await expect(c.locator("#edit-save")).to_be_hidden()
+    await expect(c.locator("#delete-everyone")).to_be_hidden()
+    await c.keyboard.press("Escape")
+
     # A file in the group: both members get it; bob downloads the same bytes.
     original = os.urandom(200_000)
     source = tmp_path / "topo.bin"
@@ -133,8 +145,12 @@ async def test_a_group_from_contacts_talks_shares_a_file_renames_and_removes_a_m
     for page in (a, b):
         line = page.locator("#messages .msg.system", has_text="alice removed carol")
         await expect(line).to_be_visible(timeout=TIMEOUT_MS)
-    # carol's device is refused the chain from then on (it learns no more of the group): her page
-    # says she is out, and shows no one's names as members any more.
+    # carol's device learns the removal itself from the signed record in its frame (her timeline
+    # says who did it) and is refused the chain from then on: her page says she is out, and shows
+    # no one's names as members any more.
+    await expect(c.locator("#messages .msg.system", has_text="alice removed you")).to_be_visible(
+        timeout=TIMEOUT_MS
+    )
     await expect(c.locator("#group-out")).to_contain_text("no longer a member", timeout=TIMEOUT_MS)
     await expect(c.locator("#conv-status")).to_have_text("you are not a member")
     await expect(c.locator("#message-input")).to_be_disabled()

@@ -166,11 +166,19 @@ async def test_membership_changes_are_pushed_to_members_and_to_whoever_was_remov
     for client in (a, b, c):
         told = _frame(await client.expect("group", where=lambda f: f["event"] == "members_added"))
         assert told.user_ids == [carol.user_id] and told.version == 2
+    first_two = (await world.http.get(f"/groups/{group.group_id}/records", headers=bob.auth)).json()
     await group.change(Signing(alice, 0), gs.GroupOp.REMOVE, "/members/remove", user_ids=[bob.user_id])
     removed = _frame(await b.expect("group", where=lambda f: f["event"] == "members_removed"))
     assert removed.group is None  # bob is out
+    # ...and is handed the removal's signed record, which he can no longer fetch; it verifies as
+    # the next link of the chain he held
+    assert (await world.http.get(f"/groups/{group.group_id}/records", headers=bob.auth)).status_code == 404
+    assert removed.record is not None
+    held = gs.verify_chain([b64decode(r["record"]) for r in first_two], gs.MapDirectory(group.directory))
+    after = gs.extend(held, [b64decode(removed.record)], gs.MapDirectory(group.directory))
+    assert after.head == group.state.head and not after.is_member(bob.user_id)  # type: ignore[union-attr]
     kept = _frame(await c.expect("group", where=lambda f: f["event"] == "members_removed"))
-    assert kept.group is not None and kept.group.member_count == 2
+    assert kept.group is not None and kept.group.member_count == 2 and kept.record is None
     for client in (a, b, c):
         await client.close()
 

@@ -79,3 +79,27 @@ def test_an_ambiguous_group_name_is_refused_with_the_ids_and_an_id_picks_one(cre
         ivy.stop()
     unknown = crew.run("g", "group", "members", "nosuchgroup", check=False)
     assert unknown.returncode == 1 and "nosuchgroup" in unknown.stderr
+
+
+def test_the_sender_edits_and_deletes_a_group_message_for_every_member_and_only_the_sender_may(crew: Cli):
+    group = crew.json("g", "group", "create", "editors", "hank", "ivy")
+    ref = f"#{group['group_id']}"
+    hank = crew.listen("h")
+    try:
+        sent = crew.json("g", "send", ref, "rope at 6")
+        hank.wait_for(received("rope at 6"))
+        edited = crew.json("g", "edit", sent["message_id"], "rope at 7")
+        assert edited["text"] == "rope at 7" and edited["edited_at_ms"]
+        got = hank.wait_for(lambda e: e["type"] == "message_edited")
+        assert got["message"]["message_id"] == sent["message_id"] and got["message"]["text"] == "rope at 7"
+        assert "gina: rope at 7 (edited)" in crew.run("h", "history", ref).stdout
+        for args in (("edit", sent["message_id"], "hijack"), ("delete", sent["message_id"], "--everyone")):
+            refused = crew.run("h", *args, check=False)
+            assert refused.returncode == 1 and "only its sender" in refused.stderr
+        crew.run("g", "delete", sent["message_id"], "--everyone")
+        gone = hank.wait_for(lambda e: e["type"] == "message_deleted")
+        assert gone["message_id"] == sent["message_id"] and gone["for_everyone"] is True
+        transcript = crew.run("h", "history", ref).stdout
+        assert "[message deleted]" in transcript and "rope at 7" not in transcript
+    finally:
+        hank.stop()

@@ -4,6 +4,7 @@ PostgreSQL), last resort when the stock is empty, rotation, who may claim."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import httpx
 import pytest
@@ -193,6 +194,78 @@ async def test_only_yourself_and_accepted_contacts_may_claim(client: httpx.Async
         f"/users/{bob.id}/prekey-bundles", json={"device_ids": ["nope-nope-1"]}, headers=alice.headers
     )
     assert r.status_code == 404 and r.json()["code"] == "device_not_found"
+
+
+async def group_of(client: httpx.AsyncClient, admin: Account, members: list[Account]) -> str:
+    """A group made by `admin` (the server keeps its record as opaque bytes)."""
+    gid = secrets.token_hex(16)
+    body = {"group_id": gid, "name": "crag", "members": [m.id for m in members], "record": b64encode(b"r0")}
+    r = await client.post("/groups", json=body, headers=admin.headers)
+    assert r.status_code == 201, r.text
+    return gid
+
+
+async def test_a_group_co_member_may_claim_though_not_a_contact_until_removed_or_blocked(
+    client: httpx.AsyncClient,
+) -> None:
+    alice, bob = await world(client)
+    carol, mallory = await make_account(client, "carol"), await make_account(client, "mallory")
+    await befriend(client, alice, carol)  # carol and bob are contacts of alice, not of each other
+    r = await claim(client, carol, bob)
+    assert r.status_code == 403 and r.json()["code"] == "not_a_contact"
+
+    gid = await group_of(client, alice, [bob, carol])
+    r = await claim(client, carol, bob)
+    assert r.status_code == 200, r.text
+    (bundle,) = r.json()
+    assert bundle["one_time_prekey"]["key_id"] == 100 and bundle["kem_prekey"]["key_id"] == 200
+    r = await claim(client, mallory, bob)  # in no group with bob
+    assert r.status_code == 403 and r.json()["code"] == "not_a_contact"
+
+    body = {"user_ids": [carol.id], "record": b64encode(b"r1"), "version": 1}
+    r = await client.post(f"/groups/{gid}/members/remove", json=body, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert (await claim(client, carol, bob)).status_code == 403  # no longer a co-member
+
+    await group_of(client, alice, [bob, carol])
+    assert (await claim(client, carol, bob)).status_code == 200
+    r = await client.post("/me/blocks", json={"user_id": carol.id}, headers=bob.headers)
+    assert r.status_code == 201, r.text
+    r = await claim(client, carol, bob)  # still in the group, but bob blocked her
+    assert r.status_code == 403 and r.json()["code"] == "not_a_contact"
+
+
+async def test_one_claimer_takes_at_most_its_quota_of_one_time_keys_contact_or_co_member(
+    app_factory: AppFactory,
+) -> None:
+    async with app_factory(prekey_claims_per_device=2) as app, client_for(app) as client:
+        alice, bob = await world(client, one_time=10)
+        carol = await make_account(client, "carol")
+        await befriend(client, alice, carol)
+        await group_of(client, alice, [bob, carol])
+
+        def taken(answers: list[httpx.Response]) -> list[tuple[int | None, int]]:
+            out = []
+            for a in answers:
+                assert a.status_code == 200, a.text
+                (b,) = a.json()
+                out.append(
+                    (b["one_time_prekey"] and b["one_time_prekey"]["key_id"], b["kem_prekey"]["key_id"])
+                )
+            return out
+
+        # the contact and the co-member each get 2 one-time keys, then signed + last resort only
+        by_alice = taken([await claim(client, alice, bob) for _ in range(4)])
+        by_carol = taken(list(await asyncio.gather(*(claim(client, carol, bob) for _ in range(4)))))
+        for got in (by_alice, by_carol):
+            assert got.count((None, 2)) == 2  # past the quota: no one-time key of either kind
+            assert sum(1 for one_time, _ in got if one_time is not None) == 2
+        assert by_alice[:2] == [(100, 200), (101, 201)]
+        stock = (await client.get(f"/me/devices/{BOB_DEVICE}/prekeys", headers=bob.headers)).json()
+        assert (stock["one_time"], stock["kem_one_time"]) == (6, 6)  # 10 - 2 - 2: the drain stopped
+        assert len(taken([await claim(client, bob, bob) for _ in range(3)])) == 3  # own devices: no quota
+        stock = (await client.get(f"/me/devices/{BOB_DEVICE}/prekeys", headers=bob.headers)).json()
+        assert stock["one_time"] == 3
 
 
 async def _concurrent_claims_hand_out_each_key_once(client: httpx.AsyncClient) -> None:

@@ -175,15 +175,6 @@ upsertMessage = function (key, message, live) {  // eslint-disable-line no-globa
   return baseUpsertMessage(key, message, live);
 };
 
-// A group message is edited or deleted for everyone nowhere yet: only "delete for me" is offered.
-const baseOpenMessageDialog = openMessageDialog;
-openMessageDialog = function (m) {  // eslint-disable-line no-global-assign
-  baseOpenMessageDialog(m);
-  if (isGroup(ui.current)) {
-    for (const sel of ["#edit-label", "#edit-save", "#delete-everyone"]) $(sel).hidden = true;
-  }
-};
-
 // ---------------------------------------------------------------- new group
 
 function openNewGroup() {
