@@ -80,7 +80,7 @@ from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.records import GroupMemberView, GroupView, Me, MessageView
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, payload_record
+from peer.views import STATE_RANK, received_message, sending_message
 from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
 from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64decode, b64encode
 
@@ -602,19 +602,13 @@ class GroupChat:
         if record:
             sent_at = at  # the time the message itself carries
             await self._store.save_message(
-                StoredMessage(
+                sending_message(
                     message_id=message_id,
                     conversation=conversation,
-                    sender_user=self._me.user_id,
-                    sender_device=self._me.device_id,
-                    outgoing=True,
-                    content_type=payload.kind,
-                    payload=payload_record(payload),
-                    sent_at_ms=sent_at,
-                    stored_at_ms=sent_at,
-                    path=None,
-                    state=MessageState.SENDING.value,
-                    reason=None,
+                    me_user=self._me.user_id,
+                    me_device=self._me.device_id,
+                    payload=payload,
+                    at_ms=sent_at,
                 )
             )
         outcomes = await self._fan_out(group_id, message_id, out.data, devices, keep)
@@ -803,19 +797,16 @@ class GroupChat:
                 await self._transfers.expect(
                     h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
                 )
-            message = StoredMessage(
+            message = received_message(
                 message_id=h.message_id,
                 conversation=conversation,
                 sender_user=h.sender_user,
                 sender_device=h.sender_device,
-                outgoing=h.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=h.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state=MessageState.RECEIVED.value,
-                reason=None,
             )
             if not await self._store.save_message(message):
                 self._publish(DuplicateDropped(h.message_id, via))

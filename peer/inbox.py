@@ -60,7 +60,7 @@ from peer.router import DIRECT, Router
 from peer.session import HubSession
 from peer.sessions import Outcome, Received
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, Me, payload_record
+from peer.views import STATE_RANK, Me, received_message
 from peer.vocab import ReceiptStatus
 from signalling.protocol import b64decode
 
@@ -221,19 +221,16 @@ class Inbox:
                 await transfers.expect(
                     h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
                 )
-            message = StoredMessage(
+            message = received_message(
                 message_id=h.message_id,
                 conversation=conversation,
                 sender_user=h.sender_user,
                 sender_device=h.sender_device,
-                outgoing=h.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=h.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state="received",
-                reason=None,
             )
             fresh = await store.save_message(message)
             if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
@@ -287,19 +284,16 @@ class Inbox:
             payload = inner.payload
             if not isinstance(payload, Text | FileOffer):
                 return None
-            return StoredMessage(
+            return received_message(
                 message_id=r.message_id,
                 conversation=self._conversation(r.sender_user, inner.conversation),
                 sender_user=r.sender_user,
                 sender_device=r.sender_device,
-                outgoing=r.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=inner.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state="received",
-                reason=None,
             )
 
         try:

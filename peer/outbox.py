@@ -28,7 +28,7 @@ from peer.pairwise_path import PairwisePath
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.sessions import Outbound
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, Me, MessageView, payload_record
+from peer.views import STATE_RANK, Me, MessageView, sending_message
 from peer.vocab import DeliveryPath, DeliveryState, MessageState
 
 if TYPE_CHECKING:
@@ -124,19 +124,13 @@ class Outbox:
         sent_at_ms = now_ms()
         message: StoredMessage | None = None
         if record:
-            message = StoredMessage(
+            message = sending_message(
                 message_id=message_id,
                 conversation=conversation,
-                sender_user=self._me.user_id,
-                sender_device=self._me.device_id,
-                outgoing=True,
-                content_type=payload.kind,
-                payload=payload_record(payload),
-                sent_at_ms=sent_at_ms,
-                stored_at_ms=sent_at_ms,
-                path=None,
-                state="sending",
-                reason=None,
+                me_user=self._me.user_id,
+                me_device=self._me.device_id,
+                payload=payload,
+                at_ms=sent_at_ms,
             )
         # Kept until a device has it: what is recorded, and a control payload for named devices
         # (a sender key must reach them even when the server is away now).
