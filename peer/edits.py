@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from crypto.payload import Delete, Edit
+from crypto.payload import Delete, Edit, Timer
 from peer.errors import ConfigError, PeerError
 from peer.events import ErrorEvent, Event, MessageDeleted, MessageEdited
 from peer.history import History
@@ -37,6 +37,10 @@ EDITABLE = ("text",)
 DELETABLE = ("text", "file")
 MAX_TEXT_CHARS = 64 * 1024
 _DONE = {"edit": "edited", "delete": "deleted"}
+# Changes to what is already in a conversation: not stored as messages of their own, but kept in
+# the persistent outbox like a text until every device has them (an edit made while the server is
+# away is sent once it is back, also after a restart). Typing and receipts are not: worthless later.
+LASTING_CONTROLS = (Edit, Delete, Timer)
 
 
 class EditRefused(PeerError):

@@ -60,6 +60,7 @@ from crypto.payload import (
     Typing,
 )
 from crypto.senderkeys import GroupMessageHeader, SenderKeyDistribution, peek_group_message
+from peer.edits import LASTING_CONTROLS
 from peer.errors import ConfigError, DeliveryTimeout, PeerError, ServerError, ServerUnavailable
 from peer.events import (
     DuplicateDropped,
@@ -598,7 +599,7 @@ class GroupChat:
             out = session.encrypt(payload, message_id=message_id, now_ms=at)
             await self._save(session)
         message_id = out.message_id
-        keep = record and persistent
+        keep = persistent and (record or isinstance(payload, LASTING_CONTROLS))  # an edit waits too
         if record:
             sent_at = at  # the time the message itself carries
             await self._store.save_message(

@@ -17,6 +17,7 @@ from crypto.envelope import LocalDevice, seal
 from crypto.filestream import FileManifest, prepare_file
 from crypto.payload import FileOffer, Payload, Receipt, Text, Typing
 from crypto.sessionkeys import SessionKeyCache
+from peer.edits import LASTING_CONTROLS
 from peer.errors import ConfigError, LinkFailed, UnknownContact
 from peer.events import Event, MessageStateChanged
 from peer.history import History
@@ -132,9 +133,10 @@ class Outbox:
                 payload=payload,
                 at_ms=sent_at_ms,
             )
-        # Kept until a device has it: what is recorded, and a control payload for named devices
-        # (a sender key must reach them even when the server is away now).
-        keep = persistent and (record or devices is not None)
+        # Kept until a device has it: what is recorded, a change to it (edit, delete, timer), and a
+        # control payload for named devices (a sender key must reach them even when the server is
+        # away now).
+        keep = persistent and (record or devices is not None or isinstance(payload, LASTING_CONTROLS))
         sealed: list[Outbound] = []
         saved = False
         if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest
