@@ -813,6 +813,8 @@ class GroupChat:
                 self._publish(DuplicateDropped(h.message_id, via))
                 return
             self._publish(MessageReceived(await self._history.view(message)))
+            if self.edits is not None:
+                await self.edits.on_stored(message)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(self._transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
             if self._receipts and h.sender_user != self._me.user_id:

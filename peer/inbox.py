@@ -238,6 +238,7 @@ class Inbox:
             await self._ack(h.message_id, link)
             if not fresh:
                 return
+            await self.edits.on_stored(message)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
             if self._receipts and h.sender_user != self._me.user_id:
@@ -342,6 +343,7 @@ class Inbox:
             if opened.stored is None:
                 return
             self._publish(MessageReceived(await self._history.view(opened.stored)))
+            await self.edits.on_stored(opened.stored)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(self._transfers.download_blob(r.message_id), f"download-{r.message_id[:8]}")
             if self._receipts and r.sender_user != self._me.user_id:

@@ -684,6 +684,7 @@ class Peer:
             server_deadline=self.settings.server_deadline,
             receipts=self.settings.receipts,
         )
+        await inbox.edits.prepare()
         groups.direct = self.settings.direct
         await groups.load()
         outbox.groups = groups
