@@ -207,7 +207,20 @@ class Outbox:
         return view
 
     async def send_typing(self, conversation: str, active: bool) -> None:
-        await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
+        """Best effort, live only: to the other person's devices with an open link or that presence
+        does not say are offline (the server would store it for those, and a typing read later is
+        worthless); never to my own devices. A group's typing: `GroupChat` picks its devices."""
+        if conversation.startswith("g:"):
+            await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
+            return
+        user_id = self._target_user(conversation)
+        devices = [
+            (r.user_id, r.device_id)
+            for r in await self._keyring.recipients(user_id)
+            if self._links.open_link(r.device_id) is not None or self._device_online(r.user_id, r.device_id)
+        ]
+        if devices and user_id != self._me.user_id:
+            await self.send(conversation, Typing(active), connect=False, persistent=False, devices=devices)
 
     async def mark_read(self, conversation: str, message_ids: list[str]) -> None:
         if conversation.startswith("g:"):
