@@ -23,7 +23,7 @@ from peer.localstore import LocalStore, now_ms
 
 PER_CONVERSATION = 200
 IN_TOTAL = 2000
-HOLD_FOR_MS = 14 * 24 * 3600 * 1000
+HOLD_FOR_MS = 32 * 24 * 3600 * 1000  # the mailbox retention (30 days) plus an outbox wait, as `seen`
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS held_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
