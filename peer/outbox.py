@@ -214,9 +214,12 @@ class Outbox:
             await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
             return
         user_id = self._target_user(conversation)
+        recipients = await self._keyring.recipients(user_id)
+        if not recipients:
+            raise UnknownContact(f"user {user_id} has no device this peer can send to")
         devices = [
             (r.user_id, r.device_id)
-            for r in await self._keyring.recipients(user_id)
+            for r in recipients
             if self._links.open_link(r.device_id) is not None or self._device_online(r.user_id, r.device_id)
         ]
         if devices and user_id != self._me.user_id:
