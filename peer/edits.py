@@ -7,7 +7,9 @@ and to mine (in a group: one group message to every member device, `peer.group_c
 device shows the same thing: the latest text marked "edited", or a tombstone
 ("message deleted") whose content is gone. A received change is applied only when its sender sent
 the original, in the original's conversation, and within the window of the original; anything
-else is refused and said.
+else is refused and said. A change that comes before its message (the two crossed: the change over
+a direct link, the message through the mailbox) is held, bounded and sealed, until the message is
+stored, and then checked the same way (`peer.heldchanges`).
 A deleted file goes too: this device's sealed copy and the decrypted copy it made, and, when I
 delete my own file for everyone, the server's blob (now, not at its retention).
 
@@ -23,9 +25,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from crypto.payload import Delete, Edit
+from crypto.payload import Delete, Edit, Timer
 from peer.errors import ConfigError, PeerError
 from peer.events import ErrorEvent, Event, MessageDeleted, MessageEdited
+from peer.heldchanges import HeldChange, HeldChanges
 from peer.history import History
 from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.views import MessageView
@@ -37,6 +40,10 @@ EDITABLE = ("text",)
 DELETABLE = ("text", "file")
 MAX_TEXT_CHARS = 64 * 1024
 _DONE = {"edit": "edited", "delete": "deleted"}
+# Changes to what is already in a conversation: not stored as messages of their own, but kept in
+# the persistent outbox like a text until every device has them (an edit made while the server is
+# away is sent once it is back, also after a restart). Typing and receipts are not: worthless later.
+LASTING_CONTROLS = (Edit, Delete, Timer)
 
 
 class EditRefused(PeerError):
@@ -62,6 +69,10 @@ class MessageEdits:
         self._send = send  # the outbox's send: (conversation, payload) -> awaitable
         self._publish = publish
         self.window = window
+        self.held = HeldChanges(store)  # changes that came before their message
+
+    async def prepare(self) -> None:
+        await self.held.prepare()
 
     # ------------------------------------------------------------------ mine
 
@@ -108,25 +119,53 @@ class MessageEdits:
     # ------------------------------------------------------------------ theirs (or my other devices')
 
     async def on_edit(self, conversation: str, sender_user: int, sent_at_ms: int, edit: Edit) -> None:
-        message = await self._checked(conversation, sender_user, sent_at_ms, edit.message_id, "edit")
-        if message is not None and edit.body.strip() and len(edit.body) <= MAX_TEXT_CHARS:
+        if not edit.body.strip() or len(edit.body) > MAX_TEXT_CHARS:
+            return
+        message = await self._target(conversation, sender_user, sent_at_ms, edit.message_id, edit.body)
+        if message is not None and self._allowed(message, conversation, sender_user, sent_at_ms, "edit"):
             await self._apply_edit(message, edit.body, sent_at_ms)
 
     async def on_delete(self, conversation: str, sender_user: int, sent_at_ms: int, delete: Delete) -> None:
         for message_id in delete.message_ids[:100]:
-            message = await self._checked(conversation, sender_user, sent_at_ms, message_id, "delete")
-            if message is not None:
+            message = await self._target(conversation, sender_user, sent_at_ms, message_id, None)
+            if message is None:
+                continue
+            if self._allowed(message, conversation, sender_user, sent_at_ms, "delete"):
                 await self._tombstone(message)
 
-    async def _checked(
+    async def on_stored(self, message: StoredMessage) -> None:
+        """A message just stored: the changes that came before it now apply (checked as ever)."""
+        if not self.held.waits_for(message.message_id):
+            return
+        for change in await self.held.take(message.message_id):
+            c = change
+            if c.body is None:
+                await self.on_delete(c.conversation, c.sender_user, c.sent_at_ms, Delete([c.target_id]))
+            else:
+                await self.on_edit(c.conversation, c.sender_user, c.sent_at_ms, Edit(c.target_id, c.body))
+
+    async def _target(
+        self, conversation: str, sender_user: int, sent_at_ms: int, message_id: str, body: str | None
+    ) -> StoredMessage | None:
+        """The message a received change is for; None when there is nothing to change now. A change
+        for a message not here yet is held (`peer.heldchanges`): the two may have crossed."""
+        message = await self._store.get_message(message_id)
+        if message is None:
+            await self.held.hold(HeldChange(message_id, conversation, sender_user, sent_at_ms, body))
+            return None
+        if message.content_type == TOMBSTONE:
+            return None  # already gone: nothing to change
+        return message
+
+    def _allowed(
         self,
+        message: StoredMessage,
         conversation: str,
         sender_user: int,
         sent_at_ms: int,
-        message_id: str,
         what: str,
-    ) -> StoredMessage | None:
-        """The message a received change may apply to, or None (refusals are said).
+    ) -> bool:
+        """Whether a received change may apply to `message` (a refusal is said).
 
         The change must come in the conversation of the original: a group message changed over a
         1:1 path would change on that person's devices only, and the group's members would differ.
@@ -134,9 +173,7 @@ class MessageEdits:
         ties each key to its member), so a member cannot change another member's message.
         """
         kinds = EDITABLE if what == "edit" else DELETABLE
-        message = await self._store.get_message(message_id)
-        if message is None or message.content_type == TOMBSTONE:
-            return None  # never arrived here, deleted for me, or already gone: nothing to change
+        message_id = message.message_id
         refused = None
         if message.sender_user != sender_user:
             refused = f"user {sender_user} tried to {what} a message they did not send; refused"
@@ -148,8 +185,8 @@ class MessageEdits:
             refused = f"user {sender_user} tried to {what} message {message_id} after the window; refused"
         if refused:
             self._publish(ErrorEvent(refused))
-            return None
-        return message
+            return False
+        return True
 
     # ------------------------------------------------------------------ both
 

@@ -60,6 +60,7 @@ from crypto.payload import (
     Typing,
 )
 from crypto.senderkeys import GroupMessageHeader, SenderKeyDistribution, peek_group_message
+from peer.edits import LASTING_CONTROLS
 from peer.errors import ConfigError, DeliveryTimeout, PeerError, ServerError, ServerUnavailable
 from peer.events import (
     DuplicateDropped,
@@ -77,10 +78,11 @@ from peer.history import History
 from peer.keyring import Keyring
 from peer.linkset import LinkSet
 from peer.localstore import LocalStore, StoredMessage, now_ms
+from peer.presence import Presence
 from peer.records import GroupMemberView, GroupView, Me, MessageView
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, payload_record
+from peer.views import STATE_RANK, received_message, sending_message
 from peer.vocab import ConversationId, DeliveryPath, DeliveryState, GroupChange, GroupRole, MessageState
 from signalling.protocol import GroupEvent, GroupFrame, GroupsFrame, b64decode, b64encode
 
@@ -103,6 +105,7 @@ _CHANGE = {
 }
 SYNC_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between fetches of a chain the server failed to serve
 KEY_REQUEST_AFTER = 5.0  # seconds a held message waits for its sender key before we ask for it
+TYPING_QUIET_S = 60.0  # a device a typing of ours waited for gets no typing for this long
 TIMELINE_KIND = "group_event"  # content_type of a membership change in a group's history
 
 
@@ -129,8 +132,13 @@ class GroupChat:
         spawn: Callable[[Coroutine[Any, Any, Any], str], object],
         server_deadline: float,
         receipts: bool = True,
+        presence: Presence | None = None,
     ) -> None:
         self._me = me
+        # What the server told of who is online (contacts only): typing is not sent through the
+        # server where it would wait in a mailbox (`_typing_targets`).
+        self._presence = presence or Presence()
+        self._typing_stored: dict[str, float] = {}  # device -> loop time a typing of ours waited for it
         self._local = local_device
         self._store = store
         self.groupstore = GroupStore(store)
@@ -589,6 +597,10 @@ class GroupChat:
         async with self._lock(group_id):
             session = self._active(group_id)
             devices = await self._route(session)
+            if isinstance(payload, Typing):
+                devices = self._typing_targets(devices)
+                if not devices:
+                    return None
             at = now_ms()  # one clock for both: a rotation falling due in between is not missed
             key, missing = session.distribution_for(devices, at)
             if missing:
@@ -598,32 +610,54 @@ class GroupChat:
             out = session.encrypt(payload, message_id=message_id, now_ms=at)
             await self._save(session)
         message_id = out.message_id
-        keep = record and persistent
+        keep = persistent and (record or isinstance(payload, LASTING_CONTROLS))  # an edit waits too
         if record:
             sent_at = at  # the time the message itself carries
             await self._store.save_message(
-                StoredMessage(
+                sending_message(
                     message_id=message_id,
                     conversation=conversation,
-                    sender_user=self._me.user_id,
-                    sender_device=self._me.device_id,
-                    outgoing=True,
-                    content_type=payload.kind,
-                    payload=payload_record(payload),
-                    sent_at_ms=sent_at,
-                    stored_at_ms=sent_at,
-                    path=None,
-                    state=MessageState.SENDING.value,
-                    reason=None,
+                    me_user=self._me.user_id,
+                    me_device=self._me.device_id,
+                    payload=payload,
+                    at_ms=sent_at,
                 )
             )
         outcomes = await self._fan_out(group_id, message_id, out.data, devices, keep)
+        if isinstance(payload, Typing):
+            self._typing_waited(outcomes)
         if not record:
             return None
         state, path, reason = _summary(outcomes)
         await self._store.set_message_state(message_id, state, path, reason)
         self._publish(MessageStateChanged.of(message_id, state, path, reason))
         return await self._history.message(message_id)
+
+    def _typing_targets(self, devices: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The devices a typing notice goes to. The hub's `group_send` has no live-only mode: it
+        stores a row for every device it cannot push to, and a typing read from a mailbox later is
+        worthless (receivers drop a queued one). So: other members' devices with an open link, or
+        that presence says are online; not those it says are offline. A co-member who is not a
+        contact has no presence here (the server tells it to contacts only): it is sent, unless a
+        typing of ours waited for that device within `TYPING_QUIET_S` and nothing came from it since
+        (docs/decisions-peer.md)."""
+        now = asyncio.get_running_loop().time()
+        presence = self._presence
+
+        def reachable(u: int, d: str) -> bool:
+            if (self.direct and self._links.open_link(d) is not None) or presence.known_online(u, d):
+                return True
+            quiet = d in self._typing_stored and now - self._typing_stored[d] < TYPING_QUIET_S
+            return presence.device_online(u, d) and not quiet  # unknown (not a contact): optimistic
+
+        # my own devices show no typing of mine
+        return [(u, d) for u, d in devices if u != self._me.user_id and reachable(u, d)]
+
+    def _typing_waited(self, outcomes: list[DeviceOutcome]) -> None:
+        now = asyncio.get_running_loop().time()
+        for o in outcomes:
+            if o.path == QUEUED:
+                self._typing_stored[o.device_id] = now
 
     async def _fan_out(
         self, group_id: str, message_id: str, data: bytes, devices: list[tuple[int, str]], persistent: bool
@@ -798,29 +832,29 @@ class GroupChat:
 
     async def _deliver(self, gid: str, h: GroupMessageHeader, payload: Payload, via: str) -> None:
         conversation = f"g:{gid}"
+        self._typing_stored.pop(h.sender_device, None)  # it is back: typing may go to it again
         if isinstance(payload, Text | FileOffer):
             if isinstance(payload, FileOffer):
                 await self._transfers.expect(
                     h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
                 )
-            message = StoredMessage(
+            message = received_message(
                 message_id=h.message_id,
                 conversation=conversation,
                 sender_user=h.sender_user,
                 sender_device=h.sender_device,
-                outgoing=h.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=h.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state=MessageState.RECEIVED.value,
-                reason=None,
             )
             if not await self._store.save_message(message):
                 self._publish(DuplicateDropped(h.message_id, via))
                 return
             self._publish(MessageReceived(await self._history.view(message)))
+            if self.edits is not None:
+                await self.edits.on_stored(message)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(self._transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
             if self._receipts and h.sender_user != self._me.user_id:

@@ -56,11 +56,11 @@ from peer.link import Link
 from peer.localstore import LocalStore, StoredMessage, now_ms
 from peer.outbox import Outbox
 from peer.pairwise_path import Inner, Opened, PairwisePath
-from peer.router import DIRECT, Router
+from peer.router import DIRECT, QUEUED, Router
 from peer.session import HubSession
 from peer.sessions import Outcome, Received
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, Me, payload_record
+from peer.views import STATE_RANK, Me, received_message
 from peer.vocab import ReceiptStatus
 from signalling.protocol import b64decode
 
@@ -221,19 +221,16 @@ class Inbox:
                 await transfers.expect(
                     h.message_id, conversation, payload.manifest, h.sender_device, payload.blob_id
                 )
-            message = StoredMessage(
+            message = received_message(
                 message_id=h.message_id,
                 conversation=conversation,
                 sender_user=h.sender_user,
                 sender_device=h.sender_device,
-                outgoing=h.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=h.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state="received",
-                reason=None,
             )
             fresh = await store.save_message(message)
             if fresh:  # saved: shown now, acknowledged right after (the ack always follows the save)
@@ -241,6 +238,7 @@ class Inbox:
             await self._ack(h.message_id, link)
             if not fresh:
                 return
+            await self.edits.on_stored(message)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(transfers.download_blob(h.message_id), f"download-{h.message_id[:8]}")
             if self._receipts and h.sender_user != self._me.user_id:
@@ -255,7 +253,7 @@ class Inbox:
             sender_user=h.sender_user,
             sender_device=h.sender_device,
             sent_at_ms=h.sent_at_ms,
-            direct=link is not None,
+            via=via,
         )
 
     async def _receive_pairwise(self, raw: bytes, via: str, link: Link | None, server_id: str | None) -> None:
@@ -287,19 +285,16 @@ class Inbox:
             payload = inner.payload
             if not isinstance(payload, Text | FileOffer):
                 return None
-            return StoredMessage(
+            return received_message(
                 message_id=r.message_id,
                 conversation=self._conversation(r.sender_user, inner.conversation),
                 sender_user=r.sender_user,
                 sender_device=r.sender_device,
-                outgoing=r.sender_user == self._me.user_id,
-                content_type=payload.kind,
-                payload=payload_record(payload),
+                me_user=self._me.user_id,
+                payload=payload,
                 sent_at_ms=inner.sent_at_ms,
+                via=via,
                 stored_at_ms=now_ms(),
-                path=via,
-                state="received",
-                reason=None,
             )
 
         try:
@@ -348,6 +343,7 @@ class Inbox:
             if opened.stored is None:
                 return
             self._publish(MessageReceived(await self._history.view(opened.stored)))
+            await self.edits.on_stored(opened.stored)  # an edit or delete that came before it
             if isinstance(payload, FileOffer) and payload.blob_id is not None:
                 self._spawn(self._transfers.download_blob(r.message_id), f"download-{r.message_id[:8]}")
             if self._receipts and r.sender_user != self._me.user_id:
@@ -363,7 +359,7 @@ class Inbox:
             sender_user=r.sender_user,
             sender_device=r.sender_device,
             sent_at_ms=inner.sent_at_ms,
-            direct=via == "direct",
+            via=via,
         )
 
     async def _apply_control(
@@ -375,7 +371,7 @@ class Inbox:
         sender_user: int,
         sender_device: str,
         sent_at_ms: int,
-        direct: bool,
+        via: str,
     ) -> None:
         """Act on a payload that is not a message (receipt, typing, edit, delete, history, timer).
 
@@ -391,13 +387,14 @@ class Inbox:
         elif isinstance(payload, SenderKey | SenderKeyRequest):
             await self._on_group_control(sender_user, sender_device, payload)
         elif isinstance(payload, Typing):
-            self._publish(TypingChanged(sender_user, conversation, payload.active))
+            if via != QUEUED:  # read from a mailbox later, a typing is stale (as in a group)
+                self._publish(TypingChanged(sender_user, conversation, payload.active))
         elif isinstance(payload, Edit):
             await self.edits.on_edit(conversation, sender_user, sent_at_ms, payload)
         elif isinstance(payload, Delete):
             await self.edits.on_delete(conversation, sender_user, sent_at_ms, payload)
         elif isinstance(payload, HistoryChunk):
-            await self.history_transfer.receive(sender_user, sender_device, direct, payload)
+            await self.history_transfer.receive(sender_user, sender_device, via == DIRECT, payload)
         elif isinstance(payload, Timer):
             await self.disappearing.on_timer(
                 message_id, conversation, sender_user, sender_device, sent_at_ms, payload

@@ -683,7 +683,9 @@ class Peer:
             spawn=self._spawn,
             server_deadline=self.settings.server_deadline,
             receipts=self.settings.receipts,
+            presence=self.presence,
         )
+        await inbox.edits.prepare()
         groups.direct = self.settings.direct
         await groups.load()
         outbox.groups = groups

@@ -17,6 +17,7 @@ from crypto.envelope import LocalDevice, seal
 from crypto.filestream import FileManifest, prepare_file
 from crypto.payload import FileOffer, Payload, Receipt, Text, Typing
 from crypto.sessionkeys import SessionKeyCache
+from peer.edits import LASTING_CONTROLS
 from peer.errors import ConfigError, LinkFailed, UnknownContact
 from peer.events import Event, MessageStateChanged
 from peer.history import History
@@ -28,7 +29,7 @@ from peer.pairwise_path import PairwisePath
 from peer.router import DIRECT, FAILED, PENDING, QUEUED, RELAYED, SENT, DeviceOutcome, Router
 from peer.sessions import Outbound
 from peer.transfer import FileTransfers
-from peer.views import STATE_RANK, Me, MessageView, payload_record
+from peer.views import STATE_RANK, Me, MessageView, sending_message
 from peer.vocab import DeliveryPath, DeliveryState, MessageState
 
 if TYPE_CHECKING:
@@ -124,23 +125,18 @@ class Outbox:
         sent_at_ms = now_ms()
         message: StoredMessage | None = None
         if record:
-            message = StoredMessage(
+            message = sending_message(
                 message_id=message_id,
                 conversation=conversation,
-                sender_user=self._me.user_id,
-                sender_device=self._me.device_id,
-                outgoing=True,
-                content_type=payload.kind,
-                payload=payload_record(payload),
-                sent_at_ms=sent_at_ms,
-                stored_at_ms=sent_at_ms,
-                path=None,
-                state="sending",
-                reason=None,
+                me_user=self._me.user_id,
+                me_device=self._me.device_id,
+                payload=payload,
+                at_ms=sent_at_ms,
             )
-        # Kept until a device has it: what is recorded, and a control payload for named devices
-        # (a sender key must reach them even when the server is away now).
-        keep = persistent and (record or devices is not None)
+        # Kept until a device has it: what is recorded, a change to it (edit, delete, timer), and a
+        # control payload for named devices (a sender key must reach them even when the server is
+        # away now).
+        keep = persistent and (record or devices is not None or isinstance(payload, LASTING_CONTROLS))
         sealed: list[Outbound] = []
         saved = False
         if self._pairwise is not None:  # ratchet (PPR) for every device with prekeys, v2 for the rest
@@ -211,7 +207,23 @@ class Outbox:
         return view
 
     async def send_typing(self, conversation: str, active: bool) -> None:
-        await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
+        """Best effort, live only: to the other person's devices with an open link or that presence
+        does not say are offline (the server would store it for those, and a typing read later is
+        worthless); never to my own devices. A group's typing: `GroupChat` picks its devices."""
+        if conversation.startswith("g:"):
+            await self.send(conversation, Typing(active), record=False, connect=False, persistent=False)
+            return
+        user_id = self._target_user(conversation)
+        recipients = await self._keyring.recipients(user_id)
+        if not recipients:
+            raise UnknownContact(f"user {user_id} has no device this peer can send to")
+        devices = [
+            (r.user_id, r.device_id)
+            for r in recipients
+            if self._links.open_link(r.device_id) is not None or self._device_online(r.user_id, r.device_id)
+        ]
+        if devices and user_id != self._me.user_id:
+            await self.send(conversation, Typing(active), connect=False, persistent=False, devices=devices)
 
     async def mark_read(self, conversation: str, message_ids: list[str]) -> None:
         if conversation.startswith("g:"):

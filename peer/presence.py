@@ -52,6 +52,13 @@ class Presence:
             return self._devices[device_id]
         return user_id not in self._offline_users
 
+    def known_online(self, user_id: int, device_id: str) -> bool:
+        """Online by what the server told us, never by default (what is worthless later, a group
+        typing notice, goes through the server only to these: it must not wait in a mailbox)."""
+        if device_id in self._devices:
+            return self._devices[device_id]
+        return user_id in self._online_users
+
     def clear(self) -> None:
         self._online_users.clear()
         self._offline_users.clear()

@@ -15,6 +15,7 @@ from aiortc import RTCIceServer
 from crypto.keys import DeviceKeys
 from crypto.keystore import DEFAULT_SCRYPT_N
 from crypto.payload import FileOffer, Payload, Text
+from peer.localstore import StoredMessage
 from peer.records import DeviceInfo, GroupMemberView, GroupView, Me, MessageView, SafetyNumber
 from peer.vocab import ConversationId, MessageState
 from signalling.protocol import ContactOut
@@ -107,3 +108,53 @@ def payload_record(payload: Payload) -> dict[str, Any]:
             "blob_id": payload.blob_id,
         }
     raise TypeError(f"{payload.kind} payloads are not stored as messages")
+
+
+def received_message(
+    *,
+    message_id: str,
+    conversation: str,
+    sender_user: int,
+    sender_device: str,
+    me_user: int,
+    payload: Payload,
+    sent_at_ms: int,
+    via: str | None,
+    stored_at_ms: int,
+) -> StoredMessage:
+    """A text or file that just arrived, as the store keeps it: one builder for every way in
+    (envelope, ratchet, group), so they store the same fields the same way."""
+    return StoredMessage(
+        message_id=message_id,
+        conversation=conversation,
+        sender_user=sender_user,
+        sender_device=sender_device,
+        outgoing=sender_user == me_user,  # my own other device's message
+        content_type=payload.kind,
+        payload=payload_record(payload),
+        sent_at_ms=sent_at_ms,
+        stored_at_ms=stored_at_ms,
+        path=via,
+        state=MessageState.RECEIVED.value,
+        reason=None,
+    )
+
+
+def sending_message(
+    *, message_id: str, conversation: str, me_user: int, me_device: str, payload: Payload, at_ms: int
+) -> StoredMessage:
+    """A text or file of mine as the store keeps it before it is out (1:1 or group)."""
+    return StoredMessage(
+        message_id=message_id,
+        conversation=conversation,
+        sender_user=me_user,
+        sender_device=me_device,
+        outgoing=True,
+        content_type=payload.kind,
+        payload=payload_record(payload),
+        sent_at_ms=at_ms,
+        stored_at_ms=at_ms,
+        path=None,
+        state=MessageState.SENDING.value,
+        reason=None,
+    )

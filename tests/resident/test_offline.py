@@ -10,6 +10,10 @@ from tests.resident.conftest import Cli, received
 from tests.support.nodes import wait_released
 
 
+def _edit_of(event: dict, message_id: str) -> bool:
+    return event["type"] == "message_edited" and event["message"]["message_id"] == message_id
+
+
 def _count(listener, text: str) -> int:
     return listener.texts().count(text)
 
@@ -91,3 +95,31 @@ def test_the_node_starts_with_the_server_down_and_catches_up_when_it_is_back(pai
         assert bob_listens.stop() == 0
         if pair.server.returncode is not None:
             pair.server.restart()
+
+
+def test_an_edit_made_while_the_server_is_down_survives_kill_9_of_the_node_and_goes_out_once(pair: Cli):
+    bob_listens = pair.listen("b")
+    try:
+        pair.run("a", "stop")  # started again without direct links: the server is the only way
+        sent = pair.json("a", "--no-direct", "send", "bob", "climb at 5")
+        bob_listens.wait_for(received("climb at 5"))
+        pair.server.stop()
+        edited = pair.json("a", "--no-direct", "edit", sent["message_id"], "climb at 6")
+        assert edited["text"] == "climb at 6"  # here at once
+        pid = pair.node_pid("a")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert wait_released(pair.profile_dir("a"))
+
+        pair.server.restart()
+        assert pair.json("a", "--no-direct", "whoami")["username"] == "alice"  # a fresh node
+        got = bob_listens.wait_for(lambda e: _edit_of(e, sent["message_id"]), within=60)
+        assert got["message"]["text"] == "climb at 6"
+        pair.run("a", "--no-direct", "send", "bob", "after the kill")
+        bob_listens.wait_for(received("after the kill"))
+        assert len([e for e in bob_listens.events if _edit_of(e, sent["message_id"])]) == 1
+    finally:
+        assert bob_listens.stop() == 0
+        if pair.server.returncode is not None:
+            pair.server.restart()
+        pair.run("a", "stop", check=False)
