@@ -1,14 +1,16 @@
-"""signalling.reach on a real SQLite file: the permission cache refreshes ahead of expiry, a
-permission the database withdrew stops being used, a connecting user's answers are warmed in one
-bounded query, and a co-member who blocked the sender is out of reach; time is a clock the test
-moves."""
+"""signalling.reach on a real SQLite file and a real PostgreSQL database: the permission cache
+refreshes ahead of expiry, a permission the database withdrew stops being used, a connecting
+user's answers are warmed in one bounded query, and a co-member who blocked the sender is out of
+reach; time is a clock the test moves."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import delete, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,9 +35,28 @@ class Clock:
         return self.now
 
 
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The same queries on both stores: the warm-up's union and exists must mean the same on each."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+        return
+    name = f"peerpost_reach_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.execute(
