@@ -20,6 +20,9 @@ what its offline archive holds afterwards.
 Prints each step, then one table (three rows), and writes bench/results/peers.json. Goals (issue
 16): the hub at or above Prosody's saturation, its p99 at half saturation at or below Prosody's.
 `--rounds 2` alternates the systems (A B C A B C) to see how much the box's noise moves them.
+`--compare-warm` also runs the hub with its reach warm-up off (`PEERPOST_REACH_WARM_LIMIT=0`)
+just before the usual hub, and prints both hubs' first sweep step side by side (issue 16: the
+first step's p99 was each sender's first send waiting for its permission queries).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 from bench import prosody as prosody_server
 from bench.relay import (
     ENVELOPE_BYTES,
+    HUB_ENV,
     LOADS,
     RESULTS,
     HubRun,
@@ -166,11 +170,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         load = {"start": os.getloadavg()}
         base = await baseline_sweep(args.pairs, args.step_seconds, loads, envelope)
         load["after_baseline"] = os.getloadavg()
+        cold = None
+        if args.compare_warm:
+            cold_env = {**HUB_ENV, "PEERPOST_REACH_WARM_LIMIT": "0"}
+            cold = await hub_run(
+                args.pairs, args.step_seconds, loads, envelope, args.offline_envelopes, cold_env, "hub-cold"
+            )
+            load["after_hub_cold"] = os.getloadavg()
         hub = await hub_run(args.pairs, args.step_seconds, loads, envelope, args.offline_envelopes)
         load["after_hub"] = os.getloadavg()
         pros = await prosody_run(args.pairs, args.step_seconds, loads, envelope, args.offline_envelopes)
         load["after_prosody"] = os.getloadavg()
-        rounds.append({"round": round_no, "baseline": base, "hub": hub, "prosody": pros, "load": load})
+        rounds.append(
+            {"round": round_no, "baseline": base, "hub": hub, "hub_cold": cold, "prosody": pros, "load": load}
+        )
 
     print(
         f"\n{'system':<10} {'sat msg/s':>9} {'p50@½':>7} {'p99@½ ms':>8} {'offline/s':>12}  "
@@ -197,6 +210,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "no receipts; mod_offline flat file, no fsync",
             )
         )
+        if r["hub_cold"] is not None:
+            first_cold, first_warm = r["hub_cold"].steps[0], hub.steps[0]
+            print(
+                f"  first step ({first_warm.offered:.0f} msgs/s) p50/p99 ms: reach warm-up off "
+                f"{first_cold.p50_ms:.2f}/{first_cold.p99_ms:.2f}, on {first_warm.p50_ms:.2f}/"
+                f"{first_warm.p99_ms:.2f}"
+            )
         la = r["load"]["start"][0], r["load"]["after_prosody"][0]
         print(f"  (round {r['round'] + 1}: load average {la[0]:.1f} -> {la[1]:.1f} on {os.cpu_count()} CPUs)")
     last = rounds[-1]
@@ -240,7 +260,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "half": _step(run.half),
                         "offline": run.mailbox,
                     }
-                    for name, run in (("hub", r["hub"]), ("prosody", r["prosody"]))
+                    for name in ("hub", "hub_cold", "prosody")
+                    if (run := r[name]) is not None
                 },
                 "baseline": {
                     "steps": [_step(s) for s in r["baseline"]],
@@ -264,6 +285,11 @@ def cli() -> None:
         "--offline-envelopes", type=int, default=20_000, help="envelopes for the offline phase"
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the three systems, alternating")
+    parser.add_argument(
+        "--compare-warm",
+        action="store_true",
+        help="also run the hub with its reach warm-up off, first steps side by side",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if not prosody_server.available():

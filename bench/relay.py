@@ -485,6 +485,7 @@ async def hub_run(
     envelope: str,
     mailbox_envelopes: int,
     env: dict[str, str] | None = None,
+    name: str = "hub",
 ) -> HubRun:
     """The real server on SQLite (synchronous=FULL) in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="peerpost-bench-") as tmp:
@@ -494,7 +495,7 @@ async def hub_run(
         ):
             accounts = await hub_accounts(world, pairs)
             return await hub_phases(
-                [server.ws_url], accounts, step_seconds, loads, envelope, mailbox_envelopes
+                [server.ws_url], accounts, step_seconds, loads, envelope, mailbox_envelopes, name
             )
 
 

@@ -231,6 +231,7 @@ class Delivery:
         if len(frame.envelope) % 4 == 1:
             raise FrameRefused(ErrorCode.MALFORMED, "envelope is not unpadded base64url (bad length)")
         async with self._engine.connect() as conn:
+            # Members who blocked the sender are not in the list (store.groups.member_devices).
             found = await group_store.member_devices(conn, frame.group_id, sock.user_id)
         if found is None:
             raise FrameRefused(ErrorCode.NOT_A_MEMBER, f"you are not a member of group {frame.group_id}")
@@ -239,6 +240,10 @@ class Delivery:
         if frame.devices is not None:
             wanted = set(frame.devices)
             unknown = sorted(wanted - {d for _, d in targets})
+            if unknown:  # rare: ask once whether some are a blocker's, skipped without a word
+                async with self._engine.connect() as conn:
+                    hidden = await group_store.hidden_devices(conn, group_pk, sock.user_id, unknown)
+                unknown = [d for d in unknown if d not in hidden]
             if unknown:
                 named = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
                 raise FrameRefused(

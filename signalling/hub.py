@@ -82,7 +82,7 @@ class Hub:
         self.outbox = OutboxBudget(self.limits.outbox_max_bytes, self.limits.outbox_max_bytes_per_account)
         self._sockets: dict[str, DeviceSocket] = {}
         self._by_user: dict[int, set[str]] = {}
-        self._reach = Reach(engine, self.limits.reach_cache_ttl)
+        self._reach = Reach(engine, self.limits.reach_cache_ttl, warm_limit=self.limits.reach_warm_limit)
         self._delivery = Delivery(
             engine, self.limits, self.writer, self.backplane, self._reach, self._sockets
         )
@@ -210,6 +210,7 @@ class Hub:
         # not live as long as the socket (~1 KB each; docs/hub.md "10,000 devices").
         _forget_headers(ws)
         self._register(sock)
+        self._reach.warm(user_id)  # in the background: its first sends need not ask in line
         replaced = False
         try:
             await self.backplane.attach(user_id, device_id, sock.conn_id, CloseCode.REPLACED)

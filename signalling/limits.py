@@ -23,6 +23,9 @@ class HubLimits:
     mailbox_sender_share: float = 1.0
     account_quota_bytes: int | None = None
     reach_cache_ttl: float = 5.0
+    # Devices whose reach answers are read in one query when a device connects (signalling.reach,
+    # "Warm on connect"); 0 turns the warm-up off.
+    reach_warm_limit: int = 1000
     mailbox_retention: timedelta = timedelta(days=30)
     mailbox_quota_bytes: int = 64 * 1024 * 1024
     mailbox_quota_messages: int = 10_000
@@ -48,4 +51,5 @@ class HubLimits:
             mailbox_sender_share=settings.mailbox_sender_share,
             account_quota_bytes=settings.account_quota_bytes,
             live_hold=settings.live_hold_seconds,
+            reach_warm_limit=settings.reach_warm_limit,
         )

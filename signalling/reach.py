@@ -14,6 +14,20 @@ the GIL with the busy loop), and every frame it sent meanwhile waited behind the
 at 5,000 envelopes/s that was the largest part of the hub's p99 (bench/tail.py; docs/hub.md "The
 tail, third round"). The promise is unchanged: a positive answer is never used more than `ttl`
 seconds after the database last gave it.
+
+**Warm on connect.** Refresh ahead keeps a busy sender's answers; it cannot help its first frame,
+which waited for three queries in line (owner, contact, group) before anything moved: that was the
+whole p99 of the first sweep step of `bench.peers` (issue #16). So when a device authenticates, the
+hub calls `warm(user)`: one bounded query (`store.reach.reachable_devices`, at most `warm_limit`
+devices, so a user with 10,000 contacts costs one query, not a storm) in the background, whose
+answers are stamped with the moment it was asked, so the ttl promise holds for them as for any
+other. A check that misses while that user's warm-up runs waits for it rather than asking the same
+things again in line. A user beyond the limit simply has the rest asked in line as before.
+
+**Blocks.** Sharing a group lets members reach each other's devices, but not a member who blocked
+the sender: such a device is answered as if it did not exist (`unknown_device`, "no active
+device"), the same story the group's device list tells (store.groups.member_devices), so the
+sender does not learn of the block.
 """
 
 from __future__ import annotations
@@ -22,13 +36,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from signalling.errors import FrameRefused
 from signalling.protocol import ErrorCode
 from store.groups import share_a_group
-from store.reach import device_owner, is_accepted_contact
+from store.reach import device_owner, has_blocked, is_accepted_contact, reachable_devices
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +53,29 @@ _CACHE_MAX = 100_000
 _Key = tuple[str, str] | tuple[str, int, int]
 
 
+class Tie(StrEnum):
+    """What ties a sender to another user, as far as sending to their devices goes."""
+
+    REACHABLE = "reachable"  # the same user, an accepted contact, or a group in common
+    STRANGER = "stranger"  # none of those: refused as `not_a_contact`
+    HIDDEN = "hidden"  # a group in common, but they blocked the sender: their devices "do not exist"
+
+
 class Reach:
     """The permission check, with its cache of positive answers."""
 
-    def __init__(self, engine: AsyncEngine, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        warm_limit: int = 1000,
+    ) -> None:
         self._engine = engine
         self._ttl = ttl
         self._clock = clock
+        self._warm_limit = warm_limit
+        self._warming: dict[int, asyncio.Task[None]] = {}  # user -> its warm-up under way
         self._owners: dict[str, tuple[int, float]] = {}  # device -> (owner, confirmed at)
         self._contacts: dict[tuple[int, int], float] = {}  # (sender, user) -> confirmed at
         self._generation = 0  # bumped by clear(): a refresh begun before it stores nothing
@@ -52,6 +83,11 @@ class Reach:
 
     async def check(self, sender: int, user_id: int, device_id: str) -> None:
         """Raise FrameRefused unless `sender` may send to `device_id` of `user_id`."""
+        warming = self._warming.get(sender)
+        if warming is not None and not self._cached(sender, user_id, device_id):
+            # The sender's warm-up is asking for exactly this: wait for its one query instead of
+            # asking the same again in line (it never raises; a failed one leaves the cache as it was).
+            await asyncio.shield(warming)
         owner = self._owner(device_id)
         if owner is None:
             owner = await self._query_owner(device_id)
@@ -68,12 +104,25 @@ class Reach:
             )
         if user_id == sender or self._are_contacts(sender, user_id):
             return
-        if not await self._query_contacts(sender, user_id):
+        tie = await self._query_contacts(sender, user_id)
+        if tie is Tie.HIDDEN:  # told exactly as a device that is not there (module docstring)
+            raise FrameRefused(
+                ErrorCode.UNKNOWN_DEVICE, f"there is no active device {device_id}", device_id=device_id
+            )
+        if tie is Tie.STRANGER:
             raise FrameRefused(
                 ErrorCode.NOT_A_CONTACT,
                 f"user {user_id} is not an accepted contact of yours nor in a group with you",
             )
         self._remember_contacts(sender, user_id)
+
+    def warm(self, user_id: int) -> None:
+        """A device of `user_id` connected: read the answers its first sends will need, in the
+        background (one bounded query; see the module docstring). Nothing when one is under way."""
+        if self._warm_limit <= 0 or user_id in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(self._warm(user_id, self._generation))
+        self._warming[user_id] = task
 
     def clear(self) -> None:
         """Contacts or devices changed: re-read every permission from the database from now on."""
@@ -82,9 +131,10 @@ class Reach:
         self._contacts.clear()
 
     async def settle(self) -> None:
-        """Wait for the background refreshes under way (for shutdown and tests)."""
-        while self._refreshing:
-            await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        """Wait for the background refreshes and warm-ups under way (for shutdown and tests)."""
+        while self._refreshing or self._warming:
+            pending = [*self._refreshing.values(), *self._warming.values()]
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- the database ----------------------------------------------------------------------------
 
@@ -94,13 +144,31 @@ class Reach:
             found = await device_owner(conn, device_id)
         return found.user_id if found is not None and found.active else None
 
-    async def _query_contacts(self, sender: int, user_id: int) -> bool:
+    async def _query_contacts(self, sender: int, user_id: int) -> Tie:
         async with self._engine.connect() as conn:
+            if await is_accepted_contact(conn, sender, user_id):
+                return Tie.REACHABLE
             # Members of one group reach each other's devices even when they are not contacts:
             # sender keys travel in pairwise envelopes, and direct links carry group messages.
-            return await is_accepted_contact(conn, sender, user_id) or await share_a_group(
-                conn, sender, user_id
-            )
+            # Not a member who blocked the sender (a block ends the contact rows, not the group).
+            if not await share_a_group(conn, sender, user_id):
+                return Tie.STRANGER
+            return Tie.HIDDEN if await has_blocked(conn, user_id, sender) else Tie.REACHABLE
+
+    async def _warm(self, user_id: int, generation: int) -> None:
+        asked = self._clock()  # the answers are as old as the question, never younger
+        try:
+            async with self._engine.connect() as conn:
+                found = await reachable_devices(conn, user_id, self._warm_limit)
+            if generation == self._generation:
+                for owner, device_id in found:
+                    self._remember_owner(device_id, owner, asked)
+                    if owner != user_id:
+                        self._remember_contacts(user_id, owner, asked)
+        except Exception as exc:  # nothing is lost: the first sends ask in line, as without it
+            log.warning("warming the reach answers of a user failed: %s", type(exc).__name__)
+        finally:
+            self._warming.pop(user_id, None)
 
     # -- the cache -------------------------------------------------------------------------------
 
@@ -115,25 +183,38 @@ class Reach:
             self._refreshing[key] = task
         return True
 
+    def _cached(self, sender: int, user_id: int, device_id: str) -> bool:
+        """Whether both answers `check` needs are cached (without starting any refresh)."""
+        hit = self._owners.get(device_id)
+        if hit is None or self._clock() - hit[1] > self._ttl:
+            return False
+        confirmed = self._contacts.get((sender, user_id))
+        return user_id == sender or (confirmed is not None and self._clock() - confirmed <= self._ttl)
+
     def _owner(self, device_id: str) -> int | None:
         hit = self._owners.get(device_id)
         if hit is None or not self._fresh(hit[1], ("owner", device_id)):
             return None
         return hit[0]
 
-    def _remember_owner(self, device_id: str, user_id: int) -> None:
+    def _remember_owner(self, device_id: str, user_id: int, confirmed: float | None = None) -> None:
         if len(self._owners) >= _CACHE_MAX:
             self._owners.clear()  # crude but bounded: a refill costs one query per active pair
-        self._owners[device_id] = (user_id, self._clock())
+        at = self._clock() if confirmed is None else confirmed
+        old = self._owners.get(device_id)
+        if old is None or old[1] < at:  # a warm-up never makes a younger answer older
+            self._owners[device_id] = (user_id, at)
 
     def _are_contacts(self, a: int, b: int) -> bool:
         confirmed = self._contacts.get((a, b))
         return confirmed is not None and self._fresh(confirmed, ("contacts", a, b))
 
-    def _remember_contacts(self, a: int, b: int) -> None:
+    def _remember_contacts(self, a: int, b: int, confirmed: float | None = None) -> None:
         if len(self._contacts) >= _CACHE_MAX:
             self._contacts.clear()
-        self._contacts[(a, b)] = self._clock()
+        at = self._clock() if confirmed is None else confirmed
+        if self._contacts.get((a, b), at) <= at:
+            self._contacts[(a, b)] = at
 
     async def _refresh(self, key: _Key, generation: int) -> None:
         """Re-read one answer; renew it when the database still says yes, drop it when not."""
@@ -149,7 +230,7 @@ class Reach:
                         self._owners[device_id] = (owner, asked)
             else:
                 pair = (int(key[1]), int(key[2]))  # type: ignore[misc]
-                ok = await self._query_contacts(*pair)
+                ok = await self._query_contacts(*pair) is Tie.REACHABLE
                 if generation == self._generation:
                     if ok:
                         self._contacts[pair] = asked

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         description="how long an envelope every recipient got live waits for their acks before it is "
         "stored (docs/hub.md, live holds); 0 stores every envelope at once",
     )
+    reach_warm_limit: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="when a device connects, the permission answers for up to this many devices it "
+        "may send to are read in one query in the background (docs/hub.md); 0 turns it off",
+    )
     backplane_url: str | None = Field(default=None, description="redis://... for several instances")
     backplane_prefix: str = Field(
         default="peerpost", description="Redis key and channel prefix; instances of one cluster share it"

@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from store.errors import Conflict, NotFound, QuotaExceeded, StoreError
-from store.models import Contact, Device, Group, GroupMember, GroupRecord, User, utcnow
+from store.models import Block, Contact, Device, Group, GroupMember, GroupRecord, User, utcnow
 
 ADMIN, MEMBER = "admin", "member"  # protocol.GroupRole values; the store does not import the protocol
 ACCEPTED = "accepted"
@@ -249,8 +250,14 @@ async def records(
 async def member_devices(
     conn: AsyncConnection, public_id: str, sender: int, *, after: str = "", limit: int | None = None
 ) -> tuple[int, list[tuple[int, str]]] | None:
-    """(group pk, [(user id, device id)] of every active device of every member), when `sender` is a
-    member; None otherwise. Ordered by device id, so `after` pages through them."""
+    """(group pk, [(user id, device id)] of every active device of every member who has not blocked
+    `sender`), when `sender` is a member; None otherwise. Ordered by device id, so `after` pages
+    through them.
+
+    A member who blocked the sender is left out in this one query (no query per member), for the
+    hub's fan-out and the REST listing alike: to the sender they look like a member with no active
+    device, the same story the hub tells when the sender names one of their devices (issue #11).
+    """
     group_pk = (await conn.execute(select(Group.id).where(Group.public_id == public_id))).scalar_one_or_none()
     if group_pk is None:
         return None
@@ -264,12 +271,43 @@ async def member_devices(
     stmt = (
         select(Device.user_id, Device.device_id)
         .join(GroupMember, GroupMember.user_id == Device.user_id)
-        .where(GroupMember.group_id == group_pk, Device.revoked_at.is_(None), Device.device_id > after)
+        .where(
+            GroupMember.group_id == group_pk,
+            Device.revoked_at.is_(None),
+            Device.device_id > after,
+            ~_has_blocked(Device.user_id, sender),
+        )
         .order_by(Device.device_id)
     )
     if limit is not None:
         stmt = stmt.limit(limit)
     return int(group_pk), [(int(u), str(d)) for u, d in (await conn.execute(stmt)).all()]
+
+
+def _has_blocked(blocker: Any, blocked: int) -> Any:
+    """SQL: `blocker` (a column) has blocked user `blocked`."""
+    return exists().where(Block.blocker_id == blocker, Block.blocked_id == blocked)
+
+
+async def hidden_devices(
+    conn: AsyncConnection, group_pk: int, sender: int, device_ids: Sequence[str]
+) -> set[str]:
+    """Those of `device_ids` that are active devices of a member of the group who has blocked
+    `sender`: a group send that names them skips them quietly instead of refusing (the sender must
+    not learn of the block)."""
+    if not device_ids:
+        return set()
+    stmt = (
+        select(Device.device_id)
+        .join(GroupMember, GroupMember.user_id == Device.user_id)
+        .where(
+            GroupMember.group_id == group_pk,
+            Device.device_id.in_(list(device_ids)),
+            Device.revoked_at.is_(None),
+            _has_blocked(Device.user_id, sender),
+        )
+    )
+    return {str(d) for d in (await conn.execute(stmt)).scalars()}
 
 
 async def summaries(conn: AsyncConnection, user_id: int) -> list[GroupSummary]:

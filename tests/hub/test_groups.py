@@ -340,3 +340,45 @@ async def test_deleting_a_group_tells_every_member_and_it_is_gone(world: World) 
     assert told.group is None
     assert (await world.http.get("/groups", headers=bob.auth)).json() == []
     await b.close()
+
+
+async def test_a_member_who_blocked_the_sender_gets_none_of_its_group_messages_until_the_block_is_lifted(
+    world: World,
+) -> None:
+    alice, bob, carol = await _people(world, 3)
+    group = Group(world, secrets.token_hex(16))
+    await group.create(Signing(alice, 0), "g", [bob, carol])
+    r = await world.http.post("/me/blocks", json={"user_id": bob.user_id}, headers=alice.auth)
+    assert r.status_code == 201, r.text
+    a, b, c = await world.connect(alice), await world.connect(bob), await world.connect(carol)
+    send = _group_send(group.group_id, opaque_envelope())
+    await b.send(send)
+    accepted = await b.expect("accepted", where=lambda f: f["ref"] == send["ref"])
+    assert set(accepted["queued"]) == {carol.device_id}  # alice's device is not even named
+    assert (await c.expect("deliver"))["message_id"] == send["message_id"]
+    await _quiet(a, "deliver")
+    # Bob cannot tell a block from a member without devices: the listing, a send naming her
+    # device, a pairwise envelope and a link offer all tell the story of a device that is not there.
+    listed = await world.http.get(f"/groups/{group.group_id}/devices", headers=bob.auth)
+    assert [d["device_id"] for d in listed.json()] == sorted([bob.device_id, carol.device_id])
+    named = _group_send(group.group_id, opaque_envelope(), devices=[alice.device_id, carol.device_id])
+    await b.send(named)
+    answer = await b.expect("accepted", where=lambda f: f["ref"] == named["ref"])
+    assert answer["queued"] == [carol.device_id]
+    pairwise = b.send_frame([(alice.user_id, alice.device_id)], opaque_envelope())
+    await b.send(pairwise)
+    refused = await b.expect("error", where=lambda f: f.get("ref") == pairwise["ref"])
+    assert (refused["code"], refused["device_id"]) == ("unknown_device", alice.device_id)
+    await b.send({"type": "signal", "kind": "offer", "to_user": alice.user_id, "to_device": alice.device_id})
+    assert (await b.expect("error"))["code"] == "unknown_device"
+    await _quiet(a, "signal")
+    await _quiet(a, "deliver")
+    r = await world.http.delete(f"/me/blocks/{bob.user_id}", headers=alice.auth)
+    assert r.status_code == 204, r.text
+    again = _group_send(group.group_id, opaque_envelope())
+    await b.send(again)
+    accepted = await b.expect("accepted", where=lambda f: f["ref"] == again["ref"])
+    assert set(accepted["queued"]) == {alice.device_id, carol.device_id}
+    assert (await a.expect("deliver"))["message_id"] == again["message_id"]
+    for client in (a, b, c):
+        await client.close()
